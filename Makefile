@@ -1,0 +1,25 @@
+# tbx11k-dino: `make demo` and `make test` set up .venv first when needed.
+# WHEELHOUSE=DIR hands a folder of prebuilt wheels (e.g. ../shared/wheels) to pip as --find-links.
+PYTHON_VENV := .venv/bin/python
+WHEELHOUSE ?=
+export WHEELHOUSE
+
+.PHONY: setup demo test bench clean-demo
+
+.venv/.installed: tools/setup_env.sh requirements.txt pyproject.toml
+	bash tools/setup_env.sh
+	touch $@
+
+setup: .venv/.installed
+
+demo: .venv/.installed
+	bash tools/demo.sh
+
+test: .venv/.installed
+	$(PYTHON_VENV) -m pytest -q
+
+bench: .venv/.installed
+	$(PYTHON_VENV) tools/benchmark.py configs/dino_tbx11k_tiny_1gpu.py
+
+clean-demo:
+	rm -rf data/tbx11k_synthetic work_dirs/demo

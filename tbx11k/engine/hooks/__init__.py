@@ -1,0 +1,3 @@
+from .checkpoint_interchange import CheckpointInterchangeHook, IncompatibleCheckpoint
+
+__all__ = ['CheckpointInterchangeHook', 'IncompatibleCheckpoint']

@@ -1,0 +1,200 @@
+"""A training loop whose iteration is one optimizer step, however the step's batch is split."""
+import logging
+from typing import Dict, List, Sequence, Union
+
+import torch
+from mmengine.dist import all_reduce, get_dist_info
+from mmengine.logging import print_log
+from mmengine.model import is_model_wrapper
+from mmengine.runner import EpochBasedTrainLoop
+from torch.utils.data import DataLoader
+
+from mmdet.registry import LOOPS
+
+from ..datasets.samplers import AccumulationWindowBatchSampler, micro_batch_seed, split_window
+
+
+class NothingToTrain(RuntimeError):
+    """Raised when a resumed run has no optimizer step left to do."""
+
+
+def accumulative_counts_of(optim_wrapper) -> int:
+    """``accumulative_counts`` of a built optim wrapper or of its config."""
+    if isinstance(optim_wrapper, dict):
+        return int(optim_wrapper.get('accumulative_counts', 1))
+    return int(getattr(optim_wrapper, '_accumulative_counts', 1))
+
+
+@LOOPS.register_module()
+class AccumulationEpochBasedTrainLoop(EpochBasedTrainLoop):
+    """Epoch-based training where one iteration is one optimizer step.
+
+    Each iteration takes a whole accumulation window from
+    :class:`~tbx11k.datasets.samplers.AccumulationWindowBatchSampler` and runs its
+    ``accumulative_counts`` micro-batches through ``model.train_step`` (the optim wrapper scales,
+    accumulates, skips DDP syncs and steps as usual). Hooks therefore see optimizer steps:
+    ``runner.iter``, ``by_epoch=False`` schedulers, logging intervals, EMA and checkpoints count
+    optimizer steps, and ``len(dataloader)`` is optimizer steps per epoch, the same for
+    1 GPU x 2 accumulation steps and 2 GPUs.
+
+    Before each micro-batch the loop reseeds torch from the micro-batch's position in the epoch
+    (model randomness such as DINO's denoising noise then does not depend on rank or step
+    order) and gives a window-normalised model the window's positive counts.
+
+    Args:
+        runner, dataloader, max_epochs, val_begin, val_interval, dynamic_intervals: as
+            ``EpochBasedTrainLoop``.
+    """
+
+    def __init__(self, runner, dataloader: Union[DataLoader, Dict], max_epochs: int,
+                 **kwargs) -> None:
+        self.accumulative_counts = accumulative_counts_of(runner.optim_wrapper)
+        if isinstance(dataloader, dict):
+            dataloader = dict(dataloader)
+            batch_sampler = dict(dataloader.get('batch_sampler') or {})
+            if batch_sampler.get('type') not in (None, 'AccumulationWindowBatchSampler'):
+                raise ValueError(
+                    f"{type(self).__name__} needs train_dataloader.batch_sampler="
+                    f"dict(type='AccumulationWindowBatchSampler'), got {batch_sampler['type']!r}")
+            declared = batch_sampler.get('accumulative_counts', self.accumulative_counts)
+            if declared != self.accumulative_counts:
+                raise ValueError(
+                    f'train_dataloader.batch_sampler.accumulative_counts={declared} contradicts '
+                    f'optim_wrapper.accumulative_counts={self.accumulative_counts}; set only the '
+                    'latter')
+            batch_sampler.update(type='AccumulationWindowBatchSampler',
+                                 accumulative_counts=self.accumulative_counts)
+            dataloader['batch_sampler'] = batch_sampler
+        super().__init__(runner, dataloader, max_epochs, **kwargs)
+        if not isinstance(self.dataloader.batch_sampler, AccumulationWindowBatchSampler):
+            raise TypeError(f'{type(self).__name__} needs an AccumulationWindowBatchSampler')
+        self.window_sampler: AccumulationWindowBatchSampler = self.dataloader.batch_sampler
+        self._skip = 0
+        declared = runner.cfg.get('effective_batch_size')
+        if declared is not None and declared != self.effective_batch_size:
+            raise ValueError(
+                f'This config trains with an effective batch of {declared} images per optimizer '
+                f'step, but this launch gives {self.effective_batch_size} = {self._layout()}. '
+                'Use configs/*_1gpu.py on 1 GPU and configs/*_2gpu.py on 2 GPUs, or change '
+                'optim_wrapper.accumulative_counts (and effective_batch_size) with --cfg-options.')
+
+    @property
+    def effective_batch_size(self) -> int:
+        """Images per optimizer step over all processes."""
+        return self.window_sampler.window_size
+
+    def _layout(self) -> str:
+        sampler = self.window_sampler
+        return (f'{sampler.world_size} GPU x {sampler.batch_size} image x '
+                f'{sampler.accumulative_counts} accumulation steps')
+
+    def _report(self) -> None:
+        model = self.runner.model.module if is_model_wrapper(self.runner.model) else self.runner.model
+        normalization = getattr(model, 'loss_normalization', 'micro_batch (stock mmdet)')
+        print_log(f'Effective batch size: {self.effective_batch_size} = {self._layout()}',
+                  logger='current')
+        print_log(
+            f'Counters are optimizer steps: {len(self.dataloader)} per epoch '
+            f'({self.micro_batches_per_epoch} micro-batches per process), {self._max_iters} in '
+            f'{self._max_epochs} epochs. runner.iter, by_epoch=False and converted LR schedules, '
+            'logging and checkpoint intervals and EMA updates all count optimizer steps. '
+            f'Loss normalisation: {normalization}.', logger='current')
+
+    @property
+    def micro_batches_per_epoch(self) -> int:
+        return len(self.dataloader) * self.accumulative_counts
+
+    def run(self) -> torch.nn.Module:
+        """Check what is left after a resume, align counters, then train."""
+        self._report()
+        steps_per_epoch = len(self.dataloader)
+        if self._iter >= self._max_iters or self._epoch >= self._max_epochs:
+            raise NothingToTrain(
+                f'Nothing to train: the run is at epoch {self._epoch}, optimizer step {self._iter}, '
+                f'and the schedule ends at epoch {self._max_epochs} (step {self._max_iters}). '
+                'Raise train_cfg.max_epochs (and the schedulers) to train longer, or start a new '
+                'work dir.')
+        self._skip = self._iter - self._epoch * steps_per_epoch
+        if not 0 <= self._skip < steps_per_epoch:
+            raise RuntimeError(
+                f'resumed optimizer step {self._iter} does not lie in epoch {self._epoch} '
+                f'({steps_per_epoch} steps per epoch): the checkpoint was written with another '
+                'effective batch size or dataset')
+        if self._skip:
+            print_log(f'Resuming inside epoch {self._epoch + 1}: skipping its first {self._skip} '
+                      f'of {steps_per_epoch} optimizer steps (already trained)', logger='current')
+        # Runner.train() initialised the optim wrapper in optimizer steps; it counts micro-batches.
+        self.runner.optim_wrapper.initialize_count_status(
+            self.runner.model, self._iter * self.accumulative_counts,
+            self._max_iters * self.accumulative_counts)
+        # The sampler was built before resume could restore the run's seed.
+        self.window_sampler.sampler.seed = self.runner.seed
+
+        self.runner.call_hook('before_train')
+        while self._epoch < self._max_epochs and not self.stop_training:
+            if not self.run_epoch():
+                break  # stopped inside the epoch: no validation of a half epoch
+            self._decide_current_val_interval()
+            if (self.runner.val_loop is not None and self._epoch >= self.val_begin
+                    and (self._epoch % self.val_interval == 0 or self._epoch == self._max_epochs)):
+                self.runner.val_loop.run()
+        self.runner.call_hook('after_train')
+        return self.runner.model
+
+    def run_epoch(self) -> bool:
+        """Train one epoch (or its rest after a resume); False if stopped inside it."""
+        self.runner.call_hook('before_train_epoch')
+        self.runner.model.train()
+        skip, self._skip = self._skip, 0
+        self.window_sampler.skip_next(skip)
+        for idx, data_batch in enumerate(self.dataloader, start=skip):
+            self.run_iter(idx, data_batch)
+            if self.stop_training:
+                break
+        else:
+            self.runner.call_hook('after_train_epoch')
+            self._epoch += 1
+            return True
+        return False  # stopped inside the epoch (e.g. by a preemption hook)
+
+    def run_iter(self, idx: int, data_batch: Dict) -> None:
+        runner = self.runner
+        runner.call_hook('before_train_iter', batch_idx=idx, data_batch=data_batch)
+        micro_batches = split_window(data_batch, self.accumulative_counts)
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        window_normalized = getattr(model, 'window_normalized', False)
+        if window_normalized:
+            local_counts = [model.loss_counts(mb['data_samples']) for mb in micro_batches]
+            window_mean = self._window_mean(local_counts)
+        outputs: List[Dict] = []
+        for j, micro_batch in enumerate(micro_batches):
+            torch.manual_seed(micro_batch_seed(runner.seed, self._epoch, self.window_sampler, idx, j))
+            if window_normalized:
+                model.set_loss_window(window_mean, local_counts[j])
+            try:
+                outputs.append(runner.model.train_step(micro_batch, optim_wrapper=runner.optim_wrapper))
+            finally:
+                if window_normalized:
+                    model.set_loss_window(None)
+        runner.call_hook('after_train_iter', batch_idx=idx, data_batch=data_batch,
+                         outputs=_mean_log_vars(outputs))
+        self._iter += 1
+
+    def _window_mean(self, local_counts: Sequence[Sequence[float]]) -> List[float]:
+        """Mean positive count per micro-batch over the whole window (all micro-batches, ranks)."""
+        _, world_size = get_dist_info()
+        total = torch.tensor(local_counts, dtype=torch.float64).sum(0)
+        if world_size > 1:
+            device = next(self.runner.model.parameters()).device
+            total = total.to(device)
+            all_reduce(total, op='sum')
+        return (total.cpu() / (world_size * self.accumulative_counts)).tolist()
+
+
+def _mean_log_vars(outputs: List[Dict]) -> Dict:
+    """Average the micro-batches' log variables into the optimizer step's."""
+    if len(outputs) == 1:
+        return outputs[0]
+    keys = dict.fromkeys(k for out in outputs for k in out)
+    return {k: sum(out[k] for out in outputs if k in out) / sum(k in out for out in outputs)
+            for k in keys}

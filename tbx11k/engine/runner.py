@@ -1,0 +1,68 @@
+"""The Runner used by every tbx11k config (``runner_type = 'TBX11KRunner'``)."""
+from typing import Dict, Optional
+
+import torch
+from mmengine.dist import is_distributed
+from mmengine.optim import OptimWrapper, OptimWrapperDict
+from mmengine.registry import RUNNERS  # the root: tools build runners before a scope is set
+from mmengine.runner import Runner
+
+from ..utils.dist import init_cpu_process_group
+from .loops import accumulative_counts_of
+
+
+@RUNNERS.register_module()
+class TBX11KRunner(Runner):
+    """mmengine's Runner with three fixes that 1-GPU-accumulation / 2-GPU equality needs.
+
+    - ``--auto-scale-lr`` counts the effective batch, ``world_size x batch_size x
+      accumulative_counts`` (stock mmengine ignores accumulation; mmengine PR #1080, unmerged).
+    - Without CUDA, distributed runs use gloo and DDP without ``device_ids``, so the 2-process
+      logic runs on CPU machines (tests, CI).
+    """
+
+    def setup_env(self, env_cfg: Dict) -> None:
+        if self.distributed and not is_distributed() and not torch.cuda.is_available():
+            init_cpu_process_group(self.launcher, int(env_cfg.get('dist_cfg', {}).get('timeout', 1800)))
+        super().setup_env(env_cfg)
+
+    def wrap_model(self, model_wrapper_cfg: Optional[Dict], model: torch.nn.Module):
+        if self.distributed and not torch.cuda.is_available():
+            # DDP refuses device_ids for CPU modules; mmengine always passes [LOCAL_RANK].
+            model_wrapper_cfg = dict(model_wrapper_cfg or {})
+            model_wrapper_cfg.setdefault('type', 'MMDistributedDataParallel')
+            model_wrapper_cfg.setdefault('broadcast_buffers', False)
+            model_wrapper_cfg.setdefault('find_unused_parameters',
+                                         self.cfg.get('find_unused_parameters', False))
+            model_wrapper_cfg['device_ids'] = None
+        return super().wrap_model(model_wrapper_cfg, model)
+
+    @property
+    def train_batch_size(self) -> int:
+        """Images per micro-batch per process."""
+        loader = self._train_dataloader
+        return int(loader['batch_size'] if isinstance(loader, dict) else loader.batch_size)
+
+    def effective_batch_size(self, optim_wrapper=None) -> int:
+        """Images per optimizer step: world size x batch per process x accumulation."""
+        optim_wrapper = self.optim_wrapper if optim_wrapper is None else optim_wrapper
+        return self.world_size * self.train_batch_size * accumulative_counts_of(optim_wrapper)
+
+    def scale_lr(self, optim_wrapper: OptimWrapper, auto_scale_lr: Optional[Dict] = None) -> None:
+        """Linear LR scaling by the effective batch (accumulation included)."""
+        if auto_scale_lr is None or not auto_scale_lr.get('enable', False):
+            return
+        if 'base_batch_size' not in auto_scale_lr:
+            raise ValueError('auto_scale_lr needs base_batch_size')
+        effective = self.effective_batch_size(optim_wrapper)
+        ratio = effective / float(auto_scale_lr['base_batch_size'])
+        self.logger.info(
+            f"Auto-scaled LR by {ratio:g} = effective batch {effective} "
+            f"({self.world_size} x {self.train_batch_size} x "
+            f"{accumulative_counts_of(optim_wrapper)}) / base_batch_size "
+            f"{auto_scale_lr['base_batch_size']}")
+        wrappers = (list(optim_wrapper.values())
+                    if isinstance(optim_wrapper, OptimWrapperDict) else [optim_wrapper])
+        for wrapper in wrappers:
+            for group in wrapper.optimizer.param_groups:
+                group['lr'] = group['lr'] * ratio

@@ -1,0 +1,65 @@
+"""DINO whose losses are normalised over the whole optimizer-step window."""
+from typing import Dict, List, Optional
+
+from mmdet.models.detectors import DINO
+from mmdet.registry import MODELS
+from mmdet.structures import SampleList
+
+from .window_loss_normalization import KINDS, LossWindow, window_reduce_mean
+
+LOSS_NORMALIZATIONS = ('window', 'micro_batch')
+
+
+@MODELS.register_module()
+class WindowNormalizedDINO(DINO):
+    """mmdet's DINO with exact loss normalisation under gradient accumulation.
+
+    With ``loss_normalization='window'`` every loss term is divided by the positive count of the
+    whole window (all accumulation micro-batches on all ranks), exactly as DDP over that many
+    GPUs does, so 1 GPU x N accumulation steps and N GPUs give the same gradient.
+    :class:`~tbx11k.engine.loops.AccumulationEpochBasedTrainLoop` computes the window counts with
+    :meth:`loss_counts` and sets them with :meth:`set_loss_window` before each micro-batch.
+    ``'micro_batch'`` keeps stock mmdet (per forward pass) normalisation, for comparison.
+    """
+
+    def __init__(self, *args, loss_normalization: str = 'window', **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if loss_normalization not in LOSS_NORMALIZATIONS:
+            raise ValueError(f'loss_normalization must be one of {LOSS_NORMALIZATIONS}, '
+                             f'got {loss_normalization!r}')
+        if loss_normalization == 'window' and self.bbox_head.bg_cls_weight != 0:
+            raise ValueError('window loss normalisation assumes bg_cls_weight == 0 '
+                             f'(got {self.bbox_head.bg_cls_weight})')
+        self.loss_normalization = loss_normalization
+        self._loss_window: Optional[LossWindow] = None
+
+    @property
+    def window_normalized(self) -> bool:
+        return self.loss_normalization == 'window'
+
+    def loss_counts(self, batch_data_samples: SampleList) -> List[float]:
+        """Positive counts that the losses of this micro-batch normalise by, in ``KINDS`` order.
+
+        'match': one-to-one Hungarian matching assigns every GT box once (capped by the queries);
+        'dn': every GT box is a positive in each of the denoising groups, whose number mmdet's
+        ``CdnQueryGenerator`` derives from the largest GT count in the micro-batch.
+        """
+        num_gts = [len(sample.gt_instances) for sample in batch_data_samples]
+        match = sum(min(n, self.num_queries) for n in num_gts)
+        groups = self.dn_query_generator.get_num_groups(max(num_gts, default=0))
+        counts = dict(match=float(match), dn=float(sum(num_gts) * groups))
+        return [counts[kind] for kind in KINDS]
+
+    def set_loss_window(self, window_mean: Optional[List[float]],
+                        local: Optional[List[float]] = None) -> None:
+        """Set (or clear with ``None``) the normalisers for the next ``loss()`` call."""
+        if window_mean is None:
+            self._loss_window = None
+        else:
+            self._loss_window = LossWindow(dict(zip(KINDS, window_mean)), dict(zip(KINDS, local)))
+
+    def loss(self, batch_inputs, batch_data_samples: SampleList) -> Dict:
+        if self._loss_window is None or not self.window_normalized:
+            return super().loss(batch_inputs, batch_data_samples)
+        with window_reduce_mean(self._loss_window):
+            return super().loss(batch_inputs, batch_data_samples)

@@ -1,0 +1,107 @@
+"""Helpers to run the real tools in subprocesses and compare their results (tests, benchmarks)."""
+import json
+import os
+import os.path as osp
+import socket
+import subprocess
+import sys
+from typing import Dict, Iterable, List, Optional, Sequence
+
+import torch
+
+REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+TINY_1GPU = osp.join(REPO_ROOT, 'configs', 'dino_tbx11k_tiny_1gpu.py')
+TINY_2GPU = osp.join(REPO_ROOT, 'configs', 'dino_tbx11k_tiny_2gpu.py')
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def cfg_options(options: Dict) -> List[str]:
+    """``--cfg-options`` arguments from a dict."""
+    return ['--cfg-options'] + [f'{k}={v}' for k, v in options.items()] if options else []
+
+
+def train_command(config: str, work_dir: str, nproc: int = 1, data_root: Optional[str] = None,
+                  options: Optional[Dict] = None, extra: Sequence[str] = ()) -> List[str]:
+    """The command line of tools/train.py, through torch.distributed.run when ``nproc > 1``."""
+    args = [config, '--work-dir', work_dir]
+    if data_root:
+        args += ['--data-root', data_root]
+    args += list(extra) + cfg_options(options or {})
+    train = osp.join(REPO_ROOT, 'tools', 'train.py')
+    if nproc == 1:
+        return [sys.executable, train] + args
+    return [sys.executable, '-m', 'torch.distributed.run', f'--nproc_per_node={nproc}',
+            f'--master_port={free_port()}', train] + args + ['--launcher', 'pytorch']
+
+
+def run(cmd: Sequence[str], timeout: float = 600, check: bool = True,
+        env: Optional[Dict] = None) -> subprocess.CompletedProcess:
+    """Run a command with the repo on PYTHONPATH and one thread per process; raise with its log."""
+    full_env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PYTHONUNBUFFERED='1')
+    full_env['PYTHONPATH'] = os.pathsep.join(filter(None, [REPO_ROOT, full_env.get('PYTHONPATH')]))
+    full_env.update(env or {})
+    proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, env=full_env,
+                          cwd=REPO_ROOT)
+    if check and proc.returncode != 0:
+        raise AssertionError(f'{" ".join(cmd)} exited {proc.returncode}\n--- stdout\n'
+                             f'{proc.stdout[-6000:]}\n--- stderr\n{proc.stderr[-6000:]}')
+    return proc
+
+
+def load_checkpoint(path: str) -> Dict:
+    return torch.load(path, map_location='cpu', weights_only=False)
+
+
+def raw_weights(checkpoint: Dict) -> Dict[str, torch.Tensor]:
+    """The training (non-EMA) weights: mmengine's EMAHook swaps them into ``ema_state_dict``."""
+    ema = checkpoint.get('ema_state_dict')
+    if ema is None:
+        return checkpoint['state_dict']
+    return {k[len('module.'):]: v for k, v in ema.items() if k.startswith('module.')}
+
+
+def ema_weights(checkpoint: Dict) -> Dict[str, torch.Tensor]:
+    return checkpoint['state_dict']
+
+
+def relative_difference(a: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor],
+                        keys: Optional[Iterable[str]] = None) -> float:
+    """max over tensors of ||a - b|| / max(||a||, tiny), float tensors only."""
+    assert set(a) == set(b), set(a) ^ set(b)
+    worst = 0.0
+    for k in keys or a:
+        x, y = a[k], b[k]
+        if not torch.is_floating_point(x):
+            assert torch.equal(x, y), k
+            continue
+        x, y = x.double(), y.double()
+        worst = max(worst, float((x - y).norm() / x.norm().clamp_min(1e-12)))
+    return worst
+
+
+def global_relative_difference(a: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor]) -> float:
+    """||a - b|| / ||a|| over all float tensors together."""
+    num = den = 0.0
+    for k, x in a.items():
+        if torch.is_floating_point(x):
+            num += float((x.double() - b[k].double()).pow(2).sum())
+            den += float(x.double().pow(2).sum())
+    return (num / den) ** 0.5
+
+
+def scalars(work_dir: str) -> List[Dict]:
+    """The train records of the newest run's vis_data/scalars.json."""
+    runs = sorted(d for d in os.listdir(work_dir) if osp.isdir(osp.join(work_dir, d, 'vis_data')))
+    path = osp.join(work_dir, runs[-1], 'vis_data', 'scalars.json')
+    with open(path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    return [r for r in records if 'lr' in r]
+
+
+def lr_by_step(work_dir: str) -> Dict[int, float]:
+    return {int(r['step']): float(r['lr']) for r in scalars(work_dir)}

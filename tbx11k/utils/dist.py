@@ -1,0 +1,28 @@
+"""torch.distributed on machines without CUDA (gloo), for the pytorch and slurm launchers."""
+import os
+import subprocess
+from datetime import timedelta
+
+import torch.distributed as dist
+
+
+def init_cpu_process_group(launcher: str, timeout_s: int = 1800) -> None:
+    """Initialise a gloo process group from the launcher's environment.
+
+    mmengine's ``init_dist`` calls ``torch.cuda.set_device`` first, which fails on a CPU-only
+    torch; when a group exists the Runner skips its own initialisation.
+    """
+    if launcher == 'slurm':
+        os.environ.setdefault('RANK', os.environ['SLURM_PROCID'])
+        os.environ.setdefault('WORLD_SIZE', os.environ['SLURM_NTASKS'])
+        os.environ.setdefault('LOCAL_RANK', os.environ.get('SLURM_LOCALID', '0'))
+        if 'MASTER_ADDR' not in os.environ:
+            nodes = os.environ.get('SLURM_STEP_NODELIST') or os.environ['SLURM_NODELIST']
+            first = subprocess.run(['scontrol', 'show', 'hostnames', nodes], capture_output=True,
+                                   text=True, check=True).stdout.split()[0]
+            os.environ['MASTER_ADDR'] = first
+        os.environ.setdefault('MASTER_PORT', '29500')
+    elif launcher != 'pytorch':
+        raise ValueError(f"launcher {launcher!r} is not supported without CUDA (use 'pytorch' "
+                         "or 'slurm')")
+    dist.init_process_group(backend='gloo', timeout=timedelta(seconds=timeout_s))

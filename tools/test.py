@@ -1,0 +1,153 @@
+"""Test (and evaluate) a detector: mmdet 3.3.0's tools/test.py, same flags, plus TBX11K bits.
+
+    python tools/test.py configs/dino_tbx11k_1gpu.py work_dirs/.../epoch_50.pth
+    python tools/test.py CONFIG CKPT --weights raw        # the non-EMA weights of an EMA checkpoint
+    python tools/test.py CONFIG CKPT --format-only --test-split   # challenge submission files
+
+Prints the metrics and writes them to WORK_DIR/metrics.json.
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import sys
+import warnings
+from copy import deepcopy
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # this repo's tbx11k
+
+import torch  # noqa: E402
+from mmengine import ConfigDict  # noqa: E402
+from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.registry import RUNNERS  # noqa: E402
+from mmengine.runner import Runner  # noqa: E402
+
+from tbx11k.utils import check_data_root, set_data_root  # noqa: E402
+from tbx11k.utils.torch_load_compat import load_local_checkpoint  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='MMDet test (and eval) a model')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='where metrics.json and the evaluation files go')
+    parser.add_argument('--out', type=str, help='dump predictions to a pickle file')
+    parser.add_argument('--show', action='store_true', help='show prediction results')
+    parser.add_argument('--show-dir', help='save painted images under work_dir/timestamp/DIR')
+    parser.add_argument('--wait-time', type=float, default=2, help='the interval of show (s)')
+    parser.add_argument('--weights', choices=['ema', 'raw'], default='ema',
+                        help='for checkpoints with EMA: evaluate the EMA weights (default) or '
+                        'the raw training weights')
+    parser.add_argument('--data-root', help="TBX11K root; overrides the config's data_root")
+    parser.add_argument('--format-only', action='store_true',
+                        help='write the submission files instead of evaluating (no labels '
+                        'needed; use with --test-split for the challenge test set)')
+    parser.add_argument('--test-split', action='store_true',
+                        help='test on annotations/json/all_test.json (the unlabelled test set)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override settings in the config, key=value (mmengine syntax)')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    parser.add_argument('--tta', action='store_true')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def select_weights(checkpoint_path: str, weights: str, work_dir: str) -> tuple:
+    """Return (path to load, description of the weights) for ``--weights``."""
+    checkpoint = load_local_checkpoint(checkpoint_path, map_location='cpu')
+    ema = checkpoint.get('ema_state_dict')
+    if ema is None:
+        return checkpoint_path, 'model weights (the checkpoint has no EMA)'
+    steps = int(ema['steps']) if 'steps' in ema else None
+    if weights == 'ema':
+        # mmengine's EMAHook stores the EMA weights as state_dict (and the raw ones in ema_state_dict)
+        return checkpoint_path, f'EMA weights ({steps} EMA updates)'
+    raw = {k[len('module.'):]: v for k, v in ema.items() if k.startswith('module.')}
+    os.makedirs(work_dir, exist_ok=True)
+    path = osp.join(work_dir, 'raw_weights.pth')
+    torch.save(dict(meta=checkpoint.get('meta', {}), state_dict=raw), path + '.tmp')
+    os.replace(path + '.tmp', path)
+    return path, 'raw (non-EMA) training weights'
+
+
+def add_tta(cfg: Config) -> Config:
+    """mmdet's default flip test-time augmentation."""
+    if 'tta_model' not in cfg:
+        warnings.warn('Cannot find ``tta_model`` in config, we will set it as default.')
+        cfg.tta_model = dict(type='DetTTAModel',
+                             tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.5),
+                                          max_per_img=100))
+    if 'tta_pipeline' not in cfg:
+        warnings.warn('Cannot find ``tta_pipeline`` in config, we will set it as default.')
+        test_data_cfg = cfg.test_dataloader.dataset
+        while 'dataset' in test_data_cfg:
+            test_data_cfg = test_data_cfg['dataset']
+        cfg.tta_pipeline = deepcopy(test_data_cfg.pipeline)
+        cfg.tta_pipeline[-1] = dict(
+            type='TestTimeAug',
+            transforms=[[dict(type='RandomFlip', prob=1.), dict(type='RandomFlip', prob=0.)],
+                        [dict(type='PackDetInputs',
+                              meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
+                                         'scale_factor', 'flip', 'flip_direction'))]])
+    cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
+    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+    return cfg
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.data_root:
+        set_data_root(cfg, args.data_root)
+    if args.test_split:
+        dataset = cfg.test_dataloader.dataset
+        dataset.ann_file = 'annotations/json/all_test.json'
+        dataset.pipeline = [t for t in dataset.pipeline if t['type'] != 'LoadAnnotations']
+        cfg.test_evaluator.ann_file = osp.join(dataset.get('data_root', ''), dataset.ann_file)
+    if args.format_only:
+        cfg.test_evaluator.format_only = True
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    if args.show or args.show_dir:
+        from mmdet.engine.hooks.utils import trigger_visualization_hook
+        cfg = trigger_visualization_hook(cfg, args)
+    if args.tta:
+        cfg = add_tta(cfg)
+    return cfg
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    cfg = build_config(args)
+    check_data_root(cfg, splits=('test_dataloader', ))
+    cfg.load_from, weights = select_weights(args.checkpoint, args.weights, cfg.work_dir)
+    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    runner.logger.info(f'Evaluating {args.checkpoint}: {weights}')
+    if args.out is not None:
+        if not args.out.endswith(('.pkl', '.pickle')):
+            raise SystemExit('error: --out must be a .pkl file')
+        from mmdet.evaluation import DumpDetResults
+        runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
+    metrics = runner.test()
+    if runner.rank == 0:
+        out = osp.join(cfg.work_dir, 'metrics.json')
+        record = dict(checkpoint=osp.abspath(args.checkpoint), weights=weights,
+                      metrics={k: (float(v) if isinstance(v, (int, float)) else v)
+                               for k, v in (metrics or {}).items()})
+        with open(out + '.tmp', 'w') as f:
+            json.dump(record, f, indent=2, default=str)
+        os.replace(out + '.tmp', out)
+        runner.logger.info(f'Metrics written to {out}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Train a detector: mmdet 3.3.0's tools/train.py, with the same flags, plus --data-root.
+
+    python tools/train.py configs/dino_tbx11k_1gpu.py [--work-dir DIR] [--resume [CKPT]]
+    bash tools/dist_train.sh configs/dino_tbx11k_2gpu.py 2
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # this repo's tbx11k
+
+from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.registry import RUNNERS  # noqa: E402
+from mmengine.runner import Runner  # noqa: E402
+
+from tbx11k.engine import IncompatibleCheckpoint, NothingToTrain  # noqa: E402
+from tbx11k.utils import check_data_root, set_data_root  # noqa: E402
+
+#: exit status when a resumed run has nothing left to train (not a success)
+EXIT_NOTHING_TO_TRAIN = 3
+#: exit status when the checkpoint to resume does not fit the config
+EXIT_INCOMPATIBLE_CHECKPOINT = 4
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Train a detector')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument('--work-dir', help='the dir to save logs and models')
+    parser.add_argument('--amp', action='store_true', default=False,
+                        help='enable automatic-mixed-precision training')
+    parser.add_argument('--auto-scale-lr', action='store_true',
+                        help='enable automatically scaling LR (by the effective batch)')
+    parser.add_argument('--resume', nargs='?', type=str, const='auto',
+                        help='resume from CKPT, or without a path from the latest checkpoint '
+                        'in the work directory')
+    parser.add_argument('--data-root', help='TBX11K root (holds imgs/ and annotations/); '
+                        "overrides the config's data_root everywhere")
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override settings in the config, key=value (mmengine syntax)')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.data_root:
+        set_data_root(cfg, args.data_root)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    if args.amp:
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.loss_scale = 'dynamic'
+    if args.auto_scale_lr:
+        if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
+            raise SystemExit('error: --auto-scale-lr needs auto_scale_lr.base_batch_size in the '
+                             'config')
+        cfg.auto_scale_lr.enable = True
+    if args.resume == 'auto':
+        cfg.resume = True
+        cfg.load_from = None
+    elif args.resume is not None:
+        cfg.resume = True
+        cfg.load_from = args.resume
+    return cfg
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    cfg = build_config(args)
+    check_data_root(cfg)
+    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    try:
+        runner.train()
+    except NothingToTrain as error:
+        runner.logger.error(str(error))
+        return EXIT_NOTHING_TO_TRAIN
+    except IncompatibleCheckpoint as error:
+        runner.logger.error(f'Cannot resume: {error}')
+        return EXIT_INCOMPATIBLE_CHECKPOINT
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
