@@ -4,12 +4,6 @@ Importing the package registers its datasets, samplers, models, loops, hooks, ru
 into mmdet's registries (configs do it with ``custom_imports``).
 """
 from . import utils  # noqa: F401  (first: fixes checkpoint loading on torch >= 2.6)
-from . import datasets, engine, models  # noqa: F401
-
-try:
-    from . import evaluation  # noqa: F401
-except ImportError as error:  # pragma: no cover - only while the evaluation package is missing
-    if 'tbx11k.evaluation' not in str(error):
-        raise
+from . import datasets, engine, evaluation, models  # noqa: F401
 
 __version__ = '0.1.0'

@@ -1,0 +1,327 @@
+"""TBX11K detection dataset for MMDetection 3.x."""
+import logging
+import os.path as osp
+from collections import Counter
+from typing import List, Union
+
+from mmengine.logging import print_log
+
+from mmdet.datasets import CocoDataset
+from mmdet.registry import DATASETS
+from .seeded import SeededSampleMixin
+from .validation import (BBOX_TOLERANCE, MIN_BOX_SIZE, TBX11KDataError,
+                         read_json, summarize_ids, validate_coco)
+
+ACTIVE_TB = 'ActiveTuberculosis'
+LATENT_TB = 'ObsoletePulmonaryTuberculosis'
+UNCERTAIN_TB = 'PulmonaryTuberculosis'
+
+#: Colour per category name, used to build the palette of any class subset.
+CLASS_COLORS = {
+    ACTIVE_TB: (220, 20, 60),
+    LATENT_TB: (0, 120, 255),
+    UNCERTAIN_TB: (255, 170, 0),
+}
+_FALLBACK_COLOR = (128, 128, 128)
+
+
+def _read_png_size(path: str):
+    """(width, height) from a PNG header, or None when not a PNG."""
+    with open(path, 'rb') as f:
+        head = f.read(24)
+    if len(head) < 24 or head[:8] != b'\x89PNG\r\n\x1a\n' \
+            or head[12:16] != b'IHDR':
+        return None
+    return (int.from_bytes(head[16:20], 'big'),
+            int.from_bytes(head[20:24], 'big'))
+
+
+@DATASETS.register_module()
+class TBX11KDataset(SeededSampleMixin, CocoDataset):
+    """TBX11K chest X-ray tuberculosis detection (COCO-style json).
+
+    Loads the official ``annotations/json/*.json`` files with every quirk of
+    the real data (``info`` as a list, no ``segmentation``, boxes starting at
+    -1, images without boxes, unused category 3) and validates them: bad data
+    raises :class:`TBX11KDataError` whose message names the json file and the
+    entry. Boxes clipped to the image, dropped as too small, or excluded
+    because their category is not in ``classes`` are counted and logged.
+
+    Classes default to the 2 used by the official detectors
+    (:attr:`CLASSES_2`); pass ``metainfo=dict(classes=TBX11KDataset.
+    CLASSES_3)`` for 3. Class names must be TBX11K categories of the json,
+    listed in the json's category order (mmdet's ``CocoMetric`` maps labels
+    to category ids in that order).
+
+    Args:
+        tb_only (bool): keep only the images with at least one box of any
+            category of the json (the "TB-only" evaluation view, like the
+            official ``*_only_tb.json`` files). Applied before ``filter_cfg``
+            and also in ``test_mode``. Defaults to False.
+        bbox_clip_tolerance (float): boxes reaching up to this many pixels
+            outside the image are clipped to it (and counted); farther is an
+            error. Defaults to 2.
+        check_files (bool): check at load time that every image file exists.
+            Defaults to True.
+        check_image_size (bool): also read each PNG header and compare its
+            size with the json's width/height (one small read per image).
+            Defaults to False; ``tools/check_dataset.py`` decodes every image.
+        **kwargs: :class:`mmdet.datasets.CocoDataset` arguments. As there,
+            ``filter_cfg=dict(filter_empty_gt=True)`` drops images without
+            boxes of the selected classes (not in ``test_mode``); the default
+            ``filter_cfg=None`` keeps them.
+    """
+
+    CLASSES_2 = (ACTIVE_TB, LATENT_TB)
+    CLASSES_3 = (ACTIVE_TB, LATENT_TB, UNCERTAIN_TB)
+    METAINFO = {
+        'classes': CLASSES_2,
+        'palette': [CLASS_COLORS[c] for c in CLASSES_2],
+    }
+
+    def __init__(self,
+                 *args,
+                 tb_only: bool = False,
+                 bbox_clip_tolerance: float = BBOX_TOLERANCE,
+                 check_files: bool = True,
+                 check_image_size: bool = False,
+                 **kwargs) -> None:
+        self.tb_only = tb_only
+        self.bbox_clip_tolerance = bbox_clip_tolerance
+        self.check_files = check_files
+        self.check_image_size = check_image_size
+        self.load_stats: dict = {}
+        super().__init__(*args, **kwargs)
+
+    @classmethod
+    def _load_metainfo(cls, metainfo=None) -> dict:
+        """Give a palette matching the classes when none was given."""
+        user_palette = metainfo is not None and 'palette' in metainfo
+        meta = super()._load_metainfo(metainfo)
+        classes = meta.get('classes')
+        if not user_palette and isinstance(classes, (list, tuple)):
+            meta['palette'] = [
+                CLASS_COLORS.get(c, _FALLBACK_COLOR) for c in classes
+            ]
+        return meta
+
+    # ------------------------------------------------------------------
+    def _resolve_classes(self, categories: List[dict]) -> List[int]:
+        """Category ids of ``metainfo['classes']``, with clear errors."""
+        classes = self.metainfo.get('classes')
+        src = self.ann_file
+        if isinstance(classes, str) or not isinstance(classes,
+                                                      (list, tuple)):
+            raise TBX11KDataError(
+                f"{src}: metainfo['classes'] must be a tuple of category "
+                f'names, got {classes!r}')
+        if not classes:
+            raise TBX11KDataError(f"{src}: metainfo['classes'] is empty")
+        dup = [c for c, n in Counter(classes).items() if n > 1]
+        if dup:
+            raise TBX11KDataError(
+                f"{src}: metainfo['classes'] lists {dup} more than once")
+        name2id = {c['name']: c['id'] for c in categories}
+        unknown = [c for c in classes if c not in name2id]
+        if unknown:
+            raise TBX11KDataError(
+                f"{src}: metainfo['classes'] names {unknown}, which "
+                f'{"is" if len(unknown) == 1 else "are"} not a category of '
+                f'this file (categories: {list(name2id)}); use '
+                f'TBX11KDataset.CLASSES_2 or CLASSES_3')
+        cat_ids = [name2id[c] for c in classes]
+        json_order = [c['id'] for c in categories if c['id'] in cat_ids]
+        if cat_ids != json_order:
+            expected = tuple(c['name'] for c in categories
+                             if c['id'] in cat_ids)
+            raise TBX11KDataError(
+                f"{src}: metainfo['classes'] {tuple(classes)} must follow "
+                f"the file's category order {expected}: mmdet's CocoMetric "
+                'maps label i to the i-th matching category id in file '
+                'order, so any other order evaluates the wrong class')
+        return cat_ids
+
+    def load_data_list(self) -> List[dict]:
+        """Load, validate and convert ``self.ann_file``."""
+        src = self.ann_file
+        data = read_json(src, backend_args=self.backend_args)
+        val = validate_coco(
+            data,
+            src,
+            img_prefix=self.data_prefix.get('img', ''),
+            check_files=self.check_files,
+            bbox_tolerance=self.bbox_clip_tolerance,
+            allow_missing_annotations=self.test_mode,
+            raise_errors=True,
+            backend_args=self.backend_args)
+        for w in val.issues.warnings:
+            print_log(str(w), logger='current', level=logging.WARNING)
+
+        self.cat_ids = self._resolve_classes(val.categories)
+        self.cat2label = {cat_id: i for i, cat_id in enumerate(self.cat_ids)}
+        cat_name = {c['id']: c['name'] for c in val.categories}
+        self.cat_img_map = {c['id']: [] for c in val.categories}
+        for img_id, anns in val.anns_by_image.items():
+            for cid in sorted({a['category_id'] for a in anns}):
+                self.cat_img_map[cid].append(img_id)
+
+        excluded: Counter = Counter()
+        ignored = 0
+        not_tb = 0
+        data_list = []
+        for img in val.images:
+            anns = val.anns_by_image[img['id']]
+            if self.tb_only and not anns:
+                not_tb += 1
+                continue
+            if self.check_image_size:
+                self._check_size(img)
+            for a in anns:
+                if a['category_id'] not in self.cat2label:
+                    excluded[cat_name[a['category_id']]] += 1
+                elif a.get('ignore', False):
+                    ignored += 1
+            raw_img_info = dict(img, img_id=img['id'])
+            data_list.append(
+                self.parse_data_info({
+                    'raw_img_info': raw_img_info,
+                    'raw_ann_info': anns
+                }))
+
+        counts = Counter()
+        for d in data_list:
+            for inst in d['instances']:
+                counts[self.metainfo['classes'][inst['bbox_label']]] += 1
+        n_empty = sum(1 for d in data_list if not d['instances'])
+        self.load_stats = dict(
+            ann_file=src,
+            num_images=len(data_list),
+            num_images_without_boxes=n_empty,
+            num_instances=sum(counts.values()),
+            instances_per_class={
+                c: counts.get(c, 0)
+                for c in self.metainfo['classes']
+            },
+            num_clipped=len(val.clipped_ann_ids),
+            num_dropped_small=len(val.dropped_small_ann_ids),
+            num_excluded_not_in_classes=dict(excluded),
+            num_ignored=ignored,
+            num_images_dropped_not_tb=not_tb,
+        )
+        self._log_load_stats(val)
+        return data_list
+
+    def _check_size(self, img: dict) -> None:
+        path = osp.join(self.data_prefix.get('img', ''), img['file_name'])
+        size = _read_png_size(path)
+        if size is not None and size != (img['width'], img['height']):
+            raise TBX11KDataError(
+                f"{self.ann_file}: image id={img['id']} file_name="
+                f"{img['file_name']!r}: the file is {size[0]}x{size[1]} but "
+                f"the json says {img['width']}x{img['height']}")
+
+    def _log_load_stats(self, val) -> None:
+        s = self.load_stats
+        per_class = ', '.join(f'{k}: {v}'
+                              for k, v in s['instances_per_class'].items())
+        msg = (f'TBX11KDataset {s["ann_file"]}: {s["num_images"]} images '
+               f'({s["num_images_without_boxes"]} without boxes), '
+               f'{s["num_instances"]} boxes ({per_class})')
+        if self.tb_only:
+            msg += (f'; tb_only: {s["num_images_dropped_not_tb"]} images '
+                    'without TB boxes left out')
+        print_log(msg, logger='current', level=logging.INFO)
+        if val.clipped_ann_ids:
+            print_log(
+                f'TBX11KDataset {s["ann_file"]}: {s["num_clipped"]} boxes '
+                f'reaching up to {self.bbox_clip_tolerance:g}px outside the '
+                'image were clipped to it (annotation ids '
+                f'{summarize_ids(val.clipped_ann_ids)})',
+                logger='current',
+                level=logging.INFO)
+        if val.dropped_small_ann_ids:
+            print_log(
+                f'TBX11KDataset {s["ann_file"]}: {s["num_dropped_small"]} '
+                f'boxes dropped, smaller than {MIN_BOX_SIZE:g}px after '
+                'clipping (annotation ids '
+                f'{summarize_ids(val.dropped_small_ann_ids)})',
+                logger='current',
+                level=logging.WARNING)
+        if s['num_excluded_not_in_classes']:
+            detail = ', '.join(
+                f'{n} {name}'
+                for name, n in s['num_excluded_not_in_classes'].items())
+            print_log(
+                f'TBX11KDataset {s["ann_file"]}: boxes excluded, not in '
+                f'classes {tuple(self.metainfo["classes"])}: {detail}',
+                logger='current',
+                level=logging.WARNING)
+        if s['num_ignored']:
+            print_log(
+                f'TBX11KDataset {s["ann_file"]}: {s["num_ignored"]} boxes '
+                "skipped because of their 'ignore' flag",
+                logger='current',
+                level=logging.WARNING)
+
+    def parse_data_info(self, raw_data_info: dict) -> Union[dict, List[dict]]:
+        """Convert one validated image entry and its annotations.
+
+        Boxes were validated and clipped by :func:`validate_coco`;
+        annotations of categories outside ``classes`` and ones flagged
+        ``ignore`` are skipped (and counted by :meth:`load_data_list`);
+        ``iscrowd=1`` gives ``ignore_flag=1`` as in CocoDataset.
+        """
+        img_info = raw_data_info['raw_img_info']
+        data_info = {
+            'img_path': osp.join(self.data_prefix.get('img', ''),
+                                 img_info['file_name']),
+            'img_id': img_info['img_id'],
+            'seg_map_path': None,
+            'height': img_info['height'],
+            'width': img_info['width'],
+        }
+        if self.return_classes:
+            data_info['text'] = self.metainfo['classes']
+            data_info['caption_prompt'] = self.caption_prompt
+            data_info['custom_entities'] = True
+        instances = []
+        for ann in raw_data_info['raw_ann_info']:
+            if ann.get('ignore', False):
+                continue
+            label = self.cat2label.get(ann['category_id'])
+            if label is None:
+                continue
+            x, y, w, h = ann['bbox']
+            instances.append({
+                'bbox': [x, y, x + w, y + h],
+                'bbox_label': label,
+                'ignore_flag': 1 if ann.get('iscrowd', 0) else 0,
+            })
+        data_info['instances'] = instances
+        return data_info
+
+    def filter_data(self) -> List[dict]:
+        """``filter_empty_gt`` drops images without boxes of the selected
+        classes; ``min_size`` drops small images. Counts are logged."""
+        if self.test_mode or self.filter_cfg is None:
+            return self.data_list
+        filter_empty_gt = self.filter_cfg.get('filter_empty_gt', False)
+        min_size = self.filter_cfg.get('min_size', 0)
+        kept, n_empty, n_small = [], 0, 0
+        for d in self.data_list:
+            if filter_empty_gt and not d['instances']:
+                n_empty += 1
+            elif min(d['width'], d['height']) < min_size:
+                n_small += 1
+            else:
+                kept.append(d)
+        if n_empty or n_small:
+            print_log(
+                f'TBX11KDataset {self.ann_file}: filter_cfg dropped '
+                f'{n_empty} images without boxes of the classes and '
+                f'{n_small} images smaller than {min_size}; '
+                f'{len(kept)} left',
+                logger='current',
+                level=logging.INFO)
+        self.load_stats['num_images_after_filter'] = len(kept)
+        return kept

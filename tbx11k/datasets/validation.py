@@ -1,0 +1,460 @@
+"""Validation of TBX11K (COCO-style) detection json files.
+
+Shared by :class:`tbx11k.datasets.TBX11KDataset` (which raises on the first
+error) and ``tools/check_dataset.py`` (which collects every problem into a
+report). Every message names the json file and the offending entry
+(image id / file_name / annotation id).
+
+Accepted TBX11K quirks (see docs/tbx11k-format.md):
+
+- ``info`` may be a list (or a dict, or missing);
+- annotations have no ``segmentation`` key and carry ``width``/``height``;
+- boxes may start up to ``bbox_tolerance`` pixels outside the image (the
+  official converter shifts every box by -1, so a box on the edge starts at
+  -1): such boxes are clipped to the image and counted;
+- images with no annotations.
+"""
+import json
+import math
+import os.path as osp
+from dataclasses import dataclass, field
+from numbers import Real
+from typing import Any, Dict, List, Optional
+
+#: Largest distance (pixels) a box may reach outside the image before it is
+#: an error rather than clipped.
+BBOX_TOLERANCE = 2.0
+
+#: Boxes narrower or lower than this after clipping are dropped (and counted),
+#: as mmdet's CocoDataset (silently) does and the official converter did.
+MIN_BOX_SIZE = 1.0
+
+
+class TBX11KDataError(ValueError):
+    """Malformed TBX11K / COCO data. The message names file and entry."""
+
+
+class TBX11KMissingFileError(TBX11KDataError, FileNotFoundError):
+    """An annotation file or an image file referenced by it is missing."""
+
+
+@dataclass
+class Issue:
+    """One problem found in a json file."""
+    level: str  # 'error' or 'warning'
+    kind: str  # short machine-readable code, e.g. 'bbox_nonfinite'
+    message: str  # full message, starting with the json file
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class IssueCollector:
+    """Raises (``raise_errors=True``) or collects errors; collects warnings."""
+
+    def __init__(self, source: str, raise_errors: bool = True) -> None:
+        self.source = str(source)
+        self.raise_errors = raise_errors
+        self.errors: List[Issue] = []
+        self.warnings: List[Issue] = []
+
+    def _format(self, entry: Optional[str], msg: str) -> str:
+        if entry:
+            return f'{self.source}: {entry}: {msg}'
+        return f'{self.source}: {msg}'
+
+    def error(self, kind: str, entry: Optional[str], msg: str,
+              exc_type: type = TBX11KDataError) -> None:
+        text = self._format(entry, msg)
+        if self.raise_errors:
+            raise exc_type(text)
+        self.errors.append(Issue('error', kind, text))
+
+    def warning(self, kind: str, entry: Optional[str], msg: str) -> None:
+        self.warnings.append(Issue('warning', kind,
+                                   self._format(entry, msg)))
+
+    def count(self, level: str = 'error') -> Dict[str, int]:
+        out: Dict[str, int] = {}
+        for issue in (self.errors if level == 'error' else self.warnings):
+            out[issue.kind] = out.get(issue.kind, 0) + 1
+        return out
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, Real) and not isinstance(v, bool)
+
+
+def _as_positive_int(v: Any) -> Optional[int]:
+    """512 or 512.0 -> 512; anything else (incl. <= 0, True, '512') -> None."""
+    if _is_int(v):
+        return v if v > 0 else None
+    if _is_number(v) and math.isfinite(v) and float(v).is_integer() and v > 0:
+        return int(v)
+    return None
+
+
+def image_ref(img: Any, index: Optional[int] = None) -> str:
+    """Human-readable reference to an image entry."""
+    if not isinstance(img, dict):
+        return f'images[{index}]'
+    parts = []
+    if 'id' in img:
+        parts.append(f'id={img["id"]!r}')
+    if 'file_name' in img:
+        parts.append(f'file_name={img["file_name"]!r}')
+    if not parts:
+        return f'images[{index}]'
+    return 'image ' + ' '.join(parts)
+
+
+def ann_ref(ann: Any, index: Optional[int] = None,
+            images_by_id: Optional[Dict[int, dict]] = None) -> str:
+    """Human-readable reference to an annotation entry."""
+    if not isinstance(ann, dict) or 'id' not in ann:
+        ref = f'annotations[{index}]'
+    else:
+        ref = f'annotation id={ann["id"]!r}'
+    if isinstance(ann, dict) and 'image_id' in ann:
+        ref += f' (image_id={ann["image_id"]!r}'
+        img = (images_by_id or {}).get(ann['image_id']) if _is_int(
+            ann['image_id']) else None
+        if img is not None:
+            ref += f', file_name={img["file_name"]!r}'
+        ref += ')'
+    return ref
+
+
+def read_json(path: str, backend_args: Optional[dict] = None) -> Any:
+    """Read a json file; raise :class:`TBX11KDataError` naming it if it is
+    missing, unreadable or not valid JSON (e.g. truncated)."""
+    path = str(path)
+    try:
+        if backend_args is None:
+            with open(path, 'rb') as f:
+                raw = f.read()
+        else:
+            from mmengine.fileio import get
+            raw = get(path, backend_args=backend_args)
+    except FileNotFoundError as e:
+        raise TBX11KMissingFileError(
+            f'{path}: annotation file not found') from e
+    except OSError as e:
+        raise TBX11KDataError(f'{path}: cannot read annotation file: {e}') \
+            from e
+    try:
+        return json.loads(raw)
+    except UnicodeDecodeError as e:
+        raise TBX11KDataError(
+            f'{path}: annotation file is not UTF-8 text: {e}') from e
+    except json.JSONDecodeError as e:
+        hint = ' (the file looks truncated)' if e.pos >= len(raw.rstrip()) \
+            else ''
+        raise TBX11KDataError(
+            f'{path}: not valid JSON: {e.msg} at line {e.lineno} column '
+            f'{e.colno}{hint}') from e
+
+
+@dataclass
+class ValidatedCoco:
+    """Result of :func:`validate_coco`.
+
+    ``anns_by_image`` holds copies of the valid annotations, with ``bbox``
+    clipped to the image ([x, y, w, h] floats) and the original box in
+    ``bbox_orig`` when it was clipped. Boxes dropped as smaller than
+    ``MIN_BOX_SIZE`` after clipping are not in it.
+    """
+    source: str
+    images: List[dict] = field(default_factory=list)
+    categories: List[dict] = field(default_factory=list)
+    anns_by_image: Dict[int, List[dict]] = field(default_factory=dict)
+    num_raw_images: int = 0
+    num_raw_annotations: int = 0
+    clipped_ann_ids: List[Any] = field(default_factory=list)
+    dropped_small_ann_ids: List[Any] = field(default_factory=list)
+    issues: Optional[IssueCollector] = None
+    top_level_ok: bool = True
+
+    @property
+    def cat_by_id(self) -> Dict[int, dict]:
+        return {c['id']: c for c in self.categories}
+
+    @property
+    def num_annotations(self) -> int:
+        return sum(len(v) for v in self.anns_by_image.values())
+
+
+def _file_checker(img_prefix: str, backend_args: Optional[dict]):
+    if backend_args is None:
+        return osp.isfile
+    from mmengine.fileio import get_file_backend
+    backend = get_file_backend(img_prefix, backend_args=backend_args)
+    return backend.isfile
+
+
+def validate_coco(data: Any,
+                  source: str,
+                  *,
+                  img_prefix: Optional[str] = None,
+                  check_files: bool = True,
+                  bbox_tolerance: float = BBOX_TOLERANCE,
+                  allow_missing_annotations: bool = False,
+                  raise_errors: bool = True,
+                  backend_args: Optional[dict] = None) -> ValidatedCoco:
+    """Validate a parsed COCO-style detection json (TBX11K flavour).
+
+    Args:
+        data: the parsed json.
+        source: the json's path, used in every message.
+        img_prefix: folder that ``file_name`` is relative to (``imgs/``);
+            needed for ``check_files``.
+        check_files: check that every image file exists.
+        bbox_tolerance: boxes reaching up to this many pixels outside the
+            image are clipped (and counted); farther is an error.
+        allow_missing_annotations: accept a json without an 'annotations'
+            key (image-info files for testing); otherwise it is an error.
+        raise_errors: raise :class:`TBX11KDataError` on the first error
+            (dataset loading) or collect all of them in ``result.issues``
+            (check tool).
+        backend_args: mmengine file backend arguments for the file checks.
+    """
+    issues = IssueCollector(source, raise_errors=raise_errors)
+    result = ValidatedCoco(source=str(source), issues=issues)
+
+    # ---- top level ------------------------------------------------------
+    if not isinstance(data, dict):
+        issues.error('not_coco', None,
+                     'not a COCO detection file: the top level must be a '
+                     "JSON object with 'images', 'annotations' and "
+                     f"'categories', got {type(data).__name__}")
+        result.top_level_ok = False
+        return result
+    required = ['images', 'categories']
+    if not allow_missing_annotations or 'annotations' in data:
+        required.insert(1, 'annotations')
+    for key in required:
+        if key not in data:
+            issues.error('not_coco', None,
+                         f'not a COCO detection file: missing key {key!r} '
+                         f'(keys present: {sorted(data)})')
+            result.top_level_ok = False
+        elif not isinstance(data[key], list):
+            issues.error('not_coco', None,
+                         f'{key!r} must be a list, got '
+                         f'{type(data[key]).__name__}')
+            result.top_level_ok = False
+    if not result.top_level_ok:
+        return result
+    info = data.get('info')
+    if info is not None and not isinstance(info, (list, dict)):
+        issues.warning('info_type', None,
+                       f"'info' is a {type(info).__name__}, expected a list "
+                       '(TBX11K) or a dict (COCO)')
+    raw_images = data['images']
+    raw_anns = data.get('annotations', [])
+    raw_cats = data['categories']
+    result.num_raw_images = len(raw_images)
+    result.num_raw_annotations = len(raw_anns)
+
+    # ---- categories -----------------------------------------------------
+    cat_ids: Dict[int, dict] = {}
+    cat_names: Dict[str, int] = {}
+    for i, cat in enumerate(raw_cats):
+        entry = f'categories[{i}]'
+        if not isinstance(cat, dict):
+            issues.error('bad_category', entry,
+                         f'must be an object, got {type(cat).__name__}')
+            continue
+        if not _is_int(cat.get('id')):
+            issues.error('bad_category', entry,
+                         f"'id' must be an integer, got {cat.get('id')!r}")
+            continue
+        name = cat.get('name')
+        entry = f'category id={cat["id"]} name={name!r}'
+        if not isinstance(name, str) or not name:
+            issues.error('bad_category', entry,
+                         "'name' must be a non-empty string")
+            continue
+        if cat['id'] in cat_ids:
+            issues.error('duplicate_category_id', entry,
+                         f'duplicate category id {cat["id"]} (also '
+                         f'{cat_ids[cat["id"]]["name"]!r})')
+            continue
+        if name in cat_names:
+            issues.error('duplicate_category_name', entry,
+                         f'duplicate category name {name!r} (also id '
+                         f'{cat_names[name]})')
+            continue
+        cat_ids[cat['id']] = cat
+        cat_names[name] = cat['id']
+        result.categories.append(cat)
+    cat_desc = ', '.join(f'{c["id"]}={c["name"]}' for c in result.categories)
+
+    # ---- images ---------------------------------------------------------
+    isfile = None
+    if check_files:
+        if img_prefix is None:
+            raise ValueError('validate_coco: check_files needs img_prefix')
+        isfile = _file_checker(img_prefix, backend_args)
+    images_by_id: Dict[int, dict] = {}
+    file_names: Dict[str, Any] = {}
+    for i, img in enumerate(raw_images):
+        entry = image_ref(img, i)
+        if not isinstance(img, dict):
+            issues.error('bad_image', entry,
+                         f'must be an object, got {type(img).__name__}')
+            continue
+        img_id = img.get('id')
+        if not _is_int(img_id):
+            issues.error('bad_image', entry,
+                         f"'id' must be an integer, got {img_id!r}")
+            continue
+        if img_id in images_by_id:
+            issues.error('duplicate_image_id', entry,
+                         f'duplicate image id {img_id} (also file_name '
+                         f'{images_by_id[img_id]["file_name"]!r})')
+            continue
+        file_name = img.get('file_name')
+        if not isinstance(file_name, str) or not file_name:
+            issues.error('bad_image', entry,
+                         "'file_name' must be a non-empty string, got "
+                         f'{file_name!r}')
+            continue
+        size_ok = True
+        for key in ('width', 'height'):
+            if _as_positive_int(img.get(key)) is None:
+                issues.error('bad_image_size', entry,
+                             f'{key!r} must be a positive integer, got '
+                             f'{img.get(key)!r}')
+                size_ok = False
+        if not size_ok:
+            continue
+        if file_name in file_names:
+            issues.warning('duplicate_file_name', entry,
+                           f'file_name also used by image id '
+                           f'{file_names[file_name]}')
+        if isfile is not None:
+            path = osp.join(img_prefix, file_name)
+            if not isfile(path):
+                issues.error('missing_image', entry,
+                             f'image file not found: {path}',
+                             exc_type=TBX11KMissingFileError)
+                continue
+        img = dict(img)
+        img['width'] = _as_positive_int(img['width'])
+        img['height'] = _as_positive_int(img['height'])
+        images_by_id[img_id] = img
+        file_names[file_name] = img_id
+        result.images.append(img)
+        result.anns_by_image[img_id] = []
+
+    # ---- annotations ----------------------------------------------------
+    ann_ids: Dict[Any, int] = {}
+    tol = float(bbox_tolerance)
+    for i, ann in enumerate(raw_anns):
+        entry = ann_ref(ann, i, images_by_id)
+        if not isinstance(ann, dict):
+            issues.error('bad_annotation', entry,
+                         f'must be an object, got {type(ann).__name__}')
+            continue
+        ann_id = ann.get('id')
+        if not _is_int(ann_id):
+            issues.error('bad_annotation', entry,
+                         f"'id' must be an integer, got {ann_id!r}")
+            continue
+        if ann_id in ann_ids:
+            issues.error('duplicate_annotation_id', entry,
+                         f'duplicate annotation id {ann_id} (also '
+                         f'annotations[{ann_ids[ann_id]}])')
+            continue
+        ann_ids[ann_id] = i
+        image_id = ann.get('image_id')
+        if not _is_int(image_id):
+            issues.error('bad_annotation', entry,
+                         f"'image_id' must be an integer, got {image_id!r}")
+            continue
+        img = images_by_id.get(image_id)
+        if img is None:
+            if any(isinstance(m, dict) and m.get('id') == image_id
+                   for m in raw_images):
+                continue  # the image itself was reported already
+            issues.error('unknown_image_id', entry,
+                         f"refers to image_id={image_id}, which is not in "
+                         "'images'")
+            continue
+        cat_id = ann.get('category_id')
+        if not _is_int(cat_id) or cat_id not in cat_ids:
+            issues.error('unknown_category', entry,
+                         f'unknown category_id={cat_id!r} (categories: '
+                         f'{cat_desc})')
+            continue
+        bbox = ann.get('bbox')
+        if (not isinstance(bbox, (list, tuple)) or len(bbox) != 4
+                or not all(_is_number(v) for v in bbox)):
+            issues.error('bad_bbox', entry,
+                         'bbox must be a list of 4 numbers [x, y, w, h], '
+                         f'got {bbox!r}')
+            continue
+        x, y, w, h = (float(v) for v in bbox)
+        if not all(math.isfinite(v) for v in (x, y, w, h)):
+            issues.error('bbox_nonfinite', entry,
+                         f'bbox has a non-finite value: {list(bbox)}')
+            continue
+        if w <= 0 or h <= 0:
+            what = 'width' if w <= 0 else 'height'
+            issues.error('bbox_nonpositive', entry,
+                         f'bbox {what} must be positive, got bbox '
+                         f'{list(bbox)}')
+            continue
+        W, H = img['width'], img['height']
+        x2, y2 = x + w, y + h
+        if x < -tol or y < -tol or x2 > W + tol or y2 > H + tol:
+            issues.error('bbox_outside', entry,
+                         f'bbox {list(bbox)} (x1,y1,x2,y2 = {x:g},{y:g},'
+                         f'{x2:g},{y2:g}) lies outside the {W}x{H} image by '
+                         f'more than the {tol:g}px tolerance')
+            continue
+        iscrowd = ann.get('iscrowd', 0)
+        if iscrowd not in (0, 1):  # True/False compare equal to 1/0
+            issues.error('bad_annotation', entry,
+                         f"'iscrowd' must be 0 or 1, got {iscrowd!r}")
+            continue
+        area = ann.get('area')
+        if area is None:
+            issues.error('bad_area', entry,
+                         "missing 'area' (COCO evaluation needs it)")
+            continue
+        if not _is_number(area) or not math.isfinite(area) or area < 0:
+            issues.error('bad_area', entry,
+                         f"'area' must be a finite number >= 0, got "
+                         f'{area!r}')
+            continue
+        for key in ('width', 'height'):
+            if key in ann and ann[key] != img[key]:
+                issues.warning('ann_size_mismatch', entry,
+                               f'annotation {key}={ann[key]!r} differs from '
+                               f'the image {key} {img[key]}')
+        cx1, cy1 = min(max(x, 0.0), W), min(max(y, 0.0), H)
+        cx2, cy2 = min(max(x2, 0.0), W), min(max(y2, 0.0), H)
+        new = dict(ann)
+        if (cx1, cy1, cx2, cy2) != (x, y, x2, y2):
+            new['bbox_orig'] = list(bbox)
+            result.clipped_ann_ids.append(ann_id)
+        if cx2 - cx1 < MIN_BOX_SIZE or cy2 - cy1 < MIN_BOX_SIZE:
+            result.dropped_small_ann_ids.append(ann_id)
+            continue
+        new['bbox'] = [cx1, cy1, cx2 - cx1, cy2 - cy1]
+        result.anns_by_image[image_id].append(new)
+    return result
+
+
+def summarize_ids(ids: List[Any], limit: int = 5) -> str:
+    """'3, 7, 9 and 12 more' style list for log messages."""
+    shown = ', '.join(str(i) for i in ids[:limit])
+    if len(ids) > limit:
+        shown += f' and {len(ids) - limit} more'
+    return shown

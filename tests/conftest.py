@@ -1,0 +1,41 @@
+"""Shared pytest fixtures."""
+import pytest
+
+
+@pytest.fixture(scope='session')
+def synthetic_tbx11k(tmp_path_factory):
+    """A tiny synthetic TBX11K (128 px images, made once per session).
+
+    Returns the generator's summary dict ('root' is the data root). Train:
+    16 images (4 health, 4 sick, 8 tb: one box at x=-1, one tb image without
+    boxes, both classes); val: 8 images (one sick image byte-identical to a
+    train one); test: 4; extra: 4. Tests must not modify it: copy first.
+    """
+    from tbx11k.datasets.synthetic import make_synthetic_tbx11k
+    root = tmp_path_factory.mktemp('synthetic_tbx11k')
+    return make_synthetic_tbx11k(
+        root,
+        num_train=16,
+        num_val=8,
+        num_test=4,
+        num_extra=4,
+        seed=0,
+        image_size=128)
+
+
+@pytest.fixture(scope='session')
+def synthetic_root(synthetic_tbx11k):
+    """pathlib.Path of the session's tiny synthetic TBX11K root."""
+    import pathlib
+    return pathlib.Path(synthetic_tbx11k['root'])
+
+
+@pytest.fixture(scope='session')
+def training_root(tmp_path_factory):
+    """A synthetic TBX11K for training tests: 13 train images (an odd count: the last window is
+    padded), mixing healthy/sick films without boxes and TB films with 1 to several boxes."""
+    from tbx11k.datasets.synthetic import make_synthetic_tbx11k
+    root = tmp_path_factory.mktemp('training_tbx11k')
+    make_synthetic_tbx11k(root, num_train=13, num_val=6, num_test=4, num_extra=2, seed=1,
+                          image_size=256)
+    return str(root)

@@ -1,0 +1,59 @@
+#!/usr/bin/env python
+"""Write a small synthetic TBX11K (official layout and json quirks).
+
+Example:
+    python tools/make_synthetic_tbx11k.py data/TBX11K-synth --num-train 24 --size 512
+"""
+import argparse
+import json
+import sys
+
+from tbx11k.datasets.synthetic import format_summary, make_synthetic_tbx11k
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('root', help='output folder (TBX11K root)')
+    p.add_argument('--num-train', type=int, default=24)
+    p.add_argument('--num-val', type=int, default=12)
+    p.add_argument('--num-test', type=int, default=8)
+    p.add_argument('--num-extra', type=int, default=8,
+                   help='images of the extra public sets (no boxes)')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--size', type=int, default=512, help='image side')
+    p.add_argument('--tb-fraction', type=float, default=0.5)
+    p.add_argument('--healthy-fraction', type=float, default=0.25)
+    p.add_argument('--duplicate-pairs', type=int, default=None,
+                   help='byte-identical train/val sick pairs (default ~5%%)')
+    p.add_argument('--overwrite', action='store_true',
+                   help='replace imgs/, annotations/, lists/ under ROOT')
+    p.add_argument('--json', action='store_true',
+                   help='print the summary as json')
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        summary = make_synthetic_tbx11k(
+            args.root,
+            num_train=args.num_train,
+            num_val=args.num_val,
+            num_test=args.num_test,
+            num_extra=args.num_extra,
+            seed=args.seed,
+            image_size=args.size,
+            tb_fraction=args.tb_fraction,
+            healthy_fraction=args.healthy_fraction,
+            num_duplicate_pairs=args.duplicate_pairs,
+            overwrite=args.overwrite)
+    except (FileExistsError, ValueError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2) if args.json else
+          format_summary(summary))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
