@@ -15,12 +15,9 @@ from mmengine.registry import RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 from tbx11k.engine import IncompatibleCheckpoint, NothingToTrain  # noqa: E402
+from tbx11k.engine.exit_codes import (EXIT_INCOMPATIBLE_CHECKPOINT,  # noqa: E402
+                                      EXIT_NOTHING_TO_TRAIN)
 from tbx11k.utils import check_data_root, set_data_root  # noqa: E402
-
-#: exit status when a resumed run has nothing left to train (not a success)
-EXIT_NOTHING_TO_TRAIN = 3
-#: exit status when the checkpoint to resume does not fit the config
-EXIT_INCOMPATIBLE_CHECKPOINT = 4
 
 
 def parse_args(argv=None) -> argparse.Namespace:

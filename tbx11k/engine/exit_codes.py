@@ -1,0 +1,8 @@
+"""Exit statuses of tools/train.py that job scripts act on (0 = the schedule is done)."""
+#: a resumed run had nothing left to train: the schedule was already complete (not a success)
+EXIT_NOTHING_TO_TRAIN = 3
+#: the checkpoint to resume does not fit the config (model, classes or effective batch)
+EXIT_INCOMPATIBLE_CHECKPOINT = 4
+#: stopped by a signal after writing a checkpoint at an optimizer-step boundary: resume to go on
+#: (75 is EX_TEMPFAIL in sysexits.h: "try again later")
+EXIT_PREEMPTED = 75
