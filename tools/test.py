@@ -4,7 +4,8 @@
     python tools/test.py CONFIG CKPT --weights raw        # the non-EMA weights of an EMA checkpoint
     python tools/test.py CONFIG CKPT --format-only --test-split   # challenge submission files
 
-Prints the metrics and writes them to WORK_DIR/metrics.json.
+Prints the metrics and writes them to WORK_DIR/metrics.json (TBX11KMetric also writes metrics.md
+and its plots there).
 """
 import argparse
 import json
@@ -110,12 +111,15 @@ def build_config(args: argparse.Namespace) -> Config:
         dataset.ann_file = 'annotations/json/all_test.json'
         dataset.pipeline = [t for t in dataset.pipeline if t['type'] != 'LoadAnnotations']
         cfg.test_evaluator.ann_file = osp.join(dataset.get('data_root', ''), dataset.ann_file)
-    if args.format_only:
-        cfg.test_evaluator.format_only = True
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir', None) is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    if args.format_only:
+        cfg.test_evaluator.format_only = True
+        cfg.test_evaluator.setdefault('outfile_prefix', osp.join(cfg.work_dir, 'submission'))
+    if cfg.test_evaluator.get('type') == 'TBX11KMetric':
+        cfg.test_evaluator.setdefault('out_dir', cfg.work_dir)  # metrics.json/.md and plots
     if args.show or args.show_dir:
         from mmdet.engine.hooks.utils import trigger_visualization_hook
         cfg = trigger_visualization_hook(cfg, args)
@@ -136,8 +140,12 @@ def main(argv=None) -> int:
             raise SystemExit('error: --out must be a .pkl file')
         from mmdet.evaluation import DumpDetResults
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
+    for metric in runner.test_evaluator.metrics:
+        if hasattr(metric, 'weights_tag'):
+            metric.weights_tag = weights
     metrics = runner.test()
-    if runner.rank == 0:
+    writes_own_report = cfg.test_evaluator.get('type') == 'TBX11KMetric'
+    if runner.rank == 0 and not writes_own_report:
         out = osp.join(cfg.work_dir, 'metrics.json')
         record = dict(checkpoint=osp.abspath(args.checkpoint), weights=weights,
                       metrics={k: (float(v) if isinstance(v, (int, float)) else v)

@@ -14,9 +14,9 @@ from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
-from tbx11k.engine import IncompatibleCheckpoint, NothingToTrain  # noqa: E402
+from tbx11k.engine import IncompatibleCheckpoint, LayoutMismatch, NothingToTrain  # noqa: E402
 from tbx11k.engine.exit_codes import (EXIT_INCOMPATIBLE_CHECKPOINT,  # noqa: E402
-                                      EXIT_NOTHING_TO_TRAIN)
+                                      EXIT_NOTHING_TO_TRAIN, EXIT_WRONG_LAYOUT)
 from tbx11k.utils import check_data_root, set_data_root  # noqa: E402
 
 
@@ -85,6 +85,9 @@ def main(argv=None) -> int:
     except IncompatibleCheckpoint as error:
         runner.logger.error(f'Cannot resume: {error}')
         return EXIT_INCOMPATIBLE_CHECKPOINT
+    except LayoutMismatch as error:
+        runner.logger.error(str(error))
+        return EXIT_WRONG_LAYOUT
     return 0
 
 

@@ -61,12 +61,12 @@ val_dataloader = dict(
         test_mode=True,
         pipeline=test_pipeline))
 test_dataloader = val_dataloader
+# the TBX11K protocol: COCO AP per class, category-agnostic TB, ALL and TB-only images, FROC,
+# image-level TB classification (tbx11k/evaluation)
 val_evaluator = dict(
     _delete_=True,
-    type='CocoMetric',
-    ann_file=data_root + 'annotations/json/TBX11K_val.json',
-    metric='bbox',
-    classwise=True)
+    type='TBX11KMetric',
+    ann_file=data_root + 'annotations/json/TBX11K_val.json')
 test_evaluator = val_evaluator
 
 # ---- model ----------------------------------------------------------------------------------
@@ -97,7 +97,8 @@ auto_scale_lr = dict(enable=False, base_batch_size=2)
 randomness = dict(seed=2024)  # a fixed seed: both layouts then train identically
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=50),
-    checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=3))
+    checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=3,
+                    save_best='tbx11k/TB_AP_all', rule='greater'))
 custom_hooks = [
     dict(type='CheckpointInterchangeHook'),
     dict(type='EMAHook', ema_type='ExponentialMovingAverage', momentum=0.0002,

@@ -1,6 +1,6 @@
 from .hooks import CheckpointInterchangeHook, IncompatibleCheckpoint
-from .loops import AccumulationEpochBasedTrainLoop, NothingToTrain
+from .loops import AccumulationEpochBasedTrainLoop, LayoutMismatch, NothingToTrain
 from .runner import TBX11KRunner
 
 __all__ = ['AccumulationEpochBasedTrainLoop', 'CheckpointInterchangeHook', 'IncompatibleCheckpoint',
-           'NothingToTrain', 'TBX11KRunner']
+           'LayoutMismatch', 'NothingToTrain', 'TBX11KRunner']

@@ -3,6 +3,8 @@
 EXIT_NOTHING_TO_TRAIN = 3
 #: the checkpoint to resume does not fit the config (model, classes or effective batch)
 EXIT_INCOMPATIBLE_CHECKPOINT = 4
+#: the launch (GPUs x images x accumulation) does not give the config's effective batch
+EXIT_WRONG_LAYOUT = 5
 #: stopped by a signal after writing a checkpoint at an optimizer-step boundary: resume to go on
 #: (75 is EX_TEMPFAIL in sysexits.h: "try again later")
 EXIT_PREEMPTED = 75

@@ -18,6 +18,10 @@ class NothingToTrain(RuntimeError):
     """Raised when a resumed run has no optimizer step left to do."""
 
 
+class LayoutMismatch(ValueError):
+    """The launch does not give the effective batch the config was written for."""
+
+
 def accumulative_counts_of(optim_wrapper) -> int:
     """``accumulative_counts`` of a built optim wrapper or of its config."""
     if isinstance(optim_wrapper, dict):
@@ -72,7 +76,7 @@ class AccumulationEpochBasedTrainLoop(EpochBasedTrainLoop):
         self._skip = 0
         declared = runner.cfg.get('effective_batch_size')
         if declared is not None and declared != self.effective_batch_size:
-            raise ValueError(
+            raise LayoutMismatch(
                 f'This config trains with an effective batch of {declared} images per optimizer '
                 f'step, but this launch gives {self.effective_batch_size} = {self._layout()}. '
                 'Use configs/*_1gpu.py on 1 GPU and configs/*_2gpu.py on 2 GPUs, or change '

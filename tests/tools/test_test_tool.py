@@ -1,0 +1,63 @@
+"""tools/test.py end to end: data -> model -> TBX11K metric -> files, on a hand-computed case."""
+import json
+import os.path as osp
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from tbx11k.testing import TINY_1GPU, run, REPO_ROOT
+
+
+@pytest.fixture(scope='module')
+def oracle(tmp_path_factory, training_root):
+    """A config whose model returns the GT boxes except on one image, and its 'checkpoint'."""
+    tmp = tmp_path_factory.mktemp('oracle')
+    val = json.load(open(osp.join(training_root, 'annotations/json/TBX11K_val.json')))
+    boxes_per_image = {}
+    for ann in val['annotations']:
+        boxes_per_image[ann['image_id']] = boxes_per_image.get(ann['image_id'], 0) + 1
+    skipped_id = max(boxes_per_image, key=boxes_per_image.get)
+    skipped = next(i for i in val['images'] if i['id'] == skipped_id)
+    config = tmp / 'oracle.py'
+    config.write_text(textwrap.dedent(f'''
+        _base_ = {TINY_1GPU!r}
+        custom_imports = dict(imports=['tbx11k', 'tbx11k.testing_oracle'],
+                              allow_failed_imports=False)
+        model = dict(_delete_=True, type='GTOracleDetector',
+                     skip_files=[{osp.basename(skipped['file_name'])!r}],
+                     data_preprocessor=dict(type='DetDataPreprocessor'))
+        custom_hooks = []
+    '''))
+    checkpoint = tmp / 'oracle.pth'
+    torch.save(dict(state_dict={'anchor': torch.zeros(1)}, meta={}), checkpoint)
+    return config, checkpoint, val, skipped_id
+
+
+def coco_ap_all_true_positives(found, total):
+    """COCO's 101-point AP when every prediction is a true positive (precision 1) and they reach
+    recall found/total: the share of the recall thresholds 0, .01, ..., 1 that are reached."""
+    return sum(1 for t in range(101) if t / 100 <= found / total + 1e-12) / 101
+
+
+def test_metrics_equal_the_hand_computed_ap(oracle, tmp_path, training_root):
+    config, checkpoint, val, skipped_id = oracle
+    proc = run([sys.executable, osp.join(REPO_ROOT, 'tools', 'test.py'), str(config),
+                str(checkpoint), '--data-root', training_root, '--work-dir', str(tmp_path)])
+    metrics = json.load(open(tmp_path / 'metrics.json'))['metrics']
+    anns = val['annotations']
+    found = [a for a in anns if a['image_id'] != skipped_id]
+    assert 0 < len(found) < len(anns)
+    assert metrics['TB_AP_all'] == pytest.approx(coco_ap_all_true_positives(len(found), len(anns)))
+    per_class = []
+    for name, category in (('ActiveTB', 1), ('LatentTB', 2)):
+        total = sum(a['category_id'] == category for a in anns)
+        hits = sum(a['category_id'] == category for a in found)
+        per_class.append(coco_ap_all_true_positives(hits, total))
+        assert metrics[f'{name}_AP_all'] == pytest.approx(per_class[-1])
+        assert metrics[f'{name}_AP50_all'] == pytest.approx(per_class[-1])
+    assert metrics['bbox_mAP'] == pytest.approx(sum(per_class) / 2)
+    assert osp.isfile(tmp_path / 'metrics.md') and osp.isfile(tmp_path / 'froc.png')
+    log = proc.stdout + proc.stderr
+    assert 'model weights (the checkpoint has no EMA)' in log

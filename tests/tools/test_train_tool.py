@@ -1,0 +1,129 @@
+"""tools/train.py end to end on the tiny configs (CPU): training, resume, refusals, LR scaling."""
+import json
+import os.path as osp
+import types
+
+import pytest
+import torch
+
+from tbx11k.engine.exit_codes import (EXIT_INCOMPATIBLE_CHECKPOINT, EXIT_NOTHING_TO_TRAIN,
+                                      EXIT_WRONG_LAYOUT)
+from tbx11k.testing import (TINY_1GPU, TINY_2GPU, load_checkpoint, raw_weights, run, scalars,
+                            train_command)
+
+OPTIONS = {
+    'train_cfg.max_epochs': 3,
+    'train_cfg.val_begin': 99,
+    'default_hooks.logger.interval': 1,
+    'optim_wrapper.optimizer.lr': 5e-4,  # learn visibly within 21 optimizer steps
+}
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory, training_root):
+    work_dir = tmp_path_factory.mktemp('train_tool')
+    proc = run(train_command(TINY_1GPU, str(work_dir), 1, training_root, OPTIONS))
+    return work_dir, proc.stdout + proc.stderr
+
+
+def test_startup_report_and_checkpoints(trained):
+    work_dir, log = trained
+    assert 'Effective batch size: 2 = 1 GPU x 1 image x 2 accumulation steps' in log
+    assert 'Counters are optimizer steps: 7 per epoch (14 micro-batches per process)' in log
+    for epoch in (1, 2, 3):
+        assert osp.isfile(work_dir / f'epoch_{epoch}.pth')
+    meta = load_checkpoint(str(work_dir / 'epoch_3.pth'))['meta']
+    assert (meta['epoch'], meta['iter']) == (3, 21)
+
+
+def test_loss_falls(trained):
+    work_dir, _ = trained
+    losses = [r['loss'] for r in scalars(str(work_dir))]
+    assert len(losses) == 21
+    first, last = sum(losses[:7]) / 7, sum(losses[-7:]) / 7
+    assert last < 0.9 * first, (first, last)
+
+
+def test_resume_from_checkpoint_is_bit_identical(trained, tmp_path, training_root):
+    """Resume on torch >= 2.6 (mmengine 0.10.7's torch.load is fixed by tbx11k)."""
+    work_dir, _ = trained
+    assert torch.__version__ >= '2.6'
+    proc = run(train_command(TINY_1GPU, str(tmp_path), 1, training_root, OPTIONS,
+                             ['--resume', str(work_dir / 'epoch_2.pth')]))
+    assert 'Resuming at epoch 2, optimizer step 14' in proc.stdout + proc.stderr
+    a = raw_weights(load_checkpoint(str(work_dir / 'epoch_3.pth')))
+    b = raw_weights(load_checkpoint(str(tmp_path / 'epoch_3.pth')))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_finished_run_says_nothing_to_train(trained, training_root):
+    work_dir, _ = trained
+    proc = run(train_command(TINY_1GPU, str(work_dir), 1, training_root, OPTIONS, ['--resume']),
+               check=False)
+    assert proc.returncode == EXIT_NOTHING_TO_TRAIN
+    assert 'Nothing to train: the run is at epoch 3, optimizer step 21' in proc.stdout + proc.stderr
+
+
+def test_checkpoint_of_other_classes_is_refused(trained, tmp_path, training_root):
+    work_dir, _ = trained
+    options = dict(OPTIONS, **{
+        'train_dataloader.dataset.metainfo.classes':
+        '[ActiveTuberculosis,ObsoletePulmonaryTuberculosis,PulmonaryTuberculosis]',
+        'model.bbox_head.num_classes': 3})
+    proc = run(train_command(TINY_1GPU, str(tmp_path), 1, training_root, options,
+                             ['--resume', str(work_dir / 'epoch_1.pth')]), check=False)
+    assert proc.returncode == EXIT_INCOMPATIBLE_CHECKPOINT, proc.stderr[-3000:]
+    assert 'does not fit this model' in proc.stdout + proc.stderr
+    assert 'bbox_head.cls_branches.0.weight' in proc.stdout + proc.stderr
+
+
+def test_checkpoint_of_other_effective_batch_is_refused(trained, tmp_path, training_root):
+    work_dir, _ = trained
+    options = dict(OPTIONS, **{'optim_wrapper.accumulative_counts': 4, 'effective_batch_size': 4})
+    proc = run(train_command(TINY_1GPU, str(tmp_path), 1, training_root, options,
+                             ['--resume', str(work_dir / 'epoch_1.pth')]), check=False)
+    assert proc.returncode == EXIT_INCOMPATIBLE_CHECKPOINT
+    assert 'trained with effective batch 2 (1 GPU x 1 image x 2 accumulation)' in proc.stdout
+
+
+def test_2gpu_config_on_one_process_is_refused(tmp_path, training_root):
+    proc = run(train_command(TINY_2GPU, str(tmp_path), 1, training_root, OPTIONS), check=False)
+    assert proc.returncode == EXIT_WRONG_LAYOUT
+    assert 'effective batch of 2 images per optimizer step, but this launch gives 1' in proc.stdout
+
+
+def test_missing_data_root_says_how_to_get_data(tmp_path):
+    proc = run(train_command(TINY_1GPU, str(tmp_path), 1, str(tmp_path / 'nowhere')), check=False)
+    assert proc.returncode != 0
+    assert 'make_synthetic_tbx11k.py' in proc.stderr and 'does not exist' in proc.stderr
+
+
+def _runner_stub(world_size, batch_size):
+    from tbx11k.engine.runner import TBX11KRunner
+    runner = object.__new__(TBX11KRunner)
+    runner._world_size = world_size
+    runner._train_dataloader = dict(batch_size=batch_size)
+    runner.logger = types.SimpleNamespace(info=lambda msg: None)
+    return runner
+
+
+@pytest.mark.parametrize('world_size,batch_size,acc,expected', [
+    (1, 1, 2, 2.0), (2, 1, 1, 2.0), (1, 1, 1, 1.0), (2, 2, 2, 8.0)])
+def test_auto_scale_lr_uses_effective_batch(world_size, batch_size, acc, expected):
+    from mmengine.optim import OptimWrapper
+    param = torch.nn.Parameter(torch.zeros(1))
+    wrapper = OptimWrapper(torch.optim.SGD([param], lr=0.1), accumulative_counts=acc)
+    _runner_stub(world_size, batch_size).scale_lr(wrapper, dict(enable=True, base_batch_size=1))
+    assert wrapper.optimizer.param_groups[0]['lr'] == pytest.approx(0.1 * expected)
+
+
+def test_auto_scale_lr_flag_gives_both_configs_the_same_lr():
+    """With base_batch_size=2 both layouts keep their LR (the stock runner halves the 1-GPU one)."""
+    from mmengine.optim import OptimWrapper
+    lrs = []
+    for world_size, acc in ((1, 2), (2, 1)):
+        param = torch.nn.Parameter(torch.zeros(1))
+        wrapper = OptimWrapper(torch.optim.SGD([param], lr=1e-4), accumulative_counts=acc)
+        _runner_stub(world_size, 1).scale_lr(wrapper, dict(enable=True, base_batch_size=2))
+        lrs.append(wrapper.optimizer.param_groups[0]['lr'])
+    assert lrs == [pytest.approx(1e-4)] * 2
