@@ -127,3 +127,33 @@ def test_auto_scale_lr_flag_gives_both_configs_the_same_lr():
         _runner_stub(world_size, 1).scale_lr(wrapper, dict(enable=True, base_batch_size=2))
         lrs.append(wrapper.optimizer.param_groups[0]['lr'])
     assert lrs == [pytest.approx(1e-4)] * 2
+
+
+def test_dist_train_sh_runs_two_gloo_processes(tmp_path, training_root):
+    import sys
+    from tbx11k.testing import REPO_ROOT, free_port
+    options = ['--cfg-options', 'train_cfg.max_epochs=1', 'train_cfg.val_begin=99']
+    proc = run(['bash', osp.join(REPO_ROOT, 'tools', 'dist_train.sh'), TINY_2GPU, '2',
+                '--work-dir', str(tmp_path), '--data-root', training_root] + options,
+               env={'PYTHON': sys.executable, 'PORT': str(free_port())})
+    assert 'Effective batch size: 2 = 2 GPU x 1 image x 1 accumulation steps' in proc.stdout
+    meta = load_checkpoint(str(tmp_path / 'epoch_1.pth'))['meta']
+    assert meta['tbx11k']['world_size'] == 2 and meta['iter'] == 7
+
+
+def test_stock_micro_batch_checkpoint_is_converted(trained, tmp_path, training_root):
+    """A checkpoint of a stock mmengine loop counts micro-batches: 14 micro-batches at acc 2 = 7
+    optimizer steps, which is the end of epoch 1 here."""
+    work_dir, _ = trained
+    checkpoint = load_checkpoint(str(work_dir / 'epoch_1.pth'))
+    del checkpoint['meta']['tbx11k']
+    checkpoint['meta']['iter'] = 14
+    assert 'accumulative_counts=2' in checkpoint['meta']['cfg'].replace(' ', '')
+    stock = tmp_path / 'stock.pth'
+    torch.save(checkpoint, stock)
+    options = dict(OPTIONS, **{'train_cfg.max_epochs': 1})
+    proc = run(train_command(TINY_1GPU, str(tmp_path / 'run'), 1, training_root, options,
+                             ['--resume', str(stock)]), check=False)
+    log = proc.stdout + proc.stderr
+    assert 'its iter 14 counts micro-batches of 2-step accumulation; resuming at optimizer step 7' in log
+    assert proc.returncode == EXIT_NOTHING_TO_TRAIN
