@@ -15,8 +15,9 @@ from mmengine.registry import RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 from tbx11k.engine import IncompatibleCheckpoint, LayoutMismatch, NothingToTrain  # noqa: E402
-from tbx11k.engine.exit_codes import (EXIT_INCOMPATIBLE_CHECKPOINT,  # noqa: E402
+from tbx11k.engine.exit_codes import (EXIT_DIVERGED, EXIT_INCOMPATIBLE_CHECKPOINT,  # noqa: E402
                                       EXIT_NOTHING_TO_TRAIN, EXIT_WRONG_LAYOUT)
+from tbx11k.engine.stopping import NonFiniteTraining, stop_request  # noqa: E402
 from tbx11k.utils import check_data_root, set_data_root  # noqa: E402
 
 
@@ -88,6 +89,13 @@ def main(argv=None) -> int:
     except LayoutMismatch as error:
         runner.logger.error(str(error))
         return EXIT_WRONG_LAYOUT
+    except NonFiniteTraining as error:
+        runner.logger.error(f'Training stopped: {error}')
+        return EXIT_DIVERGED
+    stopped = stop_request(runner)  # a hook stopped the run early (preemption, divergence)
+    if stopped is not None:
+        runner.logger.warning(stopped.reason)
+        return stopped.exit_code
     return 0
 
 

@@ -97,10 +97,16 @@ auto_scale_lr = dict(enable=False, base_batch_size=2)
 randomness = dict(seed=2024)  # a fixed seed: both layouts then train identically
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=50),
-    checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=3,
+    # CheckpointHook + atomic last_checkpoint, old checkpoints deleted only after the new one
+    checkpoint=dict(type='AtomicCheckpointHook', interval=1, max_keep_ckpts=3,
                     save_best='tbx11k/TB_AP_all', rule='greater'))
 custom_hooks = [
     dict(type='CheckpointInterchangeHook'),
     dict(type='EMAHook', ema_type='ExponentialMovingAverage', momentum=0.0002,
          update_buffers=True, priority=49),
+    # skip optimizer steps with a non-finite loss/gradient (stop after 3), warn of loss collapse
+    dict(type='TrainingHealthHook', max_skipped_steps=3,
+         collapse_watch=dict(interval=50, begin=500, patience=3, score_thr=0.05, loss_thr=1.0)),
+    # SIGUSR1/SIGTERM: checkpoint at the next optimizer step, exit 75 (resume with --resume)
+    dict(type='PreemptionCheckpointHook', signals=('SIGUSR1', 'SIGTERM')),
 ]

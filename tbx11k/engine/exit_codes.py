@@ -8,3 +8,7 @@ EXIT_WRONG_LAYOUT = 5
 #: stopped by a signal after writing a checkpoint at an optimizer-step boundary: resume to go on
 #: (75 is EX_TEMPFAIL in sysexits.h: "try again later")
 EXIT_PREEMPTED = 75
+#: stopped because optimizer steps kept having non-finite losses/gradients (more than
+#: TrainingHealthHook.max_skipped_steps) or the weights became non-finite; nothing non-finite was
+#: saved: fix the cause, then resume
+EXIT_DIVERGED = 6

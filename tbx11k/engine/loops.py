@@ -136,8 +136,8 @@ class AccumulationEpochBasedTrainLoop(EpochBasedTrainLoop):
 
         self.runner.call_hook('before_train')
         while self._epoch < self._max_epochs and not self.stop_training:
-            if not self.run_epoch():
-                break  # stopped inside the epoch: no validation of a half epoch
+            if not self.run_epoch() or self.stop_training:
+                break  # stopped inside the epoch (no validation of a half epoch) or at its end
             self._decide_current_val_interval()
             if (self.runner.val_loop is not None and self._epoch >= self.val_begin
                     and (self._epoch % self.val_interval == 0 or self._epoch == self._max_epochs)):

@@ -2,12 +2,13 @@
 from typing import Dict, Optional
 
 import torch
-from mmengine.dist import is_distributed
+from mmengine.dist import broadcast_object_list, is_distributed, is_main_process
 from mmengine.optim import OptimWrapper, OptimWrapperDict
 from mmengine.registry import RUNNERS  # the root: tools build runners before a scope is set
 from mmengine.runner import Runner
 
 from ..utils.dist import init_cpu_process_group
+from .hooks.atomic_checkpoint import find_resumable_checkpoint
 from .loops import accumulative_counts_of
 
 
@@ -36,6 +37,26 @@ class TBX11KRunner(Runner):
                                          self.cfg.get('find_unused_parameters', False))
             model_wrapper_cfg['device_ids'] = None
         return super().wrap_model(model_wrapper_cfg, model)
+
+    def load_or_resume(self) -> None:
+        """Auto-resume (``--resume`` without a path) from a checkpoint that loads.
+
+        Stock mmengine resumes whatever ``last_checkpoint`` names; here a missing, empty or
+        dangling ``last_checkpoint``, or one naming an unloadable file, falls back to the newest
+        loadable ``*.pth`` of the work dir, with a warning (rank 0 decides for all ranks).
+        """
+        if self._resume and self._load_from is None and not self._has_loaded:
+            found = [find_resumable_checkpoint(self.work_dir, warn=self.logger.warning)
+                     if is_main_process() else None]
+            if is_distributed():
+                broadcast_object_list(found)
+            if found[0] is None:
+                self.logger.info(f'No checkpoint to resume in {self.work_dir}: training from '
+                                 'scratch')
+                self._resume = False
+            else:
+                self._load_from = found[0]
+        super().load_or_resume()
 
     @property
     def train_batch_size(self) -> int:

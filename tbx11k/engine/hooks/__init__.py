@@ -1,3 +1,7 @@
+from .atomic_checkpoint import AtomicCheckpointHook, find_resumable_checkpoint
 from .checkpoint_interchange import CheckpointInterchangeHook, IncompatibleCheckpoint
+from .preemption import PreemptionCheckpointHook
+from .training_health import TrainingHealthHook
 
-__all__ = ['CheckpointInterchangeHook', 'IncompatibleCheckpoint']
+__all__ = ['AtomicCheckpointHook', 'CheckpointInterchangeHook', 'IncompatibleCheckpoint',
+           'PreemptionCheckpointHook', 'TrainingHealthHook', 'find_resumable_checkpoint']

@@ -1,0 +1,153 @@
+"""Checkpoints that survive being killed at any moment.
+
+- Every checkpoint file is written atomically (:mod:`tbx11k.utils.atomic_io`, the backend of local
+  paths once :mod:`tbx11k` is imported): a killed write leaves ``*.pth.tmp-<pid>``, never a
+  truncated ``*.pth``.
+- :class:`AtomicCheckpointHook` (``default_hooks.checkpoint``) is mmengine's ``CheckpointHook``
+  with two changes: ``last_checkpoint`` is written atomically after the checkpoint is complete,
+  and checkpoints beyond ``max_keep_ckpts`` are deleted *after* the new one is saved (stock
+  mmengine deletes the oldest first, so with ``max_keep_ckpts=1`` a kill during the write leaves
+  no checkpoint at all). It also deletes a preemption checkpoint once a newer regular one exists,
+  and leftovers of killed writes when training starts.
+- :func:`find_resumable_checkpoint` picks what ``--resume`` (auto) resumes: the file
+  ``last_checkpoint`` names if it loads, else the newest loadable ``*.pth`` of the work dir, with
+  a warning (the runner calls it).
+"""
+import glob
+import os
+import os.path as osp
+from typing import Callable, List, Optional
+
+import torch
+from mmengine.dist import is_main_process
+from mmengine.hooks import CheckpointHook
+from mmengine.logging import print_log
+
+from mmdet.registry import HOOKS
+
+from ...utils.atomic_io import atomic_write_text, stale_temporaries
+
+#: message-hub key listing checkpoints written by PreemptionCheckpointHook (not kept by N)
+PREEMPTION_CHECKPOINTS = 'preemption_checkpoints'
+LAST_CHECKPOINT = 'last_checkpoint'
+
+
+def is_loadable_checkpoint(path: str) -> bool:
+    """Whether ``path`` opens as a checkpoint (zip structure and pickle; tensors are mmapped)."""
+    try:
+        try:
+            ckpt = torch.load(path, map_location='cpu', weights_only=False, mmap=True)
+        except RuntimeError as error:  # legacy (non-zip) torch.save format cannot be mmapped
+            if 'mmap' not in str(error):
+                raise
+            ckpt = torch.load(path, map_location='cpu', weights_only=False)
+    except Exception:  # truncated, empty, not a checkpoint: all mean "cannot resume from it"
+        return False
+    return isinstance(ckpt, dict) and 'state_dict' in ckpt and 'meta' in ckpt
+
+
+def find_resumable_checkpoint(work_dir: str,
+                              loadable: Callable[[str], bool] = is_loadable_checkpoint,
+                              warn: Callable[[str], None] = None) -> Optional[str]:
+    """The checkpoint to auto-resume from, or None to train from scratch.
+
+    ``work_dir/last_checkpoint`` names it; if that file is missing, empty, or names a missing or
+    unloadable file, the newest (by modification time) loadable ``*.pth`` of ``work_dir`` is
+    taken instead (``best_*`` checkpoints hold no optimizer state and are skipped).
+    """
+    warn = warn or (lambda msg: print_log(msg, logger='current', level=30))
+    pointer = osp.join(work_dir, LAST_CHECKPOINT)
+    named = None
+    if osp.isfile(pointer):
+        with open(pointer) as f:
+            named = f.read().strip() or None
+        if named is None:
+            problem = f'{pointer} is empty'
+        elif not osp.isfile(named):
+            problem = f'{pointer} names {named}, which does not exist'
+        elif not loadable(named):
+            problem = f'{pointer} names {named}, which cannot be loaded (truncated or corrupt)'
+        else:
+            return named
+    else:
+        problem = f'there is no {pointer}'
+    candidates: List[str] = [
+        p for p in glob.glob(osp.join(work_dir, '*.pth'))
+        if not osp.basename(p).startswith('best_') and osp.isfile(p)
+        and (named is None or osp.abspath(p) != osp.abspath(named))]
+    candidates.sort(key=lambda p: (osp.getmtime(p), p), reverse=True)
+    for path in candidates:
+        if loadable(path):
+            warn(f'{problem}: resuming from the newest loadable checkpoint {path} instead')
+            return path
+        warn(f'skipping {path}: it cannot be loaded (truncated or corrupt)')
+    if named is not None or candidates:
+        warn(f'{problem} and no other checkpoint of {work_dir} loads: training from scratch')
+    return None
+
+
+@HOOKS.register_module()
+class AtomicCheckpointHook(CheckpointHook):
+    """``CheckpointHook`` whose ``last_checkpoint`` only ever names complete checkpoints.
+
+    Same arguments as mmengine's ``CheckpointHook``. Order of a save: write the checkpoint
+    (atomically), point ``last_checkpoint`` at it (atomically), then delete the checkpoints that
+    ``max_keep_ckpts`` no longer keeps and preemption checkpoints older than it.
+    """
+
+    def before_train(self, runner) -> None:
+        super().before_train(runner)
+        if not is_main_process():
+            return
+        for directory in {self.out_dir, runner.work_dir}:
+            for path in stale_temporaries(directory):
+                runner.logger.warning(f'Removing {path}: an unfinished write of a killed run')
+                os.remove(path)
+
+    def _remove(self, path: str) -> None:
+        if self.file_backend.isfile(path):
+            self.file_backend.remove(path)
+        elif self.file_backend.isdir(path):  # checkpoints saved by deepspeed are directories
+            self.file_backend.rmtree(path)
+
+    def _save_checkpoint_with_step(self, runner, step, meta):
+        outdated = []
+        if self.max_keep_ckpts > 0 and not (self.keep_ckpt_ids
+                                            and self.keep_ckpt_ids[-1] == step):
+            # _save_checkpoint and _save_best_checkpoint may both save the same step
+            if len(self.keep_ckpt_ids) == self.max_keep_ckpts:
+                outdated.append(self.keep_ckpt_ids.popleft())
+            self.keep_ckpt_ids.append(step)
+            runner.message_hub.update_info('keep_ckpt_ids', list(self.keep_ckpt_ids))
+        # preemption checkpoints this one supersedes (the new checkpoint must not list them)
+        preempted = list(runner.message_hub.get_info(PREEMPTION_CHECKPOINTS, None) or [])
+        if preempted:
+            runner.message_hub.update_info(PREEMPTION_CHECKPOINTS, [])
+
+        ckpt_filename = self.filename_tmpl.format(step)
+        self.last_ckpt = self.file_backend.join_path(self.out_dir, ckpt_filename)
+        runner.message_hub.update_info('last_ckpt', self.last_ckpt)
+        runner.save_checkpoint(
+            self.out_dir,
+            ckpt_filename,
+            self.file_client_args,
+            save_optimizer=self.save_optimizer,
+            save_param_scheduler=self.save_param_scheduler,
+            meta=meta,
+            by_epoch=self.by_epoch,
+            backend_args=self.backend_args,
+            **self.args)
+        if not is_main_process():
+            return
+        atomic_write_text(self.last_ckpt, osp.join(runner.work_dir, LAST_CHECKPOINT))
+
+        kept = {self.last_ckpt}
+        kept.update(self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(s))
+                    for s in getattr(self, 'keep_ckpt_ids', ()))
+        for old_step in outdated:
+            path = self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(old_step))
+            if path not in kept:
+                self._remove(path)
+        for path in preempted:
+            if path not in kept and osp.abspath(path) not in {osp.abspath(k) for k in kept}:
+                self._remove(path)
