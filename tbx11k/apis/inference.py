@@ -1,0 +1,308 @@
+"""Predict with a trained detector on X-ray files, draw the boxes, write a json of detections.
+
+No Runner: the model is built from the config, the weights are loaded strictly, and the config's
+test pipeline (minus ``LoadAnnotations``) prepares each image, as mmdet's ``inference_detector``
+does. Boxes come back in original image pixels (``rescale=True``).
+
+Weights of checkpoints written with mmengine's ``EMAHook``: ``state_dict`` holds the EMA weights
+(the hook swaps them in before saving; the raw training weights sit in ``ema_state_dict``).
+``weights='ema'`` (the default, what ``tools/test.py`` evaluates too) uses ``state_dict``;
+``weights='raw'`` the training weights.
+
+JSON written by :func:`write_detections` (and read back by :func:`load_detections`)::
+
+    {"config": ..., "checkpoint": ..., "weights": "ema", "score_thr": 0.3,
+     "classes": ["ActiveTuberculosis", "ObsoletePulmonaryTuberculosis"],
+     "images": [{"file_name": "tb/tb0001.png", "width": 512, "height": 512,
+                 "vis": "vis/tb/tb0001.png",
+                 "detections": [{"bbox": [x1, y1, x2, y2], "score": 0.87, "label": 0,
+                                 "class_name": "ActiveTuberculosis"}, ...]}, ...]}
+
+``bbox`` is x1, y1, x2, y2 in original image pixels (2 decimals), ``label`` the 0-based index into
+``classes``; detections are sorted by decreasing score.
+"""
+import json
+import os
+import os.path as osp
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
+#: short labels drawn on the image (the json keeps the full class names)
+SHORT_NAMES = {
+    'ActiveTuberculosis': 'ActiveTB',
+    'ObsoletePulmonaryTuberculosis': 'LatentTB',
+    'PulmonaryTuberculosis': 'UncertainTB',
+}
+#: BGR colours by label: red, amber, magenta, then cyan, green, blue, ...
+PALETTE = [(40, 40, 230), (0, 170, 255), (200, 60, 200), (230, 200, 0), (60, 200, 60),
+           (230, 120, 40), (120, 120, 255), (0, 230, 230)]
+BBOX_DECIMALS = 2
+SCORE_DECIMALS = 4
+
+
+# ---- inputs ------------------------------------------------------------------------------------
+def _is_image(path: str) -> bool:
+    return path.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _read_list(list_file: str) -> List[Tuple[str, str]]:
+    """Image paths of a list file, one per line. Relative lines are looked up next to the list,
+    then under ``../imgs/`` (the TBX11K layout: ``lists/TBX11K_val.txt`` names files relative to
+    ``imgs/``), then from the current directory."""
+    base = osp.dirname(osp.abspath(list_file))
+    out, missing = [], []
+    with open(list_file) as f:
+        lines = [line.strip() for line in f]
+    for line in lines:
+        if not line or line.startswith('#'):
+            continue
+        candidates = [line] if osp.isabs(line) else [
+            osp.join(base, line), osp.join(base, '..', 'imgs', line), osp.abspath(line)]
+        found = next((c for c in candidates if osp.isfile(c)), None)
+        if found is None:
+            missing.append(line)
+        else:
+            out.append((osp.normpath(found), osp.normpath(line).lstrip(os.sep)))
+    if missing:
+        raise FileNotFoundError(f'{len(missing)} image(s) of {list_file} not found (looked next '
+                                f'to the list, in ../imgs/ and in the current directory), e.g. '
+                                f'{missing[:3]}')
+    return out
+
+
+def collect_images(inputs: Sequence[str]) -> List[Tuple[str, str]]:
+    """(path, name) of every image in ``inputs``: image files, folders (searched recursively,
+    sorted) and list files (``.txt``, one path per line). ``name`` is the path relative to its
+    folder or list (an image's file name), used for the json and the drawn file; names made
+    unique when two inputs collide."""
+    found: List[Tuple[str, str]] = []
+    for item in inputs:
+        if osp.isdir(item):
+            for root, dirs, files in os.walk(item):
+                dirs.sort()
+                for name in sorted(files):
+                    if _is_image(name):
+                        path = osp.join(root, name)
+                        found.append((path, osp.relpath(path, item)))
+        elif osp.isfile(item) and _is_image(item):
+            found.append((item, osp.basename(item)))
+        elif osp.isfile(item):
+            found.extend(_read_list(item))
+        else:
+            raise FileNotFoundError(f'{item} is neither an image, a folder nor a list file')
+    seen: Dict[str, int] = {}
+    unique = []
+    for path, name in found:
+        name = name.replace(os.sep, '/')
+        if name in seen:
+            seen[name] += 1
+            stem, ext = osp.splitext(name)
+            name = f'{stem}_{seen[name]}{ext}'
+        seen.setdefault(name, 0)
+        unique.append((path, name))
+    if not unique:
+        raise FileNotFoundError(f'no images ({", ".join(IMAGE_EXTENSIONS)}) in {list(inputs)}')
+    return unique
+
+
+# ---- model -------------------------------------------------------------------------------------
+def select_weights(checkpoint: Dict, weights: str = 'ema') -> Tuple[Dict, str]:
+    """(state dict, description) of a checkpoint: ``'ema'`` or ``'raw'`` weights (see module doc);
+    checkpoints without EMA have only one set."""
+    if weights not in ('ema', 'raw'):
+        raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
+    state = checkpoint.get('state_dict', checkpoint)
+    ema = checkpoint.get('ema_state_dict')
+    if ema is None:
+        return state, 'model (the checkpoint has no EMA weights)'
+    steps = int(ema['steps']) if 'steps' in ema else None
+    if weights == 'ema':
+        return state, f'ema ({steps} EMA updates)'
+    raw = {k[len('module.'):]: v for k, v in ema.items() if k.startswith('module.')}
+    return raw, 'raw (training weights, not the EMA)'
+
+
+@dataclass
+class Detector:
+    model: object
+    pipeline: object
+    classes: Tuple[str, ...]
+    weights: str
+    config: str
+    checkpoint: str
+
+    def predict(self, path: str) -> Dict:
+        """Detections of one image file (all of them, sorted by score)."""
+        import torch
+        from mmengine.dataset import pseudo_collate
+        data = pseudo_collate([self.pipeline(dict(img_path=path, img_id=0))])
+        with torch.no_grad():
+            sample = self.model.test_step(data)[0]
+        height, width = sample.ori_shape[:2]
+        pred = sample.pred_instances
+        bboxes = pred.bboxes.cpu().numpy().astype(float)
+        scores = pred.scores.cpu().numpy().astype(float)
+        labels = pred.labels.cpu().numpy().astype(int)
+        detections = []
+        for i in np.argsort(-scores, kind='stable'):
+            label = int(labels[i])
+            detections.append(dict(
+                bbox=[round(float(v), BBOX_DECIMALS) for v in bboxes[i]],
+                score=round(float(scores[i]), SCORE_DECIMALS),
+                label=label,
+                class_name=self.classes[label]))
+        return dict(width=int(width), height=int(height), detections=detections)
+
+
+def _strip_annotations(pipeline: List[Dict]) -> List[Dict]:
+    return [t for t in pipeline if t.get('type', '').split('.')[-1] != 'LoadAnnotations']
+
+
+def load_detector(config: str, checkpoint: str, device: str = 'cpu', weights: str = 'ema',
+                  cfg_options: Optional[Dict] = None) -> Detector:
+    """Build the config's model, load a checkpoint's weights strictly, prepare the test pipeline.
+
+    Class names: the checkpoint's ``meta['dataset_meta']['classes']`` (as mmdet does), else the
+    config's. Raises ValueError when the weights do not fit the model (e.g. an unconverted COCO
+    checkpoint).
+    """
+    from mmcv.transforms import Compose
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+
+    from mmdet.registry import MODELS
+    from mmdet.utils import get_test_pipeline_cfg
+
+    from tbx11k.utils.torch_load_compat import load_local_checkpoint
+    from .checkpoint_conversion import check_fits_model, config_classes
+
+    cfg = Config.fromfile(config)  # imports custom_imports (tbx11k: WindowNormalizedDINO)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    if cfg.model.get('backbone', {}).get('init_cfg') is not None:
+        cfg.model.backbone.init_cfg = None  # weights come from the checkpoint: no download
+    init_default_scope(cfg.get('default_scope', 'mmdet'))
+    model = MODELS.build(cfg.model)
+
+    ckpt = load_local_checkpoint(checkpoint, map_location='cpu')
+    state, description = select_weights(ckpt, weights)
+    state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
+    problems = check_fits_model(state, model)
+    if problems:
+        raise ValueError(f'{checkpoint} does not fit the model of {config} ({len(problems)} '
+                         'differences, e.g.:\n  ' + '\n  '.join(problems[:6]) +
+                         '\nA COCO checkpoint must be converted first '
+                         '(tools/convert_coco_checkpoint.py) and trained.')
+    model.load_state_dict(state, strict=True)
+    model.to(device).eval()
+
+    meta_classes = ((ckpt.get('meta') or {}).get('dataset_meta') or {}).get('classes')
+    classes = tuple(meta_classes or config_classes(config) or ())
+    num_classes = model.bbox_head.num_classes
+    if len(classes) != num_classes:
+        raise ValueError(f'{len(classes)} class names {classes} for a model with {num_classes} '
+                         'classes')
+    pipeline = Compose(_strip_annotations(get_test_pipeline_cfg(cfg)))
+    return Detector(model, pipeline, classes, description, config, checkpoint)
+
+
+# ---- drawing -----------------------------------------------------------------------------------
+def class_color(label: int) -> Tuple[int, int, int]:
+    return PALETTE[label % len(PALETTE)]
+
+
+def draw_detections(image: np.ndarray, detections: Iterable[Dict],
+                    thickness: Optional[int] = None) -> np.ndarray:
+    """A copy of a BGR image with each detection's box (class colour) and a label
+    ``<short class name> <score>`` drawn on it; higher scores are drawn last (on top)."""
+    import cv2
+    out = np.ascontiguousarray(image.copy())
+    height, width = out.shape[:2]
+    side = min(height, width)
+    thickness = thickness or max(1, int(round(side / 320)))
+    font_scale = float(np.clip(side / 900, 0.3, 1.2))
+    font_thick = max(1, int(round(font_scale * 1.5)))
+    for det in sorted(detections, key=lambda d: d['score']):
+        color = class_color(int(det['label']))
+        x1, y1, x2, y2 = [int(round(v)) for v in det['bbox']]
+        x1, x2 = np.clip([x1, x2], 0, width - 1)
+        y1, y2 = np.clip([y1, y2], 0, height - 1)
+        cv2.rectangle(out, (int(x1), int(y1)), (int(x2), int(y2)), color, thickness,
+                      cv2.LINE_AA)
+        text = f"{SHORT_NAMES.get(det['class_name'], det['class_name'])} {det['score']:.2f}"
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, font_thick)
+        pad = 2
+        box_h = th + base + 2 * pad
+        # above the box when there is room, else just inside its top edge
+        top = y1 - box_h if y1 - box_h >= 0 else y1
+        left = int(min(x1, max(0, width - tw - 2 * pad)))
+        cv2.rectangle(out, (left, int(top)), (left + tw + 2 * pad, int(top + box_h)), color,
+                      cv2.FILLED)
+        luminance = 0.114 * color[0] + 0.587 * color[1] + 0.299 * color[2]
+        ink = (0, 0, 0) if luminance > 140 else (255, 255, 255)
+        cv2.putText(out, text, (left + pad, int(top + pad + th)), cv2.FONT_HERSHEY_SIMPLEX,
+                    font_scale, ink, font_thick, cv2.LINE_AA)
+    return out
+
+
+# ---- json --------------------------------------------------------------------------------------
+def write_detections(path: str, result: Dict) -> None:
+    """Write the json atomically: the header keys one per line, then one line per image."""
+    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    fields = [f'{json.dumps(k)}: {json.dumps(v)}' for k, v in result.items() if k != 'images']
+    if 'images' in result:
+        images = ',\n  '.join(json.dumps(r) for r in result['images'])
+        fields.append(f'"images": [\n  {images}\n ]' if images else '"images": []')
+    with open(path + '.tmp', 'w') as f:
+        f.write('{\n ' + ',\n '.join(fields) + '\n}\n')
+    os.replace(path + '.tmp', path)
+
+
+def load_detections(path: str) -> Dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+# ---- the whole tool ----------------------------------------------------------------------------
+def run_inference(detector: Detector, images: Sequence[Tuple[str, str]], out_dir: str,
+                  score_thr: float = 0.3, draw: bool = True, progress: bool = False) -> Dict:
+    """Predict on ``images`` ((path, name) pairs from :func:`collect_images`), draw the detections
+    scoring >= ``score_thr`` onto ``OUT/vis/<name>.png`` and write ``OUT/detections.json``.
+    Returns the json's content."""
+    import cv2
+    records = []
+    bar = None
+    if progress:
+        import sys
+
+        from mmengine.utils import ProgressBar
+        bar = ProgressBar(len(images), file=sys.stderr)
+    for path, name in images:
+        pred = detector.predict(path)
+        kept = [d for d in pred['detections'] if d['score'] >= score_thr]
+        record = dict(file_name=name, width=pred['width'], height=pred['height'])
+        if draw:
+            image = cv2.imread(path, cv2.IMREAD_COLOR)
+            if image is None:
+                raise OSError(f'cannot read {path}')
+            vis_name = osp.join('vis', osp.splitext(name)[0] + '.png')
+            vis_path = osp.join(out_dir, vis_name)
+            os.makedirs(osp.dirname(vis_path), exist_ok=True)
+            if not cv2.imwrite(vis_path, draw_detections(image, kept),
+                               [cv2.IMWRITE_PNG_COMPRESSION, 9]):
+                raise OSError(f'cannot write {vis_path}')
+            record['vis'] = vis_name.replace(os.sep, '/')
+        record['detections'] = kept
+        records.append(record)
+        if bar is not None:
+            bar.update()
+    if bar is not None:
+        bar.file.write('\n')
+    result = dict(config=detector.config, checkpoint=detector.checkpoint,
+                  weights=detector.weights, score_thr=score_thr,
+                  classes=list(detector.classes), images=records)
+    write_detections(osp.join(out_dir, 'detections.json'), result)
+    return result

@@ -1,0 +1,3 @@
+from .vis_backends import LocalAndTensorboardVisBackend
+
+__all__ = ['LocalAndTensorboardVisBackend']

@@ -1,0 +1,152 @@
+"""tools/infer.py: predictions drawn onto the X-rays where the model puts boxes, and a json of
+detections that round-trips. Uses the short real training run of conftest.py (tiny model)."""
+import json
+import os
+import os.path as osp
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from tbx11k.apis.inference import (collect_images, draw_detections, load_detections,
+                                   load_detector, run_inference, select_weights)
+from tbx11k.testing import REPO_ROOT, TINY_1GPU, load_checkpoint, run
+
+INFER = osp.join(REPO_ROOT, 'tools', 'infer.py')
+
+
+def ring(shape, bbox, width=0):
+    """Mask of the box outline (as drawn: rounded, clipped corners), ``width`` px each side."""
+    h, w = shape[:2]
+    x1, y1, x2, y2 = [int(round(v)) for v in bbox]
+    x1, x2 = np.clip([x1, x2], 0, w - 1)
+    y1, y2 = np.clip([y1, y2], 0, h - 1)
+    mask = np.zeros((h, w), bool)
+    for x in (x1, x2):
+        mask[y1:y2 + 1, max(0, x - width):x + width + 1] = True
+    for y in (y1, y2):
+        mask[max(0, y - width):y + width + 1, x1:x2 + 1] = True
+    return mask
+
+
+def test_draw_changes_only_the_box_and_its_label(training_root):
+    path = osp.join(training_root, 'imgs', 'tb', 'tb0001.png')
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    det = dict(bbox=[60.4, 80.0, 150.0, 170.6], score=0.87, label=0,
+               class_name='ActiveTuberculosis')
+    drawn = draw_detections(image, [det])
+    assert drawn.shape == image.shape and not np.shares_memory(drawn, image)
+    changed = (drawn != image).any(axis=2)
+    assert changed[ring(image.shape, det['bbox'])].mean() > 0.9
+    ys, xs = np.nonzero(changed)
+    # outline + the label above the box (its text may reach right of the box)
+    assert ys.min() >= 80 - 25 and ys.max() <= 171 + 2 and xs.min() >= 60 - 2
+    assert not changed[85:166, 65:146].any(), 'the inside of the box is left as it was'
+    # class colours: red-ish for ActiveTB, another for LatentTB
+    other = draw_detections(image, [dict(det, label=1, class_name='ObsoletePulmonaryTuberculosis')])
+    assert not np.array_equal(other[ring(image.shape, det['bbox'])],
+                              drawn[ring(image.shape, det['bbox'])])
+
+
+@pytest.fixture(scope='module')
+def folder_run(tiny_run, tmp_path_factory):
+    """tools/infer.py on the synthetic val + tb folders with --score-thr 0 (the briefly trained
+    tiny model scores low, so every query's box is drawn)."""
+    out = tmp_path_factory.mktemp('infer')
+    imgs = osp.join(tiny_run['data_root'], 'imgs')
+    proc = run([sys.executable, INFER, TINY_1GPU, tiny_run['checkpoint'], osp.join(imgs, 'tb'),
+                '--out', str(out), '--score-thr', '0', '--device', 'cpu'], timeout=300)
+    return dict(out=str(out), imgs=imgs, proc=proc, result=load_detections(
+        osp.join(str(out), 'detections.json')))
+
+
+def test_infer_folder_draws_boxes_where_predicted(folder_run):
+    result, out = folder_run['result'], folder_run['out']
+    tb = sorted(os.listdir(osp.join(folder_run['imgs'], 'tb')))
+    assert [r['file_name'] for r in result['images']] == tb
+    assert 'task/s' in folder_run['proc'].stderr, 'a progress bar on folders'
+    assert result['classes'] == ['ActiveTuberculosis', 'ObsoletePulmonaryTuberculosis']
+    assert result['weights'].startswith('ema')
+    total = 0
+    for record in result['images']:
+        original = cv2.imread(osp.join(folder_run['imgs'], 'tb', record['file_name']))
+        drawn = cv2.imread(osp.join(out, record['vis']))
+        assert record['vis'] == 'vis/' + record['file_name']
+        assert drawn.shape == original.shape == (record['height'], record['width'], 3)
+        dets = record['detections']
+        assert len(dets) == 30  # num_queries = max_per_img of the tiny config, thr 0 keeps all
+        assert [d['score'] for d in dets] == sorted((d['score'] for d in dets), reverse=True)
+        changed = (drawn != original).any(axis=2)
+        for d in dets:
+            x1, y1, x2, y2 = d['bbox']
+            assert -0.01 <= x1 <= x2 <= record['width'] + 0.01
+            assert -0.01 <= y1 <= y2 <= record['height'] + 0.01
+            assert d['class_name'] == result['classes'][d['label']]
+            # the outline of every detection is drawn (by it, or over it by another box/label)
+            assert changed[ring(original.shape, d['bbox'])].mean() > 0.9, d
+        total += len(dets)
+    assert total > 0
+
+
+def test_json_round_trips_and_matches_the_model(folder_run, tiny_run):
+    path = osp.join(folder_run['out'], 'detections.json')
+    loaded = load_detections(path)
+    assert json.loads(json.dumps(loaded)) == loaded
+    with open(path) as f:
+        text = f.read()
+    again = osp.join(folder_run['out'], 'again.json')
+    from tbx11k.apis.inference import write_detections
+    write_detections(again, loaded)
+    with open(again) as f:
+        assert f.read() == text
+    # the json holds what the model predicts, in original pixels
+    detector = load_detector(TINY_1GPU, tiny_run['checkpoint'], 'cpu')
+    first = loaded['images'][0]
+    pred = detector.predict(osp.join(folder_run['imgs'], 'tb', first['file_name']))
+    assert pred['detections'] == first['detections']
+    assert (pred['width'], pred['height']) == (first['width'], first['height'])
+
+
+def test_no_boxes_above_threshold_leaves_the_image_untouched(tiny_run, tmp_path):
+    detector = load_detector(TINY_1GPU, tiny_run['checkpoint'], 'cpu', weights='raw')
+    assert detector.weights.startswith('raw')
+    images = collect_images([osp.join(tiny_run['data_root'], 'lists', 'TBX11K_val.txt')])
+    result = run_inference(detector, images[:3], str(tmp_path), score_thr=1.01)
+    for (path, name), record in zip(images, result['images']):
+        assert record['file_name'] == name and record['detections'] == []
+        assert np.array_equal(cv2.imread(osp.join(str(tmp_path), record['vis'])),
+                              cv2.imread(path))
+    assert load_detections(osp.join(str(tmp_path), 'detections.json')) == result
+
+
+def test_ema_and_raw_weights(tiny_run):
+    checkpoint = load_checkpoint(tiny_run['checkpoint'])
+    ema, what = select_weights(checkpoint, 'ema')
+    raw, what_raw = select_weights(checkpoint, 'raw')
+    assert ema is checkpoint['state_dict'] and what.startswith('ema (')
+    assert set(raw) == set(ema)
+    key = 'bbox_head.cls_branches.0.weight'
+    assert not np.array_equal(raw[key].numpy(), ema[key].numpy())
+
+
+def test_unconverted_coco_checkpoint_is_refused(coco_like_tiny_checkpoint):
+    with pytest.raises(ValueError, match='convert_coco_checkpoint'):
+        load_detector(TINY_1GPU, coco_like_tiny_checkpoint, 'cpu')
+
+
+def test_collect_images(training_root, tmp_path):
+    imgs = osp.join(training_root, 'imgs')
+    # a TBX11K list names files relative to imgs/
+    listed = collect_images([osp.join(training_root, 'lists', 'TBX11K_val.txt')])
+    assert listed and all(osp.isfile(p) for p, _ in listed)
+    assert all(osp.normpath(p) == osp.normpath(osp.join(imgs, n)) for p, n in listed)
+    one = osp.join(imgs, 'tb', 'tb0001.png')
+    # a folder (recursive, relative names), an image, and a collision made unique
+    names = [n for _, n in collect_images([imgs, one, one])]
+    assert 'tb/tb0001.png' in names and 'health/h0001.png' in names
+    assert names[-2:] == ['tb0001.png', 'tb0001_1.png']
+    bad = tmp_path / 'list.txt'
+    bad.write_text('tb/tb0001.png\nnot/there.png\n')
+    with pytest.raises(FileNotFoundError, match='not/there.png'):
+        collect_images([str(bad)])

@@ -1,0 +1,108 @@
+"""Adapt mmdet's COCO DINO checkpoint (80 classes) to the TBX11K classes, for ``load_from``.
+
+    python tools/convert_coco_checkpoint.py \\
+        checkpoints/dino-4scale_r50_8xb2-12e_coco_20221202_182705-55b2bba2.pth \\
+        checkpoints/dino-4scale_r50_coco_tbx11k.pth --check-config configs/dino_tbx11k_1gpu.py
+
+The classification branches (every decoder layer and the encoder) and the denoising label
+embedding are re-initialised as mmdet initialises a new DINO; everything else is kept. Prints what
+changed. Exit status 2 when the input is not an mmdet DINO checkpoint or does not fit the config.
+See tbx11k/apis/checkpoint_conversion.py.
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # this repo's tbx11k
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('input', help='mmdet DINO checkpoint (e.g. the COCO model zoo file)')
+    p.add_argument('output', help='converted checkpoint to write')
+    p.add_argument('--classes', nargs='+', default=None,
+                   help='target class names, in label order (default: those of --check-config, '
+                   'else ActiveTuberculosis ObsoletePulmonaryTuberculosis)')
+    p.add_argument('--map', nargs='+', default=[], metavar='TARGET=SOURCE',
+                   help='copy the rows of a source class instead of re-initialising a target '
+                   'class (not meaningful for TBX11K; for other data sets)')
+    p.add_argument('--seed', type=int, default=0, help='seed of the re-initialisation')
+    p.add_argument('--prior-prob', type=float, default=0.01,
+                   help='foreground prior of the new classifier biases (mmdet: 0.01)')
+    p.add_argument('--check-config', metavar='CONFIG',
+                   help='build this config\'s model and check that the result fits it exactly')
+    p.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
+                   help='overrides for --check-config (mmengine syntax)')
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    from tbx11k.apis.checkpoint_conversion import (TBX11K_CLASSES, NotADINOCheckpoint,
+                                                   build_model_from_config, check_fits_model,
+                                                   config_classes, convert_dino_checkpoint)
+    from tbx11k.utils.torch_load_compat import load_local_checkpoint
+
+    class_map = {}
+    for item in args.map:
+        target, sep, source = item.partition('=')
+        if not sep:
+            print(f'error: --map wants TARGET=SOURCE, got {item!r}', file=sys.stderr)
+            return 2
+        class_map[target] = source
+    classes = args.classes
+    if classes is None and args.check_config:
+        import tbx11k  # noqa: F401  (registers the config's types)
+        classes = config_classes(args.check_config)
+    classes = tuple(classes or TBX11K_CLASSES)
+
+    if not osp.isfile(args.input):
+        print(f'error: {args.input} does not exist', file=sys.stderr)
+        return 2
+    # a pickle: only convert files you trust (the mmdet model zoo, your own runs)
+    checkpoint = load_local_checkpoint(args.input, map_location='cpu')
+    if not isinstance(checkpoint, dict):
+        print(f'error: {args.input} holds a {type(checkpoint).__name__}, not a checkpoint dict',
+              file=sys.stderr)
+        return 2
+    try:
+        converted, report = convert_dino_checkpoint(checkpoint, classes, class_map, args.seed,
+                                                    args.prior_prob, source=args.input)
+    except NotADINOCheckpoint as error:
+        print(f'error: {args.input}: {error}', file=sys.stderr)
+        return 2
+    except ValueError as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 2
+    print(f'{args.input}:')
+    print('\n'.join(report.lines()))
+
+    if args.check_config:
+        from mmengine.config import DictAction
+        parser = argparse.ArgumentParser()
+        parser.add_argument('--o', nargs='*', action=DictAction, default={})
+        options = parser.parse_args(['--o'] + args.cfg_options).o if args.cfg_options else {}
+        import tbx11k  # noqa: F401
+        model = build_model_from_config(args.check_config, options)
+        problems = check_fits_model(converted['state_dict'], model)
+        if problems:
+            print(f'error: the converted weights do not fit {args.check_config} '
+                  f'({len(problems)} differences):\n  ' + '\n  '.join(problems[:20]),
+                  file=sys.stderr)
+            return 2
+        print(f'  fits {args.check_config}: no missing, unexpected or reshaped keys')
+
+    out_dir = osp.dirname(osp.abspath(args.output))
+    os.makedirs(out_dir, exist_ok=True)
+    torch.save(converted, args.output + '.tmp')
+    os.replace(args.output + '.tmp', args.output)
+    print(f'wrote {args.output}  (use: --cfg-options load_from={args.output} '
+          'model.backbone.init_cfg=None)')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Detect TB on X-rays: draw the boxes (class, score) onto PNGs and write a json of detections.
+
+    python tools/infer.py CONFIG CHECKPOINT INPUT [INPUT ...] [--out DIR] [--score-thr 0.3]
+
+INPUT: an image, a folder (searched recursively) or a list file (.txt, one image per line;
+relative lines are looked up next to the list, then in ../imgs/ as in TBX11K's lists/).
+Writes DIR/vis/<name>.png and DIR/detections.json (format: tbx11k/apis/inference.py). Checkpoints
+with EMA: the EMA weights by default (--weights raw for the training weights).
+"""
+import argparse
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # this repo's tbx11k
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    from mmengine.config import DictAction
+    p = argparse.ArgumentParser(description='Detect TB on X-rays, draw and save the detections')
+    p.add_argument('config', help='model config (e.g. configs/dino_tbx11k_1gpu.py)')
+    p.add_argument('checkpoint', help='trained checkpoint')
+    p.add_argument('inputs', nargs='+', metavar='INPUT', help='image, folder or list file')
+    p.add_argument('--out', default='work_dirs/infer', help='output folder (default: %(default)s)')
+    p.add_argument('--score-thr', type=float, default=0.3,
+                   help='draw and keep detections scoring at least this (default: %(default)s)')
+    p.add_argument('--weights', choices=['ema', 'raw'], default='ema',
+                   help='for EMA checkpoints: the EMA weights (default) or the training weights')
+    p.add_argument('--device', default=None, help='cuda:0, cpu, ... (default: cuda:0 if present)')
+    p.add_argument('--no-draw', action='store_true', help='write the json only')
+    p.add_argument('--no-progress', action='store_true', help='no progress bar')
+    p.add_argument('--cfg-options', nargs='+', action=DictAction,
+                   help='override settings in the config, key=value (mmengine syntax)')
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    from tbx11k.apis.inference import collect_images, load_detector, run_inference
+    try:
+        images = collect_images(args.inputs)
+    except FileNotFoundError as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 2
+    device = args.device or ('cuda:0' if torch.cuda.is_available() else 'cpu')
+    try:
+        detector = load_detector(args.config, args.checkpoint, device, args.weights,
+                                 args.cfg_options)
+    except (ValueError, FileNotFoundError) as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 2
+    print(f'{args.checkpoint}: {detector.weights} weights, classes {list(detector.classes)}, '
+          f'{len(images)} image(s), device {device}')
+    several = len(images) > 1 or any(osp.isdir(i) for i in args.inputs)
+    result = run_inference(detector, images, args.out, args.score_thr, draw=not args.no_draw,
+                           progress=several and not args.no_progress)
+    num = sum(len(r['detections']) for r in result['images'])
+    with_boxes = sum(1 for r in result['images'] if r['detections'])
+    print(f'{num} detection(s) with score >= {args.score_thr} on {with_boxes} of '
+          f'{len(images)} image(s)')
+    if not args.no_draw:
+        print(f'drawn: {osp.join(args.out, "vis")}/')
+    print(f'json: {osp.join(args.out, "detections.json")}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
