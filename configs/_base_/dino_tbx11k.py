@@ -73,6 +73,11 @@ test_evaluator = val_evaluator
 model = dict(
     type='WindowNormalizedDINO',
     loss_normalization='window',  # 'micro_batch' = stock mmdet (1 GPU + acc != 2 GPUs)
+    # the ImageNet ResNet-50 that 'torchvision://resnet50' names, by its URL: no torchvision
+    # package needed; offline, point it at a local file (README, "Fine-tuning")
+    backbone=dict(init_cfg=dict(
+        type='Pretrained',
+        checkpoint='https://download.pytorch.org/models/resnet50-0676ba61.pth')),
     bbox_head=dict(
         num_classes=len(classes),
         # alpha 0.25 collapsed to "predict nothing" on TBX11K in the community runs
