@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# mmdet's slurm_train.sh for tbx11k-dino: run tools/train.py as GPUS Slurm tasks (--launcher slurm).
+#
+#   tools/slurm_train.sh PARTITION GPUS [CONFIG] [WORK_DIR] [-- extra tools/train.py args]
+#
+#   tools/slurm_train.sh gpu 2          # configs/dino_tbx11k_2gpu.py, 2 tasks x 1 GPU (DDP)
+#   tools/slurm_train.sh gpu 1          # configs/dino_tbx11k_1gpu.py, 1 task, accumulation 2
+#   tools/slurm_train.sh gpu 1 "" work_dirs/run1 -- --data-root /data/TBX11K
+#
+# GPUS is 1 or 2 with the default configs (effective batch 2 either way); another count needs a
+# CONFIG whose GPUs x images x accumulation gives the same effective batch. WORK_DIR defaults to
+# work_dirs/dino_tbx11k for BOTH layouts, so a run started on 1 GPU continues on 2 and back.
+# Training always resumes from the latest checkpoint in WORK_DIR (--resume without a path; a
+# `--resume CKPT` among the extra args wins); an empty WORK_DIR starts a new run.
+#
+# Environment (mmdet's names where mmdet has one):
+#   GPUS_PER_NODE  tasks and GPUs per node (default: GPUS, at most 8)
+#   CPUS_PER_TASK  CPUs per task (default: the job's --cpus-per-task inside an allocation, else
+#                  5: 4 dataloader workers + the main process)
+#   GPU_TYPE       GPU model for --gres=gpu:TYPE:N (default: any)
+#   SRUN_ARGS      more srun options (word-split), e.g. "--mem=32G --time=8:00:00"
+#   JOB_NAME       srun --job-name when this script creates the allocation (default tbx11k-dino)
+#   PYTHON         python with torch/mmdet (default python)
+#   STOP_GRACE     seconds srun lets the other tasks finish after the first one exits (default
+#                  120; see below)
+#   MASTER_PORT    rendezvous port (default 10000 + SLURM_JOB_ID % 20000: one per job)
+#
+# Inside an allocation (sbatch, salloc) the tasks run in it; otherwise srun asks for one. Exit
+# status: tools/train.py's (0 done, 3 nothing left to train, 4 incompatible checkpoint, 5 wrong
+# layout, 6 diverged, 75 stopped by SIGUSR1/SIGTERM after a checkpoint: resume to go on), or 2
+# for usage and cluster errors (no Slurm, unknown partition, no such GPUs).
+#
+# Differences from mmdet's script, on purpose: GPUS is the 2nd argument (mmdet: JOB_NAME, with GPUS
+# in the environment) and picks the config; srun runs with --kill-on-bad-exit=0 --wait=STOP_GRACE
+# instead of --kill-on-bad-exit=1, because a preempted run exits 75 on every rank while rank 0 may
+# still be writing the checkpoint: killing the other ranks at the first non-zero exit could abort
+# a 2-rank shutdown half way. A crashed rank still brings the others down after STOP_GRACE s.
+set -euo pipefail
+
+here=${BASH_SOURCE[0]%/*}
+[[ $here == "${BASH_SOURCE[0]}" ]] && here=.
+ROOT="$(cd "$here/.." && pwd)"
+usage() {
+  sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  exit 2
+}
+die() { echo "slurm_train.sh: error: $*" >&2; exit 2; }
+
+[[ $# -ge 2 ]] || usage
+[[ $1 == -h || $1 == --help ]] && usage
+command -v srun >/dev/null || die "srun not found: Slurm is not installed on this machine or \
+not on PATH (on some clusters: module load slurm)"
+PARTITION=$1
+GPUS=$2
+shift 2
+CONFIG=""
+WORK_DIR=""
+if [[ $# -gt 0 && $1 != -* ]]; then CONFIG=$1; shift; fi
+if [[ $# -gt 0 && $1 != -* ]]; then WORK_DIR=$1; shift; fi
+[[ ${1:-} == -- ]] && shift
+PY_ARGS=("$@")
+
+[[ $GPUS =~ ^[1-9][0-9]*$ ]] || die "GPUS must be a positive integer, got '$GPUS'"
+if [[ -z $CONFIG ]]; then
+  case $GPUS in
+    1) CONFIG=$ROOT/configs/dino_tbx11k_1gpu.py ;;
+    2) CONFIG=$ROOT/configs/dino_tbx11k_2gpu.py ;;
+    *) die "no default config for $GPUS GPUs: configs/dino_tbx11k_{1,2}gpu.py train with an \
+effective batch of 2 on 1 or 2 GPUs; pass a CONFIG whose GPUs x images x accumulation fits" ;;
+  esac
+fi
+[[ -f $CONFIG ]] || die "config '$CONFIG' not found"
+WORK_DIR=${WORK_DIR:-work_dirs/dino_tbx11k}
+
+GPUS_PER_NODE=${GPUS_PER_NODE:-$((GPUS < 8 ? GPUS : 8))}
+CPUS_PER_TASK=${CPUS_PER_TASK:-${SLURM_CPUS_PER_TASK:-5}}
+STOP_GRACE=${STOP_GRACE:-120}
+PYTHON=${PYTHON:-python}
+SRUN_ARGS=${SRUN_ARGS:-""}
+TASKS_PER_NODE=$((GPUS < GPUS_PER_NODE ? GPUS : GPUS_PER_NODE))
+GRES="gpu:${GPU_TYPE:+$GPU_TYPE:}$TASKS_PER_NODE"
+
+if [[ -z ${SLURM_JOB_ID:-} && ${TBX11K_SKIP_SLURM_CHECKS:-0} != 1 ]]; then
+  # outside an allocation: say clearly what is wrong before srun waits or fails cryptically
+  checker=$(command -v python3 || command -v "$PYTHON")
+  "$checker" "$ROOT/tools/slurm_submit.py" --check-only --partition "$PARTITION" \
+    --gpus "$GPUS" ${GPU_TYPE:+--gpu-type "$GPU_TYPE"} || exit 2
+fi
+
+echo "slurm_train.sh: $GPUS task(s) on partition $PARTITION ($GRES per node, $CPUS_PER_TASK CPUs \
+per task), config $CONFIG, work dir $WORK_DIR (resumes from its latest checkpoint)" >&2
+
+# MASTER_PORT is chosen inside the step, where SLURM_JOB_ID is known also when srun itself makes
+# the allocation. `exec` keeps signals going straight from slurmstepd to python.
+# shellcheck disable=SC2016,SC2086
+PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" \
+exec srun -p "$PARTITION" \
+  --job-name="${JOB_NAME:-tbx11k-dino}" \
+  --gres="$GRES" \
+  --ntasks="$GPUS" \
+  --ntasks-per-node="$TASKS_PER_NODE" \
+  --cpus-per-task="$CPUS_PER_TASK" \
+  --kill-on-bad-exit=0 \
+  --wait="$STOP_GRACE" \
+  $SRUN_ARGS \
+  bash -c 'export MASTER_PORT=${MASTER_PORT:-$((10000 + SLURM_JOB_ID % 20000))}; exec "$@"' \
+  tbx11k-train "$PYTHON" -u "$ROOT/tools/train.py" "$CONFIG" --work-dir="$WORK_DIR" \
+  --launcher=slurm --resume ${PY_ARGS[@]+"${PY_ARGS[@]}"}
