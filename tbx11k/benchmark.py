@@ -1,0 +1,962 @@
+"""Training / inference speed of a tbx11k config beside stock mmdet DINO, in one process.
+
+Used by ``tools/benchmark.py`` (see its ``--help``) and by ``tools/gpu_benchmark.sh``.
+
+Every *case* builds the real runner from a config (``TBX11KRunner`` for ours, mmengine's ``Runner``
+for stock mmdet) with a temporary work dir, no validation, no checkpoints, no logging hook and the
+backbone's pretrained ``init_cfg`` removed (no network; the speed does not depend on the weights),
+trains on a synthetic TBX11K-format set and times optimizer steps with a hook of the lowest priority
+(so every other hook of the iteration, EMA included, is inside the time): after ``warmup`` optimizer
+steps, the next ``steps`` (``torch.cuda.synchronize`` first on a GPU); then the hook stops the run
+by raising :class:`BenchmarkDone`. Times include data loading, as in real training.
+
+Stock mmdet DINO is the same model (sizes, classes, loss settings), data and pipeline, with mmdet's
+stock components: detector ``DINO`` (no window loss normalisation), ``EpochBasedTrainLoop`` (one
+iteration = one micro-batch: an optimizer step every ``accumulative_counts`` iterations; the timer
+counts micro-batches so that both report per optimizer step and per image), ``DefaultSampler`` +
+``AspectRatioBatchSampler``, ``CocoDataset`` with the TBX11K classes, mmengine's ``Runner`` and no
+custom hooks (stock DINO has none; ours keeps the config's ``EMAHook`` and
+``CheckpointInterchangeHook``: they are part of our training).
+
+Peak memory: ``torch.cuda.max_memory_allocated`` over the case on a GPU; on the CPU the largest
+resident set size of this process sampled every 10 ms during the case (data-loader worker processes
+not included).
+"""
+import contextlib
+import copy
+import gc
+import json
+import logging
+import os
+import os.path as osp
+import platform
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+
+#: issue 6 targets (one H100, configs/dino_tbx11k_1gpu.py)
+TARGETS = dict(train_img_per_s=25.0, accumulation_overhead=1.1, infer_img_per_s=60.0)
+TRAIN_ANN = 'annotations/json/TBX11K_train.json'
+AMP_DTYPES = ('float16', 'bfloat16')
+
+
+class BenchmarkDone(Exception):
+    """Raised by the timing hook to end a run after the timed steps."""
+
+
+@dataclass
+class CaseResult:
+    """Figures of one timed case (train or inference)."""
+    name: str
+    kind: str  # 'train' | 'infer' | 'profile'
+    implementation: str  # 'ours' | 'stock'
+    config: str
+    batch_size: int
+    accumulative_counts: int
+    images_per_step: int  # images per optimizer step (train) or per batch (infer)
+    warmup: int
+    steps: int
+    amp: Optional[str] = None
+    variant: Optional[str] = None
+    diagnostic: bool = False  # a measurement aid, not a configuration to train with
+    status: str = 'ok'  # 'ok' | 'error: ...' | 'skipped: ...'
+    seconds: float = 0.0  # wall time of the timed steps
+    img_per_s: float = 0.0
+    s_per_step: float = 0.0  # per optimizer step (train) or batch (infer), mean
+    s_per_step_median: float = 0.0
+    s_per_micro_batch: float = 0.0
+    s_per_image: float = 0.0
+    cpu_s_per_step: float = 0.0  # CPU time of this process (all its threads) per step
+    peak_mem_mib: float = 0.0
+    peak_mem_kind: str = ''
+    step_times: List[float] = field(default_factory=list)
+    profile: Optional[Dict] = None  # kind 'profile': torch.profiler summary per micro-batch
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 'ok'
+
+
+# --------------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------------
+def prepare_data(root: str, num_images: int, image_size: int, seed: int = 0) -> str:
+    """A synthetic TBX11K under ``root`` (made unless its train json is already there)."""
+    if osp.isfile(osp.join(root, TRAIN_ANN)):
+        return root
+    from tbx11k.datasets.synthetic import make_synthetic_tbx11k
+    make_synthetic_tbx11k(root, num_train=num_images, num_val=2, num_test=1, num_extra=0,
+                          seed=seed, image_size=image_size, overwrite=True)
+    return root
+
+
+# --------------------------------------------------------------------------------------------
+# configs
+# --------------------------------------------------------------------------------------------
+def _set_amp(cfg, amp: Optional[str]) -> None:
+    if not amp:
+        return
+    if amp not in AMP_DTYPES:
+        raise ValueError(f'amp must be one of {AMP_DTYPES}, got {amp!r}')
+    cfg.optim_wrapper.type = 'AmpOptimWrapper'
+    cfg.optim_wrapper.loss_scale = 'dynamic'
+    cfg.optim_wrapper.dtype = amp
+
+
+def benchmark_config(config: str, data_root: str, work_dir: str, *, stock: bool = False,
+                     batch_size: Optional[int] = None, accumulative_counts: Optional[int] = None,
+                     amp: Optional[str] = None, cfg_options: Optional[Dict] = None,
+                     edit: Optional[Callable] = None, name: str = 'bench'):
+    """The Config of one case: ``config`` (+ ``cfg_options``) made quiet and pointed at the data;
+    with ``stock=True`` turned into stock mmdet DINO (see the module docstring)."""
+    from mmengine.config import Config
+
+    from tbx11k.utils import set_data_root
+
+    cfg = Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    set_data_root(cfg, data_root)
+    cfg.work_dir = work_dir
+    cfg.experiment_name = name
+    cfg.log_level = 'WARNING'  # (known noise is filtered by build_runner)
+    cfg.launcher = 'none'
+    cfg.load_from = None
+    cfg.resume = False
+    cfg.default_hooks.checkpoint = None
+    cfg.default_hooks.logger = None
+    cfg.default_hooks.pop('visualization', None)  # val/test only
+    if cfg.get('visualizer'):  # nothing is logged; no TensorBoard needed on the GPU machine
+        cfg.visualizer.vis_backends = [dict(type='LocalVisBackend')]
+    # inference: the train images through the test pipeline (enough of them; kept aside)
+    test_loader = copy.deepcopy(cfg.get('test_dataloader') or cfg.val_dataloader)
+    test_loader.dataset.ann_file = TRAIN_ANN
+    test_loader.dataset.pop('tb_only', None)
+    for key in ('val_dataloader', 'val_cfg', 'val_evaluator', 'test_dataloader', 'test_cfg',
+                'test_evaluator'):
+        cfg[key] = None
+    cfg.benchmark_test_dataloader = test_loader
+    cfg.model.backbone.init_cfg = None  # no download; the speed does not depend on the weights
+    cfg.train_cfg.max_epochs = 10 ** 6  # the timing hook ends the run
+    cfg.train_cfg.val_interval = 10 ** 6
+    if batch_size is not None:
+        cfg.train_dataloader.batch_size = batch_size
+    if accumulative_counts is not None:
+        cfg.optim_wrapper.accumulative_counts = accumulative_counts
+    acc = int(cfg.optim_wrapper.get('accumulative_counts', 1))
+    if 'effective_batch_size' in cfg:
+        cfg.effective_batch_size = int(cfg.train_dataloader.batch_size) * acc
+    _set_amp(cfg, amp)
+    if edit is not None:
+        edit(cfg)
+    if stock:
+        to_stock_mmdet(cfg)
+    return cfg
+
+
+def to_stock_mmdet(cfg) -> None:
+    """Replace tbx11k's components of ``cfg`` by stock mmdet 3.3.0 / mmengine ones (in place)."""
+    cfg.model.type = 'DINO'
+    cfg.model.pop('loss_normalization', None)
+    cfg.model.pop('verify_loss_counts', None)
+    cfg.pop('runner_type', None)
+    cfg.pop('effective_batch_size', None)
+    cfg.custom_hooks = []
+    cfg.train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=cfg.train_cfg.max_epochs,
+                         val_interval=cfg.train_cfg.val_interval)
+    loader = cfg.train_dataloader
+    loader.sampler = dict(type='DefaultSampler', shuffle=True)
+    loader.batch_sampler = dict(type='AspectRatioBatchSampler')
+    loader.dataset.type = 'CocoDataset'
+    cfg.benchmark_test_dataloader.dataset.type = 'CocoDataset'
+    for dataset in (loader.dataset, cfg.benchmark_test_dataloader.dataset):
+        for key in ('tb_only', 'validate'):
+            dataset.pop(key, None)
+    if cfg.optim_wrapper.get('constructor') == 'CUDAFusedOptimWrapperConstructor':
+        cfg.optim_wrapper.pop('constructor')
+
+
+#: warnings every DINO run logs: kept out of the benchmark's output (other warnings stay)
+NOISE = ('is skipped since its requires_grad=False',
+         'Gradient accumulative may slightly decrease performance')
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(noise in message for noise in NOISE)
+
+
+def build_runner(cfg):
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+    cfg = copy.deepcopy(cfg)
+    cfg.pop('benchmark_test_dataloader', None)
+    runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
+    runner.logger.addFilter(_DropNoise())
+    return runner
+
+
+# --------------------------------------------------------------------------------------------
+# measuring
+# --------------------------------------------------------------------------------------------
+class PeakMemory:
+    """Peak memory of a block: CUDA max_memory_allocated, or this process's sampled max RSS."""
+
+    def __init__(self, device: str, interval: float = 0.01) -> None:
+        self.device = device
+        self.interval = interval
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    @property
+    def kind(self) -> str:
+        return 'cuda max_memory_allocated' if self.device == 'cuda' else 'process max RSS'
+
+    @staticmethod
+    def rss_bytes() -> int:
+        try:
+            with open('/proc/self/statm') as f:
+                return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+        except (OSError, ValueError, IndexError):
+            import resource
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak_bytes = max(self.peak_bytes, self.rss_bytes())
+
+    def __enter__(self) -> 'PeakMemory':
+        if self.device == 'cuda':
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            self.peak_bytes = self.rss_bytes()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device == 'cuda':
+            self.peak_bytes = torch.cuda.max_memory_allocated()
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak_bytes = max(self.peak_bytes, self.rss_bytes())
+
+    @property
+    def peak_mib(self) -> float:
+        return self.peak_bytes / 2 ** 20
+
+
+def _synchronize(device: str) -> Callable[[], None]:
+    if device == 'cuda':
+        return torch.cuda.synchronize
+    return lambda: None
+
+
+def make_step_timer(warmup: int, steps: int, micro_batches_per_iter: int,
+                    accumulative_counts: int, device: str):
+    """A Hook timing optimizer steps ``warmup+1 .. warmup+steps``, then raising BenchmarkDone.
+
+    ``micro_batches_per_iter``: ``accumulative_counts`` for a loop whose iteration is an optimizer
+    step (ours), 1 for stock loops (an optimizer step every ``accumulative_counts`` iterations)."""
+    from mmengine.hooks import Hook
+
+    sync = _synchronize(device)
+
+    class StepTimer(Hook):
+        priority = 'LOWEST'
+
+        def __init__(self) -> None:
+            self.micro_batches = 0
+            self.optimizer_steps = 0
+            self.marks: List[float] = []
+            self.cpu_marks: List[float] = []
+
+        def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+            self.micro_batches += micro_batches_per_iter
+            if self.micro_batches % accumulative_counts:
+                return  # inside an accumulation window (stock loop)
+            self.optimizer_steps += 1
+            if self.optimizer_steps < warmup:
+                return
+            sync()
+            self.marks.append(time.perf_counter())
+            self.cpu_marks.append(time.process_time())
+            if self.optimizer_steps >= warmup + steps:
+                raise BenchmarkDone
+
+    return StepTimer()
+
+
+def _fill_times(result: CaseResult, marks: Sequence[float], micro_batches_per_step: int,
+                cpu_marks: Sequence[float] = ()) -> None:
+    times = [b - a for a, b in zip(marks, marks[1:])]
+    if len(cpu_marks) == len(marks):
+        result.cpu_s_per_step = (cpu_marks[-1] - cpu_marks[0]) / max(len(times), 1)
+    if not times:
+        raise RuntimeError('no timed step')
+    result.step_times = times
+    result.seconds = marks[-1] - marks[0]
+    result.s_per_step = result.seconds / len(times)
+    ordered = sorted(times)
+    mid = len(ordered) // 2
+    result.s_per_step_median = (ordered[mid] if len(ordered) % 2
+                                else (ordered[mid - 1] + ordered[mid]) / 2)
+    result.s_per_micro_batch = result.s_per_step / micro_batches_per_step
+    result.s_per_image = result.s_per_step / result.images_per_step
+    result.img_per_s = 1.0 / result.s_per_image
+
+
+def _cleanup(device: str) -> None:
+    gc.collect()
+    if device == 'cuda':
+        torch.cuda.empty_cache()
+
+
+def time_training(cfg, result: CaseResult, device: str) -> CaseResult:
+    """Train ``cfg`` for warmup + steps optimizer steps and fill ``result``."""
+    acc = result.accumulative_counts
+    ours_loop = cfg.train_cfg.get('type') == 'AccumulationEpochBasedTrainLoop'
+    timer = make_step_timer(result.warmup, result.steps, acc if ours_loop else 1, acc, device)
+    with PeakMemory(device) as memory:
+        runner = build_runner(cfg)
+        runner.register_hook(timer, priority='LOWEST')
+        try:
+            runner.train()
+        except BenchmarkDone:
+            pass
+        else:
+            raise RuntimeError('the training ended before the timed steps were done')
+        finally:
+            del runner
+            gc.collect()
+    _fill_times(result, timer.marks, acc, timer.cpu_marks)
+    result.peak_mem_mib, result.peak_mem_kind = memory.peak_mib, memory.kind
+    return result
+
+
+#: CUDA runtime / driver calls counted by the profile case
+LAUNCH_CALLS = ('cudaLaunchKernel', 'cudaLaunchKernelExC', 'cuLaunchKernel', 'cuLaunchKernelEx',
+                'cudaGraphLaunch')
+SYNC_CALLS = ('cudaStreamSynchronize', 'cudaDeviceSynchronize', 'cudaEventSynchronize')
+COPY_CALLS = ('cudaMemcpyAsync', 'cudaMemcpy')
+
+
+def summarize_profile(prof, wall: float, micro_batches: int, top: int = 15,
+                      device: str = 'cuda') -> Dict:
+    """Kernel launches, host syncs and copies per micro-batch, GPU kernel time / wall time, and
+    the ops with the most host (self CPU) time, from a torch.profiler run."""
+    events = prof.key_averages()
+
+    def count(names):
+        return sum(e.count for e in events if e.key in names)
+
+    cuda = getattr(torch.autograd, 'DeviceType', None)
+
+    def self_device_us(e) -> float:
+        return float(getattr(e, 'self_device_time_total', 0.0)
+                     or getattr(e, 'self_cuda_time_total', 0.0) or 0.0)
+
+    # kernel time: the CUDA-side events (kernels, copies), or else the device time the host ops
+    # launched directly (the same kernels, attributed to their ops); the larger of the two
+    on_device = sum(self_device_us(e) for e in events
+                    if cuda is not None and getattr(e, 'device_type', None) == cuda.CUDA)
+    by_ops = sum(self_device_us(e) for e in events
+                 if cuda is None or getattr(e, 'device_type', None) != cuda.CUDA)
+    device_us = max(on_device, by_ops)
+    on_host = [e for e in events
+               if cuda is None or getattr(e, 'device_type', None) != cuda.CUDA]
+    host = sorted(on_host, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    aten_ops = sum(e.count for e in events if e.key.startswith('aten::'))
+    return dict(
+        micro_batches=micro_batches, wall_s=wall,
+        aten_ops_per_micro_batch=aten_ops / micro_batches,
+        kernel_launches_per_micro_batch=count(LAUNCH_CALLS) / micro_batches,
+        syncs_per_micro_batch=count(SYNC_CALLS) / micro_batches,
+        memcpy_calls_per_micro_batch=count(COPY_CALLS) / micro_batches,
+        gpu_kernel_s=device_us / 1e6,
+        gpu_busy_fraction=(device_us / 1e6) / wall if wall > 0 and device == 'cuda' else None,
+        top_host_ops=[dict(name=e.key, count=e.count, self_cpu_ms=e.self_cpu_time_total / 1e3)
+                      for e in host])
+
+
+def make_step_profiler(warmup: int, steps: int, micro_batches_per_iter: int,
+                       accumulative_counts: int, device: str):
+    """A Hook profiling optimizer steps ``warmup+1 .. warmup+steps`` (torch.profiler, CPU and
+    CUDA activities), then raising BenchmarkDone; the summary lands in ``hook.summary``."""
+    from mmengine.hooks import Hook
+    from torch.profiler import ProfilerActivity, profile
+
+    sync = _synchronize(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == 'cuda' else [])
+
+    class StepProfiler(Hook):
+        priority = 'LOWEST'
+
+        def __init__(self) -> None:
+            self.micro_batches = 0
+            self.optimizer_steps = 0
+            self.prof = None
+            self.summary: Optional[Dict] = None
+
+        def before_train_iter(self, runner, batch_idx, data_batch=None) -> None:
+            if (self.prof is None and self.optimizer_steps == warmup
+                    and self.micro_batches % accumulative_counts == 0):
+                sync()
+                self.prof = profile(activities=activities)
+                self.prof.__enter__()
+                self.start, self.start_micro = time.perf_counter(), self.micro_batches
+
+        def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+            self.micro_batches += micro_batches_per_iter
+            if self.micro_batches % accumulative_counts:
+                return
+            self.optimizer_steps += 1
+            if self.prof is not None and self.optimizer_steps >= warmup + steps:
+                sync()
+                wall = time.perf_counter() - self.start
+                self.prof.__exit__(None, None, None)
+                self.summary = summarize_profile(self.prof, wall,
+                                                 self.micro_batches - self.start_micro,
+                                                 device=device)
+                raise BenchmarkDone
+
+    return StepProfiler()
+
+
+def profile_training(cfg, result: CaseResult, device: str) -> CaseResult:
+    """Like :func:`time_training`, but profiles the ``steps`` optimizer steps after warm-up."""
+    acc = result.accumulative_counts
+    ours_loop = cfg.train_cfg.get('type') == 'AccumulationEpochBasedTrainLoop'
+    hook = make_step_profiler(result.warmup, result.steps, acc if ours_loop else 1, acc, device)
+    runner = build_runner(cfg)
+    runner.register_hook(hook, priority='LOWEST')
+    try:
+        runner.train()
+    except BenchmarkDone:
+        pass
+    else:
+        raise RuntimeError('the training ended before the profiled steps were done')
+    finally:
+        del runner
+        gc.collect()
+    result.profile = hook.summary
+    result.seconds = hook.summary['wall_s']
+    return result
+
+
+def _autocast(device: str, amp: Optional[str]):
+    if not amp:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device, dtype=getattr(torch, amp))
+
+
+def time_inference(cfg, result: CaseResult, device: str) -> CaseResult:
+    """Run the model's test_step on the test pipeline; time batches warmup+1 .. warmup+steps."""
+    from mmengine.runner import Runner
+    sync = _synchronize(device)
+    with PeakMemory(device) as memory:
+        runner = build_runner(cfg)
+        try:
+            loader_cfg = copy.deepcopy(cfg.benchmark_test_dataloader)
+            loader_cfg.persistent_workers = False
+            loader = Runner.build_dataloader(loader_cfg, seed=runner.seed)
+            result.images_per_step = int(loader.batch_size or 1)
+            model = runner.model
+            model.eval()
+            marks: List[float] = []
+            cpu_marks: List[float] = []
+            done = 0
+            with torch.no_grad(), _autocast(device, result.amp):
+                while done < result.warmup + result.steps:
+                    for batch in loader:
+                        model.test_step(batch)
+                        done += 1
+                        if done >= result.warmup:
+                            sync()
+                            marks.append(time.perf_counter())
+                            cpu_marks.append(time.process_time())
+                        if done >= result.warmup + result.steps:
+                            break
+        finally:
+            del runner
+            gc.collect()
+    _fill_times(result, marks, 1, cpu_marks)
+    result.peak_mem_mib, result.peak_mem_kind = memory.peak_mib, memory.kind
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# variants: each speed-up on its own (ours, batch 1 x acc 2)
+# --------------------------------------------------------------------------------------------
+def _fused(cfg) -> None:
+    cfg.optim_wrapper.constructor = 'CUDAFusedOptimWrapperConstructor'
+
+
+def _no_verify(cfg) -> None:
+    cfg.model.verify_loss_counts = False
+
+
+def _no_custom_hooks(cfg) -> None:
+    cfg.custom_hooks = []
+
+
+def _foreach_ema(cfg) -> None:
+    for hook in cfg.custom_hooks:
+        if hook.get('type') == 'EMAHook' and hook.get('ema_type', 'ExponentialMovingAverage') \
+                == 'ExponentialMovingAverage':
+            hook['ema_type'] = 'ForeachExponentialMovingAverage'
+
+
+def _cudnn_benchmark(cfg) -> None:
+    cfg.env_cfg.cudnn_benchmark = True
+
+
+@dataclass
+class Variant:
+    """A speed-up switch measured on its own against ours (same batch / accumulation)."""
+    name: str
+    description: str
+    edit: Optional[Callable] = None
+    amp: Optional[str] = None
+    kernels: str = 'auto'  # 'off': mmcv's CUDA kernels switched off during the case
+    needs_cuda: bool = False
+    diagnostic: bool = False
+
+
+def _compose(*edits):
+    def edit(cfg):
+        for e in edits:
+            e(cfg)
+    return edit
+
+
+VARIANTS: Dict[str, Variant] = {v.name: v for v in [
+    Variant('fused_adamw', "optim_wrapper.constructor='CUDAFusedOptimWrapperConstructor' "
+            '(AdamW fused=True)', _fused, needs_cuda=True),
+    Variant('no_verify_loss_counts', 'model.verify_loss_counts=False (no count check reads)',
+            _no_verify),
+    Variant('foreach_ema', "EMAHook ema_type='ForeachExponentialMovingAverage' (one "
+            'multi-tensor lerp per step)', _foreach_ema),
+    Variant('cudnn_benchmark', 'env_cfg.cudnn_benchmark=True (5 fixed training shapes)',
+            _cudnn_benchmark, needs_cuda=True),
+    Variant('amp_fp16', 'AmpOptimWrapper fp16, dynamic loss scale (tools/train.py --amp)',
+            amp='float16', needs_cuda=True),
+    Variant('amp_bf16', "AmpOptimWrapper dtype='bfloat16'", amp='bfloat16', needs_cuda=True),
+    Variant('no_mmcv_kernels', 'TBX11K_MMCV_KERNELS=off: PyTorch MSDA and focal loss, as on a '
+            'GPU without mmcv CUDA kernels (what the kernels bring)', kernels='off',
+            needs_cuda=True, diagnostic=True),
+    Variant('no_custom_hooks', 'diagnostic: ours without custom_hooks (EMA, health, preemption, '
+            'checkpoint interchange): their cost', _no_custom_hooks, diagnostic=True),
+    Variant('safe_all', 'fused_adamw + no_verify_loss_counts + foreach_ema + cudnn_benchmark',
+            _compose(_fused, _no_verify, _foreach_ema, _cudnn_benchmark), needs_cuda=True),
+    Variant('safe_all_bf16', 'safe_all + amp_bf16',
+            _compose(_fused, _no_verify, _foreach_ema, _cudnn_benchmark), amp='bfloat16',
+            needs_cuda=True),
+]}
+
+
+@contextlib.contextmanager
+def mmcv_kernels(mode: str):
+    """mmcv's CUDA kernels 'auto' (used when they work) or 'off' during a case."""
+    from tbx11k.models import mmcv_cuda_fallback
+    previous = mmcv_cuda_fallback.kernel_mode()
+    mmcv_cuda_fallback.set_kernel_mode(mode)
+    try:
+        yield
+    finally:
+        mmcv_cuda_fallback.set_kernel_mode(previous)
+
+
+# --------------------------------------------------------------------------------------------
+# the whole run
+# --------------------------------------------------------------------------------------------
+@dataclass
+class BenchmarkOptions:
+    config: str
+    steps: int = 20
+    warmup: int = 5
+    num_images: int = 64
+    image_size: int = 512
+    data_root: Optional[str] = None
+    stock: bool = True
+    batch2: bool = False
+    infer: bool = False
+    profile: bool = False
+    amp: Optional[str] = None
+    device: Optional[str] = None
+    cfg_options: Optional[Dict] = None
+    variants: Sequence[str] = ()
+    time_budget: float = 0.0  # seconds; cases not started within it are skipped (0: no limit)
+    infer_steps: Optional[int] = None
+    keep_work_dir: bool = False
+
+
+def default_device() -> str:
+    return 'cuda' if torch.cuda.is_available() else 'cpu'
+
+
+def environment(device: str) -> Dict:
+    import mmcv
+    import mmdet
+    import mmengine
+
+    from tbx11k.models import mmcv_cuda_fallback
+    env = dict(python=platform.python_version(), torch=torch.__version__,
+               torch_cuda=torch.version.cuda, mmcv=mmcv.__version__, mmdet=mmdet.__version__,
+               mmengine=mmengine.__version__, device=device, host=platform.node(),
+               cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(),
+               mmcv_compiled_with_cuda=mmcv_cuda_fallback.mmcv_compiled_with_cuda())
+    if device == 'cuda':
+        env['gpu'] = torch.cuda.get_device_name()
+        env['gpu_count'] = torch.cuda.device_count()
+    else:
+        env['gpu'] = None
+    env['kernels'] = mmcv_cuda_fallback.kernel_report(torch.device(device))
+    env['msda_path'] = env['kernels']['ms_deform_attn']
+    # the PyTorch fallbacks against the kernels (outputs and gradients), where both run
+    try:
+        env['fallback_check'] = mmcv_cuda_fallback.compare_with_kernels(device)
+    except Exception as error:  # noqa: BLE001
+        env['fallback_check'] = dict(error=f'{type(error).__name__}: {error}'[:300])
+    try:  # ForeachExponentialMovingAverage against mmengine's EMA, on this device
+        from tbx11k.models.foreach_ema import compare_with_mmengine_ema
+        env['foreach_ema_check'] = compare_with_mmengine_ema(device)
+    except Exception as error:  # noqa: BLE001
+        env['foreach_ema_check'] = dict(error=f'{type(error).__name__}: {error}'[:300])
+    return env
+
+
+def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    return a / b if a and b else None
+
+
+def compute_ratios(cases: List[CaseResult]) -> Dict[str, Optional[float]]:
+    by = {c.name: c for c in cases if c.ok}
+
+    def ips(name):
+        return by[name].img_per_s if name in by else None
+
+    def spi(name):
+        return by[name].s_per_image if name in by else None
+
+    ratios = dict(
+        train_vs_stock=_ratio(ips('ours'), ips('stock')),
+        batch2_vs_stock_batch2=_ratio(ips('ours_batch2'), ips('stock_batch2')),
+        accumulation_overhead=_ratio(spi('ours'), spi('ours_batch2')),
+        stock_accumulation_overhead=_ratio(spi('stock'), spi('stock_batch2')),
+        infer_vs_stock=_ratio(ips('ours_infer'), ips('stock_infer')),
+    )
+    for case in cases:
+        if case.variant and case.ok:
+            ratios[f'{case.name}_vs_ours'] = _ratio(case.img_per_s, ips('ours'))
+    return ratios
+
+
+def check_targets(cases: List[CaseResult], ratios: Dict, env: Dict) -> Dict:
+    """The issue's targets against this run (they are stated for one H100)."""
+    by = {c.name: c for c in cases if c.ok}
+    best_train = max([c for c in cases if c.ok and c.kind == 'train'
+                      and c.batch_size == by['ours'].batch_size
+                      and c.accumulative_counts == by['ours'].accumulative_counts
+                      and c.implementation == 'ours' and not c.diagnostic],
+                     key=lambda c: c.img_per_s, default=None) if 'ours' in by else None
+    out = dict(targets=TARGETS, measured_on=env.get('gpu') or 'cpu',
+               applies=bool(env.get('gpu') and 'H100' in env['gpu']))
+    out['train_img_per_s'] = by['ours'].img_per_s if 'ours' in by else None
+    out['best_train_case'] = best_train.name if best_train else None
+    out['best_train_img_per_s'] = best_train.img_per_s if best_train else None
+    out['train_met'] = bool(best_train and best_train.img_per_s >= TARGETS['train_img_per_s'])
+    ovh = ratios.get('accumulation_overhead')
+    out['accumulation_overhead_met'] = bool(ovh is not None
+                                            and ovh <= TARGETS['accumulation_overhead'])
+    infer = by.get('ours_infer')
+    out['infer_img_per_s'] = infer.img_per_s if infer else None
+    out['infer_met'] = bool(infer and infer.img_per_s >= TARGETS['infer_img_per_s'])
+    return out
+
+
+def plan_cases(opts: BenchmarkOptions, device: str):
+    """[(CaseResult, config kwargs, msda path)] in the order they run."""
+    from mmengine.config import Config
+    base = Config.fromfile(opts.config)
+    if opts.cfg_options:
+        base.merge_from_dict(opts.cfg_options)
+    batch = int(base.train_dataloader.batch_size)
+    acc = int(base.optim_wrapper.get('accumulative_counts', 1))
+    infer_steps = opts.infer_steps or max(opts.steps, 1)
+    plan = []
+
+    def add(name, kind, impl, bs, ac, variant=None, amp=opts.amp, edit=None, kernels='auto',
+            skip=None):
+        result = CaseResult(name=name, kind=kind, implementation=impl, config=opts.config,
+                            batch_size=bs, accumulative_counts=ac, images_per_step=bs * ac,
+                            warmup=opts.warmup, steps={'infer': infer_steps, 'profile': 2}.get(
+                                kind, opts.steps), amp=amp, variant=variant)
+        if skip:
+            result.status = f'skipped: {skip}'
+        kwargs = dict(stock=impl == 'stock', batch_size=bs, accumulative_counts=ac, amp=amp,
+                      cfg_options=opts.cfg_options, edit=edit, name=f'bench_{name}')
+        plan.append((result, kwargs, kernels))
+
+    add('ours', 'train', 'ours', batch, acc)
+    if opts.stock:
+        add('stock', 'train', 'stock', batch, acc)
+    if opts.batch2:
+        add('ours_batch2', 'train', 'ours', batch * acc, 1)
+        if opts.stock:
+            add('stock_batch2', 'train', 'stock', batch * acc, 1)
+    if opts.infer:
+        add('ours_infer', 'infer', 'ours', 1, 1)
+        if opts.stock:
+            add('stock_infer', 'infer', 'stock', 1, 1)
+    if opts.profile:
+        add('ours_profile', 'profile', 'ours', batch, acc)
+        if opts.stock:
+            add('stock_profile', 'profile', 'stock', batch, acc)
+    for name in opts.variants:
+        if name not in VARIANTS:
+            raise ValueError(f'unknown variant {name!r}; known: {", ".join(VARIANTS)}')
+        v = VARIANTS[name]
+        skip = 'needs CUDA' if v.needs_cuda and device != 'cuda' else None
+        add(name, 'train', 'ours', batch, acc, variant=v.description, amp=v.amp or opts.amp,
+            edit=v.edit, kernels=v.kernels, skip=skip)
+        plan[-1][0].diagnostic = v.diagnostic
+    return plan
+
+
+def make_report(opts: BenchmarkOptions, env: Dict, cases: List[CaseResult],
+                seconds: float) -> Dict:
+    ratios = compute_ratios(cases)
+    return dict(environment=env, options=asdict(opts), cases=[asdict(c) for c in cases],
+                ratios=ratios, targets=check_targets(cases, ratios, env), total_seconds=seconds)
+
+
+def run_benchmark(opts: BenchmarkOptions, log: Callable[[str], None] = print,
+                  json_path: Optional[str] = None) -> Dict:
+    """Run every planned case; return {'environment', 'options', 'cases', 'ratios', 'targets',
+    'total_seconds'}. With ``json_path`` the report is also written after every case (a run
+    killed by a time limit keeps what it measured)."""
+    import tbx11k  # noqa: F401  (registers our components, installs the mmcv fallback)
+
+    device = opts.device or default_device()
+    if device not in ('cuda', 'cpu'):
+        raise ValueError(f'device must be cuda or cpu, got {device!r}')
+    if device == 'cuda' and not torch.cuda.is_available():
+        raise SystemExit('error: --device cuda, but torch sees no GPU')
+    if device == 'cpu' and torch.cuda.is_available():
+        raise SystemExit('error: --device cpu on a machine with a GPU: run with '
+                         'CUDA_VISIBLE_DEVICES= (tools/benchmark.py --device cpu does this)')
+    if opts.amp and device != 'cuda':
+        raise SystemExit('error: --amp needs a GPU (mmengine AmpOptimWrapper refuses the CPU)')
+    if opts.warmup < 1 or opts.steps < 1:
+        raise SystemExit('error: --warmup and --steps must be >= 1')
+    started = time.perf_counter()
+    env = environment(device)
+    log(f'device: {env["gpu"] or "cpu"} | torch {env["torch"]} (CUDA {env["torch_cuda"]}) | '
+        f'mmcv {env["mmcv"]} | mmdet {env["mmdet"]} | mmengine {env["mmengine"]}')
+    log(f'MultiScaleDeformableAttention: {env["msda_path"]}')
+    log(f'FocalLoss: {env["kernels"]["sigmoid_focal_loss"]}')
+    log(f'PyTorch fallbacks vs mmcv kernels: {env["fallback_check"]}')
+    log(f'foreach EMA vs mmengine EMA: {env["foreach_ema_check"]}')
+
+    tmp = tempfile.mkdtemp(prefix='tbx11k_bench_')
+    try:
+        data_root = opts.data_root or osp.join(tmp, 'data')
+        t0 = time.perf_counter()
+        existed = osp.isfile(osp.join(data_root, TRAIN_ANN))
+        prepare_data(data_root, opts.num_images, opts.image_size)
+        log(f'data: {data_root} ' + ('(existing)' if existed else
+            f'({opts.num_images} synthetic train images, {opts.image_size} px, made in '
+            f'{time.perf_counter() - t0:.1f} s)'))
+        plan = plan_cases(opts, device)
+        cases: List[CaseResult] = []
+        for result, kwargs, kernels in plan:
+            cases.append(result)
+            if not result.ok:
+                log(f'[{result.name}] {result.status}')
+                continue
+            elapsed = time.perf_counter() - started
+            if opts.time_budget and elapsed > opts.time_budget:
+                result.status = f'skipped: time budget ({opts.time_budget:.0f} s) spent'
+                log(f'[{result.name}] {result.status}')
+                continue
+            work_dir = osp.join(tmp, result.name)
+            t0 = time.perf_counter()
+            try:
+                cfg = benchmark_config(opts.config, data_root, work_dir, **kwargs)
+                with mmcv_kernels(kernels):
+                    measure = dict(train=time_training, infer=time_inference,
+                                   profile=profile_training)[result.kind]
+                    measure(cfg, result, device)
+            except Exception as error:  # noqa: BLE001  (report it, go on with the next case)
+                first = (str(error).strip().splitlines() or [''])[0][:300]
+                result.status = f'error: {type(error).__name__}: {first}'
+                traceback.print_exc()  # to stderr: a one-shot GPU run must say what failed
+            finally:
+                _cleanup(device)
+            if json_path:
+                write_json(make_report(opts, env, cases, time.perf_counter() - started),
+                           json_path)
+            log(f'[{result.name}] {result.status}: ' + (
+                _profile_line(result.profile) if result.ok and result.kind == 'profile' else
+                f'{result.img_per_s:.3f} img/s, {result.s_per_step:.4f} s/step, '
+                f'peak {result.peak_mem_mib:.0f} MiB' if result.ok else '') +
+                f' ({time.perf_counter() - t0:.1f} s)')
+    finally:
+        if not opts.keep_work_dir:
+            shutil.rmtree(tmp, ignore_errors=True)
+    report = make_report(opts, env, cases, time.perf_counter() - started)
+    if json_path:
+        write_json(report, json_path)
+    return report
+
+
+# --------------------------------------------------------------------------------------------
+# output
+# --------------------------------------------------------------------------------------------
+def _fmt(x, spec='.3f', none='-'):
+    return none if x is None else format(x, spec)
+
+
+def _profile_line(p: Optional[Dict]) -> str:
+    if not p:
+        return 'no profile'
+    busy = p['gpu_busy_fraction']
+    return (f"per micro-batch: {p['aten_ops_per_micro_batch']:.0f} aten ops, "
+            f"{p['kernel_launches_per_micro_batch']:.0f} kernel launches, "
+            f"{p['syncs_per_micro_batch']:.0f} syncs, {p['memcpy_calls_per_micro_batch']:.0f} "
+            f"copies; GPU busy " + ('-' if busy is None else f'{100 * busy:.0f} %') +
+            f" of {p['wall_s']:.2f} s (under the profiler)")
+
+
+def format_table(report: Dict) -> str:
+    env, ratios = report['environment'], report['ratios']
+    cases = report['cases']
+    by = {c['name']: c for c in cases if c['status'] == 'ok'}
+    header = ('case', 'batch x acc', 'amp', 'img/s', 's/opt step', 's/micro-batch',
+              'CPU s/step', 'peak MiB', 'ratio')
+    rows, notes = [], []
+    for c in cases:
+        if c['kind'] == 'profile':
+            notes.append(f"{c['name']}: " + (_profile_line(c['profile']) if c['status'] == 'ok'
+                                              else c['status']))
+            continue
+        ref = None
+        if c['variant']:
+            ref = by.get('ours')
+        elif c['implementation'] == 'ours':
+            ref = by.get(c['name'].replace('ours', 'stock', 1))
+        ratio = None
+        if c['status'] == 'ok' and ref:
+            ratio = c['img_per_s'] / ref['img_per_s']
+            ratio = f'{ratio:.2f}x vs {ref["name"]}'
+        if c['status'] != 'ok':
+            rows.append((c['name'], f"{c['batch_size']} x {c['accumulative_counts']}",
+                         c['amp'] or '-', c['status'], '', '', '', '', ''))
+            continue
+        infer = c['kind'] == 'infer'
+        rows.append((c['name'], f"{c['batch_size']} x {c['accumulative_counts']}"
+                     + (' (infer)' if infer else ''), c['amp'] or '-',
+                     _fmt(c['img_per_s'], '.3g'), '-' if infer else _fmt(c['s_per_step'], '.4f'),
+                     _fmt(c['s_per_micro_batch'], '.4f'), _fmt(c['cpu_s_per_step'], '.4f'),
+                     _fmt(c['peak_mem_mib'], '.0f'), ratio or '-'))
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    lines = [' | '.join(str(h).ljust(w) for h, w in zip(header, widths)),
+             '-+-'.join('-' * w for w in widths)]
+    lines += [' | '.join(str(v).ljust(w) for v, w in zip(r, widths)) for r in rows]
+    lines += notes
+    mem = next((c['peak_mem_kind'] for c in cases if c['peak_mem_kind']), '')
+    lines.append(f"config: {report['options']['config']} | device: {env['gpu'] or 'cpu'} | "
+                 f"torch {env['torch']} | MSDA: {env['msda_path']} | peak memory: {mem}")
+    if ratios.get('accumulation_overhead') is not None:
+        lines.append('accumulation overhead (s/image of batch 1 x acc 2 / of batch 2 x acc 1): '
+                     f"ours {_fmt(ratios['accumulation_overhead'], '.2f')}, stock "
+                     f"{_fmt(ratios.get('stock_accumulation_overhead'), '.2f')} "
+                     f"(target <= {TARGETS['accumulation_overhead']})")
+    t = report['targets']
+    lines.append(f"targets (one H100): train >= {TARGETS['train_img_per_s']} img/s, infer >= "
+                 f"{TARGETS['infer_img_per_s']} img/s; this run: train "
+                 f"{_fmt(t['best_train_img_per_s'], '.2f')} ({t['best_train_case']}), infer "
+                 f"{_fmt(t['infer_img_per_s'], '.2f')} on {t['measured_on']}"
+                 + ('' if t['applies'] else ' (not an H100: targets not assessed)'))
+    return '\n'.join(lines)
+
+
+def write_json(report: Dict, path: str) -> None:
+    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    with open(path, 'w') as f:
+        json.dump(report, f, indent=2, default=str)
+
+
+def parse_args(argv=None):
+    import argparse
+
+    from mmengine.config import DictAction
+    parser = argparse.ArgumentParser(
+        description='Time training (and inference) of a config beside stock mmdet DINO on '
+        'synthetic TBX11K data, in one process.')
+    parser.add_argument('config')
+    parser.add_argument('--steps', type=int, default=20, help='timed optimizer steps (default 20)')
+    parser.add_argument('--warmup', type=int, default=5,
+                        help='optimizer steps before the timing starts (default 5)')
+    parser.add_argument('--infer-steps', type=int,
+                        help='timed inference batches (default: --steps)')
+    parser.add_argument('--num-images', type=int, default=64, help='synthetic train images')
+    parser.add_argument('--image-size', type=int, default=512, help='synthetic image side')
+    parser.add_argument('--data-root', help='TBX11K-format root to use (made there if missing; '
+                        'default: a temporary one)')
+    parser.add_argument('--no-stock', action='store_true', help='skip the stock mmdet baseline')
+    parser.add_argument('--batch2', action='store_true', help='also batch 2 x acc 1 '
+                        '(accumulation overhead), for ours and stock')
+    parser.add_argument('--infer', action='store_true', help='also inference img/s and memory')
+    parser.add_argument('--profile', action='store_true', help='also profile 2 optimizer steps '
+                        'of ours and stock (aten ops, kernel launches, syncs, GPU busy fraction, '
+                        'top host ops)')
+    parser.add_argument('--amp', action='store_true', help='mixed precision (AmpOptimWrapper, as '
+                        'tools/train.py --amp) for every case; GPU only')
+    parser.add_argument('--amp-dtype', choices=AMP_DTYPES, default='float16')
+    parser.add_argument('--device', choices=['cuda', 'cpu'], help='default: cuda when present')
+    parser.add_argument('--variants', default='', help='comma-separated speed-up switches, each '
+                        f'timed on its own against ours: {", ".join(VARIANTS)}, or "all"')
+    parser.add_argument('--time-budget', type=float, default=0.0,
+                        help='seconds; cases not started by then are skipped (0: no limit)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override settings of CONFIG (both ours and stock), key=value')
+    parser.add_argument('--json', help='write every figure to this file')
+    parser.add_argument('--keep-work-dir', action='store_true')
+    return parser.parse_args(argv)
+
+
+def options_from_args(args) -> BenchmarkOptions:
+    variants = [v for v in args.variants.split(',') if v]
+    if variants == ['all']:
+        variants = list(VARIANTS)
+    return BenchmarkOptions(
+        config=args.config, steps=args.steps, warmup=args.warmup, num_images=args.num_images,
+        image_size=args.image_size, data_root=args.data_root, stock=not args.no_stock,
+        batch2=args.batch2, infer=args.infer, profile=args.profile,
+        amp=args.amp_dtype if args.amp else None,
+        device=args.device, cfg_options=dict(args.cfg_options) if args.cfg_options else None,
+        variants=variants, time_budget=args.time_budget, infer_steps=args.infer_steps,
+        keep_work_dir=args.keep_work_dir)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    report = run_benchmark(options_from_args(args), json_path=args.json)
+    print(format_table(report))
+    if args.json:
+        print(f'figures written to {args.json}')
+    return 0 if all(c['status'] == 'ok' or c['status'].startswith('skipped')
+                    for c in report['cases']) else 1

@@ -1,0 +1,300 @@
+"""Upstream fix: DINO's two mmcv CUDA kernels on a GPU whose mmcv cannot run them (and in bf16).
+
+mmcv 2.1.0 calls a compiled CUDA kernel for two things DINO does on the GPU, and has no fallback:
+
+- ``MultiScaleDeformableAttention.forward`` calls ``MultiScaleDeformableAttnFunction.apply`` (the
+  ``ms_deform_attn`` kernel) whenever ``value.is_cuda`` and torch sees a GPU;
+- mmdet 3.3.0's ``FocalLoss`` calls ``sigmoid_focal_loss`` (mmcv's kernel) for CUDA predictions.
+
+With an mmcv built without CUDA (``get_compiling_cuda_version() == 'not available'``: a CPU wheel on
+a GPU machine), or built for other GPU architectures, both raise. Both kernels are compiled for
+float32 and float16 only, so bf16 autocast raises too.
+
+:func:`install` (run when ``tbx11k`` is imported) replaces the two names that those functions look
+up at call time, ``mmcv.ops.multi_scale_deform_attn.MultiScaleDeformableAttnFunction`` and
+``mmdet.models.losses.focal_loss.sigmoid_focal_loss``, by dispatchers. On their first CUDA call
+the dispatchers check the kernels once (compiled with CUDA? a tiny call on the device); when a
+kernel is missing they use the PyTorch implementation mmcv / mmdet use on the CPU
+(``multi_scale_deformable_attn_pytorch``; one-hot + ``py_sigmoid_focal_loss``) and log ONE warning.
+bf16 inputs of a working kernel are computed in float32 and cast back. Nothing changes on the CPU
+(mmcv and mmdet never reach these names there) or when the kernels work (same call, same numbers).
+
+``TBX11K_MMCV_KERNELS=off`` (or :func:`set_kernel_mode`) makes a GPU behave as one without the
+kernels (PyTorch paths, the same single warning): to measure what the kernels bring
+(``tools/benchmark.py --variants no_mmcv_kernels``) and to check the fallback on a GPU.
+:func:`compare_with_kernels` compares both paths (outputs and gradients) on a GPU that has them.
+"""
+import logging
+import os
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from mmengine.logging import print_log
+
+import mmcv.ops.multi_scale_deform_attn as _msda_module
+import mmdet.models.losses.focal_loss as _focal_module
+
+KERNEL_MODES = ('auto', 'off')
+KERNEL_MSDA = 'ms_deform_attn'
+KERNEL_FOCAL = 'sigmoid_focal_loss'
+
+_ORIGINAL_MSDA_FUNCTION = _msda_module.MultiScaleDeformableAttnFunction
+_ORIGINAL_SIGMOID_FOCAL_LOSS = _focal_module.sigmoid_focal_loss
+#: dtypes mmcv 2.1.0's two CUDA kernels are compiled for (AT_DISPATCH_FLOATING_TYPES_AND_HALF)
+KERNEL_DTYPES = (torch.float32, torch.float64, torch.float16)
+
+
+class _State:
+    mode: str = os.environ.get('TBX11K_MMCV_KERNELS', 'auto')
+    #: kernel name -> (usable, reason), decided once per process on the first CUDA call
+    kernels: Dict[str, Tuple[bool, str]] = {}
+    warned: bool = False
+    warned_off: bool = False
+
+
+def set_kernel_mode(mode: str) -> None:
+    """'auto': mmcv's CUDA kernels when they work, else PyTorch; 'off': always PyTorch."""
+    if mode not in KERNEL_MODES:
+        raise ValueError(f'kernel mode must be one of {KERNEL_MODES}, got {mode!r}')
+    _State.mode = mode
+
+
+def kernel_mode() -> str:
+    return _State.mode
+
+
+def reset_state() -> None:
+    """Forget the kernel checks and the warnings (tests)."""
+    _State.kernels = {}
+    _State.warned = False
+    _State.warned_off = False
+
+
+def mmcv_compiled_with_cuda() -> bool:
+    """Whether mmcv's ``_ext`` was compiled with CUDA (without touching a GPU)."""
+    try:
+        from mmcv.ops import get_compiling_cuda_version
+        return get_compiling_cuda_version() not in ('not available', '', None)
+    except Exception:  # noqa: BLE001  (no _ext at all)
+        return False
+
+
+def _probe_msda(device: torch.device) -> None:
+    value = torch.zeros(1, 2, 1, 2, device=device)
+    shapes = torch.tensor([[1, 2]], dtype=torch.long, device=device)
+    start = torch.zeros(1, dtype=torch.long, device=device)
+    loc = torch.full((1, 1, 1, 1, 1, 2), 0.5, device=device)
+    weights = torch.ones(1, 1, 1, 1, 1, device=device)
+    _ORIGINAL_MSDA_FUNCTION.apply(value, shapes, start, loc, weights, 64)
+
+
+def _probe_focal(device: torch.device) -> None:
+    from mmcv.ops import sigmoid_focal_loss as mmcv_sigmoid_focal_loss
+    pred = torch.zeros(2, 2, device=device)
+    target = torch.tensor([0, 2], dtype=torch.long, device=device)
+    mmcv_sigmoid_focal_loss(pred, target, 2.0, 0.25, None, 'none')
+
+
+PROBES = {KERNEL_MSDA: _probe_msda, KERNEL_FOCAL: _probe_focal}
+_SWITCHED_OFF = {name: (False, 'switched off (TBX11K_MMCV_KERNELS=off)') for name in PROBES}
+
+
+def check_kernels(device: torch.device) -> Dict[str, Tuple[bool, str]]:
+    """{kernel: (usable, reason)} for mmcv's CUDA kernels on ``device``, checked once per process
+    (on the first call; a warning names the unusable ones)."""
+    if _State.mode == 'off':
+        if not _State.warned_off:
+            _State.warned_off = True
+            _warn(device, _SWITCHED_OFF)
+        return _SWITCHED_OFF
+    if not _State.kernels:
+        compiled = mmcv_compiled_with_cuda()
+        kernels = {}
+        for name, probe in PROBES.items():
+            if not compiled:
+                kernels[name] = (False, 'mmcv was compiled without CUDA')
+                continue
+            try:
+                probe(device)
+                torch.cuda.synchronize(device)
+                kernels[name] = (True, 'mmcv CUDA kernel')
+            except Exception as error:  # noqa: BLE001  (not implemented / no kernel image / ...)
+                first_line = (str(error).strip().splitlines() or [''])[0][:200]
+                kernels[name] = (False, f'a test call failed: {type(error).__name__}: {first_line}')
+        _State.kernels = kernels
+        if not _State.warned:
+            _State.warned = True
+            _warn(device, kernels)
+    return _State.kernels
+
+
+def check_kernel(name: str, device: torch.device) -> Tuple[bool, str]:
+    """(usable, reason) of mmcv's CUDA kernel ``name`` on ``device``."""
+    return check_kernels(device)[name]
+
+
+def _warn(device: torch.device, kernels: Dict[str, Tuple[bool, str]]) -> None:
+    missing = {k: reason for k, (ok, reason) in kernels.items() if not ok}
+    if not missing:
+        return
+    what = '; '.join(f'{k}: {reason}' for k, reason in missing.items())
+    print_log(
+        f"mmcv's CUDA kernels are not used on {device} ({what}). Using the PyTorch "
+        'implementations instead (multi_scale_deformable_attn_pytorch for '
+        'MultiScaleDeformableAttention, py_sigmoid_focal_loss for FocalLoss): the same results, '
+        'slower training. Install an mmcv 2.1.0 built with CUDA for this GPU to use the kernels.',
+        logger='current', level=logging.WARNING)
+
+
+def msda_uses_kernel(device: torch.device) -> bool:
+    """Whether MultiScaleDeformableAttention on ``device`` runs mmcv's CUDA kernel."""
+    return device.type == 'cuda' and check_kernels(device)[KERNEL_MSDA][0]
+
+
+def describe_msda_path(device) -> str:
+    """One line for reports: which MultiScaleDeformableAttention implementation runs."""
+    device = torch.device(device)
+    if device.type != 'cuda':
+        return f'PyTorch (multi_scale_deformable_attn_pytorch; {device.type}, as mmcv does there)'
+    ok, reason = check_kernel(KERNEL_MSDA, device)
+    return 'mmcv CUDA kernel (ms_deform_attn)' if ok else \
+        f'PyTorch (multi_scale_deformable_attn_pytorch): {reason}'
+
+
+class MultiScaleDeformableAttnDispatch:
+    """Stands in for ``MultiScaleDeformableAttnFunction`` inside mmcv's attention forward."""
+
+    @staticmethod
+    def apply(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+              im2col_step):
+        if not msda_uses_kernel(value.device):
+            if value.dtype == torch.float32:
+                return _msda_module.multi_scale_deformable_attn_pytorch(
+                    value, spatial_shapes, sampling_locations.float(), attention_weights.float())
+            # AMP: in float32 (half-precision sampling locations are off by up to 1/4 pixel on
+            # a 64-pixel level in bf16), returned in the autocast dtype as the kernel does
+            return _msda_module.multi_scale_deformable_attn_pytorch(
+                value.float(), spatial_shapes, sampling_locations.float(),
+                attention_weights.float()).to(value.dtype)
+        if value.dtype not in KERNEL_DTYPES:  # bf16 autocast: the kernel has no bf16 build
+            out = _ORIGINAL_MSDA_FUNCTION.apply(value.float(), spatial_shapes, level_start_index,
+                                                sampling_locations.float(),
+                                                attention_weights.float(), im2col_step)
+            return out.to(value.dtype)
+        return _ORIGINAL_MSDA_FUNCTION.apply(value, spatial_shapes, level_start_index,
+                                             sampling_locations, attention_weights, im2col_step)
+
+
+def focal_uses_kernel(pred: torch.Tensor) -> bool:
+    """Whether mmcv's sigmoid_focal_loss kernel can take ``pred`` (mmdet calls it for CUDA only)."""
+    return not pred.is_cuda or check_kernels(pred.device)[KERNEL_FOCAL][0]
+
+
+def sigmoid_focal_loss_pytorch(pred, target, weight=None, gamma=2.0, alpha=0.25,
+                               reduction='mean', avg_factor=None):
+    """mmdet's CPU branch of ``FocalLoss.forward`` (class-index targets, background = C)."""
+    num_classes = pred.size(1)
+    one_hot = F.one_hot(target, num_classes=num_classes + 1)[:, :num_classes]
+    return _focal_module.py_sigmoid_focal_loss(pred, one_hot, weight, gamma=gamma, alpha=alpha,
+                                               reduction=reduction, avg_factor=avg_factor)
+
+
+def sigmoid_focal_loss_dispatch(pred, target, weight=None, gamma=2.0, alpha=0.25,
+                                reduction='mean', avg_factor=None):
+    """Stands in for mmdet's ``sigmoid_focal_loss`` (mmcv kernel), with a PyTorch fallback."""
+    if not focal_uses_kernel(pred):
+        return sigmoid_focal_loss_pytorch(pred, target, weight, gamma=gamma, alpha=alpha,
+                                          reduction=reduction, avg_factor=avg_factor)
+    if pred.dtype not in KERNEL_DTYPES:
+        pred = pred.float()
+    return _ORIGINAL_SIGMOID_FOCAL_LOSS(pred, target, weight, gamma=gamma, alpha=alpha,
+                                        reduction=reduction, avg_factor=avg_factor)
+
+
+def compare_with_kernels(device='cuda', seed: int = 0, force: bool = False) -> Dict:
+    """On a GPU with working kernels: the PyTorch fallbacks against mmcv's kernels, forward and
+    backward, at DINO's sizes (8 heads x 32, 4 levels, 4 points, 900 queries), and the bf16 path
+    against fp32. Returns max relative differences (``max|a - b| / max|b|``) and ``ok`` (fp32
+    <= 1e-4, bf16 <= 5e-2). ``force``: skip the device/kernel checks (tests with fake kernels)."""
+    device = torch.device(device)
+    if not force:
+        if device.type != 'cuda' or _State.mode == 'off':
+            return dict(skipped='needs a GPU with the kernels on')
+        usable = check_kernels(device)
+        if not all(ok for ok, _ in usable.values()):
+            return dict(skipped='kernels not usable: ' + '; '.join(
+                f'{k}: {r}' for k, (ok, r) in usable.items() if not ok))
+    g = torch.Generator(device='cpu').manual_seed(seed)
+    shapes = torch.tensor([[64, 64], [32, 32], [16, 16], [8, 8]])
+    start = torch.cat([shapes.new_zeros(1), (shapes[:, 0] * shapes[:, 1]).cumsum(0)[:-1]])
+    num_value, heads, dim, queries = int((shapes[:, 0] * shapes[:, 1]).sum()), 8, 32, 900
+    cpu = dict(value=torch.randn(1, num_value, heads, dim, generator=g),
+               loc=torch.rand(1, queries, heads, 4, 4, 2, generator=g),
+               weights=torch.rand(1, queries, heads, 4, 4, generator=g).softmax(-1))
+    grad_out = torch.randn(1, queries, heads * dim, generator=g).to(device)
+    shapes, start = shapes.to(device), start.to(device)
+
+    def msda(path: str):
+        x = {k: v.to(device).clone().requires_grad_() for k, v in cpu.items()}
+        if path == 'kernel':
+            out = _ORIGINAL_MSDA_FUNCTION.apply(x['value'], shapes, start, x['loc'],
+                                                x['weights'], 64)
+        elif path == 'pytorch':
+            out = _msda_module.multi_scale_deformable_attn_pytorch(x['value'], shapes, x['loc'],
+                                                                   x['weights'])
+        else:  # the dispatcher's bf16 route to the kernel
+            out = MultiScaleDeformableAttnDispatch.apply(x['value'].bfloat16(), shapes, start,
+                                                         x['loc'], x['weights'], 64)
+        out.float().backward(grad_out)
+        return [out.detach().float()] + [x[k].grad for k in ('value', 'loc', 'weights')]
+
+    def rel(a, b):
+        return float((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12))
+
+    names = ('out', 'grad_value', 'grad_loc', 'grad_weights')
+    kernel = msda('kernel')
+    result = {f'msda_{n}': rel(f, k) for n, f, k in zip(names, msda('pytorch'), kernel)}
+    result.update({f'msda_bf16_{n}': rel(b, k) for n, b, k in zip(names, msda('bf16'), kernel)})
+    pred = torch.randn(2000, 2, generator=g).to(device)
+    target = torch.randint(0, 3, (2000,), generator=g).to(device)
+    weight = torch.rand(2000, generator=g).to(device)
+    focal = []
+    for fn in (_ORIGINAL_SIGMOID_FOCAL_LOSS, sigmoid_focal_loss_pytorch):
+        p = pred.clone().requires_grad_()
+        loss = fn(p, target, weight, gamma=2.0, alpha=0.75, reduction='mean', avg_factor=37.0)
+        loss.backward()
+        focal.append((loss.detach(), p.grad))
+    result['focal_loss'] = rel(focal[1][0], focal[0][0])
+    result['focal_grad'] = rel(focal[1][1], focal[0][1])
+    result['ok'] = all(v <= (5e-2 if 'bf16' in k else 1e-4) for k, v in result.items())
+    return result
+
+
+def install() -> None:
+    """Put the dispatchers in place (idempotent)."""
+    _msda_module.MultiScaleDeformableAttnFunction = MultiScaleDeformableAttnDispatch
+    _focal_module.sigmoid_focal_loss = sigmoid_focal_loss_dispatch
+
+
+def uninstall() -> None:
+    _msda_module.MultiScaleDeformableAttnFunction = _ORIGINAL_MSDA_FUNCTION
+    _focal_module.sigmoid_focal_loss = _ORIGINAL_SIGMOID_FOCAL_LOSS
+
+
+def installed() -> bool:
+    return _msda_module.MultiScaleDeformableAttnFunction is MultiScaleDeformableAttnDispatch
+
+
+def kernel_report(device: Optional[torch.device] = None) -> Dict[str, str]:
+    """{'ms_deform_attn': ..., 'sigmoid_focal_loss': ...} for reports (checks CUDA kernels)."""
+    if device is None or torch.device(device).type != 'cuda':
+        return {KERNEL_MSDA: describe_msda_path(device or 'cpu'),
+                KERNEL_FOCAL: 'PyTorch (py_sigmoid_focal_loss; CPU, as mmdet does there)'}
+    ok, reason = check_kernel(KERNEL_FOCAL, torch.device(device))
+    return {KERNEL_MSDA: describe_msda_path(device),
+            KERNEL_FOCAL: 'mmcv CUDA kernel' if ok else
+            f'PyTorch (py_sigmoid_focal_loss): {reason}'}
+
+
+install()

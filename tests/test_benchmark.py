@@ -1,0 +1,203 @@
+"""tools/benchmark.py on the tiny config, CPU: CI runs the whole path (timings not asserted)."""
+import dataclasses
+import json
+import sys
+
+import pytest
+from mmengine.config import Config
+
+from tbx11k import benchmark as bm
+from tbx11k.testing import REPO_ROOT, TINY_1GPU, run
+
+CASE_FIELDS = {f.name for f in dataclasses.fields(bm.CaseResult)}
+FIGURES = ('seconds', 'img_per_s', 's_per_step', 's_per_step_median', 's_per_micro_batch',
+           's_per_image', 'cpu_s_per_step', 'peak_mem_mib')
+
+
+def bench(tmp_path, data_root, *extra):
+    out = tmp_path / 'bench.json'
+    cmd = [sys.executable,
+           f'{REPO_ROOT}/tools/benchmark.py', TINY_1GPU, '--device', 'cpu', '--steps', '3',
+           '--warmup', '2', '--data-root', str(data_root), '--json', str(out), *extra]
+    proc = run(cmd, timeout=300)
+    return json.loads(out.read_text()), proc.stdout
+
+
+def check_case(case, name, batch, acc):
+    assert set(case) == CASE_FIELDS
+    assert case['name'] == name and case['status'] == 'ok', case['status']
+    assert (case['batch_size'], case['accumulative_counts']) == (batch, acc)
+    assert all(case[k] > 0 for k in FIGURES), case
+    assert len(case['step_times']) == 3 and case['steps'] == 3 and case['warmup'] == 2
+    assert case['s_per_micro_batch'] == pytest.approx(
+        case['s_per_step'] / (acc if case['kind'] == 'train' else 1))
+    assert case['img_per_s'] == pytest.approx(case['images_per_step'] / case['s_per_step'])
+    assert case['peak_mem_kind'] == 'process max RSS'
+
+
+def check_report(report):
+    assert set(report) == {'environment', 'options', 'cases', 'ratios', 'targets', 'total_seconds'}
+    env = report['environment']
+    for key in ('python', 'torch', 'mmcv', 'mmdet', 'mmengine', 'device', 'gpu', 'msda_path',
+                'kernels', 'mmcv_compiled_with_cuda', 'cpu_count', 'torch_threads'):
+        assert key in env, key
+    assert env['device'] == 'cpu' and env['gpu'] is None
+    assert env['msda_path'].startswith('PyTorch')
+    assert set(report['ratios']) >= {'train_vs_stock', 'batch2_vs_stock_batch2',
+                                     'accumulation_overhead', 'stock_accumulation_overhead',
+                                     'infer_vs_stock'}
+    assert set(report['targets']) >= {'targets', 'measured_on', 'applies', 'train_met',
+                                      'accumulation_overhead_met', 'infer_met'}
+    assert report['targets']['applies'] is False  # not an H100
+
+
+def test_ours_only_with_inference(tmp_path, synthetic_root):
+    report, stdout = bench(tmp_path, synthetic_root, '--no-stock', '--infer', '--profile')
+    check_report(report)
+    assert [c['name'] for c in report['cases']] == ['ours', 'ours_infer', 'ours_profile']
+    check_case(report['cases'][0], 'ours', 1, 2)
+    check_case(report['cases'][1], 'ours_infer', 1, 1)
+    profile = report['cases'][2]
+    assert profile['status'] == 'ok' and profile['profile']['micro_batches'] == 4
+    assert profile['profile']['top_host_ops'] and profile['profile']['gpu_busy_fraction'] is None
+    assert 'ours_profile: per micro-batch' in stdout
+    assert report['ratios']['train_vs_stock'] is None
+    assert 'MultiScaleDeformableAttention: PyTorch' in stdout
+    assert 'img/s' in stdout and 'ours_infer' in stdout
+
+
+def test_beside_stock_with_batch2(tmp_path, synthetic_root):
+    report, stdout = bench(tmp_path, synthetic_root, '--batch2', '--variants', 'amp_bf16')
+    check_report(report)
+    cases = {c['name']: c for c in report['cases']}
+    assert list(cases) == ['ours', 'stock', 'ours_batch2', 'stock_batch2', 'amp_bf16']
+    check_case(cases['ours'], 'ours', 1, 2)
+    check_case(cases['stock'], 'stock', 1, 2)
+    check_case(cases['ours_batch2'], 'ours_batch2', 2, 1)
+    check_case(cases['stock_batch2'], 'stock_batch2', 2, 1)
+    assert cases['amp_bf16']['status'] == 'skipped: needs CUDA'
+    ratios = report['ratios']
+    for key in ('train_vs_stock', 'batch2_vs_stock_batch2', 'accumulation_overhead',
+                'stock_accumulation_overhead'):
+        assert ratios[key] > 0, key
+    assert 'amp_bf16_vs_ours' not in ratios
+    assert 'vs stock' in stdout and 'accumulation overhead' in stdout
+
+
+def test_cpu_refuses_amp(monkeypatch):
+    import torch
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    with pytest.raises(SystemExit, match='--amp needs a GPU'):
+        bm.run_benchmark(bm.BenchmarkOptions(TINY_1GPU, amp='float16'))
+
+
+# ---- pieces, without training -------------------------------------------------------------
+def test_stock_config_is_stock_mmdet_with_the_same_model_and_data(tmp_path):
+    ours = bm.benchmark_config(TINY_1GPU, str(tmp_path), str(tmp_path / 'w'))
+    stock = bm.benchmark_config(TINY_1GPU, str(tmp_path), str(tmp_path / 'w'), stock=True)
+    assert stock.model.type == 'DINO' and 'loss_normalization' not in stock.model
+    assert ours.model.type == 'WindowNormalizedDINO'
+    same_model = {k: v for k, v in ours.model.items() if k not in ('type', 'loss_normalization')}
+    assert {k: v for k, v in stock.model.items() if k != 'type'} == same_model
+    assert 'runner_type' not in stock and ours.runner_type == 'TBX11KRunner'
+    assert stock.train_cfg.type == 'EpochBasedTrainLoop'
+    loader = stock.train_dataloader
+    assert loader.sampler.type == 'DefaultSampler'
+    assert loader.batch_sampler.type == 'AspectRatioBatchSampler'
+    assert loader.dataset.type == 'CocoDataset'
+    assert loader.dataset.metainfo.classes == ours.train_dataloader.dataset.metainfo.classes
+    assert loader.dataset.pipeline == ours.train_dataloader.dataset.pipeline
+    assert loader.dataset.ann_file == ours.train_dataloader.dataset.ann_file
+    assert stock.optim_wrapper == ours.optim_wrapper
+    assert stock.optim_wrapper.accumulative_counts == 2
+    assert stock.custom_hooks == []
+    # quiet and self-contained
+    for cfg in (ours, stock):
+        assert cfg.val_dataloader is None and cfg.test_dataloader is None
+        assert cfg.default_hooks.checkpoint is None and cfg.model.backbone.init_cfg is None
+
+
+def test_benchmark_config_leaves_the_training_settings_alone(tmp_path):
+    cfg = Config.fromfile(TINY_1GPU)
+    ours = bm.benchmark_config(TINY_1GPU, str(tmp_path), str(tmp_path / 'w'))
+    assert ours.optim_wrapper == cfg.optim_wrapper
+    assert ours.model.bbox_head == cfg.model.bbox_head and ours.model.dn_cfg == cfg.model.dn_cfg
+    assert ours.param_scheduler == cfg.param_scheduler
+    assert ours.custom_hooks == cfg.custom_hooks
+    assert ours.train_dataloader.sampler == cfg.train_dataloader.sampler
+    b2 = bm.benchmark_config(TINY_1GPU, str(tmp_path), str(tmp_path / 'w'), batch_size=2,
+                             accumulative_counts=1)
+    assert (b2.train_dataloader.batch_size, b2.optim_wrapper.accumulative_counts,
+            b2.effective_batch_size) == (2, 1, 2)
+
+
+@pytest.mark.parametrize('per_iter,acc,iters,marks', [
+    (2, 2, 5, 4),  # ours: every iteration is an optimizer step of 2 micro-batches
+    (1, 2, 10, 4),  # stock: an optimizer step every 2 iterations
+    (1, 1, 5, 4),  # no accumulation
+])
+def test_step_timer_counts_optimizer_steps(per_iter, acc, iters, marks):
+    timer = bm.make_step_timer(warmup=2, steps=3, micro_batches_per_iter=per_iter,
+                               accumulative_counts=acc, device='cpu')
+    done = 0
+    with pytest.raises(bm.BenchmarkDone):
+        for done in range(1, 100):
+            timer.after_train_iter(None, done - 1)
+    assert done == iters and timer.optimizer_steps == 5 and len(timer.marks) == marks
+
+
+def test_ratios_and_targets():
+    def case(name, impl, bs, acc, ips, kind='train', variant=None):
+        c = bm.CaseResult(name=name, kind=kind, implementation=impl, config='c', batch_size=bs,
+                          accumulative_counts=acc, images_per_step=bs * acc, warmup=1, steps=1,
+                          variant=variant)
+        c.img_per_s, c.s_per_image = ips, 1 / ips
+        return c
+
+    cases = [case('ours', 'ours', 1, 2, 26.0), case('stock', 'stock', 1, 2, 4.3),
+             case('ours_batch2', 'ours', 2, 1, 28.0), case('stock_batch2', 'stock', 2, 1, 8.5),
+             case('ours_infer', 'ours', 1, 1, 70.0, 'infer'),
+             case('stock_infer', 'stock', 1, 1, 20.0, 'infer'),
+             case('safe_all', 'ours', 1, 2, 30.0, variant='x')]
+    ratios = bm.compute_ratios(cases)
+    assert ratios['train_vs_stock'] == pytest.approx(26 / 4.3)
+    assert ratios['accumulation_overhead'] == pytest.approx(28 / 26)
+    assert ratios['stock_accumulation_overhead'] == pytest.approx(8.5 / 4.3)
+    assert ratios['safe_all_vs_ours'] == pytest.approx(30 / 26)
+    targets = bm.check_targets(cases, ratios, dict(gpu='NVIDIA H100 80GB HBM3'))
+    assert targets['applies'] and targets['train_met'] and targets['infer_met']
+    assert targets['accumulation_overhead_met'] and targets['best_train_case'] == 'safe_all'
+    targets = bm.check_targets(cases[:2], bm.compute_ratios(cases[:2]), dict(gpu=None))
+    assert not targets['applies'] and not targets['accumulation_overhead_met']
+    report = dict(environment=dict(gpu=None, torch='t', msda_path='PyTorch'),
+                  options=dict(config='c'), cases=[dataclasses.asdict(c) for c in cases],
+                  ratios=ratios, targets=targets)
+    table = bm.format_table(report)
+    assert '6.05x vs stock' in table and '1.15x vs ours' in table
+
+
+def test_profile_summary_counts_launches_syncs_and_gpu_time():
+    import types
+
+    import torch
+    cuda, cpu = torch.autograd.DeviceType.CUDA, torch.autograd.DeviceType.CPU
+
+    def ev(key, count, device_type=cpu, self_cpu=0.0, self_device=0.0):
+        return types.SimpleNamespace(key=key, count=count, device_type=device_type,
+                                     self_cpu_time_total=self_cpu,
+                                     self_device_time_total=self_device)
+
+    events = [ev('cudaLaunchKernel', 8000, self_cpu=40e3), ev('cuLaunchKernelEx', 500),
+              ev('cudaStreamSynchronize', 60, self_cpu=5e3), ev('cudaMemcpyAsync', 90),
+              ev('aten::mm', 400, self_cpu=20e3, self_device=30e3),
+              ev('sm90_gemm_kernel', 400, cuda, self_device=30e3),
+              ev('elementwise_kernel', 3000, cuda, self_device=20e3)]
+    prof = types.SimpleNamespace(key_averages=lambda: events)
+    p = bm.summarize_profile(prof, wall=0.5, micro_batches=2, top=3)
+    assert p['kernel_launches_per_micro_batch'] == 4250 and p['aten_ops_per_micro_batch'] == 200
+    assert p['syncs_per_micro_batch'] == 30 and p['memcpy_calls_per_micro_batch'] == 45
+    assert p['gpu_kernel_s'] == pytest.approx(0.05)
+    assert p['gpu_busy_fraction'] == pytest.approx(0.1)
+    assert [o['name'] for o in p['top_host_ops']] == ['cudaLaunchKernel', 'aten::mm',
+                                                      'cudaStreamSynchronize']
+    assert bm.summarize_profile(prof, 0.5, 2, device='cpu')['gpu_busy_fraction'] is None

@@ -1,0 +1,20 @@
+"""Training / inference speed of a config beside stock mmdet DINO (synthetic TBX11K, one process).
+
+    python tools/benchmark.py configs/dino_tbx11k_1gpu.py --batch2 --infer --json bench.json
+    python tools/benchmark.py configs/dino_tbx11k_tiny_1gpu.py --device cpu --steps 3 --warmup 2
+
+Prints img/s, seconds per optimizer step and per micro-batch, peak memory and the ratio to stock
+mmdet for every case; --json writes every figure. See tbx11k/benchmark.py.
+"""
+import os
+import os.path as osp
+import sys
+
+if __name__ == '__main__':
+    argv = sys.argv[1:]
+    if '--device=cpu' in argv or any(a == '--device' and argv[i + 1:i + 2] == ['cpu']
+                                     for i, a in enumerate(argv)):
+        os.environ['CUDA_VISIBLE_DEVICES'] = ''  # before torch is imported
+    sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # this repo's tbx11k
+    from tbx11k.benchmark import main
+    sys.exit(main(argv))

@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Issue 6 on the GPU machine, in one go (about 6-8 minutes on one H100):
+#   1. installs the wheels of .whl/ into /tmp/site when mmdet is not importable (gpu-device.md),
+#   2. makes one synthetic TBX11K (64 train images, 512 px) shared by the runs,
+#   3. configs/dino_tbx11k_1gpu.py beside stock mmdet DINO: batch 1 x acc 2, batch 2 x acc 1,
+#      inference, a profile of 2 steps (launches, syncs, GPU busy), the PyTorch-fallback check, and
+#      every speed-up switch on its own, fp32 (a time budget skips the last switches if needed),
+#   4. the same with AMP (fp16, as tools/train.py --amp) beside stock mmdet with AMP,
+#   5. prints every figure (tables, then the json files) and leaves them in $OUT.
+#
+#   bash tools/gpu_benchmark.sh              # on the GPU machine ($OUT: where the files go)
+#   bash tools/gpu_benchmark.sh --dry-run    # CPU, tiny config, few steps: checks this script
+#
+# Environment: OUT (default /tmp/tbx11k_gpu_benchmark), PYTHON (default python3, or .venv's on a
+# dry run), STEPS / WARMUP / INFER_STEPS, BUDGET (seconds for the fp32 run, default 270).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+DRY_RUN=0
+[[ ${1:-} == --dry-run ]] && DRY_RUN=1
+OUT=${OUT:-/tmp/tbx11k_gpu_benchmark}
+mkdir -p "$OUT"
+T0=$(date +%s)
+say() { echo "=== [$(( $(date +%s) - T0 )) s] $*"; }
+
+if (( DRY_RUN )); then
+  PYTHON=${PYTHON:-$( [[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python3 )}
+  CONFIG=configs/dino_tbx11k_tiny_1gpu.py
+  DEVICE=(--device cpu)
+  STEPS=${STEPS:-3}; WARMUP=${WARMUP:-2}; INFER_STEPS=${INFER_STEPS:-3}
+  IMAGES=16; SIZE=128; BUDGET=${BUDGET:-120}
+  VARIANTS=no_verify_loss_counts,amp_bf16   # one that runs on the CPU, one skipped there
+  AMP=()                                     # AmpOptimWrapper refuses the CPU
+else
+  PYTHON=${PYTHON:-python3}
+  CONFIG=configs/dino_tbx11k_1gpu.py
+  DEVICE=(--device cuda)
+  STEPS=${STEPS:-20}; WARMUP=${WARMUP:-5}; INFER_STEPS=${INFER_STEPS:-30}
+  IMAGES=64; SIZE=512; BUDGET=${BUDGET:-270}
+  # most telling first (the budget may cut the tail); amp_fp16 is the AMP run below
+  VARIANTS=no_mmcv_kernels,safe_all,safe_all_bf16,amp_bf16,fused_adamw,no_verify_loss_counts,foreach_ema,cudnn_benchmark,no_custom_hooks
+  AMP=(--amp --amp-dtype float16)
+fi
+
+# ---- 1. packages --------------------------------------------------------------------------
+if ! PYTHONPATH=$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH} "$PYTHON" -c 'import mmdet, mmcv, mmengine' 2>/dev/null; then
+  say "installing the wheels of .whl/ into /tmp/site"
+  ls .whl/*.whl >/dev/null 2>&1 || { echo "no .whl/*.whl: copy ../shared/gpu/*.whl to .whl/ and carry it"; exit 2; }
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 2
+fi
+export PYTHONPATH=$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
+
+say "machine"
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+"$PYTHON" - <<'EOF'
+import os, platform, torch
+print('python', platform.python_version(), '| torch', torch.__version__, '| CUDA', torch.version.cuda,
+      '| GPU', torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+      '| CPUs', os.cpu_count())
+import mmcv, mmdet, mmengine
+from mmcv.ops import get_compiling_cuda_version
+print('mmcv', mmcv.__version__, '(compiled with CUDA', get_compiling_cuda_version() + ')',
+      '| mmdet', mmdet.__version__, '| mmengine', mmengine.__version__)
+EOF
+
+# ---- 2. data ------------------------------------------------------------------------------
+DATA=/tmp/tbx11k_bench_data_${IMAGES}_${SIZE}
+say "synthetic TBX11K: $DATA"
+"$PYTHON" - "$DATA" "$IMAGES" "$SIZE" <<'EOF' || exit 3
+import sys
+from tbx11k.benchmark import prepare_data
+prepare_data(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
+EOF
+
+COMMON=("$CONFIG" "${DEVICE[@]}" --steps "$STEPS" --warmup "$WARMUP" --infer-steps "$INFER_STEPS"
+        --num-images "$IMAGES" --image-size "$SIZE" --data-root "$DATA")
+STATUS=0
+
+# ---- 3. fp32: ours vs stock, batch 2, inference, each switch on its own -------------------------
+say "fp32 run (budget ${BUDGET} s)"
+timeout $(( BUDGET + 90 )) "$PYTHON" tools/benchmark.py "${COMMON[@]}" --batch2 --infer --profile \
+  --variants "$VARIANTS" --time-budget "$BUDGET" --json "$OUT/bench.json" \
+  2> >(tee "$OUT/bench.stderr" >&2) | tee "$OUT/bench.txt"
+(( ${PIPESTATUS[0]} )) && STATUS=1
+
+# ---- 4. AMP: ours vs stock, inference ------------------------------------------------------
+if (( ${#AMP[@]} )); then
+  say "AMP run (fp16)"
+  timeout 150 "$PYTHON" tools/benchmark.py "${COMMON[@]}" "${AMP[@]}" --infer --time-budget 90 \
+    --json "$OUT/bench_amp.json" 2> >(tee "$OUT/bench_amp.stderr" >&2) | tee "$OUT/bench_amp.txt"
+  (( ${PIPESTATUS[0]} )) && STATUS=1
+else
+  say "AMP run skipped (CPU dry run); a second run without stock instead"
+  timeout 200 "$PYTHON" tools/benchmark.py "${COMMON[@]}" --no-stock \
+    --json "$OUT/bench_amp.json" 2> >(tee "$OUT/bench_amp.stderr" >&2) | tee "$OUT/bench_amp.txt"
+  (( ${PIPESTATUS[0]} )) && STATUS=1
+fi
+
+# ---- 5. every figure ------------------------------------------------------------------------
+say "all figures"
+"$PYTHON" - "$OUT"/bench.json "$OUT"/bench_amp.json <<'EOF'
+import json, os, sys
+for path in sys.argv[1:]:
+    if not os.path.isfile(path):
+        print(f'{path}: missing'); continue
+    r = json.load(open(path))
+    e = r['environment']
+    print(f"--- {os.path.basename(path)}: {e['gpu'] or 'cpu'}, torch {e['torch']}, MSDA: {e['msda_path']}, "
+          f"focal loss: {e['kernels']['sigmoid_focal_loss']}, {r['total_seconds']:.0f} s")
+    print(f"{'case':22} {'bxacc':5} {'amp':8} {'status':6} {'img/s':>8} {'s/step':>8} "
+          f"{'median':>8} {'s/micro':>8} {'cpu s':>8} {'peak MiB':>8}")
+    for c in r['cases']:
+        ok = c['status'] == 'ok'
+        head = (f"{c['name']:22} {c['batch_size']}x{c['accumulative_counts']:<3} "
+                f"{str(c['amp'] or '-'):8} {'ok' if ok else c['status'][:70]:6} ")
+        if ok and c['kind'] == 'profile':
+            p = c['profile']
+            print(head + f"aten ops/micro {p['aten_ops_per_micro_batch']:.0f}, "
+                  f"launches/micro {p['kernel_launches_per_micro_batch']:.0f}, syncs/micro "
+                  f"{p['syncs_per_micro_batch']:.0f}, copies/micro {p['memcpy_calls_per_micro_batch']:.0f}, "
+                  f"GPU busy {p['gpu_busy_fraction']}, wall {p['wall_s']:.2f} s")
+            for op in p['top_host_ops']:
+                print(f"      {op['self_cpu_ms']:9.1f} ms  x{op['count']:<6} {op['name'][:80]}")
+            continue
+        print(head + (f"{c['img_per_s']:8.3f} {c['s_per_step']:8.4f} {c['s_per_step_median']:8.4f} "
+                      f"{c['s_per_micro_batch']:8.4f} {c['cpu_s_per_step']:8.4f} "
+                      f"{c['peak_mem_mib']:8.0f}" if ok else ''))
+    print('fallback check (PyTorch paths vs mmcv kernels):', json.dumps(e.get('fallback_check')))
+    print('foreach EMA vs mmengine EMA:', json.dumps(e.get('foreach_ema_check')))
+    print('ratios:', json.dumps({k: (round(v, 3) if v is not None else None)
+                                 for k, v in r['ratios'].items()}))
+    print('targets:', json.dumps(r['targets']))
+EOF
+say "done (status $STATUS); files in $OUT: $(ls "$OUT" | tr '\n' ' ')"
+exit $STATUS
