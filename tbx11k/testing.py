@@ -59,10 +59,8 @@ def load_checkpoint(path: str) -> Dict:
 
 def raw_weights(checkpoint: Dict) -> Dict[str, torch.Tensor]:
     """The training (non-EMA) weights: mmengine's EMAHook swaps them into ``ema_state_dict``."""
-    ema = checkpoint.get('ema_state_dict')
-    if ema is None:
-        return checkpoint['state_dict']
-    return {k[len('module.'):]: v for k, v in ema.items() if k.startswith('module.')}
+    from .apis.inference import select_weights
+    return select_weights(checkpoint, 'raw')[0]
 
 
 def ema_weights(checkpoint: Dict) -> Dict[str, torch.Tensor]:

@@ -23,6 +23,7 @@ from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
+from tbx11k.apis.inference import select_weights  # noqa: E402
 from tbx11k.utils import check_data_root, set_data_root  # noqa: E402
 from tbx11k.utils.torch_load_compat import load_local_checkpoint  # noqa: E402
 
@@ -57,22 +58,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def select_weights(checkpoint_path: str, weights: str, work_dir: str) -> tuple:
-    """Return (path to load, description of the weights) for ``--weights``."""
+def weights_to_load(checkpoint_path: str, weights: str, work_dir: str) -> tuple:
+    """(path to load, description of the weights) for ``--weights``."""
     checkpoint = load_local_checkpoint(checkpoint_path, map_location='cpu')
-    ema = checkpoint.get('ema_state_dict')
-    if ema is None:
-        return checkpoint_path, 'model weights (the checkpoint has no EMA)'
-    steps = int(ema['steps']) if 'steps' in ema else None
-    if weights == 'ema':
-        # mmengine's EMAHook stores the EMA weights as state_dict (and the raw ones in ema_state_dict)
-        return checkpoint_path, f'EMA weights ({steps} EMA updates)'
-    raw = {k[len('module.'):]: v for k, v in ema.items() if k.startswith('module.')}
+    state, description = select_weights(checkpoint, weights)
+    if weights == 'ema' or 'ema_state_dict' not in checkpoint:
+        # mmengine's EMAHook stores the EMA weights as state_dict (the raw ones in ema_state_dict)
+        return checkpoint_path, description
     os.makedirs(work_dir, exist_ok=True)
     path = osp.join(work_dir, 'raw_weights.pth')
-    torch.save(dict(meta=checkpoint.get('meta', {}), state_dict=raw), path + '.tmp')
+    torch.save(dict(meta=checkpoint.get('meta', {}), state_dict=state), path + '.tmp')
     os.replace(path + '.tmp', path)
-    return path, 'raw (non-EMA) training weights'
+    return path, description
 
 
 def add_tta(cfg: Config) -> Config:
@@ -132,7 +129,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     cfg = build_config(args)
     check_data_root(cfg, splits=('test_dataloader', ))
-    cfg.load_from, weights = select_weights(args.checkpoint, args.weights, cfg.work_dir)
+    cfg.load_from, weights = weights_to_load(args.checkpoint, args.weights, cfg.work_dir)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     runner.logger.info(f'Evaluating {args.checkpoint}: {weights}')
     if args.out is not None:

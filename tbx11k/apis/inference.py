@@ -117,12 +117,12 @@ def select_weights(checkpoint: Dict, weights: str = 'ema') -> Tuple[Dict, str]:
     state = checkpoint.get('state_dict', checkpoint)
     ema = checkpoint.get('ema_state_dict')
     if ema is None:
-        return state, 'model (the checkpoint has no EMA weights)'
+        return state, 'model weights (the checkpoint has no EMA)'
     steps = int(ema['steps']) if 'steps' in ema else None
     if weights == 'ema':
-        return state, f'ema ({steps} EMA updates)'
+        return state, f'EMA weights ({steps} EMA updates)'
     raw = {k[len('module.'):]: v for k, v in ema.items() if k.startswith('module.')}
-    return raw, 'raw (training weights, not the EMA)'
+    return raw, 'raw (non-EMA) training weights'
 
 
 @dataclass

@@ -67,7 +67,7 @@ def test_infer_folder_draws_boxes_where_predicted(folder_run):
     assert [r['file_name'] for r in result['images']] == tb
     assert 'task/s' in folder_run['proc'].stderr, 'a progress bar on folders'
     assert result['classes'] == ['ActiveTuberculosis', 'ObsoletePulmonaryTuberculosis']
-    assert result['weights'].startswith('ema')
+    assert result['weights'].startswith('EMA weights')
     total = 0
     for record in result['images']:
         original = cv2.imread(osp.join(folder_run['imgs'], 'tb', record['file_name']))
@@ -124,7 +124,7 @@ def test_ema_and_raw_weights(tiny_run):
     checkpoint = load_checkpoint(tiny_run['checkpoint'])
     ema, what = select_weights(checkpoint, 'ema')
     raw, what_raw = select_weights(checkpoint, 'raw')
-    assert ema is checkpoint['state_dict'] and what.startswith('ema (')
+    assert ema is checkpoint['state_dict'] and what.startswith('EMA weights (')
     assert set(raw) == set(ema)
     key = 'bbox_head.cls_branches.0.weight'
     assert not np.array_equal(raw[key].numpy(), ema[key].numpy())
