@@ -61,3 +61,20 @@ def test_metrics_equal_the_hand_computed_ap(oracle, tmp_path, training_root):
     assert osp.isfile(tmp_path / 'metrics.md') and osp.isfile(tmp_path / 'froc.png')
     log = proc.stdout + proc.stderr
     assert 'model weights (the checkpoint has no EMA)' in log
+
+
+def test_challenge_submission_on_the_unlabelled_test_split(tiny_run, tmp_path, training_root):
+    """--test-split --format-only: all_test.json has no annotations; the official two files."""
+    run([sys.executable, osp.join(REPO_ROOT, 'tools', 'test.py'), TINY_1GPU, tiny_run['checkpoint'],
+         '--data-root', training_root, '--work-dir', str(tmp_path), '--test-split',
+         '--format-only'])
+    test_json = json.load(open(osp.join(training_root, 'annotations/json/all_test.json')))
+    lines = (tmp_path / 'submission.cls.txt').read_text().split('\n')
+    lines = [line for line in lines if line.strip()]
+    assert len(lines) == len(test_json['images'])
+    for line in lines:
+        probabilities = [float(p) for p in line.split()]
+        assert len(probabilities) == 3 and sum(probabilities) == pytest.approx(1, abs=1e-4)
+    results = json.load(open(tmp_path / 'submission.bbox.json'))
+    image_ids = {image['id'] for image in test_json['images']}
+    assert all(r['image_id'] in image_ids and len(r['bbox']) == 4 for r in results)
