@@ -25,6 +25,7 @@ from mmengine.runner import Runner  # noqa: E402
 
 from tbx11k.apis.inference import select_weights  # noqa: E402
 from tbx11k.utils import check_data_root, set_data_root  # noqa: E402
+from tbx11k.utils.dist import close_process_group  # noqa: E402
 from tbx11k.utils.torch_load_compat import load_local_checkpoint  # noqa: E402
 
 
@@ -151,6 +152,7 @@ def main(argv=None) -> int:
             json.dump(record, f, indent=2, default=str)
         os.replace(out + '.tmp', out)
         runner.logger.info(f'Metrics written to {out}')
+    close_process_group()
     return 0
 
 

@@ -19,6 +19,7 @@ from tbx11k.engine.exit_codes import (EXIT_DIVERGED, EXIT_INCOMPATIBLE_CHECKPOIN
                                       EXIT_NOTHING_TO_TRAIN, EXIT_WRONG_LAYOUT)
 from tbx11k.engine.stopping import NonFiniteTraining, stop_request  # noqa: E402
 from tbx11k.utils import check_data_root, set_data_root  # noqa: E402
+from tbx11k.utils.dist import close_process_group  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -73,11 +74,8 @@ def build_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    cfg = build_config(args)
-    check_data_root(cfg)
-    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+def run_training(runner) -> int:
+    """Train; the exit status of the outcomes a job script acts on (the same on every rank)."""
     try:
         runner.train()
     except NothingToTrain as error:
@@ -97,6 +95,16 @@ def main(argv=None) -> int:
         runner.logger.warning(stopped.reason)
         return stopped.exit_code
     return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    cfg = build_config(args)
+    check_data_root(cfg)
+    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    status = run_training(runner)
+    close_process_group()
+    return status
 
 
 if __name__ == '__main__':

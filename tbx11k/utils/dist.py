@@ -26,3 +26,12 @@ def init_cpu_process_group(launcher: str, timeout_s: int = 1800) -> None:
         raise ValueError(f"launcher {launcher!r} is not supported without CUDA (use 'pytorch' "
                          "or 'slurm')")
     dist.init_process_group(backend='gloo', timeout=timedelta(seconds=timeout_s))
+
+
+def close_process_group() -> None:
+    """Leave together and tear gloo/NCCL down before the interpreter does: a rank that exits
+    while its peer still writes the last checkpoint can otherwise abort in the process group's
+    destructor ("terminate called without an active exception", seen with gloo)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
