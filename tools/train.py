@@ -6,7 +6,39 @@
 import argparse
 import os
 import os.path as osp
+import signal
 import sys
+import time
+
+
+class EarlySignalRecorder:
+    """Records SIGUSR1/SIGTERM that arrive while the run starts (imports, building, loading).
+
+    Installed before anything heavy is imported: until ``PreemptionCheckpointHook`` takes the
+    signals over in ``before_run`` (it adopts what was recorded here, then stops the run before
+    its first step with status 75), a Slurm time-limit or preemption signal would otherwise kill
+    the process by its default action, and a job chain would end instead of requeueing.
+    """
+
+    def __init__(self, signals=(signal.SIGUSR1, signal.SIGTERM)) -> None:
+        self.received = []  # (signal name, time) in arrival order
+        self.signals = tuple(signals)
+        for signum in self.signals:
+            signal.signal(signum, self)
+
+    def __call__(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        self.received.append((name, time.time()))
+        os.write(2, f'{name} received while starting: training will stop before its first '
+                    'step (exit 75)\n'.encode())
+
+    def restore_defaults(self) -> None:
+        for signum in self.signals:
+            if signal.getsignal(signum) is self:
+                signal.signal(signum, signal.SIG_DFL)
+
+
+EARLY_SIGNALS = EarlySignalRecorder() if __name__ == '__main__' else None
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # this repo's tbx11k
 
@@ -104,7 +136,24 @@ def main(argv=None) -> int:
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     status = run_training(runner)
     close_process_group()
+    if EARLY_SIGNALS is not None:
+        EARLY_SIGNALS.restore_defaults()
+    write_exit_status(status)
     return status
+
+
+def write_exit_status(status: int) -> None:
+    """Leave this rank's exit status where ``tools/dist_train.sh`` looks for it.
+
+    ``torch.distributed.run`` exits 1 whenever a worker exits non-zero, so the launcher alone
+    cannot tell a preempted run (75) from a crash; dist_train.sh sets ``TBX11K_EXIT_STATUS_DIR``
+    and exits with the status all ranks agree on. Nothing is written for a crash.
+    """
+    directory = os.environ.get('TBX11K_EXIT_STATUS_DIR')
+    if directory and osp.isdir(directory):
+        rank = os.environ.get('RANK', os.environ.get('LOCAL_RANK', '0'))
+        with open(osp.join(directory, f'rank{rank}'), 'w') as f:
+            f.write(f'{status}\n')
 
 
 if __name__ == '__main__':

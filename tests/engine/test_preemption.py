@@ -6,16 +6,22 @@ between that test_atomic_checkpoint checks), and one 2-process DDP run where onl
 the signal. Every resumed run must end bit-identical (weights, EMA, optimizer, LR schedulers) to
 the uninterrupted run of the same layout.
 """
+import glob
 import os
+import os.path as osp
 import random
 import signal
+import sys
+import time
 
 from tbx11k.engine.exit_codes import EXIT_PREEMPTED
 from tbx11k.engine.hooks.preemption import PreemptionCheckpointHook
 from tbx11k.engine.stopping import stop_request
-from tbx11k.testing import load_checkpoint
+from tbx11k.testing import REPO_ROOT, free_port, load_checkpoint
+from tbx11k.testing_reliability import TrainProcess
 
-from reliability_helpers import STEPS_PER_EPOCH, compare, signal_segment, train
+from reliability_helpers import (STEPS_PER_EPOCH, command, compare, signal_segment,
+                                 train)
 
 DDP_SEED = 7
 
@@ -95,3 +101,64 @@ def test_signal_while_starting_stops_before_the_first_step():
     finally:
         hook.uninstall()
     assert signal.getsignal(signal.SIGUSR1) is before
+
+
+def _catches(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has a handler installed for ``signum`` (Linux /proc SigCgt)."""
+    with open(f'/proc/{pid}/status') as f:
+        caught = next(int(line.split()[1], 16) for line in f if line.startswith('SigCgt:'))
+    return bool(caught >> (signum - 1) & 1)
+
+
+def test_signal_during_imports_exits_75_without_checkpoint(tmp_path, training_root):
+    """SIGUSR1 while tools/train.py is still importing: recorded from its first line, adopted by
+    the hook, status 75 (Slurm job chains requeue), not death by the default action."""
+    work_dir = tmp_path / 'early'
+    proc = TrainProcess(command(work_dir, training_root), f'{work_dir}.log')
+    deadline = time.time() + 30
+    while not _catches(proc.proc.pid, signal.SIGUSR1):
+        assert proc.proc.poll() is None and time.time() < deadline, proc.text()[-3000:]
+        time.sleep(0.005)
+    os.kill(proc.proc.pid, signal.SIGUSR1)
+    rc = proc.wait(300)
+    log = proc.text()
+    assert rc == EXIT_PREEMPTED, log[-5000:]
+    assert 'SIGUSR1 received while starting' in log
+    assert 'Preempted (SIGUSR1) before the first optimizer step' in log
+    assert not glob.glob(str(work_dir / '*.pth'))
+
+
+def test_dist_train_sh_forwards_signals_and_exits_75(ddp_reference, training_root, tmp_path):
+    """SIGUSR1 to tools/dist_train.sh reaches the ranks (not torch.distributed.run, which would
+    kill them 30 s later); the script exits 75, not the launcher's 1; resuming through it ends
+    bit-identical to the uninterrupted 2-process run."""
+    work_dir = tmp_path / 'dist'
+    options = command(work_dir, training_root, config=ddp_reference['config'],
+                      **{'train_cfg.max_epochs': 1})[2:]  # after `python tools/train.py`
+    script = [os.environ.get('BASH', 'bash'), osp.join(REPO_ROOT, 'tools', 'dist_train.sh')]
+
+    def launch(extra=()):
+        cmd = script + [options[0], '2'] + options[1:] + list(extra)
+        env_cmd = ['env', f'PYTHON={sys.executable}', f'PORT={free_port()}'] + cmd
+        n = len(glob.glob(f'{work_dir}.*.log'))
+        return TrainProcess(env_cmd, f'{work_dir}.{n}.log')
+
+    proc = launch()
+    proc.wait_for_step(3)
+    os.kill(proc.proc.pid, signal.SIGUSR1)
+    rc = proc.wait(300)
+    log = proc.text()
+    assert rc == EXIT_PREEMPTED, log[-5000:]
+    assert 'every rank exited with status 75 (torch.distributed.run: 1)' in log
+    assert 'Preempted by SIGUSR1' in log
+    with open(work_dir / 'last_checkpoint') as f:
+        stopped_at = load_checkpoint(f.read().strip())['meta']['iter']
+    assert 3 <= stopped_at < 7
+
+    resumed = launch(['--resume'])
+    assert resumed.wait(300) == 0, resumed.text()[-5000:]
+    difference = compare(ddp_reference['final'], load_checkpoint(str(work_dir / 'iter_7.pth')))
+    print(f'\n[figure] dist_train.sh: SIGUSR1 after step 3 -> checkpoint at step {stopped_at}, '
+          f'exit 75; resumed through dist_train.sh, max |difference| vs uninterrupted: '
+          f'{difference!r}')
+    assert difference == 0.0

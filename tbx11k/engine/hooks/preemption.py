@@ -19,8 +19,9 @@ How it decides, per optimizer step (``after_train_iter``, i.e. at a step boundar
   stops before that epoch's validation (exit quickly, the grace time is short; that validation is
   not made up on resume). A signal at the last step of the whole schedule lets the run finish
   normally (exit 0);
-- a signal that arrived while the run was starting (building, loading) stops it before its first
-  step with status 75 and no new checkpoint (nothing was trained);
+- a signal that arrived while the run was starting (imports, building, loading: ``tools/train.py``
+  records signals from its first line and the hook adopts them) stops it before its first step with
+  status 75 and no new checkpoint (nothing was trained);
 - a signal during validation is acted on at the next optimizer step.
 
 Only rank 0 writes (``Runner.save_checkpoint`` is master-only); all ranks wait at a barrier until
@@ -83,10 +84,20 @@ class PreemptionCheckpointHook(Hook):
             if signum in self._previous:
                 continue
             try:
-                self._previous[signum] = signal.signal(signum, self._handler)
+                previous = signal.signal(signum, self._handler)
             except ValueError:  # not the main thread: leave signals alone
                 print_log(f'PreemptionCheckpointHook: cannot handle {name} outside the main '
                           'thread', logger='current', level=30)
+                continue
+            self._previous[signum] = previous
+            self._adopt_early(previous)
+
+    def _adopt_early(self, previous) -> None:
+        """Take over what a start-up recorder (``tools/train.py``'s ``EarlySignalRecorder``, any
+        handler with a ``received`` list of ``(name, time)``) recorded before the hook existed."""
+        received = getattr(previous, 'received', None)
+        if self._received is None and isinstance(received, list) and received:
+            self._received, self._received_at = received[0]
 
     def uninstall(self) -> None:
         for signum, previous in self._previous.items():
