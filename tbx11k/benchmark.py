@@ -166,6 +166,8 @@ def to_stock_mmdet(cfg) -> None:
     cfg.model.type = 'DINO'
     cfg.model.pop('loss_normalization', None)
     cfg.model.pop('verify_loss_counts', None)
+    if cfg.model.get('bbox_head', {}).get('type') == 'BatchedLossDINOHead':
+        cfg.model.bbox_head.type = 'DINOHead'
     cfg.pop('runner_type', None)
     cfg.pop('effective_batch_size', None)
     cfg.custom_hooks = []
@@ -518,6 +520,10 @@ def _foreach_ema(cfg) -> None:
             hook['ema_type'] = 'ForeachExponentialMovingAverage'
 
 
+def _stock_loss_head(cfg) -> None:
+    cfg.model.bbox_head.type = 'DINOHead'
+
+
 def _cudnn_benchmark(cfg) -> None:
     cfg.env_cfg.cudnn_benchmark = True
 
@@ -558,6 +564,9 @@ VARIANTS: Dict[str, Variant] = {v.name: v for v in [
             needs_cuda=True, diagnostic=True),
     Variant('no_custom_hooks', 'diagnostic: ours without custom_hooks (EMA, health, preemption, '
             'checkpoint interchange): their cost', _no_custom_hooks, diagnostic=True),
+    Variant('stock_loss_head', "diagnostic: ours with model.bbox_head.type='DINOHead' (mmdet's "
+            'layer-by-layer losses instead of the default BatchedLossDINOHead): what batching '
+            'the losses saves', _stock_loss_head, diagnostic=True),
     Variant('safe_all', 'fused_adamw + no_verify_loss_counts + foreach_ema + cudnn_benchmark',
             _compose(_fused, _no_verify, _foreach_ema, _cudnn_benchmark), needs_cuda=True),
     Variant('safe_all_bf16', 'safe_all + amp_bf16',
@@ -634,6 +643,11 @@ def environment(device: str) -> Dict:
         env['foreach_ema_check'] = compare_with_mmengine_ema(device)
     except Exception as error:  # noqa: BLE001
         env['foreach_ema_check'] = dict(error=f'{type(error).__name__}: {error}'[:300])
+    try:  # the default BatchedLossDINOHead against mmdet's DINOHead, on this device
+        from tbx11k.models.batched_loss_check import compare_with_stock_head
+        env['batched_loss_check'] = compare_with_stock_head(device)
+    except Exception as error:  # noqa: BLE001
+        env['batched_loss_check'] = dict(error=f'{type(error).__name__}: {error}'[:300])
     return env
 
 
@@ -769,6 +783,7 @@ def run_benchmark(opts: BenchmarkOptions, log: Callable[[str], None] = print,
     log(f'FocalLoss: {env["kernels"]["sigmoid_focal_loss"]}')
     log(f'PyTorch fallbacks vs mmcv kernels: {env["fallback_check"]}')
     log(f'foreach EMA vs mmengine EMA: {env["foreach_ema_check"]}')
+    log(f'BatchedLossDINOHead vs DINOHead: {env["batched_loss_check"]}')
 
     tmp = tempfile.mkdtemp(prefix='tbx11k_bench_')
     try:

@@ -38,7 +38,7 @@ else
   STEPS=${STEPS:-20}; WARMUP=${WARMUP:-5}; INFER_STEPS=${INFER_STEPS:-30}
   IMAGES=64; SIZE=512; BUDGET=${BUDGET:-270}
   # most telling first (the budget may cut the tail); amp_fp16 is the AMP run below
-  VARIANTS=no_mmcv_kernels,safe_all,safe_all_bf16,amp_bf16,fused_adamw,no_verify_loss_counts,foreach_ema,cudnn_benchmark,no_custom_hooks
+  VARIANTS=no_mmcv_kernels,safe_all,safe_all_bf16,stock_loss_head,amp_bf16,fused_adamw,no_verify_loss_counts,foreach_ema,cudnn_benchmark,no_custom_hooks
   AMP=(--amp --amp-dtype float16)
 fi
 
@@ -128,6 +128,7 @@ for path in sys.argv[1:]:
                       f"{c['peak_mem_mib']:8.0f}" if ok else ''))
     print('fallback check (PyTorch paths vs mmcv kernels):', json.dumps(e.get('fallback_check')))
     print('foreach EMA vs mmengine EMA:', json.dumps(e.get('foreach_ema_check')))
+    print('BatchedLossDINOHead vs DINOHead:', json.dumps(e.get('batched_loss_check')))
     print('ratios:', json.dumps({k: (round(v, 3) if v is not None else None)
                                  for k, v in r['ratios'].items()}))
     print('targets:', json.dumps(r['targets']))

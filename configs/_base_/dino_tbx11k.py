@@ -79,6 +79,11 @@ model = dict(
         type='Pretrained',
         checkpoint='https://download.pytorch.org/models/resnet50-0676ba61.pth')),
     bbox_head=dict(
+        # DINOHead with the same losses computed for all decoder layers at once: 35 % fewer ops
+        # and 1 host sync instead of ~200 per micro-batch (tools/count_ops.py); equal losses and
+        # gradients (tests/models/test_batched_loss_dino_head.py). model.bbox_head.type=DINOHead
+        # gives the stock head back.
+        type='BatchedLossDINOHead',
         num_classes=len(classes),
         # alpha 0.25 collapsed to "predict nothing" on TBX11K in the community runs
         loss_cls=dict(alpha=0.75)))

@@ -1,6 +1,7 @@
 from . import mmcv_cuda_fallback  # noqa: F401  (mmcv CUDA kernels: PyTorch fallback, bf16)
+from .batched_loss_dino_head import BatchedLossDINOHead
 from .foreach_ema import ForeachExponentialMovingAverage
 from .window_loss_normalization import KINDS, LossCountMismatch, LossWindow, window_reduce_mean
 from .window_normalized_dino import WindowNormalizedDINO
 
-__all__ = ['ForeachExponentialMovingAverage', 'KINDS', 'LossCountMismatch', 'LossWindow', 'WindowNormalizedDINO', 'window_reduce_mean']
+__all__ = ['BatchedLossDINOHead', 'ForeachExponentialMovingAverage', 'KINDS', 'LossCountMismatch', 'LossWindow', 'WindowNormalizedDINO', 'window_reduce_mean']

@@ -1,0 +1,77 @@
+"""BatchedLossDINOHead against mmdet's DINOHead on any device (the GPU run checks it too)."""
+import os.path as osp
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+
+TINY_CONFIG = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), 'configs',
+                       'dino_tbx11k_tiny_1gpu.py')
+
+
+def _build(head_type: str, device: str):
+    from mmengine.config import Config
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    register_all_modules(init_default_scope=True)
+    cfg = Config.fromfile(TINY_CONFIG)
+    cfg.model.backbone.init_cfg = None
+    cfg.model.bbox_head.type = head_type
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    return model.to(device).train()
+
+
+def _batch(num_boxes: Sequence[int], device: str, seed: int = 0) -> Tuple[torch.Tensor, List]:
+    """Random 96 px images and DetDataSamples with ``num_boxes[i]`` boxes (unequal shapes)."""
+    from mmdet.structures import DetDataSample
+    from mmengine.structures import InstanceData
+    g = torch.Generator().manual_seed(seed + 100 * len(num_boxes) + sum(num_boxes))
+    samples = []
+    for i, n in enumerate(num_boxes):
+        h, w = (96, 80) if i % 2 else (80, 96)
+        sample = DetDataSample(metainfo=dict(img_shape=(h, w), pad_shape=(96, 96),
+                                             batch_input_shape=(96, 96), scale_factor=(1., 1.)))
+        xy = torch.rand(n, 2, generator=g) * 50
+        wh = torch.rand(n, 2, generator=g) * 25 + 5
+        sample.gt_instances = InstanceData(
+            bboxes=torch.cat([xy, xy + wh], 1).to(device),
+            labels=torch.randint(0, 2, (n, ), generator=g).to(device))
+        samples.append(sample)
+    return torch.randn(len(samples), 3, 96, 96, generator=g).to(device), samples
+
+
+def _losses_and_grads(model, inputs, samples) -> Tuple[Dict, Dict]:
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(1)  # the denoising noise
+    losses = model.loss(inputs, samples)
+    model.parse_losses(losses)[0].backward()
+    grads = {n: p.grad.detach().double().cpu() for n, p in model.named_parameters()
+             if p.grad is not None}
+    return {k: v.detach().double().cpu().reshape(()) for k, v in losses.items()}, grads
+
+
+def compare_with_stock_head(device: str = 'cuda',
+                            batches: Sequence[Sequence[int]] = ((0, ), (3, ), (2, 5), (0, 4))
+                            ) -> Dict:
+    """Losses and gradients of a tiny model with ``BatchedLossDINOHead`` and with ``DINOHead``
+    (same weights, same denoising noise) on ``device``: the worst relative differences."""
+    stock = _build('DINOHead', device)
+    batched = _build('BatchedLossDINOHead', device)
+    batched.load_state_dict(stock.state_dict())
+    worst_loss = worst_grad = 0.0
+    same_keys = True
+    for num_boxes in batches:
+        inputs, samples = _batch(num_boxes, device)
+        (la, ga), (lb, gb) = (_losses_and_grads(m, inputs, samples) for m in (stock, batched))
+        same_keys &= list(la) == list(lb) and ga.keys() == gb.keys()
+        for key in la.keys() & lb.keys():
+            worst_loss = max(worst_loss, float((la[key] - lb[key]).abs()
+                                               / la[key].abs().clamp(min=1e-12)))
+        scale = max(float(g.norm()) for g in ga.values())
+        for name in ga.keys() & gb.keys():
+            worst_grad = max(worst_grad, float((ga[name] - gb[name]).norm())
+                             / max(float(ga[name].norm()), 1e-6 * scale))
+    return dict(device=device, same_keys=same_keys, max_loss_rel_difference=worst_loss,
+                max_grad_rel_difference=worst_grad,
+                equal=same_keys and worst_loss < 1e-5 and worst_grad < 1e-5)

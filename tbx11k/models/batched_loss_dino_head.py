@@ -1,0 +1,358 @@
+"""DINOHead whose losses are computed for all decoder layers at once (fewer ops, fewer host syncs).
+
+mmdet 3.3.0's ``DINOHead.loss_by_feat`` loops over the decoder layers (``loss_by_feat_single``:
+per layer and image a Hungarian matching with its own cost computation, ``.cpu()``,
+``nonzero``/``unique`` and small host-to-device copies, then focal, L1 and GIoU losses with several
+``.item()`` / ``torch.any`` reads), once more for the encoder proposals, and again per layer for
+the denoising queries (``_loss_dn_single``). On a GPU that is ~3,200 dispatched ops in the loss
+forward, ~5,400 in its backward and ~90 host syncs per micro-batch: host-bound.
+
+:class:`BatchedLossDINOHead` computes the same losses (same keys, same values up to float summation
+order, same gradients) with:
+
+- matching: for each image the configured match costs (``self.assigner.match_costs``, called
+  unchanged on the stacked predictions of every decoder layer and the encoder: those costs are
+  row-wise, so the rows equal the per-layer ones) in one pass, ONE device-to-host copy for the
+  batch, then ``linear_sum_assignment`` per layer on the host, as ``HungarianAssigner`` does;
+- losses: one ``self.loss_cls`` call over the rows of all layers (matching, encoder and
+  denoising), one ``self.loss_bbox`` and one ``self.loss_iou`` call over the positives of all
+  layers, split into per-layer sums and divided by the normalisers as mmdet's
+  ``weight_reduce_loss`` does (``sum / (avg_factor + eps)``), without reading them on the host;
+- normalisers: mmdet's semantics (``sync_cls_avg_factor``, clamp(min=1)), with ``reduce_mean``
+  looked up at call time in ``mmdet.models.dense_heads.detr_head`` (matching and encoder losses)
+  and ``mmdet.models.dense_heads.dino_head`` (denoising losses), once per kind and ``loss()``,
+  passing the same local count mmdet passes, so
+  :func:`~tbx11k.models.window_loss_normalization.window_reduce_mean` keeps working.
+
+Configurations it does not cover (another assigner, match cost or loss type, ``bg_cls_weight``,
+an encoder with another number of queries, ignored instances, overridden target helpers) fall back
+to the stock ``DINOHead.loss_by_feat`` with one warning.
+"""
+import logging
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from mmdet.models.dense_heads import DINOHead
+from mmdet.models.dense_heads import detr_head as _detr_head_module
+from mmdet.models.dense_heads import dino_head as _dino_head_module
+from mmdet.models.losses import FocalLoss, GIoULoss, L1Loss
+from mmdet.models.task_modules.assigners import (BBoxL1Cost, ClassificationCost,
+                                                 FocalLossCost, HungarianAssigner, IoUCost)
+from mmdet.registry import MODELS
+from mmdet.structures.bbox import bbox_cxcywh_to_xyxy, bbox_xyxy_to_cxcywh
+from mmdet.utils import InstanceList, OptInstanceList
+from mmengine.logging import print_log
+from mmengine.structures import InstanceData
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor
+
+#: match costs whose (num_preds, num_gts) matrix is computed row by row (a row depends only on
+#: its own prediction): computing them on stacked predictions gives the per-layer rows
+ROW_WISE_MATCH_COSTS = (FocalLossCost, BBoxL1Cost, IoUCost, ClassificationCost)
+#: target / loss helpers the batched path replaces: a subclass overriding one gets the stock path
+REPLACED_METHODS = ('loss_by_feat_single', 'get_targets', '_get_targets_single', 'loss_dn',
+                    '_loss_dn_single', 'get_dn_targets', '_get_dn_targets_single')
+_EPS = torch.finfo(torch.float32).eps  # mmdet's weight_reduce_loss: sum / (avg_factor + eps)
+
+
+def _to_device(array: np.ndarray, device: torch.device) -> Tensor:
+    """Host array -> device without a host sync (pinned, non-blocking) on CUDA."""
+    tensor = torch.from_numpy(array)
+    if device.type == 'cuda':
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+@MODELS.register_module()
+class BatchedLossDINOHead(DINOHead):
+    """mmdet's DINOHead with the decoder, encoder and denoising losses batched over layers.
+
+    A drop-in replacement (``model.bbox_head.type='BatchedLossDINOHead'``): same arguments,
+    weights, loss keys and values. See the module docstring for what is batched and when the
+    stock computation is used instead.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._fallback_warned = False
+
+    # ------------------------------------------------------------------------------------------
+    # support checks
+    # ------------------------------------------------------------------------------------------
+    def unsupported_reason(self) -> Optional[str]:
+        """Why the batched losses cannot reproduce stock mmdet for this configuration (or None)."""
+        assigner = getattr(self, 'assigner', None)
+        if type(assigner) is not HungarianAssigner:
+            return f'assigner {type(assigner).__name__} is not HungarianAssigner'
+        for cost in assigner.match_costs:
+            if type(cost) not in ROW_WISE_MATCH_COSTS:
+                return f'match cost {type(cost).__name__} is not supported'
+            if isinstance(cost, FocalLossCost) and cost.binary_input:
+                return 'FocalLossCost(binary_input=True) is not supported'
+        if type(self.loss_cls) is not FocalLoss or not self.loss_cls.use_sigmoid \
+                or self.loss_cls.activated:
+            return f'loss_cls {type(self.loss_cls).__name__} is not a sigmoid FocalLoss on logits'
+        if type(self.loss_bbox) is not L1Loss:
+            return f'loss_bbox {type(self.loss_bbox).__name__} is not L1Loss'
+        if type(self.loss_iou) is not GIoULoss:
+            return f'loss_iou {type(self.loss_iou).__name__} is not GIoULoss'
+        for name, loss in (('loss_cls', self.loss_cls), ('loss_bbox', self.loss_bbox),
+                           ('loss_iou', self.loss_iou)):
+            if loss.reduction != 'mean':
+                return f"{name} reduction is {loss.reduction!r}, not 'mean'"
+        if self.bg_cls_weight != 0:
+            return f'bg_cls_weight is {self.bg_cls_weight}, not 0'
+        for name in REPLACED_METHODS:
+            if getattr(type(self), name) is not getattr(DINOHead, name):
+                return f'{type(self).__name__} overrides {name}'
+        return None
+
+    def _warn_fallback(self, reason: str) -> None:
+        if not self._fallback_warned:
+            self._fallback_warned = True
+            print_log(f'BatchedLossDINOHead: {reason}; computing the losses with the stock '
+                      'DINOHead.loss_by_feat (layer by layer) instead.',
+                      logger='current', level=logging.WARNING)
+
+    # ------------------------------------------------------------------------------------------
+    # losses
+    # ------------------------------------------------------------------------------------------
+    def loss_by_feat(self,
+                     all_layers_cls_scores: Tensor,
+                     all_layers_bbox_preds: Tensor,
+                     enc_cls_scores: Optional[Tensor],
+                     enc_bbox_preds: Optional[Tensor],
+                     batch_gt_instances: InstanceList,
+                     batch_img_metas: List[dict],
+                     dn_meta: Dict[str, int],
+                     batch_gt_instances_ignore: OptInstanceList = None) -> Dict[str, Tensor]:
+        """The losses of ``DINOHead.loss_by_feat``, batched over the decoder layers."""
+        reason = self.unsupported_reason()
+        if reason is None:
+            if batch_gt_instances_ignore is not None:
+                reason = 'batch_gt_instances_ignore is set'
+            elif dn_meta is None:
+                reason = 'dn_meta is None'
+            elif enc_cls_scores is not None and enc_cls_scores.shape[1] != \
+                    all_layers_cls_scores.shape[2] - dn_meta['num_denoising_queries']:
+                reason = 'the encoder proposals and the decoder have different query counts'
+        if reason is not None:
+            self._warn_fallback(reason)
+            return super().loss_by_feat(all_layers_cls_scores, all_layers_bbox_preds,
+                                        enc_cls_scores, enc_bbox_preds, batch_gt_instances,
+                                        batch_img_metas, dn_meta, batch_gt_instances_ignore)
+        return self._batched_loss_by_feat(all_layers_cls_scores, all_layers_bbox_preds,
+                                          enc_cls_scores, enc_bbox_preds, batch_gt_instances,
+                                          batch_img_metas, dn_meta)
+
+    def match_all_layers(self, matching_cls_scores: Tensor, matching_bbox_preds: Tensor,
+                         batch_gt_instances: InstanceList, batch_img_metas: List[dict],
+                         factors: Optional[Tensor] = None
+                         ) -> List[List[Tuple[np.ndarray, np.ndarray]]]:
+        """Hungarian matching of every layer (set) and image, one device-to-host copy in all.
+
+        Args:
+            matching_cls_scores: (num_sets, bs, num_queries, cls_out_channels) logits.
+            matching_bbox_preds: (num_sets, bs, num_queries, 4) normalised cxcywh boxes.
+            factors: (bs, 4) ``[img_w, img_h, img_w, img_h]`` (made from the metas if None).
+
+        Returns:
+            ``result[s][b] = (query_inds, gt_inds)``: ``HungarianAssigner``'s matches for set
+            ``s`` and image ``b`` (query indices ascending, as ``linear_sum_assignment`` gives).
+        """
+        num_sets, num_imgs, num_queries, channels = matching_cls_scores.shape
+        empty = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+        result = [[empty] * num_imgs for _ in range(num_sets)]
+        with_gts = [b for b, gt in enumerate(batch_gt_instances) if len(gt) > 0]
+        if not with_gts or num_queries == 0:
+            return result
+        if factors is None:
+            factors = matching_bbox_preds.new_tensor(
+                [[m['img_shape'][1], m['img_shape'][0]] * 2 for m in batch_img_metas])
+        costs = []
+        with torch.no_grad():
+            # as DETRHead._get_targets_single: normalised cxcywh -> absolute xyxy
+            boxes = bbox_cxcywh_to_xyxy(matching_bbox_preds) * factors.to(
+                matching_bbox_preds.dtype)[None, :, None, :]
+            for b in with_gts:
+                preds = InstanceData(scores=matching_cls_scores[:, b].reshape(-1, channels),
+                                     bboxes=boxes[:, b].reshape(-1, 4))
+                cost_list = [cost(pred_instances=preds, gt_instances=batch_gt_instances[b],
+                                  img_meta=batch_img_metas[b])
+                             for cost in self.assigner.match_costs]
+                costs.append(torch.stack(cost_list).sum(dim=0).reshape(-1))
+            host = (costs[0] if len(costs) == 1 else torch.cat(costs)).cpu().numpy()
+        offset = 0
+        for b in with_gts:
+            num_gts = len(batch_gt_instances[b])
+            size = num_sets * num_queries * num_gts
+            cost = host[offset:offset + size].reshape(num_sets, num_queries, num_gts)
+            offset += size
+            for s in range(num_sets):
+                rows, cols = linear_sum_assignment(cost[s])
+                result[s][b] = (rows.astype(np.int64), cols.astype(np.int64))
+        return result
+
+    def _batched_loss_by_feat(self, all_layers_cls_scores: Tensor, all_layers_bbox_preds: Tensor,
+                              enc_cls_scores: Optional[Tensor], enc_bbox_preds: Optional[Tensor],
+                              batch_gt_instances: InstanceList, batch_img_metas: List[dict],
+                              dn_meta: Dict[str, int]) -> Dict[str, Tensor]:
+        num_layers, num_imgs, num_total_queries, channels = all_layers_cls_scores.shape
+        device = all_layers_cls_scores.device
+        num_dn = dn_meta['num_denoising_queries']
+        num_queries = num_total_queries - num_dn
+        with_enc = enc_cls_scores is not None
+        num_match_sets = num_layers + int(with_enc)  # decoder layers, then the encoder
+        num_gts = [len(gt) for gt in batch_gt_instances]
+        gt_offsets = np.cumsum([0] + num_gts[:-1]).tolist()
+
+        # positive counts, known on the host before matching: one-to-one matching matches
+        # min(num_queries, num_gts) per image and set; denoising: every GT in every group
+        match_count = sum(min(n, num_queries) for n in num_gts)
+        dn_groups = dn_meta['num_denoising_groups'] if num_dn > 0 else 0
+        dn_count = sum(num_gts) * dn_groups
+        # one host-to-device copy: counts, clamped local counts, per-image scale factors
+        floats = np.array([match_count, dn_count, max(match_count, 1.0), max(dn_count, 1.0)] +
+                          [v for m in batch_img_metas for v in
+                           (m['img_shape'][1], m['img_shape'][0]) * 2], dtype=np.float32)
+        floats = _to_device(floats, device)
+        factors = floats[4:].view(num_imgs, 4)
+
+        # matching of all decoder layers and the encoder proposals
+        matching_cls = all_layers_cls_scores[:, :, num_dn:].detach()
+        matching_box = all_layers_bbox_preds[:, :, num_dn:].detach()
+        if with_enc:
+            matching_cls = torch.cat([matching_cls, enc_cls_scores.detach()[None]])
+            matching_box = torch.cat([matching_box, enc_bbox_preds.detach()[None]])
+        matches = self.match_all_layers(matching_cls, matching_box, batch_gt_instances,
+                                        batch_img_metas, factors)
+
+        # positives as rows of [all_layers (L, bs, num_total_queries), enc (bs, num_queries)]
+        rows, gts, imgs = [], [], []
+        layer_rows = num_imgs * num_total_queries
+        for s in range(num_match_sets):
+            for b in range(num_imgs):
+                query_inds, gt_inds = matches[s][b]
+                if s < num_layers:
+                    base = s * layer_rows + b * num_total_queries + num_dn
+                else:
+                    base = num_layers * layer_rows + b * num_queries
+                rows.append(base + query_inds)
+                gts.append(gt_offsets[b] + gt_inds)
+                imgs.append(np.full(len(query_inds), b, dtype=np.int64))
+            assert sum(len(r) for r in rows[-num_imgs:]) == match_count
+        if dn_count:  # as DINOHead._get_dn_targets_single
+            per_group = num_dn // dn_groups
+            for layer in range(num_layers):
+                for b, n in enumerate(num_gts):
+                    t = np.tile(np.arange(n, dtype=np.int64), dn_groups)
+                    query_inds = np.repeat(np.arange(dn_groups, dtype=np.int64) * per_group,
+                                           n) + t
+                    rows.append(layer * layer_rows + b * num_total_queries + query_inds)
+                    gts.append(gt_offsets[b] + t)
+                    imgs.append(np.full(len(t), b, dtype=np.int64))
+        num_pos = sum(len(r) for r in rows)
+        pos = _to_device(np.stack([np.concatenate(rows), np.concatenate(gts),
+                                   np.concatenate(imgs)]) if num_pos else
+                         np.zeros((3, 0), dtype=np.int64), device)
+        pos_rows, pos_gts, pos_imgs = pos.unbind(0)
+        if num_imgs == 1:
+            gt_labels, gt_bboxes = batch_gt_instances[0].labels, batch_gt_instances[0].bboxes
+        else:
+            gt_labels = torch.cat([gt.labels for gt in batch_gt_instances])
+            gt_bboxes = torch.cat([gt.bboxes for gt in batch_gt_instances])
+
+        # normalisers: one reduce_mean per kind, on the local count mmdet passes
+        cls_dtype = all_layers_cls_scores.dtype
+        match_pos = torch.clamp(_detr_head_module.reduce_mean(floats[0:1].to(cls_dtype)), min=1)
+        match_cls = match_pos if self.sync_cls_avg_factor else floats[2:3].to(cls_dtype)
+        norm_pos = [match_pos.expand(num_match_sets)]
+        norm_cls = [match_cls.expand(num_match_sets)]
+        dn_pos = torch.clamp(_dino_head_module.reduce_mean(floats[1:2].to(cls_dtype)), min=1)
+        norm_pos.append(dn_pos.expand(num_layers))
+        norm_cls.append((dn_pos if self.sync_cls_avg_factor else
+                         floats[3:4].to(cls_dtype)).expand(num_layers))
+        norm_pos = torch.cat(norm_pos) + _EPS
+        norm_cls = torch.cat(norm_cls) + _EPS
+
+        # classification: one focal loss call over every row of every layer
+        cls_rows = all_layers_cls_scores.reshape(-1, channels)
+        if with_enc:
+            cls_rows = torch.cat([cls_rows, enc_cls_scores.reshape(-1, channels)])
+        labels = torch.full((cls_rows.size(0), ), self.num_classes, dtype=torch.long,
+                            device=device)
+        labels[pos_rows] = gt_labels[pos_gts]
+        loss_cls = self.loss_cls(cls_rows, labels, reduction_override='none')
+        dec = loss_cls[:num_layers * layer_rows].view(num_layers, num_imgs, num_total_queries,
+                                                     channels)
+        cls_sums = [dec[:, :, num_dn:].sum((1, 2, 3))]
+        if with_enc:
+            cls_sums.append(loss_cls[num_layers * layer_rows:].sum().reshape(1))
+        cls_sums.append(dec[:, :, :num_dn].sum((1, 2, 3)))
+        losses_cls = torch.cat(cls_sums) / norm_cls
+
+        # regression: one L1 and one GIoU call over the positives of every layer
+        box_rows = all_layers_bbox_preds.reshape(-1, 4)
+        if with_enc:
+            box_rows = torch.cat([box_rows, enc_bbox_preds.reshape(-1, 4)])
+        num_sets = num_match_sets + num_layers
+        if num_pos == 0:  # no GT box in the batch: mmdet's (pred * 0-weight).sum()
+            zero = box_rows.sum() * 0
+            losses_bbox = losses_iou = zero.expand(num_sets) / norm_pos
+        else:
+            pos_factors = factors[pos_imgs]
+            pos_preds = box_rows[pos_rows]
+            pos_targets = bbox_xyxy_to_cxcywh(gt_bboxes[pos_gts] / pos_factors)
+            loss_bbox = self.loss_bbox(pos_preds, pos_targets, reduction_override='none')
+            loss_iou = self.loss_iou(
+                bbox_cxcywh_to_xyxy(pos_preds) * pos_factors.to(pos_preds.dtype),
+                bbox_cxcywh_to_xyxy(pos_targets) * pos_factors, reduction_override='none')
+            split = num_match_sets * match_count
+            losses_bbox = torch.cat([
+                loss_bbox[:split].reshape(num_match_sets, -1).sum(1),
+                loss_bbox[split:].reshape(num_layers, dn_count * 4).sum(1)]) / norm_pos
+            losses_iou = torch.cat([
+                loss_iou[:split].reshape(num_match_sets, -1).sum(1),
+                loss_iou[split:].reshape(num_layers, dn_count).sum(1)]) / norm_pos
+        if self.sync_cls_avg_factor:
+            # mmdet divides by the 1-element reduce_mean result (shape (1,)); when that result is
+            # below 1 its python max(., 1) gives a 0-dim loss instead: same value, not replicated
+            # (it would need a host read)
+            losses_cls = losses_cls[:, None]
+        return self._loss_dict(losses_cls.unbind(0), losses_bbox.unbind(0),
+                               losses_iou.unbind(0), num_layers, with_enc, num_dn,
+                               all_layers_cls_scores)
+
+    @staticmethod
+    def _loss_dict(losses_cls: Sequence[Tensor], losses_bbox: Sequence[Tensor],
+                   losses_iou: Sequence[Tensor], num_layers: int, with_enc: bool, num_dn: int,
+                   cls_scores: Tensor) -> Dict[str, Tensor]:
+        """Per-set values -> stock DINOHead's loss dict (same keys, same order)."""
+        loss_dict = dict()
+        last = num_layers - 1
+        loss_dict['loss_cls'] = losses_cls[last]
+        loss_dict['loss_bbox'] = losses_bbox[last]
+        loss_dict['loss_iou'] = losses_iou[last]
+        for i in range(last):
+            loss_dict[f'd{i}.loss_cls'] = losses_cls[i]
+            loss_dict[f'd{i}.loss_bbox'] = losses_bbox[i]
+            loss_dict[f'd{i}.loss_iou'] = losses_iou[i]
+        dn = num_layers
+        if with_enc:
+            loss_dict['enc_loss_cls'] = losses_cls[num_layers]
+            loss_dict['enc_loss_bbox'] = losses_bbox[num_layers]
+            loss_dict['enc_loss_iou'] = losses_iou[num_layers]
+            dn += 1
+        dn_cls = list(losses_cls[dn:])
+        if num_dn == 0:  # mmdet's _loss_dn_single without denoising queries: zeros(1)
+            dn_cls = list(torch.zeros(num_layers, 1, dtype=cls_scores.dtype,
+                                      device=cls_scores.device).unbind(0))
+        loss_dict['dn_loss_cls'] = dn_cls[last]
+        loss_dict['dn_loss_bbox'] = losses_bbox[dn + last]
+        loss_dict['dn_loss_iou'] = losses_iou[dn + last]
+        for i in range(last):
+            loss_dict[f'd{i}.dn_loss_cls'] = dn_cls[i]
+            loss_dict[f'd{i}.dn_loss_bbox'] = losses_bbox[dn + i]
+            loss_dict[f'd{i}.dn_loss_iou'] = losses_iou[dn + i]
+        return loss_dict

@@ -1,0 +1,179 @@
+"""Dispatched aten ops and host syncs of one training micro-batch, per phase (load-independent).
+
+On a GPU the host cost of a DINO micro-batch is set by how many ops Python dispatches and how
+often the host waits for the device. Both can be counted on the CPU, where timings are noisy:
+:class:`OpCounter` (a ``TorchDispatchMode``) counts every aten op by phase (backbone, neck,
+encoder, decoder, head loss, other forward, parse, backward) and the ops that read device data on
+the host on a GPU:
+
+- ``_local_scalar_dense`` (``.item()``, ``float(t)``, ``bool(t)``, python ``max(t, 1)``),
+- ``nonzero`` / ``unique`` / ``masked_select`` (output size depends on the data),
+- ``to_cpu``: ``Tensor.cpu()`` calls (a no-op on the CPU, so counted at the Python level),
+- ``from_host``: tensors made from host data (``torch.tensor``, ``new_tensor``, ``from_numpy``;
+  ``aten.lift_fresh``): a blocking host-to-device copy on a GPU unless pinned and non-blocking.
+
+Used by ``tools/count_ops.py`` and the tests of :mod:`tbx11k.models.batched_loss_dino_head`.
+"""
+import collections
+import contextlib
+import traceback
+from typing import Dict, Iterator, List, Optional
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+#: aten ops whose result the host must wait for on a GPU
+SYNC_OPS = {'_local_scalar_dense': '_local_scalar_dense', 'nonzero': 'nonzero',
+            '_unique2': 'unique', 'unique_dim': 'unique', 'unique_consecutive': 'unique',
+            'masked_select': 'nonzero'}
+SYNC_KINDS = ('_local_scalar_dense', 'nonzero', 'unique', 'to_cpu', 'from_host')
+PHASES = ('backbone', 'neck', 'encoder', 'decoder', 'head_loss', 'other', 'parse', 'backward')
+
+
+class OpCounter(TorchDispatchMode):
+    """Count aten ops and host syncs by phase (``self.phase``, set by :meth:`in_phase`)."""
+
+    def __init__(self, where: bool = False) -> None:
+        super().__init__()
+        self.phase = 'other'
+        self.ops: Dict[str, int] = collections.Counter()
+        self.names: Dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+        self.syncs: Dict[str, collections.Counter] = collections.defaultdict(
+            collections.Counter)
+        self.where_counts: collections.Counter = collections.Counter()
+        self.assignments = 0  # linear_sum_assignment calls (see counting_assignments)
+        self._where = where
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        self.ops[self.phase] += 1
+        self.names[self.phase][name] += 1
+        kind = SYNC_OPS.get(name) or ('from_host' if name == 'lift_fresh' else None)
+        if kind:
+            self._sync(kind)
+        return func(*args, **(kwargs or {}))
+
+    def _sync(self, kind: str) -> None:
+        self.syncs[self.phase][kind] += 1
+        if self._where:
+            frames = [f for f in traceback.extract_stack()[:-2]
+                      if 'torch/' not in f.filename and 'op_count' not in f.filename]
+            site = ' <- '.join(f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno}:{f.name}"
+                               for f in reversed(frames[-3:]))
+            self.where_counts[f'{kind} {site}'] += 1
+
+    @contextlib.contextmanager
+    def in_phase(self, phase: str) -> Iterator[None]:
+        previous, self.phase = self.phase, phase
+        try:
+            yield
+        finally:
+            self.phase = previous
+
+    @contextlib.contextmanager
+    def counting_cpu_calls(self) -> Iterator[None]:
+        """Count ``Tensor.cpu()`` calls as ``to_cpu`` syncs (they dispatch nothing on the CPU)."""
+        original = torch.Tensor.cpu
+
+        def cpu(tensor, *args, **kwargs):
+            self._sync('to_cpu')
+            return original(tensor, *args, **kwargs)
+
+        torch.Tensor.cpu = cpu
+        try:
+            yield
+        finally:
+            torch.Tensor.cpu = original
+
+    def total_ops(self, phases: Optional[List[str]] = None) -> int:
+        return sum(n for p, n in self.ops.items() if phases is None or p in phases)
+
+    def total_syncs(self, phases: Optional[List[str]] = None,
+                    kinds: tuple = SYNC_KINDS) -> int:
+        return sum(n for p, c in self.syncs.items() if phases is None or p in phases
+                   for k, n in c.items() if k in kinds)
+
+    def summary(self) -> Dict:
+        phases = [p for p in PHASES if p in self.ops] + sorted(set(self.ops) - set(PHASES))
+        return dict(
+            ops={p: self.ops[p] for p in phases},
+            total_ops=self.total_ops(),
+            linear_sum_assignment=self.assignments,
+            syncs={p: {k: self.syncs[p][k] for k in SYNC_KINDS} for p in phases},
+            total_syncs={k: sum(self.syncs[p][k] for p in phases) for k in SYNC_KINDS})
+
+
+def _phase_hooks(module: torch.nn.Module, counter: OpCounter, phase: str) -> List:
+    stack = []
+
+    def pre(_module, _args):
+        stack.append(counter.phase)
+        counter.phase = phase
+
+    def post(_module, _args, _output):
+        counter.phase = stack.pop()
+
+    return [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+
+
+@contextlib.contextmanager
+def counting_assignments(counter: OpCounter) -> Iterator[None]:
+    """Count ``linear_sum_assignment`` calls (mmdet's HungarianAssigner and the batched head)."""
+    import mmdet.models.task_modules.assigners.hungarian_assigner as hungarian
+    from .models import batched_loss_dino_head as batched
+    modules = [m for m in (hungarian, batched) if getattr(m, 'linear_sum_assignment', None)]
+    originals = [m.linear_sum_assignment for m in modules]
+
+    def wrap(original):
+        def linear_sum_assignment(*args, **kwargs):
+            counter.assignments += 1
+            return original(*args, **kwargs)
+        return linear_sum_assignment
+
+    for module, original in zip(modules, originals):
+        module.linear_sum_assignment = wrap(original)
+    try:
+        yield
+    finally:
+        for module, original in zip(modules, originals):
+            module.linear_sum_assignment = original
+
+
+def count_micro_batch(model: torch.nn.Module, data: Dict, where: bool = False,
+                      backward: bool = True) -> OpCounter:
+    """Count the ops of ``model.loss`` on preprocessed ``data``, ``parse_losses`` and backward.
+
+    Phases: the detector's ``backbone``, ``neck``, ``encoder``, ``decoder`` modules (when the
+    model has them), ``head_loss`` (``bbox_head.loss``: head forward + losses), ``other`` (the
+    rest of the forward), ``parse`` (summing the loss dict) and ``backward``.
+    """
+    counter = OpCounter(where=where)
+    handles = []
+    for phase in ('backbone', 'neck', 'encoder', 'decoder'):
+        module = getattr(model, phase, None)
+        if isinstance(module, torch.nn.Module):
+            handles += _phase_hooks(module, counter, phase)
+    head = getattr(model, 'bbox_head', None)
+    original_loss = head.loss if head is not None else None
+
+    def head_loss(*args, **kwargs):
+        with counter.in_phase('head_loss'):
+            return original_loss(*args, **kwargs)
+
+    if head is not None:
+        head.loss = head_loss
+    try:
+        with counter, counter.counting_cpu_calls(), counting_assignments(counter):
+            losses = model.loss(data['inputs'], data['data_samples'])
+            with counter.in_phase('parse'):
+                loss, _ = model.parse_losses(losses)
+            if backward:
+                with counter.in_phase('backward'):
+                    loss.backward()
+    finally:
+        if head is not None:
+            del head.loss
+        for handle in handles:
+            handle.remove()
+    counter.losses = {k: v.detach() for k, v in losses.items()}
+    return counter

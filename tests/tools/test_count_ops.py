@@ -1,0 +1,47 @@
+"""tools/count_ops.py: aten ops and host syncs per phase of one micro-batch (tiny config, CPU)."""
+import json
+import os.path as osp
+import sys
+
+from tbx11k.op_count import PHASES, SYNC_KINDS
+from tbx11k.testing import REPO_ROOT, TINY_1GPU, run
+
+COUNT_OPS = osp.join(REPO_ROOT, 'tools', 'count_ops.py')
+
+
+def test_counts_of_the_stock_and_the_batched_head(tmp_path, synthetic_root):
+    reports = {}
+    for head in ('DINOHead', 'BatchedLossDINOHead'):
+        out = tmp_path / f'{head}.json'
+        proc = run([sys.executable, COUNT_OPS, TINY_1GPU, '--data-root', str(synthetic_root),
+                    '--num-images', '2', '--json', str(out),
+                    '--cfg-options', f'model.bbox_head.type={head}'], timeout=300)
+        report = reports[head] = json.loads(out.read_text())
+        assert report['model'] == 'WindowNormalizedDINO' and report['head'] == head
+        assert len(report['num_gts']) == 2 and min(report['num_gts']) >= 2
+        assert list(report['ops']) == list(PHASES) and min(report['ops'].values()) > 0
+        assert report['total_ops'] == sum(report['ops'].values())
+        assert list(report['total_syncs']) == list(SYNC_KINDS)
+        # 2 images x (2 decoder layers + encoder proposals), whatever the head
+        assert report['linear_sum_assignment'] == 6
+        lines = proc.stdout.splitlines()
+        assert lines[0].startswith(f'{TINY_1GPU}: WindowNormalizedDINO / {head}, 2 image(s)')
+        for phase, ops in report['ops'].items():
+            row = next(line.split() for line in lines if line.startswith(phase + ' '))
+            assert int(row[1]) == ops and int(row[-1]) == sum(report['syncs'][phase].values())
+        total = next(line.split() for line in lines if line.startswith('total '))
+        assert int(total[1]) == report['total_ops']
+        assert 'linear_sum_assignment calls: 6' in proc.stdout
+    stock, batched = reports['DINOHead'], reports['BatchedLossDINOHead']
+    for phase in ('backbone', 'neck', 'encoder', 'decoder', 'other', 'parse'):
+        assert stock['ops'][phase] == batched['ops'][phase], phase  # only the head differs
+    assert batched['ops']['head_loss'] < 0.5 * stock['ops']['head_loss']
+    assert batched['ops']['backward'] < stock['ops']['backward']
+    # batched: one cost copy to the host; from host: 2 index/count packs (non-blocking on a GPU),
+    # per image the BBoxL1Cost factor and the bbox_overlaps eps, one eps in giou_loss; the 2
+    # scalar reads are F.one_hot's range check in the CPU focal loss
+    assert stock['syncs']['head_loss']['to_cpu'] == 6
+    assert batched['syncs']['head_loss'] == dict(_local_scalar_dense=2, nonzero=0, unique=0,
+                                                 to_cpu=1, from_host=2 + 2 * 2 + 1)
+    assert sum(stock['syncs']['head_loss'].values()) > 10 * sum(  # measured 135 vs 10
+        batched['syncs']['head_loss'].values())

@@ -1,0 +1,145 @@
+"""Dispatched aten ops and host syncs of one training micro-batch of a config, per phase (CPU).
+
+    python tools/count_ops.py configs/dino_tbx11k_1gpu.py
+    python tools/count_ops.py configs/dino_tbx11k_1gpu.py \\
+        --cfg-options model.bbox_head.type=BatchedLossDINOHead --num-images 2 --json ops.json
+
+Builds the config's model (backbone init_cfg removed: no download), takes --num-images training
+samples with at least --min-boxes boxes (from a synthetic TBX11K made in a temporary folder, or
+--data-root), runs model.loss + parse_losses + backward once to warm up and once counted, and
+prints the aten ops per phase (backbone, neck, encoder, decoder, head_loss, other, parse,
+backward) and the ops that make the host wait for a GPU (``.item()``-like reads, nonzero/unique,
+``.cpu()``, tensors made from host data). A load-independent measurement of host overhead: on a
+GPU every dispatched op costs host time and every sync drains the queue. Counted on the CPU (the
+CPU paths of MSDA and focal loss: the same op counts as on a GPU up to those two ops' internals).
+See tbx11k/op_count.py.
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import sys
+import tempfile
+
+if __name__ == '__main__':
+    os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')  # count on the CPU, before torch loads
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # this repo's tbx11k
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    from mmengine.config import DictAction
+    p = argparse.ArgumentParser(description='Count aten ops and host syncs of one micro-batch')
+    p.add_argument('config', help='training config')
+    p.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
+                   help='override config settings, e.g. model.bbox_head.type=BatchedLossDINOHead')
+    p.add_argument('--num-images', type=int, default=1, help='images in the micro-batch')
+    p.add_argument('--min-boxes', type=int, default=2, help='GT boxes each image must have')
+    p.add_argument('--data-root', help='TBX11K root (default: a synthetic one, made here)')
+    p.add_argument('--seed', type=int, default=0, help='seed of the pipeline and the model')
+    p.add_argument('--where', action='store_true', help='also list where the syncs happen')
+    p.add_argument('--json', help='write the counts to this JSON file')
+    return p.parse_args(argv)
+
+
+def pick_samples(dataset, num_images: int, min_boxes: int) -> list:
+    samples = []
+    for index in range(len(dataset)):
+        sample = dataset[index]
+        if len(sample['data_samples'].gt_instances) >= min_boxes:
+            samples.append(sample)
+            if len(samples) == num_images:
+                return samples
+    raise SystemExit(f'error: the training set has fewer than {num_images} images with '
+                     f'>= {min_boxes} boxes')
+
+
+def build(args, data_root: str):
+    """(model, preprocessed data) for ``args``."""
+    import torch
+    from mmengine.config import Config
+    from mmengine.dataset import pseudo_collate
+    from mmengine.runner import set_random_seed
+    from mmdet.registry import DATASETS, MODELS
+    from mmdet.utils import register_all_modules
+
+    import tbx11k  # noqa: F401  (registers the project's modules)
+    from tbx11k.utils import set_data_root
+
+    cfg = Config.fromfile(args.config)
+    cfg.merge_from_dict(args.cfg_options)
+    register_all_modules(init_default_scope=True)
+    cfg.model.backbone.init_cfg = None
+    set_data_root(cfg, data_root)
+    set_random_seed(args.seed)
+    dataset = DATASETS.build(cfg.train_dataloader.dataset)
+    samples = pick_samples(dataset, args.num_images, args.min_boxes)
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    model.train()
+    data = model.data_preprocessor(pseudo_collate(samples), True)
+    torch.manual_seed(args.seed)
+    return model, data
+
+
+def count(args, data_root: str) -> dict:
+    import torch
+    from tbx11k.op_count import count_micro_batch
+
+    model, data = build(args, data_root)
+    for _ in range(2):  # warm-up (lazy initialisation), then the counted pass
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(args.seed)  # the denoising noise
+        counter = count_micro_batch(model, data, where=args.where)
+    head = getattr(model, 'bbox_head', None)
+    report = dict(config=args.config, cfg_options={k: str(v) for k, v in args.cfg_options.items()},
+                  model=type(model).__name__,
+                  head=type(head).__name__ if head is not None else None,
+                  num_gts=[len(s.gt_instances) for s in data['data_samples']],
+                  img_shapes=[list(s.metainfo['img_shape']) for s in data['data_samples']],
+                  **counter.summary())
+    if args.where:
+        report['sync_sites'] = dict(counter.where_counts.most_common())
+    return report
+
+
+def format_report(report: dict) -> str:
+    kinds = list(report['total_syncs'])
+    lines = [f"{report['config']}: {report['model']} / {report['head']}, "
+             f"{len(report['num_gts'])} image(s), GT boxes {report['num_gts']}, "
+             f"img_shape {report['img_shapes']}",
+             f"{'phase':<11}{'aten ops':>9}" + ''.join(f'{k:>21}' for k in kinds) +
+             f"{'syncs':>7}"]
+    for phase, ops in report['ops'].items():
+        syncs = report['syncs'][phase]
+        lines.append(f'{phase:<11}{ops:>9}' + ''.join(f'{syncs[k]:>21}' for k in kinds) +
+                     f'{sum(syncs.values()):>7}')
+    total = report['total_syncs']
+    lines.append(f"{'total':<11}{report['total_ops']:>9}" +
+                 ''.join(f'{total[k]:>21}' for k in kinds) + f'{sum(total.values()):>7}')
+    lines.append(f"linear_sum_assignment calls: {report['linear_sum_assignment']}")
+    for site, n in report.get('sync_sites', {}).items():
+        lines.append(f'{n:>5}  {site}')
+    return '\n'.join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from mmengine.logging import MMLogger
+    MMLogger.get_instance('count_ops', log_level='WARNING')  # no init_weights chatter
+    with tempfile.TemporaryDirectory(prefix='count_ops_') as tmp:
+        data_root = args.data_root
+        if data_root is None:
+            from tbx11k.datasets.synthetic import make_synthetic_tbx11k
+            data_root = osp.join(tmp, 'tbx11k')
+            make_synthetic_tbx11k(data_root, num_train=max(16, 8 * args.num_images), num_val=2,
+                                  num_test=1, num_extra=0, seed=args.seed)
+        report = count(args, data_root)
+    print(format_report(report))
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(report, f, indent=1)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
