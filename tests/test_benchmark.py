@@ -97,8 +97,16 @@ def test_stock_config_is_stock_mmdet_with_the_same_model_and_data(tmp_path):
     stock = bm.benchmark_config(TINY_1GPU, str(tmp_path), str(tmp_path / 'w'), stock=True)
     assert stock.model.type == 'DINO' and 'loss_normalization' not in stock.model
     assert ours.model.type == 'WindowNormalizedDINO'
-    same_model = {k: v for k, v in ours.model.items() if k not in ('type', 'loss_normalization')}
-    assert {k: v for k, v in stock.model.items() if k != 'type'} == same_model
+    assert ours.model.bbox_head.type == 'BatchedLossDINOHead'
+    assert stock.model.bbox_head.type == 'DINOHead'
+
+    def model_settings(cfg, drop):
+        settings = {k: v for k, v in cfg.model.items() if k not in drop}
+        settings['bbox_head'] = {k: v for k, v in cfg.model.bbox_head.items() if k != 'type'}
+        return settings
+
+    assert model_settings(stock, ('type', )) == model_settings(ours, ('type',
+                                                                      'loss_normalization'))
     assert 'runner_type' not in stock and ours.runner_type == 'TBX11KRunner'
     assert stock.train_cfg.type == 'EpochBasedTrainLoop'
     loader = stock.train_dataloader
