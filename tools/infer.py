@@ -53,8 +53,12 @@ def main(argv=None) -> int:
     print(f'{args.checkpoint}: {detector.weights} weights, classes {list(detector.classes)}, '
           f'{len(images)} image(s), device {device}')
     several = len(images) > 1 or any(osp.isdir(i) for i in args.inputs)
-    result = run_inference(detector, images, args.out, args.score_thr, draw=not args.no_draw,
-                           progress=several and not args.no_progress)
+    try:
+        result = run_inference(detector, images, args.out, args.score_thr,
+                               draw=not args.no_draw, progress=several and not args.no_progress)
+    except OSError as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 2
     num = sum(len(r['detections']) for r in result['images'])
     with_boxes = sum(1 for r in result['images'] if r['detections'])
     print(f'{num} detection(s) with score >= {args.score_thr} on {with_boxes} of '

@@ -24,7 +24,7 @@ from mmengine.registry import RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 from tbx11k.apis.inference import select_weights  # noqa: E402
-from tbx11k.utils import check_data_root, set_data_root  # noqa: E402
+from tbx11k.utils import check_data_root, check_num_classes, set_data_root  # noqa: E402
 from tbx11k.utils.dist import close_process_group  # noqa: E402
 from tbx11k.utils.torch_load_compat import load_local_checkpoint  # noqa: E402
 
@@ -54,23 +54,45 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--tta', action='store_true')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
+    if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
+        parser.error('--out must be a .pkl or .pickle file')  # before building anything
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     return args
 
 
 def weights_to_load(checkpoint_path: str, weights: str, work_dir: str) -> tuple:
-    """(path to load, description of the weights) for ``--weights``."""
+    """(path to load, description of the weights, their state dict) for ``--weights``."""
     checkpoint = load_local_checkpoint(checkpoint_path, map_location='cpu')
     state, description = select_weights(checkpoint, weights)
     if weights == 'ema' or 'ema_state_dict' not in checkpoint:
         # mmengine's EMAHook stores the EMA weights as state_dict (the raw ones in ema_state_dict)
-        return checkpoint_path, description
+        return checkpoint_path, description, state
     os.makedirs(work_dir, exist_ok=True)
     path = osp.join(work_dir, 'raw_weights.pth')
     torch.save(dict(meta=checkpoint.get('meta', {}), state_dict=state), path + '.tmp')
     os.replace(path + '.tmp', path)
-    return path, description
+    return path, description, state
+
+
+def check_weights_fit(state: dict, model, checkpoint_path: str, config_path: str) -> None:
+    """Refuse a checkpoint whose weights do not fit the model (other classes, other model):
+    mmengine loads non-strictly, warns, and the test would evaluate randomly initialised layers."""
+    from mmengine.model import is_model_wrapper
+
+    from tbx11k.apis.checkpoint_conversion import check_fits_model
+    if is_model_wrapper(model):
+        model = model.module
+    if model.__class__.__name__ == 'DetTTAModel':  # --tta
+        model = model.module
+    state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
+    problems = check_fits_model(state, model)
+    if problems:
+        raise SystemExit(
+            f'error: {checkpoint_path} does not fit the model of {config_path} '
+            f'({len(problems)} differences, e.g.:\n  ' + '\n  '.join(problems[:6]) +
+            '\nTest with the config (classes, model.bbox_head.num_classes, model sizes) it was '
+            'trained with.')
 
 
 def add_tta(cfg: Config) -> Config:
@@ -102,8 +124,11 @@ def build_config(args: argparse.Namespace) -> Config:
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
-    if args.data_root:
-        set_data_root(cfg, args.data_root)
+    # --cfg-options data_root=DIR alone would change only the top-level variable: the datasets
+    # and evaluators were built from the old one when the config was read (trained on other data)
+    data_root = args.data_root or (args.cfg_options or {}).get('data_root')
+    if data_root:
+        set_data_root(cfg, data_root)
     if args.test_split:
         dataset = cfg.test_dataloader.dataset
         dataset.ann_file = 'annotations/json/all_test.json'
@@ -130,8 +155,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     cfg = build_config(args)
     check_data_root(cfg, splits=('test_dataloader', ))
-    cfg.load_from, weights = weights_to_load(args.checkpoint, args.weights, cfg.work_dir)
+    check_num_classes(cfg, splits=('test_dataloader', ))
+    cfg.load_from, weights, state = weights_to_load(args.checkpoint, args.weights, cfg.work_dir)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    check_weights_fit(state, runner.model, args.checkpoint, args.config)
+    del state
     runner.logger.info(f'Evaluating {args.checkpoint}: {weights}')
     if args.out is not None:
         if not args.out.endswith(('.pkl', '.pickle')):

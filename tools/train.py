@@ -50,7 +50,8 @@ from tbx11k.engine import IncompatibleCheckpoint, LayoutMismatch, NothingToTrain
 from tbx11k.engine.exit_codes import (EXIT_DIVERGED, EXIT_INCOMPATIBLE_CHECKPOINT,  # noqa: E402
                                       EXIT_NOTHING_TO_TRAIN, EXIT_WRONG_LAYOUT)
 from tbx11k.engine.stopping import NonFiniteTraining, stop_request  # noqa: E402
-from tbx11k.utils import check_data_root, set_data_root  # noqa: E402
+from tbx11k.utils import (check_amp_device, check_data_root, check_num_classes,  # noqa: E402
+                          set_data_root)
 from tbx11k.utils.dist import close_process_group  # noqa: E402
 
 
@@ -83,13 +84,17 @@ def build_config(args: argparse.Namespace) -> Config:
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
-    if args.data_root:
-        set_data_root(cfg, args.data_root)
+    # --cfg-options data_root=DIR alone would change only the top-level variable: the datasets
+    # and evaluators were built from the old one when the config was read (trained on other data)
+    data_root = args.data_root or (args.cfg_options or {}).get('data_root')
+    if data_root:
+        set_data_root(cfg, data_root)
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir', None) is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
     if args.amp:
+        check_amp_device()
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.loss_scale = 'dynamic'
     if args.auto_scale_lr:
@@ -101,6 +106,9 @@ def build_config(args: argparse.Namespace) -> Config:
         cfg.resume = True
         cfg.load_from = None
     elif args.resume is not None:
+        if '://' not in args.resume and not osp.isfile(args.resume):
+            raise SystemExit(f'error: --resume {args.resume}: no such checkpoint file (--resume '
+                             'without a path resumes the latest checkpoint of the work dir)')
         cfg.resume = True
         cfg.load_from = args.resume
     return cfg
@@ -133,6 +141,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     cfg = build_config(args)
     check_data_root(cfg)
+    check_num_classes(cfg)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     status = run_training(runner)
     close_process_group()

@@ -48,6 +48,16 @@ def _is_image(path: str) -> bool:
     return path.lower().endswith(IMAGE_EXTENSIONS)
 
 
+def _output_name(line: str) -> str:
+    """A list line as a name under ``OUT/vis/``: absolute paths and leading ``..`` made relative,
+    so that ``../imgs/tb/tb0001.png`` draws to ``OUT/vis/imgs/tb/tb0001.png``, never outside
+    ``OUT/vis/`` (with ``--out`` at the data root it overwrote the X-ray itself)."""
+    parts = [p for p in osp.normpath(osp.splitdrive(line)[1]).split(os.sep) if p not in ('', '.')]
+    while parts and parts[0] == '..':
+        parts.pop(0)
+    return '/'.join(parts) or osp.basename(line)
+
+
 def _read_list(list_file: str) -> List[Tuple[str, str]]:
     """Image paths of a list file, one per line. Relative lines are looked up next to the list,
     then under ``../imgs/`` (the TBX11K layout: ``lists/TBX11K_val.txt`` names files relative to
@@ -65,7 +75,7 @@ def _read_list(list_file: str) -> List[Tuple[str, str]]:
         if found is None:
             missing.append(line)
         else:
-            out.append((osp.normpath(found), osp.normpath(line).lstrip(os.sep)))
+            out.append((osp.normpath(found), _output_name(line)))
     if missing:
         raise FileNotFoundError(f'{len(missing)} image(s) of {list_file} not found (looked next '
                                 f'to the list, in ../imgs/ and in the current directory), e.g. '
@@ -281,7 +291,13 @@ def run_inference(detector: Detector, images: Sequence[Tuple[str, str]], out_dir
         from mmengine.utils import ProgressBar
         bar = ProgressBar(len(images), file=sys.stderr)
     for path, name in images:
-        pred = detector.predict(path)
+        try:
+            pred = detector.predict(path)
+        except Exception as error:  # mmcv's loader only asserts on a file it cannot decode
+            if cv2.imread(path, cv2.IMREAD_UNCHANGED) is None:
+                raise OSError(f'{path}: not a readable image (empty, truncated or not an '
+                              'image file); remove it from the inputs') from error
+            raise
         kept = [d for d in pred['detections'] if d['score'] >= score_thr]
         record = dict(file_name=name, width=pred['width'], height=pred['height'])
         if draw:

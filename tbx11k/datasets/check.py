@@ -190,6 +190,7 @@ def check_ann_file(ann_file: str,
             'tb_image_without_boxes', None,
             f'{len(tb_empty)} image(s) in tb/ without boxes (the real data '
             f'has tb/tb1199.png): {", ".join(tb_empty[:5])}')
+    _check_default_classes(val.categories, issues)
     report.duplicate_groups = [sorted(v) for v in by_digest.values()
                                if len(v) > 1]
     if report.duplicate_groups:
@@ -208,6 +209,33 @@ def check_ann_file(ann_file: str,
     report.errors = issues.errors
     report.warnings = issues.warnings
     return report
+
+
+#: TBX11KDataset's default classes (the shipped configs), in label order.
+DEFAULT_CLASSES = ('ActiveTuberculosis', 'ObsoletePulmonaryTuberculosis')
+
+
+def _check_default_classes(categories: List[dict], issues: IssueCollector) -> None:
+    """Warn when TBX11KDataset with the default classes would refuse the file: a class name that
+    is not a category, or categories in another order than the label order."""
+    if not categories:
+        return
+    names = [c['name'] for c in categories]
+    missing = [c for c in DEFAULT_CLASSES if c not in names]
+    if missing:
+        issues.warning(
+            'default_classes', None,
+            f'no category named {missing} (categories: {names}): TBX11KDataset with '
+            f'the default classes {DEFAULT_CLASSES} (the shipped configs) refuses '
+            "this file; set metainfo=dict(classes=...) to categories of the file")
+    elif [n for n in names if n in DEFAULT_CLASSES] != list(DEFAULT_CLASSES):
+        issues.warning(
+            'default_classes', None,
+            f'categories {names} list {DEFAULT_CLASSES[1]} before '
+            f'{DEFAULT_CLASSES[0]}: TBX11KDataset with the default classes (the '
+            'shipped configs) refuses this file (labels map to categories in file '
+            'order); list the categories in the official order or reverse '
+            'metainfo classes')
 
 
 def default_ann_files(data_root: str) -> List[str]:

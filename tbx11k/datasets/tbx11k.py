@@ -167,6 +167,7 @@ class TBX11KDataset(SeededSampleMixin, CocoDataset):
 
         excluded: Counter = Counter()
         ignored = 0
+        crowd_ids = []
         not_tb = 0
         data_list = []
         for img in val.images:
@@ -181,6 +182,8 @@ class TBX11KDataset(SeededSampleMixin, CocoDataset):
                     excluded[cat_name[a['category_id']]] += 1
                 elif a.get('ignore', False):
                     ignored += 1
+                elif a.get('iscrowd', 0):
+                    crowd_ids.append(a['id'])
             raw_img_info = dict(img, img_id=img['id'])
             data_list.append(
                 self.parse_data_info({
@@ -206,9 +209,10 @@ class TBX11KDataset(SeededSampleMixin, CocoDataset):
             num_dropped_small=len(val.dropped_small_ann_ids),
             num_excluded_not_in_classes=dict(excluded),
             num_ignored=ignored,
+            num_crowd=len(crowd_ids),
             num_images_dropped_not_tb=not_tb,
         )
-        self._log_load_stats(val)
+        self._log_load_stats(val, crowd_ids)
         return data_list
 
     def _check_size(self, img: dict) -> None:
@@ -220,7 +224,7 @@ class TBX11KDataset(SeededSampleMixin, CocoDataset):
                 f"{img['file_name']!r}: the file is {size[0]}x{size[1]} but "
                 f"the json says {img['width']}x{img['height']}")
 
-    def _log_load_stats(self, val) -> None:
+    def _log_load_stats(self, val, crowd_ids=()) -> None:
         s = self.load_stats
         per_class = ', '.join(f'{k}: {v}'
                               for k, v in s['instances_per_class'].items())
@@ -231,6 +235,13 @@ class TBX11KDataset(SeededSampleMixin, CocoDataset):
             msg += (f'; tb_only: {s["num_images_dropped_not_tb"]} images '
                     'without TB boxes left out')
         print_log(msg, logger='current', level=logging.INFO)
+        if not self.test_mode and s['num_images'] and not s['num_instances']:
+            print_log(
+                f'TBX11KDataset {s["ann_file"]}: no box of the classes '
+                f'{tuple(self.metainfo["classes"])} in this training set: the detector '
+                'would learn background only (an image-info or extra-set json?)',
+                logger='current',
+                level=logging.WARNING)
         if val.clipped_ann_ids:
             print_log(
                 f'TBX11KDataset {s["ann_file"]}: {s["num_clipped"]} boxes '
@@ -260,6 +271,13 @@ class TBX11KDataset(SeededSampleMixin, CocoDataset):
             print_log(
                 f'TBX11KDataset {s["ann_file"]}: {s["num_ignored"]} boxes '
                 "skipped because of their 'ignore' flag",
+                logger='current',
+                level=logging.WARNING)
+        if crowd_ids:
+            print_log(
+                f'TBX11KDataset {s["ann_file"]}: {len(crowd_ids)} boxes have '
+                'iscrowd=1: kept as ignored regions (ignore_flag=1), not trained on as '
+                f'objects (annotation ids {summarize_ids(list(crowd_ids))})',
                 logger='current',
                 level=logging.WARNING)
 

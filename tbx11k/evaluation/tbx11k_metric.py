@@ -48,6 +48,13 @@ def _get(obj, key):
     return getattr(obj, key, None)
 
 
+def _same_file(path: str, file_name: str) -> bool:
+    """Whether image path ``path`` (data root + prefix + file_name) is ``file_name``."""
+    path = osp.normpath(path).replace('\\', '/')
+    file_name = osp.normpath(file_name).replace('\\', '/').lstrip('/')
+    return path == file_name or path.endswith('/' + file_name)
+
+
 def _np(x) -> np.ndarray:
     if x is None:
         return None
@@ -217,9 +224,11 @@ class TBX11KMetric(BaseMetric):
                 boxes = _np(_get(pred, 'bboxes'))
                 scores = _np(_get(pred, 'scores'))
                 labels = _np(_get(pred, 'labels'))
+            img_path = _get(ds, 'img_path')
             self.results.append(
                 dict(
                     img_id=int(img_id),
+                    img_path=img_path if isinstance(img_path, str) else None,
                     bboxes=np.asarray(boxes, np.float32).reshape(-1, 4),
                     scores=np.asarray(scores, np.float32).reshape(-1),
                     labels=np.asarray(labels, np.int64).reshape(-1)))
@@ -335,6 +344,25 @@ class TBX11KMetric(BaseMetric):
                 f'(it has {sorted(by_name)}): labels would match nothing')
         return [int(by_name[c]) for c in classes]
 
+    def _check_file_names(self, results: list, gt: dict) -> None:
+        """Image ids are numbered per json file (1, 2, ... in each): an evaluator ann_file other
+        than the dataloader's json can share every id and silently score the predictions of one
+        image against the boxes of another. The image path must end with the GT file_name."""
+        name_of = dict(zip(gt['img_ids'].tolist(), gt['file_names']))
+        wrong = []
+        for r in results:
+            path, name = r.get('img_path'), name_of.get(r['img_id'])
+            if path and name and not _same_file(path, name):
+                wrong.append((r['img_id'], path, name))
+        if wrong:
+            img_id, path, name = wrong[0]
+            raise ValueError(
+                f'TBX11KMetric: {len(wrong)} of {len(results)} predicted images are other '
+                f'images than the ones with the same id in the ann_file {self.ann_file!r}, e.g. '
+                f'image id={img_id}: the dataloader read {path!r}, the ann_file has '
+                f'file_name={name!r}. The evaluator\'s ann_file must be the json the dataloader '
+                'reads (set both, or use --data-root, which sets them together).')
+
     def _gather(self, results: list, gt: dict, cat_ids: List[int]) -> dict:
         """Concatenate per-image results into flat arrays."""
         seen, keep = set(), []
@@ -358,6 +386,7 @@ class TBX11KMetric(BaseMetric):
                 f'in the ann_file {self.ann_file!r}: {unknown[:10]}'
                 f"{' ...' if len(unknown) > 10 else ''}. The evaluator's "
                 'ann_file must be the json the dataloader reads.')
+        self._check_file_names(keep, gt)
         n_missing = len(known) - len(seen)
         if n_missing:
             print_log(

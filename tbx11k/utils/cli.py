@@ -49,3 +49,50 @@ def check_data_root(cfg: Config, splits=('train_dataloader', 'val_dataloader')) 
         if dataset.get('ann_file') and not osp.isfile(ann):
             raise SystemExit(f'error: annotation file {ann!r} ({split}) does not exist. '
                              f'{SYNTHETIC_HINT} and pass --data-root DATA_ROOT.')
+
+
+def _dataset_classes(dataset: ConfigDict):
+    """The classes a dataset config will use: its metainfo's, else its type's default."""
+    classes = (dataset.get('metainfo') or {}).get('classes')
+    if classes is None:
+        from mmdet.registry import DATASETS
+        dataset_type = DATASETS.get(dataset.get('type')) if isinstance(dataset.get('type'),
+                                                                        str) else None
+        classes = getattr(dataset_type, 'METAINFO', {}).get('classes')
+    return classes
+
+
+def check_num_classes(cfg: Config, splits=('train_dataloader', 'val_dataloader')) -> None:
+    """Fail early when a dataset's classes and the detector's ``num_classes`` differ.
+
+    mmdet does not check it: with more classes than ``num_classes`` a box of the extra class
+    crashes the denoising label embedding (IndexError) or, without such a box in a batch, trains
+    and evaluates silently with a label space that does not fit.
+    """
+    model = cfg.get('model') or {}
+    while isinstance(model, dict) and 'module' in model:  # test-time-augmentation wrapper
+        model = model['module']
+    head = model.get('bbox_head') if isinstance(model, dict) else None
+    num_classes = head.get('num_classes') if isinstance(head, dict) else None
+    if num_classes is None:
+        return
+    for split, dataset in _datasets(cfg):
+        if split not in splits:
+            continue
+        classes = _dataset_classes(dataset)
+        if isinstance(classes, (list, tuple)) and len(classes) != num_classes:
+            raise SystemExit(
+                f'error: {split}.dataset has {len(classes)} classes {tuple(classes)} but the '
+                f'model has model.bbox_head.num_classes={num_classes}. Set both to the same '
+                f'classes, e.g. --cfg-options model.bbox_head.num_classes={len(classes)} (and '
+                "the same metainfo.classes for every dataset), or edit the config's `classes`.")
+
+
+def check_amp_device() -> None:
+    """``--amp`` on a machine without an accelerator: say so instead of mmengine's assertion."""
+    from mmengine.device import (is_cuda_available, is_mlu_available, is_musa_available,
+                                 is_npu_available)
+    if not (is_cuda_available() or is_npu_available() or is_mlu_available()
+            or is_musa_available()):
+        raise SystemExit('error: --amp needs a GPU (CUDA, NPU, MLU or MUSA): mmengine\'s '
+                         'AmpOptimWrapper does not run on the CPU. Train without --amp.')

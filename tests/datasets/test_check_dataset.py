@@ -175,3 +175,18 @@ def test_tool_script_runs(synthetic_root, capsys):
     spec.loader.exec_module(mod)  # __main__ guard: only imports
     assert mod.main([str(synthetic_root), TRAIN, '--no-decode']) == 0
     assert 'RESULT: OK' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('change,expected', [
+    (lambda cats: cats.reverse(), 'refuses this file (labels map to categories'),
+    (lambda cats: cats[0].update(name='ActiveTB'),
+     "no category named ['ActiveTuberculosis']")])
+def test_categories_the_default_classes_refuse_are_a_warning(copy_root, change, expected):
+    """The check said OK while tools/train.py then refused the file (TBX11KDataError)."""
+    raw = load(copy_root / TRAIN)
+    change(raw['categories'])
+    (copy_root / TRAIN).write_text(json.dumps(raw))
+    report = check_dataset(copy_root, [TRAIN])
+    warnings = [w for w in report.all_warnings() if w.kind == 'default_classes']
+    assert len(warnings) == 1 and expected in warnings[0].message
+    assert warnings[0].message.startswith(str(copy_root / TRAIN))

@@ -462,7 +462,7 @@ def test_small_outside_tolerance_is_configurable(broken_copy):
         make(root, ann_file, bbox_clip_tolerance=1.0)
 
 
-def test_iscrowd_becomes_ignore_flag(broken_copy):
+def test_iscrowd_becomes_ignore_flag(broken_copy, logs):
     root, ann_file, data = broken_copy()
     ann, _ = _tb_ann(data)
     ann['iscrowd'] = 1
@@ -471,6 +471,9 @@ def test_iscrowd_becomes_ignore_flag(broken_copy):
     info = next(ds.get_data_info(i) for i in range(len(ds))
                 if ds.get_data_info(i)['img_id'] == ann['image_id'])
     assert sorted(i['ignore_flag'] for i in info['instances'])[-1] == 1
+    # not trained on as an object: counted and logged, not silent
+    assert ds.load_stats['num_crowd'] == 1
+    assert any('1 boxes have iscrowd=1' in m and f"ids {ann['id']})" in m for m in logs)
 
 
 def test_dataset_is_picklable_and_subsettable(synthetic_root):
@@ -482,3 +485,15 @@ def test_dataset_is_picklable_and_subsettable(synthetic_root):
     assert len(sub) == 2
     assert copy.deepcopy(ds).load_stats == ds.load_stats
 
+
+
+def test_training_set_without_any_box_is_a_warning(broken_copy, logs):
+    root, ann_file, data = broken_copy()
+    data['annotations'] = []
+    ann_file.write_text(json.dumps(data))
+    ds = make(root, ann_file)
+    assert len(ds) == len(data['images']) and ds.load_stats['num_instances'] == 0
+    assert any('no box of the classes' in m for m in logs)
+    logs.clear()
+    make(root, ann_file, test_mode=True)  # evaluating a set without boxes is legitimate
+    assert not any('no box of the classes' in m for m in logs)

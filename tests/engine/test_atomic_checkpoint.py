@@ -136,3 +136,19 @@ def test_training_killed_during_checkpoint_write_resumes(interrupted_run, refere
           f"{killed['checkpoint']}, max |difference| vs uninterrupted at step 14: "
           f'{difference!r}')
     assert difference == 0.0
+
+
+def test_save_best_key_left_out_of_an_evaluation_is_skipped(tmp_path):
+    # TBX11KMetric leaves n/a values out (a val set without TB boxes has no TB AP): stock
+    # CheckpointHook raised KeyError after the epoch's training
+    runner = _FakeRunner(str(tmp_path), numel=4)
+    runner.epoch, runner.iter = 0, 3
+    hook = AtomicCheckpointHook(interval=1, by_epoch=True, save_best='tbx11k/TB_AP_all',
+                                rule='greater')
+    hook.before_train(runner)
+    hook.after_val_epoch(runner, {'tbx11k/AUC': 0.5})
+    assert not [f for f in os.listdir(tmp_path) if f.startswith('best_')]
+    runner.epoch, runner.iter = 1, 6
+    hook.after_val_epoch(runner, {'tbx11k/TB_AP_all': 0.25})
+    assert [f for f in os.listdir(tmp_path) if f.startswith('best_')] == [
+        'best_tbx11k_TB_AP_all_epoch_1.pth']

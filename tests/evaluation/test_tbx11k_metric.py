@@ -544,3 +544,23 @@ def test_reports_go_to_the_runner_log_dir(tmp_path):
         MMLogger._instance_dict.pop(name, None)
     assert (log_dir / 'tbx11k_eval' / 'metrics.json').is_file()
     assert (log_dir / 'tbx11k_eval' / 'metrics.md').is_file()
+
+
+def test_predictions_of_other_images_with_the_same_ids_are_refused(tmp_path):
+    """Image ids restart at 1 in every json: a dataloader reading TBX11K_val_only_tb.json with the
+    evaluator left on TBX11K_val.json shares every id and scored image X against image Y's GT."""
+    ann = write_gt(tmp_path / 'gt.json', [1, 2], [(1, 1, [0, 0, 9, 9])])
+
+    def at(img_id, path):
+        ds = sample(img_id, [[0, 0, 9, 9]], [0.9], [0])
+        ds.set_metainfo(dict(img_path=path))
+        return ds
+
+    res, _ = run(ann, [at(1, '/data/TBX11K/imgs/x/0001.png'), at(2, 'x/0002.png')],
+              out_dir=str(tmp_path / 'ok'))
+    assert res['tbx11k/TB_AP50_all'] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match=r"1 of 2 predicted images .* image id=2: the dataloader "
+                       r"read '/data/TBX11K/imgs/tb/tb0007.png', the ann_file has "
+                       r"file_name='x/0002.png'"):
+        run(ann, [at(1, '/data/TBX11K/imgs/x/0001.png'), at(2, '/data/TBX11K/imgs/tb/tb0007.png')],
+            out_dir=str(tmp_path / 'bad'))

@@ -150,3 +150,30 @@ def test_collect_images(training_root, tmp_path):
     bad.write_text('tb/tb0001.png\nnot/there.png\n')
     with pytest.raises(FileNotFoundError, match='not/there.png'):
         collect_images([str(bad)])
+
+
+def test_list_lines_with_parent_folders_stay_under_vis(training_root, tmp_path):
+    """A list naming '../imgs/tb/tb0001.png' drew to OUT/vis/../imgs/... = OUT/imgs/... (with
+    --out at the data root: over the X-ray itself)."""
+    lists = tmp_path / 'lists'
+    lists.mkdir()
+    listed = lists / 'mine.txt'
+    second = osp.relpath(osp.join(training_root, 'imgs', 'tb', 'tb0002.png'), lists)
+    listed.write_text(f'{osp.join(training_root, "imgs", "tb", "tb0001.png")}\n{second}\n')
+    names = [n for _, n in collect_images([str(listed)])]
+    assert len(names) == 2
+    for name in names:
+        assert not name.startswith(('/', '..')) and '/../' not in name
+        assert name.endswith(('tb/tb0001.png', 'tb/tb0002.png'))
+
+
+def test_unreadable_image_is_named(tmp_path):
+    broken = tmp_path / 'broken.png'
+    broken.write_bytes(b'not a png')
+
+    class LoaderAsserts:  # what mmcv's LoadImageFromFile does with such a file
+        def predict(self, path):
+            raise AssertionError(f'failed to load image: {path}')
+
+    with pytest.raises(OSError, match=r'broken.png: not a readable image'):
+        run_inference(LoaderAsserts(), [(str(broken), 'broken.png')], str(tmp_path / 'out'))

@@ -78,3 +78,53 @@ def test_challenge_submission_on_the_unlabelled_test_split(tiny_run, tmp_path, t
     results = json.load(open(tmp_path / 'submission.bbox.json'))
     image_ids = {image['id'] for image in test_json['images']}
     assert all(r['image_id'] in image_ids and len(r['bbox']) == 4 for r in results)
+
+
+def _test_tool():
+    import importlib.util
+
+    from tbx11k.testing import REPO_ROOT
+    spec = importlib.util.spec_from_file_location('test_tool', osp.join(REPO_ROOT, 'tools',
+                                                                        'test.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_out_that_is_not_a_pickle_is_refused_before_building(capsys):
+    tool = _test_tool()
+    with pytest.raises(SystemExit):
+        tool.parse_args([TINY_1GPU, 'x.pth', '--out', 'results.json'])
+    assert '--out must be a .pkl or .pickle file' in capsys.readouterr().err
+    assert tool.parse_args([TINY_1GPU, 'x.pth', '--out', 'r.pkl']).out == 'r.pkl'
+
+
+def test_model_classes_that_do_not_fit_the_test_set_are_refused():
+    from tbx11k.utils import check_num_classes
+    tool = _test_tool()
+    cfg = tool.build_config(tool.parse_args(
+        [TINY_1GPU, 'x.pth', '--cfg-options', 'model.bbox_head.num_classes=3']))
+    with pytest.raises(SystemExit, match='test_dataloader.dataset has 2 classes'):
+        check_num_classes(cfg, splits=('test_dataloader', ))
+
+
+def test_cfg_options_data_root_reaches_the_test_set_and_evaluator():
+    tool = _test_tool()
+    cfg = tool.build_config(tool.parse_args(
+        [TINY_1GPU, 'x.pth', '--cfg-options', 'data_root=/data/TBX11K']))
+    assert cfg.test_dataloader.dataset.data_root == '/data/TBX11K/'
+    assert cfg.test_evaluator.ann_file == '/data/TBX11K/annotations/json/TBX11K_val.json'
+
+
+def test_checkpoint_that_does_not_fit_the_model_is_refused():
+    """A 2-class checkpoint tested with model.bbox_head.num_classes=3 loaded non-strictly (mmengine
+    warns) and evaluated randomly initialised class heads with exit status 0."""
+    tool = _test_tool()
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    other_classes = torch.nn.Sequential(torch.nn.Linear(4, 2)).state_dict()
+    with pytest.raises(SystemExit, match=r'c.pth does not fit the model of cfg.py .*\n.*'
+                       r'shape \(2, 4\) in checkpoint vs \(3, 4\) in the model: 0.weight'):
+        tool.check_weights_fit(other_classes, model, 'c.pth', 'cfg.py')
+    tool.check_weights_fit(model.state_dict(), model, 'c.pth', 'cfg.py')
+    tool.check_weights_fit({f'module.{k}': v for k, v in model.state_dict().items()}, model,
+                           'c.pth', 'cfg.py')

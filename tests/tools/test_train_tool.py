@@ -66,9 +66,10 @@ def test_finished_run_says_nothing_to_train(trained, training_root):
 
 def test_checkpoint_of_other_classes_is_refused(trained, tmp_path, training_root):
     work_dir, _ = trained
+    three = '[ActiveTuberculosis,ObsoletePulmonaryTuberculosis,PulmonaryTuberculosis]'
     options = dict(OPTIONS, **{
-        'train_dataloader.dataset.metainfo.classes':
-        '[ActiveTuberculosis,ObsoletePulmonaryTuberculosis,PulmonaryTuberculosis]',
+        'train_dataloader.dataset.metainfo.classes': three,
+        'val_dataloader.dataset.metainfo.classes': three,  # tools/train.py checks both
         'model.bbox_head.num_classes': 3})
     proc = run(train_command(TINY_1GPU, str(tmp_path), 1, training_root, options,
                              ['--resume', str(work_dir / 'epoch_1.pth')]), check=False)
@@ -157,3 +158,60 @@ def test_stock_micro_batch_checkpoint_is_converted(trained, tmp_path, training_r
     log = proc.stdout + proc.stderr
     assert 'its iter 14 counts micro-batches of 2-step accumulation; resuming at optimizer step 7' in log
     assert proc.returncode == EXIT_NOTHING_TO_TRAIN
+
+
+def _train_tool():
+    import importlib.util
+
+    from tbx11k.testing import REPO_ROOT
+    spec = importlib.util.spec_from_file_location('train_tool', osp.join(REPO_ROOT, 'tools',
+                                                                         'train.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the CPU-only refusal')
+def test_amp_without_a_gpu_is_refused_with_a_message(tmp_path):
+    tool = _train_tool()
+    with pytest.raises(SystemExit, match='--amp needs a GPU'):
+        tool.build_config(tool.parse_args([TINY_1GPU, '--work-dir', str(tmp_path), '--amp']))
+
+
+def test_resume_from_a_missing_file_is_refused_with_a_message(tmp_path):
+    tool = _train_tool()
+    missing = str(tmp_path / 'nope.pth')
+    with pytest.raises(SystemExit, match='no such checkpoint file'):
+        tool.build_config(tool.parse_args([TINY_1GPU, '--resume', missing]))
+
+
+def test_dataset_classes_must_match_num_classes(tmp_path):
+    """3 dataset classes on the 2-class model crashed in DINO's denoising label embedding
+    (IndexError) at the first PulmonaryTuberculosis box, or trained silently without one."""
+    from tbx11k.utils import check_num_classes
+    tool = _train_tool()
+    three = ('train_dataloader.dataset.metainfo.classes=[ActiveTuberculosis,'
+             'ObsoletePulmonaryTuberculosis,PulmonaryTuberculosis]')
+    cfg = tool.build_config(tool.parse_args([TINY_1GPU, '--cfg-options', three]))
+    with pytest.raises(SystemExit, match=r'train_dataloader.dataset has 3 classes .* '
+                       r'model.bbox_head.num_classes=2'):
+        check_num_classes(cfg)
+    cfg.model.bbox_head.num_classes = 3
+    with pytest.raises(SystemExit, match='val_dataloader.dataset has 2 classes'):
+        check_num_classes(cfg)  # val keeps the default 2 classes
+    cfg.val_dataloader.dataset.metainfo.classes = cfg.train_dataloader.dataset.metainfo.classes
+    check_num_classes(cfg)
+    check_num_classes(tool.build_config(tool.parse_args([TINY_1GPU])))  # the shipped config
+
+
+@pytest.mark.parametrize('flags', [['--data-root', '/data/TBX11K'],
+                                   ['--cfg-options', 'data_root=/data/TBX11K']])
+def test_data_root_option_reaches_every_dataset_and_evaluator(flags):
+    """mmdet habit: --cfg-options data_root=DIR changed only the variable, and training went on
+    silently with the config's data/tbx11k_synthetic/."""
+    tool = _train_tool()
+    cfg = tool.build_config(tool.parse_args([TINY_1GPU] + flags))
+    for split in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        assert cfg[split].dataset.data_root == '/data/TBX11K/'
+    for evaluator in ('val_evaluator', 'test_evaluator'):
+        assert cfg[evaluator].ann_file == '/data/TBX11K/annotations/json/TBX11K_val.json'

@@ -8,7 +8,9 @@
   and checkpoints beyond ``max_keep_ckpts`` are deleted *after* the new one is saved (stock
   mmengine deletes the oldest first, so with ``max_keep_ckpts=1`` a kill during the write leaves
   no checkpoint at all). It also deletes a preemption checkpoint once a newer regular one exists,
-  and leftovers of killed writes when training starts.
+  and leftovers of killed writes when training starts. A ``save_best`` key that an evaluation
+  leaves out (``TBX11KMetric`` omits n/a values, e.g. every AP of a val set without TB boxes)
+  skips the best-checkpoint choice with a warning instead of stopping the run with a KeyError.
 - :func:`find_resumable_checkpoint` picks what ``--resume`` (auto) resumes: the file
   ``last_checkpoint`` names if it loads, else the newest loadable ``*.pth`` of the work dir, with
   a warning (the runner calls it).
@@ -103,6 +105,17 @@ class AtomicCheckpointHook(CheckpointHook):
             for path in stale_temporaries(directory):
                 runner.logger.warning(f'Removing {path}: an unfinished write of a killed run')
                 os.remove(path)
+
+    def _save_best_checkpoint(self, runner, metrics) -> None:
+        if self.save_best:
+            missing = [k for k in self.key_indicators if k != 'auto' and k not in metrics]
+            if missing:
+                runner.logger.warning(
+                    f'save_best: {", ".join(missing)} not in this evaluation (n/a, e.g. the val '
+                    'set has no ground-truth box of that kind): no best checkpoint chosen this '
+                    'time')
+                metrics = dict(metrics, **{k: None for k in missing})  # mmengine skips None
+        super()._save_best_checkpoint(runner, metrics)
 
     def _remove(self, path: str) -> None:
         if self.file_backend.isfile(path):
