@@ -127,10 +127,14 @@ class AccumulationEpochBasedTrainLoop(EpochBasedTrainLoop):
         if self._skip:
             print_log(f'Resuming inside epoch {self._epoch + 1}: skipping its first {self._skip} '
                       f'of {steps_per_epoch} optimizer steps (already trained)', logger='current')
-        # Runner.train() initialised the optim wrapper in optimizer steps; it counts micro-batches.
-        self.runner.optim_wrapper.initialize_count_status(
-            self.runner.model, self._iter * self.accumulative_counts,
-            self._max_iters * self.accumulative_counts)
+        # the optim wrapper counts micro-batches (TBX11KRunner already initialised it so; a stock
+        # Runner initialised it in optimizer steps)
+        optim_wrapper = self.runner.optim_wrapper
+        counts = (self._iter * self.accumulative_counts,
+                  self._max_iters * self.accumulative_counts)
+        if (getattr(optim_wrapper, '_inner_count', None),
+                getattr(optim_wrapper, '_max_counts', None)) != counts:
+            type(optim_wrapper).initialize_count_status(optim_wrapper, self.runner.model, *counts)
         # The sampler was built before resume could restore the run's seed.
         self.window_sampler.sampler.seed = self.runner.seed
 

@@ -85,6 +85,27 @@ class TBX11KRunner(Runner):
             else:
                 self._load_from = found[0]
         super().load_or_resume()
+        self._count_micro_batches_in_next_count_init()
+
+    def _count_micro_batches_in_next_count_init(self) -> None:
+        """``Runner.train()`` initialises the optim wrapper's accumulation counter right after
+        ``load_or_resume`` with ``train_loop.iter`` / ``max_iters``; our loop counts those in
+        optimizer steps, the counter counts micro-batches. Unconverted, a resume at an odd step
+        makes mmengine warn that "the gradient of some iterations is lost" (nothing is: the loop
+        re-initialises it). The next call gets micro-batch counts instead."""
+        from .loops import AccumulationEpochBasedTrainLoop
+        optim_wrapper = getattr(self, 'optim_wrapper', None)
+        if not (isinstance(getattr(self, '_train_loop', None), AccumulationEpochBasedTrainLoop)
+                and isinstance(optim_wrapper, OptimWrapper)):
+            return
+        acc = accumulative_counts_of(optim_wrapper)
+        original = type(optim_wrapper).initialize_count_status
+
+        def initialize_count_status(model, init_counts: int, max_counts: int) -> None:
+            del optim_wrapper.initialize_count_status  # one call only
+            original(optim_wrapper, model, init_counts * acc, max_counts * acc)
+
+        optim_wrapper.initialize_count_status = initialize_count_status
 
     @property
     def train_batch_size(self) -> int:

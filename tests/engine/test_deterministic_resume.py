@@ -18,6 +18,10 @@ def test_resumes_from_every_kind_of_checkpoint_are_bit_identical(interrupted_run
     assert len(resumed_from) == 5
     for seg in segments[1:]:
         assert 'Resuming at epoch' in seg['log']  # CheckpointInterchangeHook's resume line
+        # mmengine's false alarm when a resumed optimizer step is odd (step 7 always is one):
+        # the accumulation counter is initialised in micro-batches, nothing is lost
+        assert 'gradient of some iterations is lost' not in seg['log']
+    assert any(s['checkpoint_step'] % 2 for s in segments[:-1])
     # mid-epoch resumes skipped the finished steps of their epoch
     mid_epoch = [s for s in segments[:-1] if s['checkpoint_step'] % 7]
     for seg, nxt in zip(segments[:-1], segments[1:]):
