@@ -17,8 +17,7 @@ def _build(head_type: str, device: str):
     cfg.model.backbone.init_cfg = None
     cfg.model.bbox_head.type = head_type
     torch.manual_seed(0)
-    model = MODELS.build(cfg.model)
-    model.init_weights()
+    model = MODELS.build(cfg.model)  # PyTorch's default init (init_weights logs every tensor)
     return model.to(device).train()
 
 
