@@ -52,12 +52,17 @@ def check_report(report):
 
 
 def test_ours_only_with_inference(tmp_path, synthetic_root):
-    report, stdout = bench(tmp_path, synthetic_root, '--no-stock', '--infer', '--profile')
+    report, stdout = bench(tmp_path, synthetic_root, '--no-stock', '--infer', '--profile',
+                           '--infer-batch-size', '2')
     check_report(report)
-    assert [c['name'] for c in report['cases']] == ['ours', 'ours_infer', 'ours_profile']
+    assert [c['name'] for c in report['cases']] == ['ours', 'ours_infer', 'ours_infer_b2',
+                                                    'ours_profile']
     check_case(report['cases'][0], 'ours', 1, 2)
     check_case(report['cases'][1], 'ours_infer', 1, 1)
-    profile = report['cases'][2]
+    check_case(report['cases'][2], 'ours_infer_b2', 2, 1)
+    assert report['cases'][2]['images_per_step'] == 2
+    assert report['targets']['best_infer_case'] in ('ours_infer', 'ours_infer_b2')
+    profile = report['cases'][3]
     assert profile['status'] == 'ok' and profile['profile']['micro_batches'] == 4
     assert profile['profile']['top_host_ops'] and profile['profile']['gpu_busy_fraction'] is None
     assert 'ours_profile: per micro-batch' in stdout
@@ -166,15 +171,19 @@ def test_ratios_and_targets():
              case('ours_batch2', 'ours', 2, 1, 28.0), case('stock_batch2', 'stock', 2, 1, 8.5),
              case('ours_infer', 'ours', 1, 1, 70.0, 'infer'),
              case('stock_infer', 'stock', 1, 1, 20.0, 'infer'),
-             case('safe_all', 'ours', 1, 2, 30.0, variant='x')]
+             case('safe_all', 'ours', 1, 2, 30.0, variant='x'),
+             case('ours_infer_b8', 'ours', 8, 1, 120.0, 'infer'),
+             case('stock_infer_b8', 'stock', 8, 1, 100.0, 'infer')]
     ratios = bm.compute_ratios(cases)
     assert ratios['train_vs_stock'] == pytest.approx(26 / 4.3)
     assert ratios['accumulation_overhead'] == pytest.approx(28 / 26)
     assert ratios['stock_accumulation_overhead'] == pytest.approx(8.5 / 4.3)
     assert ratios['safe_all_vs_ours'] == pytest.approx(30 / 26)
+    assert ratios['infer_b8_vs_stock'] == pytest.approx(1.2)
     targets = bm.check_targets(cases, ratios, dict(gpu='NVIDIA H100 80GB HBM3'))
     assert targets['applies'] and targets['train_met'] and targets['infer_met']
     assert targets['accumulation_overhead_met'] and targets['best_train_case'] == 'safe_all'
+    assert targets['best_infer_case'] == 'ours_infer_b8' and targets['best_infer_met']
     targets = bm.check_targets(cases[:2], bm.compute_ratios(cases[:2]), dict(gpu=None))
     assert not targets['applies'] and not targets['accumulation_overhead_met']
     report = dict(environment=dict(gpu=None, torch='t', msda_path='PyTorch'),

@@ -12,7 +12,7 @@
 #   bash tools/gpu_benchmark.sh --dry-run    # CPU, tiny config, few steps: checks this script
 #
 # Environment: OUT (default /tmp/tbx11k_gpu_benchmark), PYTHON (default python3, or .venv's on a
-# dry run), STEPS / WARMUP / INFER_STEPS, BUDGET (seconds for the fp32 run, default 270).
+# dry run), STEPS / WARMUP / INFER_STEPS / INFER_BS (batched inference), BUDGET (seconds for the fp32 run, default 270).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,7 +27,7 @@ if (( DRY_RUN )); then
   PYTHON=${PYTHON:-$( [[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python3 )}
   CONFIG=configs/dino_tbx11k_tiny_1gpu.py
   DEVICE=(--device cpu)
-  STEPS=${STEPS:-3}; WARMUP=${WARMUP:-2}; INFER_STEPS=${INFER_STEPS:-3}
+  STEPS=${STEPS:-3}; WARMUP=${WARMUP:-2}; INFER_STEPS=${INFER_STEPS:-3}; INFER_BS=${INFER_BS:-2}
   IMAGES=16; SIZE=128; BUDGET=${BUDGET:-120}
   VARIANTS=no_verify_loss_counts,amp_bf16   # one that runs on the CPU, one skipped there
   AMP=()                                     # AmpOptimWrapper refuses the CPU
@@ -35,7 +35,7 @@ else
   PYTHON=${PYTHON:-python3}
   CONFIG=configs/dino_tbx11k_1gpu.py
   DEVICE=(--device cuda)
-  STEPS=${STEPS:-20}; WARMUP=${WARMUP:-5}; INFER_STEPS=${INFER_STEPS:-30}
+  STEPS=${STEPS:-20}; WARMUP=${WARMUP:-5}; INFER_STEPS=${INFER_STEPS:-30}; INFER_BS=${INFER_BS:-8}
   IMAGES=64; SIZE=512; BUDGET=${BUDGET:-270}
   # most telling first (the budget may cut the tail); amp_fp16 is the AMP run below
   VARIANTS=no_mmcv_kernels,safe_all,safe_all_bf16,stock_loss_head,amp_bf16,fused_adamw,no_verify_loss_counts,foreach_ema,cudnn_benchmark,no_custom_hooks
@@ -80,6 +80,7 @@ STATUS=0
 # ---- 3. fp32: ours vs stock, batch 2, inference, each switch on its own -------------------------
 say "fp32 run (budget ${BUDGET} s)"
 timeout $(( BUDGET + 90 )) "$PYTHON" tools/benchmark.py "${COMMON[@]}" --batch2 --infer --profile \
+  --infer-batch-size "$INFER_BS" \
   --variants "$VARIANTS" --time-budget "$BUDGET" --json "$OUT/bench.json" \
   2> >(tee "$OUT/bench.stderr" >&2) | tee "$OUT/bench.txt"
 (( ${PIPESTATUS[0]} )) && STATUS=1
