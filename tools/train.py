@@ -28,9 +28,15 @@ class EarlySignalRecorder:
 
     def __call__(self, signum, frame) -> None:
         name = signal.Signals(signum).name
+        if any(seen == name for seen, _ in self.received):
+            # the same signal twice while starting (a hung start-up, an impatient user): its
+            # default action, so a stuck process can still be terminated without SIGKILL
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         self.received.append((name, time.time()))
         os.write(2, f'{name} received while starting: training will stop before its first '
-                    'step (exit 75)\n'.encode())
+                    'step (exit 75; send it again to stop at once)\n'.encode())
 
     def restore_defaults(self) -> None:
         for signum in self.signals:

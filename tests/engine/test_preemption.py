@@ -128,6 +128,22 @@ def test_signal_during_imports_exits_75_without_checkpoint(tmp_path, training_ro
     assert not glob.glob(str(work_dir / '*.pth'))
 
 
+def test_the_same_signal_twice_while_starting_terminates(tmp_path, training_root):
+    """A hung start-up (e.g. a rendezvous that never completes) stays terminable: the second
+    SIGTERM while starting takes its default action."""
+    work_dir = tmp_path / 'twice'
+    proc = TrainProcess(command(work_dir, training_root), f'{work_dir}.log')
+    deadline = time.time() + 30
+    while not _catches(proc.proc.pid, signal.SIGTERM):
+        assert proc.proc.poll() is None and time.time() < deadline, proc.text()[-3000:]
+        time.sleep(0.005)
+    os.kill(proc.proc.pid, signal.SIGTERM)
+    time.sleep(0.2)
+    os.kill(proc.proc.pid, signal.SIGTERM)
+    assert proc.wait(60) == -signal.SIGTERM, proc.text()[-3000:]
+    assert 'SIGTERM received while starting' in proc.text()
+
+
 def test_dist_train_sh_forwards_signals_and_exits_75(ddp_reference, training_root, tmp_path):
     """SIGUSR1 to tools/dist_train.sh reaches the ranks (not torch.distributed.run, which would
     kill them 30 s later); the script exits 75, not the launcher's 1; resuming through it ends
