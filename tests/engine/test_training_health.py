@@ -124,6 +124,22 @@ def test_guard_skips_non_finite_gradients_of_finite_losses():
     assert not skipped['loss'] and skipped['grad_names'] == ['bias']
 
 
+def test_huge_finite_gradients_and_weights_are_not_called_non_finite():
+    """The every-step check uses the 2-norm, which overflows for |x| > ~1e19: such a tensor is
+    re-checked exactly and the step goes on."""
+    model, wrapper, guard = _toy(accumulative_counts=1, lr=1e-30)
+    wrapper.backward(model(torch.ones(1, 3)).sum())
+    model.bias.grad[0] = 3e30  # finite, but its square is inf in float32
+    with torch.no_grad():
+        model.weight[0, 0] = 3e30
+    before = model.bias.detach().clone()
+    wrapper.step()
+    assert guard.pop_skipped() is None and not torch.equal(before, model.bias)
+    model.bias.grad[0] = math.nan
+    wrapper.step()
+    assert guard.pop_skipped()['grad_names'] == ['bias']
+
+
 def test_weights_turning_non_finite_stop_the_run():
     model, wrapper, _ = _toy(accumulative_counts=1, lr=float('nan'))
     with pytest.raises(NonFiniteTraining, match='weights became non-finite'):

@@ -71,8 +71,16 @@ def _unwrap(model):
 
 
 def _finite_flags(tensors: List[torch.Tensor]) -> torch.Tensor:
-    """Per-tensor finiteness (bool vector) with one fused reduction."""
+    """Per-tensor finiteness (bool vector), exact: one fused max-abs reduction."""
     return torch.isfinite(torch.stack(torch._foreach_norm(tensors, float('inf'))))
+
+
+def _maybe_finite_flags(tensors: List[torch.Tensor]) -> torch.Tensor:
+    """Per-tensor finiteness from the 2-norm: False for every tensor with a NaN/inf, and also for
+    finite tensors whose squares overflow (|x| > ~1e19), so a False must be confirmed with
+    :func:`_finite_flags`. The every-step check: the 2-norm is the fast multi-tensor kernel on
+    every device (on the CPU ~5x faster than the max-abs norm)."""
+    return torch.isfinite(torch.stack(torch._foreach_norm(tensors)))
 
 
 class NonFiniteGuard:
@@ -113,12 +121,15 @@ class NonFiniteGuard:
             flags[0] = self._loss_bad.to(device).int()
         grad_ok = None
         if self.check_grads and grads:
-            grad_ok = _finite_flags(grads)
+            grad_ok = _maybe_finite_flags(grads)
             flags[1] = (~grad_ok.all()).int()
         self._loss_bad = None
         if get_dist_info()[1] > 1:
             all_reduce(flags, op='max')
         loss_bad, grad_bad = (bool(v) for v in flags.tolist())
+        if grad_bad:  # confirm exactly (the gradients are the same on every rank: same answer)
+            grad_ok = _finite_flags(grads)
+            grad_bad = not bool(grad_ok.all())
         if loss_bad or grad_bad:
             bad_grads = []
             if grad_ok is not None:
@@ -129,7 +140,8 @@ class NonFiniteGuard:
                                 num_grads=len(grads))
             return None  # no step: update_params zeroes the window's gradients next
         result = self._step(**kwargs)
-        if self.check_weights and params and not bool(_finite_flags(params).all()):
+        if (self.check_weights and params and not bool(_maybe_finite_flags(params).all())
+                and not bool(_finite_flags(params).all())):
             names = [self.names.get(id(p), '?') for p, ok in zip(params, _finite_flags(
                 params).tolist()) if not ok]
             raise NonFiniteTraining(
