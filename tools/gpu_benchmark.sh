@@ -38,7 +38,7 @@ else
   STEPS=${STEPS:-20}; WARMUP=${WARMUP:-5}; INFER_STEPS=${INFER_STEPS:-30}; INFER_BS=${INFER_BS:-8}
   IMAGES=64; SIZE=512; BUDGET=${BUDGET:-270}
   # most telling first (the budget may cut the tail); amp_fp16 is the AMP run below
-  VARIANTS=no_mmcv_kernels,safe_all,safe_all_bf16,stock_loss_head,amp_bf16,fused_adamw,no_verify_loss_counts,foreach_ema,cudnn_benchmark,no_custom_hooks
+  VARIANTS=no_mmcv_kernels,safe_all,safe_all_bf16,stock_loss_head,amp_bf16,fused_adamw,no_verify_loss_counts,per_tensor_ema,cudnn_benchmark,no_custom_hooks
   AMP=(--amp --amp-dtype float16)
 fi
 

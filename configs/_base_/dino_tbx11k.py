@@ -112,7 +112,9 @@ default_hooks = dict(
                     save_best='tbx11k/TB_AP_all', rule='greater'))
 custom_hooks = [
     dict(type='CheckpointInterchangeHook'),
-    dict(type='EMAHook', ema_type='ExponentialMovingAverage', momentum=0.0002,
+    # mmengine's EMA with the update as one multi-tensor lerp (bit-identical weights; a GPU step
+    # saves ~330 kernel launches for R50); ema_type='ExponentialMovingAverage' for mmengine's own
+    dict(type='EMAHook', ema_type='ForeachExponentialMovingAverage', momentum=0.0002,
          update_buffers=True, priority=49),
     # skip optimizer steps with a non-finite loss/gradient (stop after 3), warn of loss collapse
     dict(type='TrainingHealthHook', max_skipped_steps=3,
