@@ -2,7 +2,7 @@
 
     python tools/count_ops.py configs/dino_tbx11k_1gpu.py
     python tools/count_ops.py configs/dino_tbx11k_1gpu.py \\
-        --cfg-options model.bbox_head.type=BatchedLossDINOHead --num-images 2 --json ops.json
+        --cfg-options model.bbox_head.type=DINOHead --num-images 2 --json ops.json
 
 Builds the config's model (backbone init_cfg removed: no download), takes --num-images training
 samples with at least --min-boxes boxes (from a synthetic TBX11K made in a temporary folder, or
@@ -31,7 +31,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description='Count aten ops and host syncs of one micro-batch')
     p.add_argument('config', help='training config')
     p.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
-                   help='override config settings, e.g. model.bbox_head.type=BatchedLossDINOHead')
+                   help="override config settings, e.g. model.bbox_head.type=DINOHead "
+                   "(mmdet's head)")
     p.add_argument('--num-images', type=int, default=1, help='images in the micro-batch')
     p.add_argument('--min-boxes', type=int, default=2, help='GT boxes each image must have')
     p.add_argument('--data-root', help='TBX11K root (default: a synthetic one, made here)')

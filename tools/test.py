@@ -161,9 +161,7 @@ def main(argv=None) -> int:
     check_weights_fit(state, runner.model, args.checkpoint, args.config)
     del state
     runner.logger.info(f'Evaluating {args.checkpoint}: {weights}')
-    if args.out is not None:
-        if not args.out.endswith(('.pkl', '.pickle')):
-            raise SystemExit('error: --out must be a .pkl file')
+    if args.out is not None:  # a .pkl name (checked in parse_args)
         from mmdet.evaluation import DumpDetResults
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
     for metric in runner.test_evaluator.metrics:

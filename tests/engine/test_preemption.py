@@ -110,15 +110,22 @@ def _catches(pid: int, signum: int) -> bool:
     return bool(caught >> (signum - 1) & 1)
 
 
+def _start_until_it_handles(work_dir, training_root, signum: int) -> TrainProcess:
+    """Start tools/train.py and return as soon as it has a handler for ``signum`` (its first
+    lines, while it still imports torch)."""
+    proc = TrainProcess(command(work_dir, training_root), f'{work_dir}.log')
+    deadline = time.time() + 30
+    while not _catches(proc.proc.pid, signum):
+        assert proc.proc.poll() is None and time.time() < deadline, proc.text()[-3000:]
+        time.sleep(0.005)
+    return proc
+
+
 def test_signal_during_imports_exits_75_without_checkpoint(tmp_path, training_root):
     """SIGUSR1 while tools/train.py is still importing: recorded from its first line, adopted by
     the hook, status 75 (Slurm job chains requeue), not death by the default action."""
     work_dir = tmp_path / 'early'
-    proc = TrainProcess(command(work_dir, training_root), f'{work_dir}.log')
-    deadline = time.time() + 30
-    while not _catches(proc.proc.pid, signal.SIGUSR1):
-        assert proc.proc.poll() is None and time.time() < deadline, proc.text()[-3000:]
-        time.sleep(0.005)
+    proc = _start_until_it_handles(work_dir, training_root, signal.SIGUSR1)
     os.kill(proc.proc.pid, signal.SIGUSR1)
     rc = proc.wait(300)
     log = proc.text()
@@ -132,11 +139,7 @@ def test_the_same_signal_twice_while_starting_terminates(tmp_path, training_root
     """A hung start-up (e.g. a rendezvous that never completes) stays terminable: the second
     SIGTERM while starting takes its default action."""
     work_dir = tmp_path / 'twice'
-    proc = TrainProcess(command(work_dir, training_root), f'{work_dir}.log')
-    deadline = time.time() + 30
-    while not _catches(proc.proc.pid, signal.SIGTERM):
-        assert proc.proc.poll() is None and time.time() < deadline, proc.text()[-3000:]
-        time.sleep(0.005)
+    proc = _start_until_it_handles(work_dir, training_root, signal.SIGTERM)
     os.kill(proc.proc.pid, signal.SIGTERM)
     time.sleep(0.2)
     os.kill(proc.proc.pid, signal.SIGTERM)

@@ -6,7 +6,7 @@ computation per image, so every query's scores and boxes agree to float rounding
 """
 import torch
 
-from tbx11k.models.batched_loss_check import _batch, _build
+from tbx11k.models.batched_loss_check import build_tiny_dino, random_batch
 
 
 def _head_outputs(model, inputs, samples):
@@ -16,8 +16,8 @@ def _head_outputs(model, inputs, samples):
 
 
 def test_batch_of_equal_size_films_predicts_as_one_by_one():
-    model = _build('BatchedLossDINOHead', 'cpu').eval()
-    inputs, samples = _batch((1, 2, 3), 'cpu', seed=3)
+    model = build_tiny_dino('BatchedLossDINOHead').eval()
+    inputs, samples = random_batch((1, 2, 3), seed=3)
     for sample in samples:  # equal-size films: no padding
         sample.set_metainfo(dict(img_shape=(96, 96)))
     batched = _head_outputs(model, inputs, samples)

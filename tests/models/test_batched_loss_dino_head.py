@@ -2,27 +2,15 @@
 import numpy as np
 import pytest
 import torch
-from mmengine.config import Config
 
-from tbx11k.testing import TINY_1GPU
+from tbx11k.models.batched_loss_check import build_tiny_dino, random_batch
 
 LOSS_RTOL = 1e-5
 GRAD_RTOL = 1e-5
 
 
 def _build(head_type, head=None, **overrides):
-    import tbx11k  # noqa: F401
-    from mmdet.registry import MODELS
-    from mmdet.utils import register_all_modules
-    register_all_modules(init_default_scope=True)
-    cfg = Config.fromfile(TINY_1GPU)
-    cfg.model.update(overrides)
-    cfg.model.bbox_head.update(head or {})
-    cfg.model.bbox_head.type = head_type
-    torch.manual_seed(0)
-    model = MODELS.build(cfg.model)
-    model.init_weights()
-    return model.train()
+    return build_tiny_dino(head_type, head=head, **overrides)
 
 
 def _pair(head=None, **overrides):
@@ -39,21 +27,7 @@ def models():
 
 
 def _batch(num_boxes, seed=0):
-    """Random images and DetDataSamples with ``num_boxes[i]`` boxes; unequal image shapes."""
-    from mmdet.structures import DetDataSample
-    from mmengine.structures import InstanceData
-    g = torch.Generator().manual_seed(seed + 100 * len(num_boxes) + sum(num_boxes))
-    samples = []
-    for i, n in enumerate(num_boxes):
-        h, w = (96, 80) if i % 2 else (80, 96)
-        sample = DetDataSample(metainfo=dict(img_shape=(h, w), pad_shape=(96, 96),
-                                             batch_input_shape=(96, 96), scale_factor=(1., 1.)))
-        xy = torch.rand(n, 2, generator=g) * 50
-        wh = torch.rand(n, 2, generator=g) * 25 + 5
-        sample.gt_instances = InstanceData(bboxes=torch.cat([xy, xy + wh], 1),
-                                           labels=torch.randint(0, 2, (n, ), generator=g))
-        samples.append(sample)
-    return torch.randn(len(samples), 3, 96, 96, generator=g), samples
+    return random_batch(num_boxes, seed=seed)
 
 
 def _losses_and_grads(model, inputs, samples, window=None):
@@ -313,3 +287,21 @@ def test_device_check_used_by_the_gpu_benchmark_passes_on_cpu(monkeypatch):
     monkeypatch.setattr(head_module, '_EPS', 0.5)  # normalisers off by half a box
     broken = compare_with_stock_head('cpu', batches=((2, 5), ))
     assert not broken['equal'] and broken['max_loss_rel_difference'] > 1e-3, broken
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16], ids=['bf16', 'fp16'])
+def test_same_losses_under_autocast(dtype):
+    """Mixed precision (autocast on the CPU here; AMP on a GPU): half-precision scores and boxes
+    go through the batched matching and losses as through mmdet's, to half-precision rounding."""
+    stock, batched = _pair()
+    inputs, samples = _batch([2, 5], seed=4)
+    totals = []
+    for model in (stock, batched):
+        with torch.autocast('cpu', dtype=dtype):
+            torch.manual_seed(1)
+            losses = model.loss(inputs, samples)
+        total = model.parse_losses(losses)[0]
+        total.backward()
+        assert torch.isfinite(total)
+        totals.append(float(total))
+    assert totals[1] == pytest.approx(totals[0], rel=2e-3)

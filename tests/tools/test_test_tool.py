@@ -9,6 +9,8 @@ import torch
 
 from tbx11k.testing import TINY_1GPU, run, REPO_ROOT
 
+from tools_test_helpers import load_tool
+
 
 @pytest.fixture(scope='module')
 def oracle(tmp_path_factory, training_root):
@@ -80,19 +82,8 @@ def test_challenge_submission_on_the_unlabelled_test_split(tiny_run, tmp_path, t
     assert all(r['image_id'] in image_ids and len(r['bbox']) == 4 for r in results)
 
 
-def _test_tool():
-    import importlib.util
-
-    from tbx11k.testing import REPO_ROOT
-    spec = importlib.util.spec_from_file_location('test_tool', osp.join(REPO_ROOT, 'tools',
-                                                                        'test.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_out_that_is_not_a_pickle_is_refused_before_building(capsys):
-    tool = _test_tool()
+    tool = load_tool('test')
     with pytest.raises(SystemExit):
         tool.parse_args([TINY_1GPU, 'x.pth', '--out', 'results.json'])
     assert '--out must be a .pkl or .pickle file' in capsys.readouterr().err
@@ -101,7 +92,7 @@ def test_out_that_is_not_a_pickle_is_refused_before_building(capsys):
 
 def test_model_classes_that_do_not_fit_the_test_set_are_refused():
     from tbx11k.utils import check_num_classes
-    tool = _test_tool()
+    tool = load_tool('test')
     cfg = tool.build_config(tool.parse_args(
         [TINY_1GPU, 'x.pth', '--cfg-options', 'model.bbox_head.num_classes=3']))
     with pytest.raises(SystemExit, match='test_dataloader.dataset has 2 classes'):
@@ -109,7 +100,7 @@ def test_model_classes_that_do_not_fit_the_test_set_are_refused():
 
 
 def test_cfg_options_data_root_reaches_the_test_set_and_evaluator():
-    tool = _test_tool()
+    tool = load_tool('test')
     cfg = tool.build_config(tool.parse_args(
         [TINY_1GPU, 'x.pth', '--cfg-options', 'data_root=/data/TBX11K']))
     assert cfg.test_dataloader.dataset.data_root == '/data/TBX11K/'
@@ -119,7 +110,7 @@ def test_cfg_options_data_root_reaches_the_test_set_and_evaluator():
 def test_checkpoint_that_does_not_fit_the_model_is_refused():
     """A 2-class checkpoint tested with model.bbox_head.num_classes=3 loaded non-strictly (mmengine
     warns) and evaluated randomly initialised class heads with exit status 0."""
-    tool = _test_tool()
+    tool = load_tool('test')
     model = torch.nn.Sequential(torch.nn.Linear(4, 3))
     other_classes = torch.nn.Sequential(torch.nn.Linear(4, 2)).state_dict()
     with pytest.raises(SystemExit, match=r'c.pth does not fit the model of cfg.py .*\n.*'

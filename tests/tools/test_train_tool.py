@@ -11,6 +11,8 @@ from tbx11k.engine.exit_codes import (EXIT_INCOMPATIBLE_CHECKPOINT, EXIT_NOTHING
 from tbx11k.testing import (TINY_1GPU, TINY_2GPU, load_checkpoint, raw_weights, run, scalars,
                             train_command)
 
+from tools_test_helpers import load_tool
+
 OPTIONS = {
     'train_cfg.max_epochs': 3,
     'train_cfg.val_begin': 99,
@@ -160,26 +162,15 @@ def test_stock_micro_batch_checkpoint_is_converted(trained, tmp_path, training_r
     assert proc.returncode == EXIT_NOTHING_TO_TRAIN
 
 
-def _train_tool():
-    import importlib.util
-
-    from tbx11k.testing import REPO_ROOT
-    spec = importlib.util.spec_from_file_location('train_tool', osp.join(REPO_ROOT, 'tools',
-                                                                         'train.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.skipif(torch.cuda.is_available(), reason='checks the CPU-only refusal')
 def test_amp_without_a_gpu_is_refused_with_a_message(tmp_path):
-    tool = _train_tool()
+    tool = load_tool('train')
     with pytest.raises(SystemExit, match='--amp needs a GPU'):
         tool.build_config(tool.parse_args([TINY_1GPU, '--work-dir', str(tmp_path), '--amp']))
 
 
 def test_resume_from_a_missing_file_is_refused_with_a_message(tmp_path):
-    tool = _train_tool()
+    tool = load_tool('train')
     missing = str(tmp_path / 'nope.pth')
     with pytest.raises(SystemExit, match='no such checkpoint file'):
         tool.build_config(tool.parse_args([TINY_1GPU, '--resume', missing]))
@@ -189,7 +180,7 @@ def test_dataset_classes_must_match_num_classes(tmp_path):
     """3 dataset classes on the 2-class model crashed in DINO's denoising label embedding
     (IndexError) at the first PulmonaryTuberculosis box, or trained silently without one."""
     from tbx11k.utils import check_num_classes
-    tool = _train_tool()
+    tool = load_tool('train')
     three = ('train_dataloader.dataset.metainfo.classes=[ActiveTuberculosis,'
              'ObsoletePulmonaryTuberculosis,PulmonaryTuberculosis]')
     cfg = tool.build_config(tool.parse_args([TINY_1GPU, '--cfg-options', three]))
@@ -209,7 +200,7 @@ def test_dataset_classes_must_match_num_classes(tmp_path):
 def test_data_root_option_reaches_every_dataset_and_evaluator(flags):
     """mmdet habit: --cfg-options data_root=DIR changed only the variable, and training went on
     silently with the config's data/tbx11k_synthetic/."""
-    tool = _train_tool()
+    tool = load_tool('train')
     cfg = tool.build_config(tool.parse_args([TINY_1GPU] + flags))
     for split in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         assert cfg[split].dataset.data_root == '/data/TBX11K/'

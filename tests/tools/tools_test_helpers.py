@@ -9,6 +9,16 @@ CONVERT = osp.join(REPO_ROOT, 'tools', 'convert_coco_checkpoint.py')
 RUN_EPOCHS = 2  # 2 x 7 optimizer steps on the 13-image training set, validation after each
 
 
+def load_tool(name: str):
+    """``tools/<name>.py`` as a module (its functions, without running it)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(f'{name}_tool',
+                                                  osp.join(REPO_ROOT, 'tools', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def build_model(config: str, **options):
     from tbx11k.apis.checkpoint_conversion import build_model_from_config
     return build_model_from_config(config, options)
