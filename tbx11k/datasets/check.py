@@ -17,6 +17,7 @@ from typing import Dict, List, Optional, Sequence
 import cv2
 import numpy as np
 
+from .tbx11k import TBX11KDataset
 from .validation import (BBOX_TOLERANCE, Issue, IssueCollector,
                          TBX11KDataError, image_ref, read_json,
                          validate_coco)
@@ -212,7 +213,7 @@ def check_ann_file(ann_file: str,
 
 
 #: TBX11KDataset's default classes (the shipped configs), in label order.
-DEFAULT_CLASSES = ('ActiveTuberculosis', 'ObsoletePulmonaryTuberculosis')
+DEFAULT_CLASSES = TBX11KDataset.METAINFO['classes']
 
 
 def _check_default_classes(categories: List[dict], issues: IssueCollector) -> None:
