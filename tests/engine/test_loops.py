@@ -2,19 +2,9 @@
 import math
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from tbx11k.engine.loops import _mean_log_vars
-
-
-class _Ops(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.append(str(func.overloadpacket))
-        return func(*args, **(kwargs or {}))
+from tbx11k.op_count import OpCounter
 
 
 def test_log_vars_are_read_from_the_device_once_and_averaged_as_floats():
@@ -22,7 +12,7 @@ def test_log_vars_are_read_from_the_device_once_and_averaged_as_floats():
                     shape=torch.zeros(2)),
                dict(loss=torch.tensor(3.0, dtype=torch.float16),
                     loss_cls=torch.tensor([float('nan')]), other=5.0, shape=torch.ones(2))]
-    with _Ops() as counted:
+    with OpCounter() as counted:
         mean = _mean_log_vars(outputs)
         floats = {k: v for k, v in mean.items() if k != 'shape'}
     assert mean['loss'] == 2.0 and isinstance(mean['loss'], float)
@@ -30,7 +20,8 @@ def test_log_vars_are_read_from_the_device_once_and_averaged_as_floats():
     assert torch.equal(mean['shape'], torch.full((2, ), 0.5))  # not a scalar: kept as a tensor
     assert all(isinstance(v, float) for v in floats.values())  # the hooks' .item() is gone
     # one stack + one device read for all one-element tensors (instead of one per term)
-    assert counted.ops.count('aten.stack') == 1 and counted.ops.count('aten._local_scalar_dense') == 0
+    ops, syncs = counted.names[counted.phase], counted.syncs[counted.phase]
+    assert ops['stack'] == 1 and syncs['_local_scalar_dense'] == 0
     assert outputs[0]['loss'].dim() == 0  # the callers' dicts are not modified
 
 
