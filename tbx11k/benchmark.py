@@ -179,9 +179,11 @@ def to_stock_mmdet(cfg) -> None:
     loader = cfg.train_dataloader
     loader.sampler = dict(type='DefaultSampler', shuffle=True)
     loader.batch_sampler = dict(type='AspectRatioBatchSampler')
-    loader.dataset.type = 'CocoDataset'
-    cfg.benchmark_test_dataloader.dataset.type = 'CocoDataset'
-    for dataset in (loader.dataset, cfg.benchmark_test_dataloader.dataset):
+    datasets = [loader.dataset]
+    if 'benchmark_test_dataloader' in cfg:
+        datasets.append(cfg.benchmark_test_dataloader.dataset)
+    for dataset in datasets:
+        dataset.type = 'CocoDataset'
         for key in ('tb_only', 'validate'):
             dataset.pop(key, None)
     if cfg.optim_wrapper.get('constructor') == 'CUDAFusedOptimWrapperConstructor':

@@ -1,6 +1,7 @@
 """Dispatched aten ops and host syncs of one training micro-batch of a config, per phase (CPU).
 
     python tools/count_ops.py configs/dino_tbx11k_1gpu.py
+    python tools/count_ops.py configs/dino_tbx11k_1gpu.py --stock   # stock mmdet DINO
     python tools/count_ops.py configs/dino_tbx11k_1gpu.py \\
         --cfg-options model.bbox_head.type=DINOHead --num-images 2 --json ops.json
 
@@ -15,6 +16,7 @@ CPU paths of MSDA and focal loss: the same op counts as on a GPU up to those two
 See tbx11k/op_count.py.
 """
 import argparse
+import contextlib
 import json
 import os
 import os.path as osp
@@ -33,6 +35,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
                    help="override config settings, e.g. model.bbox_head.type=DINOHead "
                    "(mmdet's head)")
+    p.add_argument('--stock', action='store_true',
+                   help="count stock mmdet DINO (the benchmark's baseline) instead of the config's "
+                   'model')
     p.add_argument('--num-images', type=int, default=1, help='images in the micro-batch')
     p.add_argument('--min-boxes', type=int, default=2, help='GT boxes each image must have')
     p.add_argument('--data-root', help='TBX11K root (default: a synthetic one, made here)')
@@ -68,12 +73,16 @@ def build(args, data_root: str):
 
     cfg = Config.fromfile(args.config)
     cfg.merge_from_dict(args.cfg_options)
+    if args.stock:
+        from tbx11k.benchmark import to_stock_mmdet
+        to_stock_mmdet(cfg)
     register_all_modules(init_default_scope=True)
     cfg.model.backbone.init_cfg = None
     set_data_root(cfg, data_root)
     set_random_seed(args.seed)
-    dataset = DATASETS.build(cfg.train_dataloader.dataset)
-    samples = pick_samples(dataset, args.num_images, args.min_boxes)
+    with contextlib.redirect_stdout(sys.stderr):  # pycocotools' loading chatter (--stock)
+        dataset = DATASETS.build(cfg.train_dataloader.dataset)
+        samples = pick_samples(dataset, args.num_images, args.min_boxes)
     model = MODELS.build(cfg.model)
     model.init_weights()
     model.train()

@@ -1,4 +1,5 @@
-"""Atomic checkpoints: kill -9 at any moment leaves a loadable checkpoint that last_checkpoint names.
+"""Atomic checkpoints: kill -9 at any moment leaves a loadable checkpoint, and auto-resume takes the
+newest complete one.
 
 - Writers that save 64 MB checkpoints in a loop through mmengine's ``save_checkpoint`` and the
   checkpoint hook (``max_keep_ckpts=1``, the strictest) are SIGKILLed at random points; the same
@@ -80,6 +81,26 @@ def test_resume_falls_back_to_the_newest_loadable_checkpoint(tmp_path, pointer):
         tmp_path / 'iter_1.pth')
 
 
+def test_checkpoint_completed_after_the_pointer_is_resumed(tmp_path):
+    """A kill between a checkpoint's rename and the ``last_checkpoint`` update (the hook's order)
+    leaves the pointer one checkpoint behind: the newer complete one is resumed, with a warning."""
+    last = tmp_path / 'last_checkpoint'
+    _save(str(tmp_path / 'iter_1.pth'), 1)
+    last.write_text(str(tmp_path / 'iter_1.pth'))
+    _save(str(tmp_path / 'iter_2.pth'), 2)
+    (tmp_path / 'iter_3.pth').write_bytes(b'')  # newer still, but not loadable: skipped
+    for name, mtime in (('iter_1.pth', 1), ('last_checkpoint', 2), ('iter_2.pth', 3),
+                        ('iter_3.pth', 4)):
+        os.utime(tmp_path / name, (mtime, mtime))
+    warnings = []
+    assert find_resumable_checkpoint(str(tmp_path), warn=warnings.append) == str(
+        tmp_path / 'iter_2.pth')
+    assert len(warnings) == 1 and 'was completed after it was written' in warnings[0]
+    os.utime(last, (3, 3))  # same time as iter_2.pth: the pointer is not behind
+    assert find_resumable_checkpoint(str(tmp_path), warn=warnings.append) == str(
+        tmp_path / 'iter_1.pth')
+
+
 def test_keep_last_n_and_preemption_checkpoints(tmp_path):
     runner = _FakeRunner(str(tmp_path), numel=16)
     hook = AtomicCheckpointHook(interval=1, by_epoch=False, max_keep_ckpts=2)
@@ -101,7 +122,10 @@ def test_kill_9_during_checkpoint_writes(tmp_path):
     atomic = kill_trials(tmp_path / 'atomic', KILL_TRIALS, seed=1)
     for trial in atomic:
         assert trial['last_checkpoint_step'] is not None, trial  # names a complete checkpoint
-        assert trial['last_checkpoint_step'] == trial['newest_complete_step'], trial
+        # the newest, or the one before it when the kill fell between a checkpoint's rename and
+        # the pointer update; auto-resume takes the newest complete checkpoint in both cases
+        assert trial['last_checkpoint_step'] in (trial['newest_complete_step'],
+                                                 trial['newest_complete_step'] - 1), trial
         assert trial['resumable_step'] == trial['newest_complete_step'], trial
         assert trial['broken_pth_files'] == 0, trial
         # max_keep_ckpts=1; one more if killed between a save and the deletion of the oldest
@@ -110,8 +134,8 @@ def test_kill_9_during_checkpoint_writes(tmp_path):
     stock_lost = sum(t['resumable_step'] is None for t in stock)
     mid_write = sum(t['killed_mid_write'] for t in atomic)
     print(f'\n[figure] kill -9 of a checkpoint writer (64 MB, max_keep_ckpts=1): {len(atomic)} '
-          f'trials ({mid_write} with a write in progress), {len(atomic)} left last_checkpoint '
-          'naming the newest complete checkpoint, 0 truncated *.pth; stock mmengine: '
+          f'trials ({mid_write} with a write in progress), {len(atomic)} resumed from the newest '
+          'complete checkpoint, 0 truncated *.pth; stock mmengine: '
           f'{stock_lost} of {len(stock)} left no loadable checkpoint')
     assert stock_lost >= 1  # the test can fail: stock mmengine loses the only checkpoint
 

@@ -12,8 +12,9 @@
   leaves out (``TBX11KMetric`` omits n/a values, e.g. every AP of a val set without TB boxes)
   skips the best-checkpoint choice with a warning instead of stopping the run with a KeyError.
 - :func:`find_resumable_checkpoint` picks what ``--resume`` (auto) resumes: the file
-  ``last_checkpoint`` names if it loads, else the newest loadable ``*.pth`` of the work dir, with
-  a warning (the runner calls it).
+  ``last_checkpoint`` names if it loads and no checkpoint was completed after the pointer was
+  written (a kill between a checkpoint's rename and the pointer update), else the newest loadable
+  ``*.pth`` of the work dir, with a warning (the runner calls it).
 """
 import glob
 import os
@@ -48,14 +49,28 @@ def is_loadable_checkpoint(path: str) -> bool:
     return isinstance(ckpt, dict) and 'state_dict' in ckpt and 'meta' in ckpt
 
 
+def _resumable_candidates(work_dir: str, exclude: Optional[str] = None,
+                          newer_than: float = float('-inf')) -> List[str]:
+    """``*.pth`` files of ``work_dir`` modified after ``newer_than``, newest first (``best_*``
+    checkpoints hold no optimizer state and are left out)."""
+    exclude = osp.abspath(exclude) if exclude else None
+    candidates = [p for p in glob.glob(osp.join(work_dir, '*.pth'))
+                  if not osp.basename(p).startswith('best_') and osp.isfile(p)
+                  and osp.abspath(p) != exclude and osp.getmtime(p) > newer_than]
+    return sorted(candidates, key=lambda p: (osp.getmtime(p), p), reverse=True)
+
+
 def find_resumable_checkpoint(work_dir: str,
                               loadable: Callable[[str], bool] = is_loadable_checkpoint,
                               warn: Callable[[str], None] = None) -> Optional[str]:
     """The checkpoint to auto-resume from, or None to train from scratch.
 
-    ``work_dir/last_checkpoint`` names it; if that file is missing, empty, or names a missing or
-    unloadable file, the newest (by modification time) loadable ``*.pth`` of ``work_dir`` is
-    taken instead (``best_*`` checkpoints hold no optimizer state and are skipped).
+    ``work_dir/last_checkpoint`` names it. Checkpoints are completed before the pointer is
+    updated, so a loadable ``*.pth`` modified after the pointer file means the run was killed
+    between the two: the newest such file is taken (nothing saved is lost). If the pointer is
+    missing, empty, or names a missing or unloadable file, the newest (by modification time)
+    loadable ``*.pth`` of ``work_dir`` is taken instead. ``best_*`` checkpoints hold no optimizer
+    state and are skipped.
     """
     warn = warn or (lambda msg: print_log(msg, logger='current', level=30))
     pointer = osp.join(work_dir, LAST_CHECKPOINT)
@@ -70,14 +85,16 @@ def find_resumable_checkpoint(work_dir: str,
         elif not loadable(named):
             problem = f'{pointer} names {named}, which cannot be loaded (truncated or corrupt)'
         else:
+            for path in _resumable_candidates(work_dir, named, osp.getmtime(pointer)):
+                if loadable(path):
+                    warn(f'{pointer} names {named}, but {path} was completed after it was '
+                         'written (the run was killed before it could update the pointer): '
+                         f'resuming from {path}')
+                    return path
             return named
     else:
         problem = f'there is no {pointer}'
-    candidates: List[str] = [
-        p for p in glob.glob(osp.join(work_dir, '*.pth'))
-        if not osp.basename(p).startswith('best_') and osp.isfile(p)
-        and (named is None or osp.abspath(p) != osp.abspath(named))]
-    candidates.sort(key=lambda p: (osp.getmtime(p), p), reverse=True)
+    candidates = _resumable_candidates(work_dir, named)
     for path in candidates:
         if loadable(path):
             warn(f'{problem}: resuming from the newest loadable checkpoint {path} instead')
