@@ -54,8 +54,11 @@ def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ['x.pth']  # no temporary left behind
 
 
-def _save(path, step):
-    torch.save(dict(meta=dict(iter=step), state_dict={'w': torch.full((4,), float(step))}), path)
+def _save(path, step, weights_only=False):
+    checkpoint = dict(meta=dict(iter=step), state_dict={'w': torch.full((4,), float(step))})
+    if not weights_only:  # what Runner.save_checkpoint always writes besides
+        checkpoint['message_hub'] = dict(log_scalars={}, runtime_info=dict(iter=step))
+    torch.save(checkpoint, path)
 
 
 @pytest.mark.parametrize('pointer', ['missing', 'empty', 'dangling', 'truncated'])
@@ -64,6 +67,8 @@ def test_resume_falls_back_to_the_newest_loadable_checkpoint(tmp_path, pointer):
         _save(str(tmp_path / f'iter_{step}.pth'), step)
         os.utime(tmp_path / f'iter_{step}.pth', (step, step))
     _save(str(tmp_path / 'best_acc_iter_3.pth'), 3)  # no optimizer state: never resumed
+    _save(str(tmp_path / 'raw_weights.pth'), 3, weights_only=True)  # tools/test.py: never resumed
+    os.utime(tmp_path / 'raw_weights.pth', (9, 9))
     last = tmp_path / 'last_checkpoint'
     if pointer == 'empty':
         last.write_text('')
@@ -76,6 +81,7 @@ def test_resume_falls_back_to_the_newest_loadable_checkpoint(tmp_path, pointer):
     assert find_resumable_checkpoint(str(tmp_path), warn=warnings.append) == str(
         tmp_path / 'iter_2.pth')
     assert warnings and 'iter_2.pth instead' in warnings[-1]
+    assert any('raw_weights.pth: it holds weights only' in w for w in warnings)
     last.write_text(str(tmp_path / 'iter_1.pth'))  # a good pointer is taken as it is
     assert find_resumable_checkpoint(str(tmp_path), warn=warnings.append) == str(
         tmp_path / 'iter_1.pth')
@@ -89,8 +95,9 @@ def test_checkpoint_completed_after_the_pointer_is_resumed(tmp_path):
     last.write_text(str(tmp_path / 'iter_1.pth'))
     _save(str(tmp_path / 'iter_2.pth'), 2)
     (tmp_path / 'iter_3.pth').write_bytes(b'')  # newer still, but not loadable: skipped
+    _save(str(tmp_path / 'raw_weights.pth'), 4, weights_only=True)  # tools/test.py: skipped
     for name, mtime in (('iter_1.pth', 1), ('last_checkpoint', 2), ('iter_2.pth', 3),
-                        ('iter_3.pth', 4)):
+                        ('iter_3.pth', 4), ('raw_weights.pth', 5)):
         os.utime(tmp_path / name, (mtime, mtime))
     warnings = []
     assert find_resumable_checkpoint(str(tmp_path), warn=warnings.append) == str(

@@ -13,13 +13,14 @@
   skips the best-checkpoint choice with a warning instead of stopping the run with a KeyError.
 - :func:`find_resumable_checkpoint` picks what ``--resume`` (auto) resumes: the file
   ``last_checkpoint`` names if it loads and no checkpoint was completed after the pointer was
-  written (a kill between a checkpoint's rename and the pointer update), else the newest loadable
-  ``*.pth`` of the work dir, with a warning (the runner calls it).
+  written (a kill between a checkpoint's rename and the pointer update), else the newest
+  checkpoint a Runner wrote in the work dir (not ``best_*``, not weights-only files), with a
+  warning (the runner calls it).
 """
 import glob
 import os
 import os.path as osp
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Set
 
 import torch
 from mmengine.dist import is_main_process
@@ -35,8 +36,9 @@ PREEMPTION_CHECKPOINTS = 'preemption_checkpoints'
 LAST_CHECKPOINT = 'last_checkpoint'
 
 
-def is_loadable_checkpoint(path: str) -> bool:
-    """Whether ``path`` opens as a checkpoint (zip structure and pickle; tensors are mmapped)."""
+def _checkpoint_keys(path: str) -> Optional[Set[str]]:
+    """Top-level keys of checkpoint ``path``, or None if it does not open as a dict (zip
+    structure and pickle are read; tensors are mmapped)."""
     try:
         try:
             ckpt = torch.load(path, map_location='cpu', weights_only=False, mmap=True)
@@ -45,8 +47,27 @@ def is_loadable_checkpoint(path: str) -> bool:
                 raise
             ckpt = torch.load(path, map_location='cpu', weights_only=False)
     except Exception:  # truncated, empty, not a checkpoint: all mean "cannot resume from it"
-        return False
-    return isinstance(ckpt, dict) and 'state_dict' in ckpt and 'meta' in ckpt
+        return None
+    return set(ckpt) if isinstance(ckpt, dict) else None
+
+
+def is_loadable_checkpoint(path: str) -> bool:
+    """Whether ``path`` opens as a checkpoint with ``state_dict`` and ``meta``."""
+    keys = _checkpoint_keys(path)
+    return keys is not None and {'state_dict', 'meta'} <= keys
+
+
+def _training_checkpoint_problem(path: str) -> Optional[str]:
+    """None if ``path`` is a checkpoint a Runner wrote (it holds the message hub), else why not.
+
+    Weights-only files (``tools/test.py``'s ``raw_weights.pth``, converted or downloaded weights
+    put into the work dir) are never auto-resumed."""
+    keys = _checkpoint_keys(path)
+    if keys is None or not {'state_dict', 'meta'} <= keys:
+        return 'it cannot be loaded (truncated or corrupt)'
+    if 'message_hub' not in keys:
+        return 'it holds weights only, no training state'
+    return None
 
 
 def _resumable_candidates(work_dir: str, exclude: Optional[str] = None,
@@ -61,16 +82,15 @@ def _resumable_candidates(work_dir: str, exclude: Optional[str] = None,
 
 
 def find_resumable_checkpoint(work_dir: str,
-                              loadable: Callable[[str], bool] = is_loadable_checkpoint,
                               warn: Callable[[str], None] = None) -> Optional[str]:
     """The checkpoint to auto-resume from, or None to train from scratch.
 
     ``work_dir/last_checkpoint`` names it. Checkpoints are completed before the pointer is
-    updated, so a loadable ``*.pth`` modified after the pointer file means the run was killed
+    updated, so a training checkpoint modified after the pointer file means the run was killed
     between the two: the newest such file is taken (nothing saved is lost). If the pointer is
     missing, empty, or names a missing or unloadable file, the newest (by modification time)
-    loadable ``*.pth`` of ``work_dir`` is taken instead. ``best_*`` checkpoints hold no optimizer
-    state and are skipped.
+    training checkpoint of ``work_dir`` is taken instead. Only files a Runner wrote are candidates:
+    ``best_*`` checkpoints (no optimizer state) and weights-only files are skipped.
     """
     warn = warn or (lambda msg: print_log(msg, logger='current', level=30))
     pointer = osp.join(work_dir, LAST_CHECKPOINT)
@@ -82,11 +102,11 @@ def find_resumable_checkpoint(work_dir: str,
             problem = f'{pointer} is empty'
         elif not osp.isfile(named):
             problem = f'{pointer} names {named}, which does not exist'
-        elif not loadable(named):
+        elif not is_loadable_checkpoint(named):
             problem = f'{pointer} names {named}, which cannot be loaded (truncated or corrupt)'
         else:
             for path in _resumable_candidates(work_dir, named, osp.getmtime(pointer)):
-                if loadable(path):
+                if _training_checkpoint_problem(path) is None:
                     warn(f'{pointer} names {named}, but {path} was completed after it was '
                          'written (the run was killed before it could update the pointer): '
                          f'resuming from {path}')
@@ -96,10 +116,11 @@ def find_resumable_checkpoint(work_dir: str,
         problem = f'there is no {pointer}'
     candidates = _resumable_candidates(work_dir, named)
     for path in candidates:
-        if loadable(path):
+        not_resumable = _training_checkpoint_problem(path)
+        if not_resumable is None:
             warn(f'{problem}: resuming from the newest loadable checkpoint {path} instead')
             return path
-        warn(f'skipping {path}: it cannot be loaded (truncated or corrupt)')
+        warn(f'skipping {path}: {not_resumable}')
     if named is not None or candidates:
         warn(f'{problem} and no other checkpoint of {work_dir} loads: training from scratch')
     return None
