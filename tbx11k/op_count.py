@@ -12,12 +12,12 @@ the host on a GPU:
 - ``from_host``: tensors made from host data (``torch.tensor``, ``new_tensor``, ``from_numpy``;
   ``aten.lift_fresh``): a blocking host-to-device copy on a GPU unless pinned and non-blocking.
 
-Used by ``tools/count_ops.py`` and the tests of :mod:`tbx11k.models.batched_loss_dino_head`.
+Used by ``tools/count_ops.py`` and by tests that bound the ops of the project's model parts.
 """
 import collections
 import contextlib
 import traceback
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -85,13 +85,11 @@ class OpCounter(TorchDispatchMode):
         finally:
             torch.Tensor.cpu = original
 
-    def total_ops(self, phases: Optional[List[str]] = None) -> int:
-        return sum(n for p, n in self.ops.items() if phases is None or p in phases)
+    def total_ops(self) -> int:
+        return sum(self.ops.values())
 
-    def total_syncs(self, phases: Optional[List[str]] = None,
-                    kinds: tuple = SYNC_KINDS) -> int:
-        return sum(n for p, c in self.syncs.items() if phases is None or p in phases
-                   for k, n in c.items() if k in kinds)
+    def total_syncs(self) -> int:
+        return sum(sum(c.values()) for c in self.syncs.values())
 
     def summary(self) -> Dict:
         phases = [p for p in PHASES if p in self.ops] + sorted(set(self.ops) - set(PHASES))
@@ -175,5 +173,4 @@ def count_micro_batch(model: torch.nn.Module, data: Dict, where: bool = False,
             del head.loss
         for handle in handles:
             handle.remove()
-    counter.losses = {k: v.detach() for k, v in losses.items()}
     return counter

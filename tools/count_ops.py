@@ -61,7 +61,6 @@ def pick_samples(dataset, num_images: int, min_boxes: int) -> list:
 
 def build(args, data_root: str):
     """(model, preprocessed data) for ``args``."""
-    import torch
     from mmengine.config import Config
     from mmengine.dataset import pseudo_collate
     from mmengine.runner import set_random_seed
@@ -87,7 +86,6 @@ def build(args, data_root: str):
     model.init_weights()
     model.train()
     data = model.data_preprocessor(pseudo_collate(samples), True)
-    torch.manual_seed(args.seed)
     return model, data
 
 

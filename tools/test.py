@@ -24,7 +24,7 @@ from mmengine.registry import RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 from tbx11k.apis.inference import select_weights  # noqa: E402
-from tbx11k.utils import check_data_root, check_num_classes, set_data_root  # noqa: E402
+from tbx11k.utils import check_data_root, check_num_classes, merge_cli_options  # noqa: E402
 from tbx11k.utils.dist import close_process_group  # noqa: E402
 from tbx11k.utils.torch_load_compat import load_local_checkpoint  # noqa: E402
 
@@ -80,19 +80,15 @@ def check_weights_fit(state: dict, model, checkpoint_path: str, config_path: str
     mmengine loads non-strictly, warns, and the test would evaluate randomly initialised layers."""
     from mmengine.model import is_model_wrapper
 
-    from tbx11k.apis.checkpoint_conversion import check_fits_model
+    from tbx11k.apis.checkpoint_conversion import weights_misfit
     if is_model_wrapper(model):
         model = model.module
     if model.__class__.__name__ == 'DetTTAModel':  # --tta
         model = model.module
-    state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
-    problems = check_fits_model(state, model)
-    if problems:
-        raise SystemExit(
-            f'error: {checkpoint_path} does not fit the model of {config_path} '
-            f'({len(problems)} differences, e.g.:\n  ' + '\n  '.join(problems[:6]) +
-            '\nTest with the config (classes, model.bbox_head.num_classes, model sizes) it was '
-            'trained with.')
+    misfit = weights_misfit(state, model, checkpoint_path, config_path)
+    if misfit:
+        raise SystemExit(f'error: {misfit}\nTest with the config (classes, '
+                         'model.bbox_head.num_classes, model sizes) it was trained with.')
 
 
 def add_tta(cfg: Config) -> Config:
@@ -122,13 +118,7 @@ def add_tta(cfg: Config) -> Config:
 def build_config(args: argparse.Namespace) -> Config:
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    # --cfg-options data_root=DIR alone would change only the top-level variable: the datasets
-    # and evaluators were built from the old one when the config was read (trained on other data)
-    data_root = args.data_root or (args.cfg_options or {}).get('data_root')
-    if data_root:
-        set_data_root(cfg, data_root)
+    merge_cli_options(cfg, args.cfg_options, args.data_root)
     if args.test_split:
         dataset = cfg.test_dataloader.dataset
         dataset.ann_file = 'annotations/json/all_test.json'

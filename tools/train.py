@@ -57,7 +57,7 @@ from tbx11k.engine.exit_codes import (EXIT_DIVERGED, EXIT_INCOMPATIBLE_CHECKPOIN
                                       EXIT_NOTHING_TO_TRAIN, EXIT_WRONG_LAYOUT)
 from tbx11k.engine.stopping import NonFiniteTraining, stop_request  # noqa: E402
 from tbx11k.utils import (check_amp_device, check_data_root, check_num_classes,  # noqa: E402
-                          set_data_root)
+                          merge_cli_options)
 from tbx11k.utils.dist import close_process_group  # noqa: E402
 
 
@@ -88,13 +88,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def build_config(args: argparse.Namespace) -> Config:
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    # --cfg-options data_root=DIR alone would change only the top-level variable: the datasets
-    # and evaluators were built from the old one when the config was read (trained on other data)
-    data_root = args.data_root or (args.cfg_options or {}).get('data_root')
-    if data_root:
-        set_data_root(cfg, data_root)
+    merge_cli_options(cfg, args.cfg_options, args.data_root)
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir', None) is None:

@@ -258,6 +258,22 @@ def check_fits_model(state: Mapping[str, torch.Tensor], model: nn.Module) -> Lis
     return problems
 
 
+def without_ddp_prefix(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """``state`` with DDP's ``module.`` key prefix removed where present."""
+    return {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
+
+
+def weights_misfit(state: Mapping[str, torch.Tensor], model: nn.Module, checkpoint: str,
+                   config: str) -> Optional[str]:
+    """None if ``state`` (keys may carry DDP's ``module.`` prefix) fits ``model``, else a message
+    naming the checkpoint, the config and the first differences."""
+    problems = check_fits_model(without_ddp_prefix(state), model)
+    if not problems:
+        return None
+    return (f'{checkpoint} does not fit the model of {config} ({len(problems)} differences, '
+            'e.g.:\n  ' + '\n  '.join(problems[:6]))
+
+
 def build_model_from_config(config: str, cfg_options: Optional[Dict] = None) -> nn.Module:
     """The detector of a config, built without initialising or loading any weights."""
     from mmengine.config import Config

@@ -187,7 +187,7 @@ def load_detector(config: str, checkpoint: str, device: str = 'cpu', weights: st
     from mmdet.utils import get_test_pipeline_cfg
 
     from tbx11k.utils.torch_load_compat import load_local_checkpoint
-    from .checkpoint_conversion import check_fits_model, config_classes
+    from .checkpoint_conversion import config_classes, weights_misfit, without_ddp_prefix
 
     cfg = Config.fromfile(config)  # imports custom_imports (tbx11k: WindowNormalizedDINO)
     if cfg_options:
@@ -199,12 +199,10 @@ def load_detector(config: str, checkpoint: str, device: str = 'cpu', weights: st
 
     ckpt = load_local_checkpoint(checkpoint, map_location='cpu')
     state, description = select_weights(ckpt, weights)
-    state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
-    problems = check_fits_model(state, model)
-    if problems:
-        raise ValueError(f'{checkpoint} does not fit the model of {config} ({len(problems)} '
-                         'differences, e.g.:\n  ' + '\n  '.join(problems[:6]) +
-                         '\nA COCO checkpoint must be converted first '
+    state = without_ddp_prefix(state)
+    misfit = weights_misfit(state, model, checkpoint, config)
+    if misfit:
+        raise ValueError(misfit + '\nA COCO checkpoint must be converted first '
                          '(tools/convert_coco_checkpoint.py) and trained.')
     model.load_state_dict(state, strict=True)
     model.to(device).eval()

@@ -224,7 +224,7 @@ class TBX11KDataset(SeededSampleMixin, CocoDataset):
                 f"{img['file_name']!r}: the file is {size[0]}x{size[1]} but "
                 f"the json says {img['width']}x{img['height']}")
 
-    def _log_load_stats(self, val, crowd_ids=()) -> None:
+    def _log_load_stats(self, val, crowd_ids: List[int]) -> None:
         s = self.load_stats
         per_class = ', '.join(f'{k}: {v}'
                               for k, v in s['instances_per_class'].items())
@@ -277,7 +277,7 @@ class TBX11KDataset(SeededSampleMixin, CocoDataset):
             print_log(
                 f'TBX11KDataset {s["ann_file"]}: {len(crowd_ids)} boxes have '
                 'iscrowd=1: kept as ignored regions (ignore_flag=1), not trained on as '
-                f'objects (annotation ids {summarize_ids(list(crowd_ids))})',
+                f'objects (annotation ids {summarize_ids(crowd_ids)})',
                 logger='current',
                 level=logging.WARNING)
 

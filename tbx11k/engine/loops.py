@@ -127,8 +127,8 @@ class AccumulationEpochBasedTrainLoop(EpochBasedTrainLoop):
         if self._skip:
             print_log(f'Resuming inside epoch {self._epoch + 1}: skipping its first {self._skip} '
                       f'of {steps_per_epoch} optimizer steps (already trained)', logger='current')
-        # the optim wrapper counts micro-batches (TBX11KRunner already initialised it so; a stock
-        # Runner initialised it in optimizer steps)
+        # the optim wrapper counts micro-batches: TBX11KRunner already initialised it so; this
+        # re-initialisation is for a stock Runner (e.g. the benchmark), which counts optimizer steps
         optim_wrapper = self.runner.optim_wrapper
         counts = (self._iter * self.accumulative_counts,
                   self._max_iters * self.accumulative_counts)

@@ -40,7 +40,9 @@ class TBX11KRunner(Runner):
       accumulative_counts`` (stock mmengine ignores accumulation; mmengine PR #1080, unmerged).
     - Without CUDA, distributed runs use gloo and DDP without ``device_ids``, so the 2-process
       logic runs on CPU machines (tests, CI).
-    - Auto-resume falls back to the newest loadable checkpoint when ``last_checkpoint`` is bad.
+    - Auto-resume takes a checkpoint completed after ``last_checkpoint`` was written, and falls
+      back to the newest training checkpoint when ``last_checkpoint`` is bad
+      (:func:`~tbx11k.engine.hooks.atomic_checkpoint.find_resumable_checkpoint`).
     - The config text stored in every checkpoint is formatted once, not per save.
     """
 
@@ -69,9 +71,10 @@ class TBX11KRunner(Runner):
     def load_or_resume(self) -> None:
         """Auto-resume (``--resume`` without a path) from a checkpoint that loads.
 
-        Stock mmengine resumes whatever ``last_checkpoint`` names; here a missing, empty or
-        dangling ``last_checkpoint``, or one naming an unloadable file, falls back to the newest
-        loadable ``*.pth`` of the work dir, with a warning (rank 0 decides for all ranks).
+        Stock mmengine resumes whatever ``last_checkpoint`` names; here rank 0 picks the
+        checkpoint with :func:`find_resumable_checkpoint` (a newer completed checkpoint than the
+        pointer's, or the newest training checkpoint when the pointer is bad, with a warning) and
+        broadcasts it to all ranks.
         """
         if self._resume and self._load_from is None and not self._has_loaded:
             found = [find_resumable_checkpoint(self.work_dir, warn=self.logger.warning)
@@ -98,7 +101,7 @@ class TBX11KRunner(Runner):
         if not (isinstance(getattr(self, '_train_loop', None), AccumulationEpochBasedTrainLoop)
                 and isinstance(optim_wrapper, OptimWrapper)):
             return
-        acc = accumulative_counts_of(optim_wrapper)
+        acc = self._train_loop.accumulative_counts
         original = type(optim_wrapper).initialize_count_status
 
         def initialize_count_status(model, init_counts: int, max_counts: int) -> None:

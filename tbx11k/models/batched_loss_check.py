@@ -1,31 +1,30 @@
 """BatchedLossDINOHead against mmdet's DINOHead on any device (the GPU run checks it too)."""
 import logging
-import os.path as osp
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from mmengine.logging import MMLogger
 
-TINY_CONFIG = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), 'configs',
-                       'dino_tbx11k_tiny_1gpu.py')
 
-
-def build_tiny_dino(head_type: str, device: str = 'cpu', head: Optional[Dict] = None,
+def build_tiny_dino(head_type: Optional[str] = None, device: str = 'cpu', head: Optional[Dict] = None,
                     **overrides):
     """The tiny config's model (seed 0, mmdet's initialisation) with ``head_type`` as
-    ``bbox_head``, in train mode; ``head`` updates ``model.bbox_head``, ``overrides`` ``model``.
+    ``bbox_head`` (None: the config's), in train mode; ``head`` updates ``model.bbox_head``, ``overrides`` ``model``.
 
     ``init_weights`` is needed: some DINO parameters (e.g. the level embedding) are created
     uninitialised and only filled there. Its per-tensor report is not logged."""
     from mmengine.config import Config
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
+
+    from ..testing import TINY_1GPU
     register_all_modules(init_default_scope=True)
-    cfg = Config.fromfile(TINY_CONFIG)
+    cfg = Config.fromfile(TINY_1GPU)
     cfg.model.backbone.init_cfg = None
     cfg.model.update(overrides)
     cfg.model.bbox_head.update(head or {})
-    cfg.model.bbox_head.type = head_type
+    if head_type is not None:
+        cfg.model.bbox_head.type = head_type
     torch.manual_seed(0)
     model = MODELS.build(cfg.model)
     logger = MMLogger.get_current_instance()

@@ -34,8 +34,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from mmdet.models.dense_heads import DINOHead
-from mmdet.models.dense_heads import detr_head as _detr_head_module
-from mmdet.models.dense_heads import dino_head as _dino_head_module
 from mmdet.models.losses import FocalLoss, GIoULoss, L1Loss
 from mmdet.models.task_modules.assigners import (BBoxL1Cost, ClassificationCost,
                                                  FocalLossCost, HungarianAssigner, IoUCost)
@@ -46,6 +44,8 @@ from mmengine.logging import print_log
 from mmengine.structures import InstanceData
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
+
+from .window_loss_normalization import KIND_MODULES
 
 #: match costs whose (num_preds, num_gts) matrix is computed row by row (a row depends only on
 #: its own prediction): computing them on stacked predictions gives the per-layer rows
@@ -265,11 +265,13 @@ class BatchedLossDINOHead(DINOHead):
 
         # normalisers: one reduce_mean per kind, on the local count mmdet passes
         cls_dtype = all_layers_cls_scores.dtype
-        match_pos = torch.clamp(_detr_head_module.reduce_mean(floats[0:1].to(cls_dtype)), min=1)
+        # looked up at call time: window_reduce_mean swaps these modules' reduce_mean
+        match_pos = torch.clamp(KIND_MODULES['match'].reduce_mean(floats[0:1].to(cls_dtype)),
+                                min=1)
         match_cls = match_pos if self.sync_cls_avg_factor else floats[2:3].to(cls_dtype)
         norm_pos = [match_pos.expand(num_match_sets)]
         norm_cls = [match_cls.expand(num_match_sets)]
-        dn_pos = torch.clamp(_dino_head_module.reduce_mean(floats[1:2].to(cls_dtype)), min=1)
+        dn_pos = torch.clamp(KIND_MODULES['dn'].reduce_mean(floats[1:2].to(cls_dtype)), min=1)
         norm_pos.append(dn_pos.expand(num_layers))
         norm_cls.append((dn_pos if self.sync_cls_avg_factor else
                          floats[3:4].to(cls_dtype)).expand(num_layers))

@@ -2,7 +2,7 @@
 
 mmdet's ``CdnQueryGenerator.generate_dn_mask`` fills the mask with two slice assignments per
 denoising group (2 x up to 100 groups, each a kernel launch and a host-to-device scalar copy on a
-GPU); :func:`denoising_attention_mask` builds the same boolean mask with ~10 ops whatever the
+GPU); :func:`denoising_attention_mask` builds the same boolean mask with < 10 ops whatever the
 number of groups. :class:`WindowNormalizedDINO` uses it; tests/models/test_dn_attention_mask.py
 compares it with mmdet's mask.
 """
@@ -25,10 +25,8 @@ def denoising_attention_mask(max_num_target: int, num_groups: int, num_matching_
     total = num_denoising + int(num_matching_queries)
     index = torch.arange(total, device=device)
     group = torch.div(index, max(group_size, 1), rounding_mode='floor')
-    key_is_denoising = index < num_denoising
-    query_is_matching = ~key_is_denoising
-    other_group = group[:, None] != group[None, :]
-    return key_is_denoising[None, :] & (query_is_matching[:, None] | other_group)
+    # a matching query's ``group`` is >= num_groups: it differs from every denoising key's
+    return (index < num_denoising)[None, :] & (group[:, None] != group[None, :])
 
 
 class VectorizedDnMaskQueryGenerator(CdnQueryGenerator):

@@ -1,6 +1,6 @@
 """Helpers shared by tools/train.py, tools/test.py and the other tools."""
 import os.path as osp
-from typing import Iterator, Tuple
+from typing import Iterator, Optional, Tuple
 
 from mmengine.config import Config, ConfigDict
 
@@ -34,6 +34,19 @@ def set_data_root(cfg: Config, data_root: str) -> None:
         loader = cfg.get(split)
         if isinstance(evaluator, dict) and evaluator.get('ann_file') and loader is not None:
             evaluator['ann_file'] = osp.join(data_root, loader['dataset']['ann_file'])
+
+
+def merge_cli_options(cfg: Config, cfg_options: Optional[dict], data_root: Optional[str]) -> None:
+    """Apply ``--cfg-options`` and ``--data-root`` (tools/train.py, tools/test.py).
+
+    ``--cfg-options data_root=DIR`` alone would change only the top-level variable: the datasets
+    and evaluators were built from the old one when the config was read, so it is applied like
+    ``--data-root`` (which wins when both are given)."""
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    data_root = data_root or (cfg_options or {}).get('data_root')
+    if data_root:
+        set_data_root(cfg, data_root)
 
 
 def check_data_root(cfg: Config, splits=('train_dataloader', 'val_dataloader')) -> None:

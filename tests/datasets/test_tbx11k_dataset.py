@@ -486,7 +486,6 @@ def test_dataset_is_picklable_and_subsettable(synthetic_root):
     assert copy.deepcopy(ds).load_stats == ds.load_stats
 
 
-
 def test_training_set_without_any_box_is_a_warning(broken_copy, logs):
     root, ann_file, data = broken_copy()
     data['annotations'] = []

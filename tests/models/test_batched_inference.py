@@ -33,4 +33,3 @@ def test_batch_of_equal_size_films_predicts_as_one_by_one():
             one = model.predict(inputs[i:i + 1], samples[i:i + 1], rescale=False)[0]
             torch.testing.assert_close(results[i].pred_instances.scores,
                                        one.pred_instances.scores, rtol=1e-4, atol=1e-5)
-

@@ -9,14 +9,10 @@ LOSS_RTOL = 1e-5
 GRAD_RTOL = 1e-5
 
 
-def _build(head_type, head=None, **overrides):
-    return build_tiny_dino(head_type, head=head, **overrides)
-
-
 def _pair(head=None, **overrides):
     """(stock, batched) tiny WindowNormalizedDINOs with the same weights."""
-    stock = _build('DINOHead', head, **overrides)
-    batched = _build('BatchedLossDINOHead', head, **overrides)
+    stock = build_tiny_dino('DINOHead', head=head, **overrides)
+    batched = build_tiny_dino('BatchedLossDINOHead', head=head, **overrides)
     batched.load_state_dict(stock.state_dict())
     return stock, batched
 
@@ -24,10 +20,6 @@ def _pair(head=None, **overrides):
 @pytest.fixture(scope='module')
 def models():
     return _pair()
-
-
-def _batch(num_boxes, seed=0):
-    return random_batch(num_boxes, seed=seed)
 
 
 def _losses_and_grads(model, inputs, samples, window=None):
@@ -78,7 +70,7 @@ BATCHES = [[0], [1], [5], [3, 0], [2, 7], [0, 0]]
 @pytest.mark.parametrize('num_boxes', BATCHES, ids=lambda c: 'boxes' + '_'.join(map(str, c)))
 def test_same_losses_and_gradients_as_stock(models, num_boxes):
     stock, batched = models
-    inputs, samples = _batch(num_boxes)
+    inputs, samples = random_batch(num_boxes)
     results = [_losses_and_grads(m, inputs, samples) for m in (stock, batched)]
     _assert_same(*results)
     keys = list(results[0][0])
@@ -101,7 +93,7 @@ def test_configured_weights_and_costs_are_honoured():
     stock, batched = _pair(head, train_cfg=train_cfg)
     assert batched.bbox_head.unsupported_reason() is None
     for num_boxes in ([4, 1], [0]):
-        inputs, samples = _batch(num_boxes, seed=3)
+        inputs, samples = random_batch(num_boxes, seed=3)
         _assert_same(*[_losses_and_grads(m, inputs, samples) for m in (stock, batched)])
 
 
@@ -111,7 +103,7 @@ def test_matching_equals_hungarian_assigner_with_ties(models):
     from mmdet.structures.bbox import bbox_cxcywh_to_xyxy
     from mmengine.structures import InstanceData
     head = models[1].bbox_head
-    _, samples = _batch([4, 0, 7, 30, 40], seed=5)  # more boxes than queries (30) too
+    _, samples = random_batch([4, 0, 7, 30, 40], seed=5)  # more boxes than queries (30) too
     gts = [s.gt_instances for s in samples]
     metas = [s.metainfo for s in samples]
     g = torch.Generator().manual_seed(0)
@@ -138,7 +130,7 @@ def test_same_under_window_loss_normalization(models, num_boxes, scale):
     """WindowNormalizedDINO's window normalisers (verified local counts) reach the batched
     losses exactly as the stock ones, including window means below 1 (clamped)."""
     stock, batched = models
-    inputs, samples = _batch(num_boxes, seed=7)
+    inputs, samples = random_batch(num_boxes, seed=7)
     local = stock.loss_counts(samples)
     window = ([c * scale + (0.5 if scale == 0 else 0) for c in local], local)
     assert stock.verify_loss_counts and batched.verify_loss_counts
@@ -155,7 +147,7 @@ def test_reduce_mean_once_per_kind_with_the_local_counts(models, monkeypatch):
     from tbx11k.models import LossCountMismatch
     from tbx11k.models.window_loss_normalization import KIND_MODULES
     _, batched = models
-    inputs, samples = _batch([3, 1], seed=8)
+    inputs, samples = random_batch([3, 1], seed=8)
     local = batched.loss_counts(samples)
     seen = {kind: [] for kind in KIND_MODULES}
 
@@ -224,7 +216,7 @@ def test_fewer_ops_and_host_syncs(models, num_boxes):
     aten ops and 15% of its host syncs (measured on the tiny model, 2 decoder layers: 35% and
     9%; the full 6-layer config: see tools/count_ops.py); one device-to-host copy in all."""
     stock, batched = models
-    inputs, samples = _batch(num_boxes, seed=9)
+    inputs, samples = random_batch(num_boxes, seed=9)
     args, kwargs = _head_loss_inputs(stock, inputs, samples)
     counts = {name: _count_head(m.bbox_head, args, kwargs)
               for name, m in (('stock', stock), ('batched', batched))}
@@ -249,7 +241,7 @@ def test_unsupported_config_falls_back_with_one_warning(monkeypatch):
     stock, batched = _pair(head)
     assert 'SmoothL1Loss' in batched.bbox_head.unsupported_reason()
     for num_boxes in ([2, 1], [3]):
-        inputs, samples = _batch(num_boxes, seed=11)
+        inputs, samples = random_batch(num_boxes, seed=11)
         (la, ga), (lb, gb) = [_losses_and_grads(m, inputs, samples) for m in (stock, batched)]
         assert list(la) == list(lb)
         assert all(torch.equal(la[k], lb[k]) for k in la)  # the stock computation itself
@@ -294,7 +286,7 @@ def test_same_losses_under_autocast(dtype):
     """Mixed precision (autocast on the CPU here; AMP on a GPU): half-precision scores and boxes
     go through the batched matching and losses as through mmdet's, to half-precision rounding."""
     stock, batched = _pair()
-    inputs, samples = _batch([2, 5], seed=4)
+    inputs, samples = random_batch([2, 5], seed=4)
     totals = []
     for model in (stock, batched):
         with torch.autocast('cpu', dtype=dtype):

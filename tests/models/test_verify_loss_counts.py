@@ -4,6 +4,7 @@ import torch
 from mmengine.config import Config
 
 from tbx11k.models import LossCountMismatch, LossWindow, window_reduce_mean
+from tbx11k.models.batched_loss_check import build_tiny_dino
 from tbx11k.models.window_loss_normalization import KIND_MODULES
 from tbx11k.testing import TINY_1GPU
 
@@ -18,19 +19,6 @@ def test_unverified_reduce_mean_skips_only_the_check():
         assert module.reduce_mean(torch.tensor([3.0])).tolist() == [2.5]
         with pytest.raises(LossCountMismatch):
             module.reduce_mean(torch.tensor([99.0]))
-
-
-def _tiny_model(**overrides):
-    import tbx11k  # noqa: F401
-    from mmdet.registry import MODELS
-    from mmdet.utils import register_all_modules
-    register_all_modules(init_default_scope=True)
-    cfg = Config.fromfile(TINY_1GPU)
-    cfg.model.update(overrides)
-    torch.manual_seed(0)
-    model = MODELS.build(cfg.model)
-    model.init_weights()
-    return model.train()
 
 
 def _batch(num_boxes):
@@ -51,13 +39,13 @@ def _batch(num_boxes):
 
 def test_default_is_verified_and_configs_keep_it():
     assert 'verify_loss_counts' not in Config.fromfile(TINY_1GPU).model
-    assert _tiny_model().verify_loss_counts is True
+    assert build_tiny_dino().verify_loss_counts is True
 
 
 def test_same_losses_with_and_without_the_check():
     losses = {}
     for verify in (True, False):
-        model = _tiny_model(verify_loss_counts=verify)
+        model = build_tiny_dino(verify_loss_counts=verify)
         inputs, samples = _batch(3)
         local = model.loss_counts(samples)
         model.set_loss_window([c * 0.75 for c in local], local)  # a window of 2 micro-batches
@@ -70,12 +58,12 @@ def test_same_losses_with_and_without_the_check():
 
 
 def test_unverified_model_does_not_read_the_local_count():
-    model = _tiny_model(verify_loss_counts=False)
+    model = build_tiny_dino(verify_loss_counts=False)
     inputs, samples = _batch(2)
     local = model.loss_counts(samples)
     model.set_loss_window(local, [c + 5 for c in local])  # a wrong prediction goes unnoticed
     model.loss(inputs, samples)
-    model = _tiny_model()
+    model = build_tiny_dino()
     model.set_loss_window(local, [c + 5 for c in local])
     with pytest.raises(LossCountMismatch):
         model.loss(inputs, samples)

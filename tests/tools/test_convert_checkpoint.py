@@ -7,7 +7,6 @@ structure (80 classes, the release's key names: ``bbox_head.cls_branches.{0..L-1
 Documented key differences after conversion: none (the converted state dict matches the TBX11K
 model key for key and shape for shape).
 """
-import importlib.util
 import math
 import re
 import os.path as osp
@@ -21,7 +20,8 @@ from tbx11k.apis.checkpoint_conversion import (LABEL_EMBEDDING, TBX11K_CLASSES,
                                                convert_dino_checkpoint)
 from tbx11k.testing import REPO_ROOT, TINY_1GPU, load_checkpoint, raw_weights
 
-from tools_test_helpers import CONVERT, RUN_EPOCHS, build_model, coco_like_checkpoint
+from tools_test_helpers import (CONVERT, RUN_EPOCHS, build_model, coco_like_checkpoint,
+                                load_tool)
 
 FULL_1GPU = osp.join(REPO_ROOT, 'configs', 'dino_tbx11k_1gpu.py')
 PRIOR_BIAS = -math.log((1 - 0.01) / 0.01)  # mmengine's bias_init_with_prob(0.01)
@@ -30,13 +30,6 @@ PRIOR_BIAS = -math.log((1 - 0.01) / 0.01)  # mmengine's bias_init_with_prob(0.01
 def class_keys(num_layers):
     return ([f'bbox_head.cls_branches.{i}.{p}' for i in range(num_layers)
              for p in ('weight', 'bias')] + [LABEL_EMBEDDING])
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, osp.join(REPO_ROOT, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope='module')

@@ -1,6 +1,5 @@
 """tools/plot_logs.py on the logs of a real tiny training run; merging of resumed sessions; the
 TensorBoard switch."""
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -14,7 +13,7 @@ import pytest
 from tbx11k.apis.log_plots import load_training_log, loss_term, plot_logs
 from tbx11k.testing import REPO_ROOT, TINY_1GPU, run
 
-from tools_test_helpers import RUN_EPOCHS
+from tools_test_helpers import RUN_EPOCHS, load_tool
 
 PLOT = osp.join(REPO_ROOT, 'tools', 'plot_logs.py')
 STEPS = 7 * RUN_EPOCHS  # 13 images, windows of 2 -> 7 optimizer steps per epoch
@@ -92,9 +91,7 @@ def test_resumed_sessions_merge_and_the_later_one_wins(tmp_path):
 
 
 def test_missing_logs_are_a_clear_error(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location('plot_logs_tool', PLOT)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool('plot_logs')
     assert tool.main([str(tmp_path)]) == 2
     assert 'no <timestamp>/vis_data/scalars.json' in capsys.readouterr().err
 

@@ -51,17 +51,11 @@ def _checkpoint_keys(path: str) -> Optional[Set[str]]:
     return set(ckpt) if isinstance(ckpt, dict) else None
 
 
-def is_loadable_checkpoint(path: str) -> bool:
-    """Whether ``path`` opens as a checkpoint with ``state_dict`` and ``meta``."""
-    keys = _checkpoint_keys(path)
-    return keys is not None and {'state_dict', 'meta'} <= keys
-
-
 def _training_checkpoint_problem(path: str) -> Optional[str]:
     """None if ``path`` is a checkpoint a Runner wrote (it holds the message hub), else why not.
 
-    Weights-only files (``tools/test.py``'s ``raw_weights.pth``, converted or downloaded weights
-    put into the work dir) are never auto-resumed."""
+    Weights-only files (``tools/test.py``'s ``raw_weights.pth``, ``convert_coco_checkpoint.py``
+    output put into the work dir) are never auto-resumed."""
     keys = _checkpoint_keys(path)
     if keys is None or not {'state_dict', 'meta'} <= keys:
         return 'it cannot be loaded (truncated or corrupt)'
@@ -102,8 +96,8 @@ def find_resumable_checkpoint(work_dir: str,
             problem = f'{pointer} is empty'
         elif not osp.isfile(named):
             problem = f'{pointer} names {named}, which does not exist'
-        elif not is_loadable_checkpoint(named):
-            problem = f'{pointer} names {named}, which cannot be loaded (truncated or corrupt)'
+        elif (not_resumable := _training_checkpoint_problem(named)) is not None:
+            problem = f'{pointer} names {named}: {not_resumable}'
         else:
             for path in _resumable_candidates(work_dir, named, osp.getmtime(pointer)):
                 if _training_checkpoint_problem(path) is None:
@@ -122,7 +116,8 @@ def find_resumable_checkpoint(work_dir: str,
             return path
         warn(f'skipping {path}: {not_resumable}')
     if named is not None or candidates:
-        warn(f'{problem} and no other checkpoint of {work_dir} loads: training from scratch')
+        warn(f'{problem} and {work_dir} has no other training checkpoint that loads: training '
+             'from scratch')
     return None
 
 

@@ -140,10 +140,12 @@ class NonFiniteGuard:
                                 num_grads=len(grads))
             return None  # no step: update_params zeroes the window's gradients next
         result = self._step(**kwargs)
-        if (self.check_weights and params and not bool(_maybe_finite_flags(params).all())
-                and not bool(_finite_flags(params).all())):
-            names = [self.names.get(id(p), '?') for p, ok in zip(params, _finite_flags(
-                params).tolist()) if not ok]
+        if self.check_weights and params and not bool(_maybe_finite_flags(params).all()):
+            finite = _finite_flags(params).tolist()  # exact re-check of a flagged step
+            names = [self.names.get(id(p), '?') for p, ok in zip(params, finite) if not ok]
+        else:
+            names = []
+        if names:
             raise NonFiniteTraining(
                 f'weights became non-finite in an optimizer step whose loss and gradients were '
                 f'finite ({len(names)} tensors, first: {", ".join(names[:3])}); nothing was '
