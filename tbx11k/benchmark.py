@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
+import torch._dynamo
 
 #: issue 6 targets (one H100, configs/dino_tbx11k_1gpu.py)
 TARGETS = dict(train_img_per_s=25.0, accumulation_overhead=1.1, infer_img_per_s=60.0)
@@ -169,6 +170,7 @@ def to_stock_mmdet(cfg) -> None:
     cfg.model.type = 'DINO'
     cfg.model.pop('loss_normalization', None)
     cfg.model.pop('verify_loss_counts', None)
+    cfg.model.pop('torch_compile', None)
     if cfg.model.get('bbox_head', {}).get('type') == 'BatchedLossDINOHead':
         cfg.model.bbox_head.type = 'DINOHead'
     cfg.pop('runner_type', None)
@@ -325,6 +327,7 @@ def _fill_times(result: CaseResult, marks: Sequence[float], micro_batches_per_st
 
 
 def _cleanup(device: str) -> None:
+    torch._dynamo.reset()  # a torch_compile case compiles afresh (dynamo caches per code object)
     gc.collect()
     if device == 'cuda':
         torch.cuda.empty_cache()
@@ -528,6 +531,18 @@ def _stock_loss_head(cfg) -> None:
     cfg.model.bbox_head.type = 'DINOHead'
 
 
+def _torch_compile(cfg) -> None:
+    cfg.model.torch_compile = True
+
+
+def _torch_compile_transformer(cfg) -> None:
+    cfg.model.torch_compile = dict(parts=['encoder', 'decoder'])
+
+
+def _torch_compile_cudagraphs(cfg) -> None:
+    cfg.model.torch_compile = dict(mode='reduce-overhead')
+
+
 def _cudnn_benchmark(cfg) -> None:
     cfg.env_cfg.cudnn_benchmark = True
 
@@ -571,6 +586,14 @@ VARIANTS: Dict[str, Variant] = {v.name: v for v in [
     Variant('stock_loss_head', "diagnostic: ours with model.bbox_head.type='DINOHead' (mmdet's "
             'layer-by-layer losses instead of the default BatchedLossDINOHead): what batching '
             'the losses saves', _stock_loss_head, diagnostic=True),
+    Variant('torch_compile', 'model.torch_compile=True: backbone, neck, encoder layers, decoder, '
+            "head branches torch.compile-d (inductor; MSDA as a custom op)", _torch_compile),
+    Variant('torch_compile_transformer', "model.torch_compile=dict(parts=['encoder', 'decoder'])",
+            _torch_compile_transformer, needs_cuda=True),
+    Variant('torch_compile_cudagraphs', "model.torch_compile=dict(mode='reduce-overhead'): "
+            'compiled and replayed as CUDA graphs', _torch_compile_cudagraphs, needs_cuda=True),
+    Variant('safe_all_compiled', 'safe_all + torch_compile',
+            _compose(_fused, _no_verify, _cudnn_benchmark, _torch_compile), needs_cuda=True),
     Variant('safe_all', 'fused_adamw + no_verify_loss_counts + cudnn_benchmark',
             _compose(_fused, _no_verify, _cudnn_benchmark), needs_cuda=True),
     Variant('safe_all_bf16', 'safe_all + amp_bf16',

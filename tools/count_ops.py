@@ -75,6 +75,9 @@ def build(args, data_root: str):
     if args.stock:
         from tbx11k.benchmark import to_stock_mmdet
         to_stock_mmdet(cfg)
+    if cfg.model.get('torch_compile'):
+        print('count_ops counts eager ops: model.torch_compile ignored', file=sys.stderr)
+        cfg.model.torch_compile = None
     register_all_modules(init_default_scope=True)
     cfg.model.backbone.init_cfg = None
     set_data_root(cfg, data_root)

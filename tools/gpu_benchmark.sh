@@ -29,7 +29,7 @@ if (( DRY_RUN )); then
   DEVICE=(--device cpu)
   STEPS=${STEPS:-3}; WARMUP=${WARMUP:-2}; INFER_STEPS=${INFER_STEPS:-3}; INFER_BS=${INFER_BS:-2}
   IMAGES=16; SIZE=128; BUDGET=${BUDGET:-120}
-  VARIANTS=no_verify_loss_counts,amp_bf16   # one that runs on the CPU, one skipped there
+  VARIANTS=torch_compile,amp_bf16   # one that runs on the CPU (the riskiest), one skipped there
   AMP=()                                     # AmpOptimWrapper refuses the CPU
 else
   PYTHON=${PYTHON:-python3}
@@ -38,7 +38,7 @@ else
   STEPS=${STEPS:-20}; WARMUP=${WARMUP:-5}; INFER_STEPS=${INFER_STEPS:-30}; INFER_BS=${INFER_BS:-8}
   IMAGES=64; SIZE=512; BUDGET=${BUDGET:-270}
   # most telling first (the budget may cut the tail); amp_fp16 is the AMP run below
-  VARIANTS=no_mmcv_kernels,safe_all,safe_all_bf16,stock_loss_head,amp_bf16,fused_adamw,no_verify_loss_counts,per_tensor_ema,cudnn_benchmark,no_custom_hooks
+  VARIANTS=torch_compile,safe_all_compiled,no_mmcv_kernels,safe_all,torch_compile_cudagraphs,safe_all_bf16,stock_loss_head,torch_compile_transformer,amp_bf16,fused_adamw,no_verify_loss_counts,per_tensor_ema,cudnn_benchmark,no_custom_hooks
   AMP=(--amp --amp-dtype float16)
 fi
 

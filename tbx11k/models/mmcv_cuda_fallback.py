@@ -162,6 +162,15 @@ def describe_msda_path(device) -> str:
         f'PyTorch (multi_scale_deformable_attn_pytorch): {reason}'
 
 
+def msda_pytorch(value: torch.Tensor, spatial_shapes: torch.Tensor,
+                 sampling_locations: torch.Tensor, attention_weights: torch.Tensor) -> torch.Tensor:
+    """mmcv's PyTorch MSDA in float32, returned in the value's dtype as the kernel does (AMP:
+    half-precision sampling locations are off by up to 1/4 pixel on a 64-pixel level in bf16)."""
+    return _msda_module.multi_scale_deformable_attn_pytorch(
+        value.float(), spatial_shapes, sampling_locations.float(),
+        attention_weights.float()).to(value.dtype)
+
+
 class MultiScaleDeformableAttnDispatch:
     """Stands in for ``MultiScaleDeformableAttnFunction`` inside mmcv's attention forward."""
 
@@ -169,14 +178,7 @@ class MultiScaleDeformableAttnDispatch:
     def apply(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
               im2col_step):
         if not msda_uses_kernel(value.device):
-            if value.dtype == torch.float32:
-                return _msda_module.multi_scale_deformable_attn_pytorch(
-                    value, spatial_shapes, sampling_locations.float(), attention_weights.float())
-            # AMP: in float32 (half-precision sampling locations are off by up to 1/4 pixel on
-            # a 64-pixel level in bf16), returned in the autocast dtype as the kernel does
-            return _msda_module.multi_scale_deformable_attn_pytorch(
-                value.float(), spatial_shapes, sampling_locations.float(),
-                attention_weights.float()).to(value.dtype)
+            return msda_pytorch(value, spatial_shapes, sampling_locations, attention_weights)
         if value.dtype not in KERNEL_DTYPES:  # bf16 autocast: the kernel has no bf16 build
             out = _ORIGINAL_MSDA_FUNCTION.apply(value.float(), spatial_shapes, level_start_index,
                                                 sampling_locations.float(),

@@ -1,11 +1,12 @@
 """DINO whose losses are normalised over the whole optimizer-step window."""
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Union
 
 from mmdet.models.detectors import DINO
 from mmdet.registry import MODELS
 from mmdet.structures import SampleList
 
 from .cached_positional_encoding import CachedSinePositionalEncoding
+from .compiled_dino import compile_dino
 from .dn_attention_mask import VectorizedDnMaskQueryGenerator
 from .window_loss_normalization import KINDS, LossWindow, window_reduce_mean
 
@@ -33,10 +34,15 @@ class WindowNormalizedDINO(DINO):
     attention mask in ~10 ops instead of two per denoising group) and
     :class:`~tbx11k.models.cached_positional_encoding.CachedSinePositionalEncoding` (computed once
     per feature-map shape).
+
+    ``torch_compile`` (default None: off) compiles backbone, neck, encoder layers, decoder and the
+    head's branches with ``torch.compile``: True, or a dict of :func:`compile_dino` arguments
+    (``parts``, and ``torch.compile``'s, e.g. ``mode='reduce-overhead'``), see
+    :mod:`tbx11k.models.compiled_dino`; parameters and state dicts are unchanged.
     """
 
     def __init__(self, *args, loss_normalization: str = 'window', verify_loss_counts: bool = True,
-                 **kwargs) -> None:
+                 torch_compile: Union[None, bool, Dict] = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         # DINO builds these two directly (no registry); the subclasses add no parameters, so
         # switching the class keeps the parameters, their initialisation and the state dict.
@@ -51,6 +57,8 @@ class WindowNormalizedDINO(DINO):
         self.loss_normalization = loss_normalization
         self.verify_loss_counts = bool(verify_loss_counts)
         self._loss_window: Optional[LossWindow] = None
+        if torch_compile not in (None, False):
+            compile_dino(self, **({} if torch_compile is True else dict(torch_compile)))
 
     @property
     def window_normalized(self) -> bool:

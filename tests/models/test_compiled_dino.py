@@ -1,0 +1,170 @@
+"""torch.compile-d DINO (model.torch_compile) gives eager's losses, gradients and predictions."""
+import copy
+import types
+
+import pytest
+import torch
+
+from mmcv.ops.multi_scale_deform_attn import (MultiScaleDeformableAttention,
+                                              multi_scale_deformable_attn_pytorch)
+
+from tbx11k.models import compiled_dino
+from tbx11k.models.batched_loss_check import build_tiny_dino, random_batch
+from tbx11k.models.compiled_dino import (COMPILE_PARTS, TraceableMultiScaleDeformableAttention,
+                                         compile_dino, ms_deform_attn)
+
+SHAPES = torch.tensor([[6, 8], [3, 4], [2, 2]])
+START = torch.cat([SHAPES.new_zeros(1), (SHAPES[:, 0] * SHAPES[:, 1]).cumsum(0)[:-1]])
+
+
+def msda_inputs(seed: int = 0, queries: int = 7, heads: int = 2, dims: int = 4, points: int = 3):
+    g = torch.Generator().manual_seed(seed)
+    num_value = int((SHAPES[:, 0] * SHAPES[:, 1]).sum())
+    return (torch.randn(2, num_value, heads, dims, generator=g),
+            torch.rand(2, queries, heads, len(SHAPES), points, 2, generator=g) * 1.2 - 0.1,
+            torch.rand(2, queries, heads, len(SHAPES), points, generator=g).softmax(-1))
+
+
+def grads_of(fn, inputs, grad_out):
+    leaves = [t.clone().requires_grad_() for t in inputs]
+    out = fn(*leaves)
+    out.backward(grad_out)
+    return [out.detach()] + [t.grad for t in leaves]
+
+
+def test_custom_op_equals_mmcv_pytorch_path_and_passes_opcheck():
+    inputs = msda_inputs()
+    grad_out = torch.randn(2, 7, 8, generator=torch.Generator().manual_seed(1))
+    ours = grads_of(lambda v, loc, w: ms_deform_attn(v, SHAPES, START, loc, w, 64), inputs,
+                    grad_out)
+    mmcv = grads_of(lambda v, loc, w: multi_scale_deformable_attn_pytorch(v, SHAPES, loc, w),
+                    inputs, grad_out)
+    for a, b in zip(ours, mmcv):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
+    value, loc, weights = (t.requires_grad_() for t in msda_inputs(2))
+    torch.library.opcheck(ms_deform_attn, (value, SHAPES, START, loc, weights, 64))
+
+
+def test_kernel_branch_casts_and_fills_the_gradients(monkeypatch):
+    """The CUDA-kernel branch, with a stand-in for mmcv's ext module (same signatures: forward
+    returns, backward writes into zeroed buffers): bf16 goes through the kernel in float32."""
+    calls = []
+
+    def forward(value, shapes, start, loc, weights, im2col_step):
+        calls.append(('forward', value.dtype, loc.dtype, im2col_step))
+        return multi_scale_deformable_attn_pytorch(value, shapes, loc, weights)
+
+    def backward(value, shapes, start, loc, weights, grad_output, grad_value, grad_loc,
+                 grad_weights, im2col_step):
+        calls.append(('backward', value.dtype, grad_output.dtype, im2col_step))
+        assert not (grad_value.any() or grad_loc.any() or grad_weights.any())
+        leaves = [t.detach().requires_grad_() for t in (value, loc, weights)]
+        with compiled_dino._autograd_inside_custom_op():  # runs below autograd, as the op's
+            out = multi_scale_deformable_attn_pytorch(leaves[0], shapes, leaves[1], leaves[2])
+        for buffer, grad in zip((grad_value, grad_loc, grad_weights),
+                                torch.autograd.grad(out, leaves, grad_output)):
+            buffer.copy_(grad)
+
+    monkeypatch.setattr(compiled_dino, '_use_kernel', lambda value: True)
+    monkeypatch.setattr(compiled_dino, '_ext', lambda: types.SimpleNamespace(
+        ms_deform_attn_forward=forward, ms_deform_attn_backward=backward))
+    inputs = msda_inputs(3)
+    grad_out = torch.randn(2, 7, 8, generator=torch.Generator().manual_seed(4))
+    reference = grads_of(lambda v, loc, w: multi_scale_deformable_attn_pytorch(v, SHAPES, loc, w),
+                         inputs, grad_out)
+    kernel = grads_of(lambda v, loc, w: ms_deform_attn(v, SHAPES, START, loc, w, 32), inputs,
+                      grad_out)
+    for a, b in zip(kernel, reference):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert calls == [('forward', torch.float32, torch.float32, 32),
+                     ('backward', torch.float32, torch.float32, 32)]
+    calls.clear()
+    bf16 = grads_of(lambda v, loc, w: ms_deform_attn(v.bfloat16(), SHAPES, START, loc, w, 32),
+                    inputs, grad_out.bfloat16())
+    assert bf16[0].dtype == torch.bfloat16 and bf16[1].dtype == torch.float32
+    assert [c[:2] for c in calls] == [('forward', torch.float32), ('backward', torch.float32)]
+    assert torch.allclose(bf16[0].float(), reference[0], rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize('ref_dim', [2, 4])
+def test_traceable_attention_equals_mmcv(ref_dim):
+    torch.manual_seed(0)
+    mmcv = MultiScaleDeformableAttention(embed_dims=16, num_heads=2, num_levels=len(SHAPES),
+                                         num_points=3, batch_first=True, dropout=0.0)
+    mmcv.init_weights()
+    ours = copy.deepcopy(mmcv)
+    ours.__class__ = TraceableMultiScaleDeformableAttention
+    num_value = int((SHAPES[:, 0] * SHAPES[:, 1]).sum())
+    g = torch.Generator().manual_seed(5)
+    query, value = torch.randn(2, 7, 16, generator=g), torch.randn(2, num_value, 16, generator=g)
+    ref = torch.rand(2, 7, len(SHAPES), ref_dim, generator=g)
+    mask = torch.zeros(2, num_value, dtype=torch.bool)
+    mask[1, -5:] = True
+    results = []
+    for module in (mmcv, ours):
+        module.zero_grad()
+        out = module(query, value=value, query_pos=torch.ones_like(query), key_padding_mask=mask,
+                     reference_points=ref, spatial_shapes=SHAPES, level_start_index=START)
+        out.square().sum().backward()
+        results.append([out.detach()] + [p.grad.clone() for p in module.parameters()])
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+def test_bad_parts_and_double_compilation_are_refused():
+    model = build_tiny_dino()
+    with pytest.raises(ValueError, match="unknown parts to compile \\['head'\\]"):
+        compile_dino(model, parts=['encoder', 'head'])
+    compile_dino(model, parts=['neck'])
+    with pytest.raises(ValueError, match='compiled already'):
+        compile_dino(model, parts=['neck'])
+
+
+def _losses_and_grads(model, inputs, samples):
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(1)  # the denoising noise
+    losses = model.loss(inputs, samples)
+    loss, log_vars = model.parse_losses(losses)
+    loss.backward()
+    return log_vars, {n: p.grad.clone() for n, p in model.named_parameters()
+                      if p.grad is not None}
+
+
+def test_compiled_dino_equals_eager():
+    """All parts compiled (torch_compile=True): the same losses and gradients as eager for two
+    batches of different sizes (the second one recompiles with dynamic shapes), the same
+    predictions, unchanged state dict, and a deep copy (mmengine's EMA model) runs its own
+    weights."""
+    eager = build_tiny_dino()
+    compiled = build_tiny_dino(torch_compile=True)
+    compiled.load_state_dict(eager.state_dict())
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    assert type(compiled.encoder.layers[0].self_attn) is TraceableMultiScaleDeformableAttention
+    assert all(type(getattr(compiled, part)).__name__.startswith('Compiled')
+               for part in COMPILE_PARTS if part != 'encoder')
+    for boxes in ([3, 1], [2, 5, 4]):
+        inputs, samples = random_batch(boxes)
+        (ref_logs, ref_grads), (logs, grads) = (_losses_and_grads(m, inputs, samples)
+                                                for m in (eager, compiled))
+        assert ref_logs.keys() == logs.keys()
+        for key in ref_logs:
+            assert float(logs[key]) == pytest.approx(float(ref_logs[key]), rel=1e-5, abs=1e-6), key
+        assert grads.keys() == ref_grads.keys()
+        for name, grad in ref_grads.items():
+            assert torch.allclose(grads[name], grad, rtol=1e-4,
+                                  atol=1e-5 * float(grad.abs().max()) + 1e-9), name
+
+    inputs, samples = random_batch([2, 3], seed=7)
+    ema_like = copy.deepcopy(compiled).eval()
+    reference = copy.deepcopy(eager).eval()
+    with torch.no_grad():
+        for model in (ema_like, reference):  # other weights than the training models'
+            for p in model.parameters():
+                p.mul_(0.9)
+        predictions = [m.predict(inputs, copy.deepcopy(samples)) for m in
+                       (reference, ema_like, eager.eval())]
+    for ref, ema, trained in zip(*predictions):
+        assert torch.allclose(ema.pred_instances.scores, ref.pred_instances.scores, atol=1e-5)
+        assert torch.allclose(ema.pred_instances.bboxes, ref.pred_instances.bboxes, atol=1e-3)
+        assert not torch.allclose(ema.pred_instances.scores, trained.pred_instances.scores,
+                                  atol=1e-5)
