@@ -66,6 +66,7 @@ class CaseResult:
     steps: int
     amp: Optional[str] = None
     variant: Optional[str] = None
+    baseline: Optional[str] = None  # variants: the case they are compared with
     diagnostic: bool = False  # a measurement aid, not a configuration to train with
     status: str = 'ok'  # 'ok' | 'error: ...' | 'skipped: ...'
     seconds: float = 0.0  # wall time of the timed steps
@@ -555,6 +556,7 @@ class Variant:
     edit: Optional[Callable] = None
     amp: Optional[str] = None
     kernels: str = 'auto'  # 'off': mmcv's CUDA kernels switched off during the case
+    kind: str = 'train'  # 'infer': timed as inference (batch --infer-batch-size)
     needs_cuda: bool = False
     diagnostic: bool = False
 
@@ -592,6 +594,8 @@ VARIANTS: Dict[str, Variant] = {v.name: v for v in [
             _torch_compile_transformer, needs_cuda=True),
     Variant('torch_compile_cudagraphs', "model.torch_compile=dict(mode='reduce-overhead'): "
             'compiled and replayed as CUDA graphs', _torch_compile_cudagraphs, needs_cuda=True),
+    Variant('torch_compile_infer', 'inference with model.torch_compile=True (batch '
+            '--infer-batch-size)', _torch_compile, kind='infer'),
     Variant('safe_all_compiled', 'safe_all + torch_compile',
             _compose(_fused, _no_verify, _cudnn_benchmark, _torch_compile), needs_cuda=True),
     Variant('safe_all', 'fused_adamw + no_verify_loss_counts + cudnn_benchmark',
@@ -705,7 +709,8 @@ def compute_ratios(cases: List[CaseResult]) -> Dict[str, Optional[float]]:
             ratios[f'infer{suffix}_vs_stock'] = _ratio(ips(case.name), ips('stock_infer' + suffix))
     for case in cases:
         if case.variant and case.ok:
-            ratios[f'{case.name}_vs_ours'] = _ratio(case.img_per_s, ips('ours'))
+            baseline = case.baseline or 'ours'
+            ratios[f'{case.name}_vs_{baseline}'] = _ratio(case.img_per_s, ips(baseline))
     return ratios
 
 
@@ -787,8 +792,15 @@ def plan_cases(opts: BenchmarkOptions, device: str):
             raise ValueError(f'unknown variant {name!r}; known: {", ".join(VARIANTS)}')
         v = VARIANTS[name]
         skip = 'needs CUDA' if v.needs_cuda and device != 'cuda' else None
-        add(name, 'train', 'ours', batch, acc, variant=v.description, amp=v.amp or opts.amp,
-            edit=v.edit, kernels=v.kernels, skip=skip)
+        if v.kind == 'infer':
+            n = max(int(opts.infer_batch_size), 1)
+            add(name, 'infer', 'ours', n, 1, variant=v.description, amp=v.amp or opts.amp,
+                edit=v.edit, kernels=v.kernels, skip=skip)
+            plan[-1][0].baseline = f'ours_infer_b{n}' if n > 1 else 'ours_infer'
+        else:
+            add(name, 'train', 'ours', batch, acc, variant=v.description, amp=v.amp or opts.amp,
+                edit=v.edit, kernels=v.kernels, skip=skip)
+            plan[-1][0].baseline = 'ours'
         plan[-1][0].diagnostic = v.diagnostic
     return plan
 
@@ -913,7 +925,7 @@ def format_table(report: Dict) -> str:
             continue
         ref = None
         if c['variant']:
-            ref = by.get('ours')
+            ref = by.get(c.get('baseline') or 'ours')
         elif c['implementation'] == 'ours':
             ref = by.get(c['name'].replace('ours', 'stock', 1))
         ratio = None

@@ -160,10 +160,10 @@ def test_step_timer_counts_optimizer_steps(per_iter, acc, iters, marks):
 
 
 def test_ratios_and_targets():
-    def case(name, impl, bs, acc, ips, kind='train', variant=None):
+    def case(name, impl, bs, acc, ips, kind='train', variant=None, baseline=None):
         c = bm.CaseResult(name=name, kind=kind, implementation=impl, config='c', batch_size=bs,
                           accumulative_counts=acc, images_per_step=bs * acc, warmup=1, steps=1,
-                          variant=variant)
+                          variant=variant, baseline=baseline)
         c.img_per_s, c.s_per_image = ips, 1 / ips
         return c
 
@@ -173,17 +173,19 @@ def test_ratios_and_targets():
              case('stock_infer', 'stock', 1, 1, 20.0, 'infer'),
              case('safe_all', 'ours', 1, 2, 30.0, variant='x'),
              case('ours_infer_b8', 'ours', 8, 1, 120.0, 'infer'),
-             case('stock_infer_b8', 'stock', 8, 1, 100.0, 'infer')]
+             case('stock_infer_b8', 'stock', 8, 1, 100.0, 'infer'),
+             case('compiled_infer', 'ours', 8, 1, 150.0, 'infer', 'y', 'ours_infer_b8')]
     ratios = bm.compute_ratios(cases)
     assert ratios['train_vs_stock'] == pytest.approx(26 / 4.3)
     assert ratios['accumulation_overhead'] == pytest.approx(28 / 26)
     assert ratios['stock_accumulation_overhead'] == pytest.approx(8.5 / 4.3)
     assert ratios['safe_all_vs_ours'] == pytest.approx(30 / 26)
     assert ratios['infer_b8_vs_stock'] == pytest.approx(1.2)
+    assert ratios['compiled_infer_vs_ours_infer_b8'] == pytest.approx(1.25)
     targets = bm.check_targets(cases, ratios, dict(gpu='NVIDIA H100 80GB HBM3'))
     assert targets['applies'] and targets['train_met'] and targets['infer_met']
     assert targets['accumulation_overhead_met'] and targets['best_train_case'] == 'safe_all'
-    assert targets['best_infer_case'] == 'ours_infer_b8' and targets['best_infer_met']
+    assert targets['best_infer_case'] == 'compiled_infer' and targets['best_infer_met']
     targets = bm.check_targets(cases[:2], bm.compute_ratios(cases[:2]), dict(gpu=None))
     assert not targets['applies'] and not targets['accumulation_overhead_met']
     report = dict(environment=dict(gpu=None, torch='t', msda_path='PyTorch'),
@@ -191,6 +193,7 @@ def test_ratios_and_targets():
                   ratios=ratios, targets=targets)
     table = bm.format_table(report)
     assert '6.05x vs stock' in table and '1.15x vs ours' in table
+    assert '1.25x vs ours_infer_b8' in table
 
 
 def test_profile_summary_counts_launches_syncs_and_gpu_time():

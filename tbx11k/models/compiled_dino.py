@@ -26,6 +26,8 @@ names, state dicts and checkpoints stay as they are, and deep copies (mmengine's
 their own weights. ``WindowNormalizedDINO(torch_compile=True or dict(parts=..., mode=...))``
 turns it on; off by default until the GPU benchmark (``--variants torch_compile``) has measured
 it. Results equal eager up to float rounding (tests/models/test_compiled_dino.py).
+``mode='reduce-overhead'`` (CUDA graphs) needs mmcv's CUDA kernel: the PyTorch path reads the
+level shapes on the host, which a graph capture does not allow.
 """
 import contextlib
 from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
