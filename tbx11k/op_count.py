@@ -174,3 +174,50 @@ def count_micro_batch(model: torch.nn.Module, data: Dict, where: bool = False,
         for handle in handles:
             handle.remove()
     return counter
+
+
+#: aten ops that launch no kernel on a GPU (views, metadata, allocation without fill, host reads
+#: counted as syncs above)
+NO_LAUNCH_OPS = frozenset({
+    'view', 'reshape', 'as_strided', 'expand', 'expand_as', 'permute', 'transpose', 't',
+    'unsqueeze', 'squeeze', 'select', 'slice', 'detach', 'alias', '_unsafe_view', 'split',
+    'split_with_sizes', 'unbind', 'chunk', 'narrow', 'view_as', 'flatten', 'unflatten',
+    'movedim', 'swapaxes', 'lift_fresh', 'empty', 'empty_like', 'empty_strided', 'new_empty',
+    'new_empty_strided', 'resize_', 'set_', 'result_type', 'is_nonzero', 'item',
+    '_local_scalar_dense', 'size', 'stride', 'numpy_T', 'as_strided_', 'squeeze_', 'unsqueeze_'})
+#: mmcv's CUDA deformable-attention kernel per call of the compiled path's custom op:
+#: forward 1 launch; backward 3 zero-fills + 1
+MSDA_OP_LAUNCHES = {'tbx11k::ms_deform_attn': 1, 'tbx11k::ms_deform_attn_backward': 4}
+_COMPILED_REGION_MARKS = ('Torch-Compiled Region', 'CompiledFunction')
+
+
+def count_launches(model: torch.nn.Module, data: Dict) -> Dict[str, int]:
+    """Kernel launches a GPU would see for ``model.loss`` + ``parse_losses`` + backward, counted
+    with the CPU profiler: top-level aten ops that launch a kernel (not views / metadata), split
+    into eager ones and those called by ``torch.compile``-d code (extern kernels: convolutions,
+    matmuls), inductor's fused kernels (visible when ``torch._inductor.config.cpp.
+    enable_kernel_profile`` was set before compiling), and the ``tbx11k::ms_deform_attn`` custom
+    op counted as mmcv's CUDA kernel (see :data:`MSDA_OP_LAUNCHES`; its CPU internals are not).
+    An estimate: on a GPU some aten ops launch more than one kernel, and CPU-only paths differ."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        losses = model.loss(data['inputs'], data['data_samples'])
+        loss, _ = model.parse_losses(losses)
+        loss.backward()
+    counts = collections.Counter(eager_ops=0, compiled_region_ops=0, fused_kernels=0,
+                                 msda_kernels=0)
+    for event in prof.events():
+        name, parent, compiled = event.name, event.cpu_parent, False
+        nested = False
+        while parent is not None:
+            nested = nested or parent.name.startswith(('aten::', 'tbx11k::'))
+            compiled = compiled or parent.name.startswith(_COMPILED_REGION_MARKS)
+            parent = parent.cpu_parent
+        if name in MSDA_OP_LAUNCHES:
+            counts['msda_kernels'] += MSDA_OP_LAUNCHES[name]
+        elif 'cpp_fused' in name:
+            counts['fused_kernels'] += 1
+        elif name.startswith('aten::') and not nested and name[6:] not in NO_LAUNCH_OPS:
+            counts['compiled_region_ops' if compiled else 'eager_ops'] += 1
+    counts['total'] = sum(counts.values())
+    return dict(counts)

@@ -4,6 +4,7 @@ import types
 
 import pytest
 import torch
+import torch._inductor.config
 
 from mmcv.ops.multi_scale_deform_attn import (MultiScaleDeformableAttention,
                                               multi_scale_deformable_attn_pytorch)
@@ -11,7 +12,8 @@ from mmcv.ops.multi_scale_deform_attn import (MultiScaleDeformableAttention,
 from tbx11k.models import compiled_dino
 from tbx11k.models.batched_loss_check import build_tiny_dino, random_batch
 from tbx11k.models.compiled_dino import (COMPILE_PARTS, TraceableMultiScaleDeformableAttention,
-                                         compile_dino, ms_deform_attn)
+                                         compile_dino, make_attention_traceable, ms_deform_attn)
+from tbx11k.op_count import count_launches
 
 SHAPES = torch.tensor([[6, 8], [3, 4], [2, 2]])
 START = torch.cat([SHAPES.new_zeros(1), (SHAPES[:, 0] * SHAPES[:, 1]).cumsum(0)[:-1]])
@@ -130,11 +132,12 @@ def _losses_and_grads(model, inputs, samples):
                       if p.grad is not None}
 
 
-def test_compiled_dino_equals_eager():
+def test_compiled_dino_equals_eager(monkeypatch):
     """All parts compiled (torch_compile=True): the same losses and gradients as eager for two
-    batches of different sizes (the second one recompiles with dynamic shapes), the same
-    predictions, unchanged state dict, and a deep copy (mmengine's EMA model) runs its own
-    weights."""
+    batches of different sizes (the second one recompiles with dynamic shapes), fewer kernel
+    launches, the same predictions, unchanged state dict, and a deep copy (mmengine's EMA model)
+    runs its own weights."""
+    monkeypatch.setattr(torch._inductor.config.cpp, 'enable_kernel_profile', True)
     eager = build_tiny_dino()
     compiled = build_tiny_dino(torch_compile=True)
     compiled.load_state_dict(eager.state_dict())
@@ -153,6 +156,14 @@ def test_compiled_dino_equals_eager():
         for name, grad in ref_grads.items():
             assert torch.allclose(grads[name], grad, rtol=1e-4,
                                   atol=1e-5 * float(grad.abs().max()) + 1e-9), name
+
+    make_attention_traceable(eager)  # bit-identical (test above): MSDA counted as the kernel
+    launches = [count_launches(m, dict(inputs=inputs, data_samples=samples))
+                for m in (eager, compiled)]
+    assert launches[0]['compiled_region_ops'] == launches[0]['fused_kernels'] == 0
+    assert launches[1]['compiled_region_ops'] > 0 and launches[1]['fused_kernels'] > 0
+    assert launches[1]['msda_kernels'] == launches[0]['msda_kernels'] == 15
+    assert launches[1]['total'] < 0.85 * launches[0]['total']
 
     inputs, samples = random_batch([2, 3], seed=7)
     ema_like = copy.deepcopy(compiled).eval()

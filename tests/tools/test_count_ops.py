@@ -53,3 +53,20 @@ def test_counts_of_stock_mmdet_the_stock_head_and_the_batched_head(tmp_path, syn
                                                  to_cpu=1, from_host=2 + 2 * 2 + 1)
     assert sum(stock['syncs']['head_loss'].values()) > 10 * sum(  # measured 135 vs 10
         batched['syncs']['head_loss'].values())
+
+
+def test_launches_of_stock_mmdet_and_ours(tmp_path, synthetic_root):
+    """--launches: the kernel launches a GPU would see, the deformable attention as mmcv's CUDA
+    kernel (tiny config: 3 attention modules x (1 forward + 4 backward) launches)."""
+    reports = {}
+    for name, options in (('stock', ['--stock']), ('ours', [])):
+        out = tmp_path / f'{name}.json'
+        proc = run([sys.executable, COUNT_OPS, TINY_1GPU, '--launches', '--data-root',
+                    str(synthetic_root), '--json', str(out)] + options, timeout=300)
+        report = reports[name] = json.loads(out.read_text())
+        n = report['launches']
+        assert n['msda_kernels'] == 15 and n['compiled_region_ops'] == n['fused_kernels'] == 0
+        assert n['total'] == n['eager_ops'] + n['msda_kernels'] > 300
+        assert f"kernel launches per micro-batch (estimate): {n['total']}" in proc.stdout
+    assert reports['stock']['model'] == 'DINO' and reports['stock']['stock']
+    assert reports['ours']['launches']['total'] < reports['stock']['launches']['total']
