@@ -79,6 +79,7 @@ class CaseResult:
     peak_mem_mib: float = 0.0
     peak_mem_kind: str = ''
     step_times: List[float] = field(default_factory=list)
+    compiles_in_timed_steps: int = 0  # torch.compile graphs made after the warm-up (in the time)
     profile: Optional[Dict] = None  # kind 'profile': torch.profiler summary per micro-batch
 
     @property
@@ -291,6 +292,7 @@ def make_step_timer(warmup: int, steps: int, micro_batches_per_iter: int,
             self.optimizer_steps = 0
             self.marks: List[float] = []
             self.cpu_marks: List[float] = []
+            self.graph_marks: List[int] = []
 
         def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
             self.micro_batches += micro_batches_per_iter
@@ -302,10 +304,16 @@ def make_step_timer(warmup: int, steps: int, micro_batches_per_iter: int,
             sync()
             self.marks.append(time.perf_counter())
             self.cpu_marks.append(time.process_time())
+            self.graph_marks.append(compiled_graphs())
             if self.optimizer_steps >= warmup + steps:
                 raise BenchmarkDone
 
     return StepTimer()
+
+
+def compiled_graphs() -> int:
+    """Graphs torch.compile has made in this process (dynamo's counter)."""
+    return int(torch._dynamo.utils.counters['stats']['unique_graphs'])
 
 
 def _fill_times(result: CaseResult, marks: Sequence[float], micro_batches_per_step: int,
@@ -352,6 +360,7 @@ def time_training(cfg, result: CaseResult, device: str) -> CaseResult:
             del runner
             gc.collect()
     _fill_times(result, timer.marks, acc, timer.cpu_marks)
+    result.compiles_in_timed_steps = timer.graph_marks[-1] - timer.graph_marks[0]
     result.peak_mem_mib, result.peak_mem_kind = memory.peak_mib, memory.kind
     return result
 
@@ -544,6 +553,11 @@ def _torch_compile_cudagraphs(cfg) -> None:
     cfg.model.torch_compile = dict(mode='reduce-overhead')
 
 
+#: extra warm-up steps of the torch.compile variants: each part recompiles once or twice for the
+#: sizes that vary (image scale, denoising queries, micro-batches without boxes)
+COMPILE_WARMUP = 5
+
+
 def _cudnn_benchmark(cfg) -> None:
     cfg.env_cfg.cudnn_benchmark = True
 
@@ -557,6 +571,7 @@ class Variant:
     amp: Optional[str] = None
     kernels: str = 'auto'  # 'off': mmcv's CUDA kernels switched off during the case
     kind: str = 'train'  # 'infer': timed as inference (batch --infer-batch-size)
+    extra_warmup: int = 0  # more warm-up steps (torch.compile: recompiles for new sizes)
     needs_cuda: bool = False
     diagnostic: bool = False
 
@@ -589,15 +604,19 @@ VARIANTS: Dict[str, Variant] = {v.name: v for v in [
             'layer-by-layer losses instead of the default BatchedLossDINOHead): what batching '
             'the losses saves', _stock_loss_head, diagnostic=True),
     Variant('torch_compile', 'model.torch_compile=True: backbone, neck, encoder layers, decoder, '
-            "head branches torch.compile-d (inductor; MSDA as a custom op)", _torch_compile),
+            'head branches torch.compile-d (inductor; MSDA as a custom op)', _torch_compile,
+            extra_warmup=COMPILE_WARMUP),
     Variant('torch_compile_transformer', "model.torch_compile=dict(parts=['encoder', 'decoder'])",
-            _torch_compile_transformer, needs_cuda=True),
+            _torch_compile_transformer, extra_warmup=COMPILE_WARMUP),
     Variant('torch_compile_cudagraphs', "model.torch_compile=dict(mode='reduce-overhead'): "
-            'compiled and replayed as CUDA graphs', _torch_compile_cudagraphs, needs_cuda=True),
+            'compiled and replayed as CUDA graphs', _torch_compile_cudagraphs, needs_cuda=True,
+            extra_warmup=COMPILE_WARMUP),
     Variant('torch_compile_infer', 'inference with model.torch_compile=True (batch '
-            '--infer-batch-size)', _torch_compile, kind='infer'),
+            '--infer-batch-size)', _torch_compile, kind='infer',
+            extra_warmup=COMPILE_WARMUP),
     Variant('safe_all_compiled', 'safe_all + torch_compile',
-            _compose(_fused, _no_verify, _cudnn_benchmark, _torch_compile), needs_cuda=True),
+            _compose(_fused, _no_verify, _cudnn_benchmark, _torch_compile), needs_cuda=True,
+            extra_warmup=COMPILE_WARMUP),
     Variant('safe_all', 'fused_adamw + no_verify_loss_counts + cudnn_benchmark',
             _compose(_fused, _no_verify, _cudnn_benchmark), needs_cuda=True),
     Variant('safe_all_bf16', 'safe_all + amp_bf16',
@@ -755,10 +774,10 @@ def plan_cases(opts: BenchmarkOptions, device: str):
     plan = []
 
     def add(name, kind, impl, bs, ac, variant=None, amp=opts.amp, edit=None, kernels='auto',
-            skip=None):
+            skip=None, extra_warmup=0):
         result = CaseResult(name=name, kind=kind, implementation=impl, config=opts.config,
                             batch_size=bs, accumulative_counts=ac, images_per_step=bs * ac,
-                            warmup=opts.warmup, steps={'infer': infer_steps, 'profile': 2}.get(
+                            warmup=opts.warmup + extra_warmup, steps={'infer': infer_steps, 'profile': 2}.get(
                                 kind, opts.steps), amp=amp, variant=variant)
         if skip:
             result.status = f'skipped: {skip}'
@@ -795,11 +814,11 @@ def plan_cases(opts: BenchmarkOptions, device: str):
         if v.kind == 'infer':
             n = max(int(opts.infer_batch_size), 1)
             add(name, 'infer', 'ours', n, 1, variant=v.description, amp=v.amp or opts.amp,
-                edit=v.edit, kernels=v.kernels, skip=skip)
+                edit=v.edit, kernels=v.kernels, skip=skip, extra_warmup=v.extra_warmup)
             plan[-1][0].baseline = f'ours_infer_b{n}' if n > 1 else 'ours_infer'
         else:
             add(name, 'train', 'ours', batch, acc, variant=v.description, amp=v.amp or opts.amp,
-                edit=v.edit, kernels=v.kernels, skip=skip)
+                edit=v.edit, kernels=v.kernels, skip=skip, extra_warmup=v.extra_warmup)
             plan[-1][0].baseline = 'ours'
         plan[-1][0].diagnostic = v.diagnostic
     return plan
@@ -947,6 +966,9 @@ def format_table(report: Dict) -> str:
              '-+-'.join('-' * w for w in widths)]
     lines += [' | '.join(str(v).ljust(w) for v, w in zip(r, widths)) for r in rows]
     lines += notes
+    lines += [f"{c['name']}: {c['compiles_in_timed_steps']} torch.compile graph(s) made during the "
+              'timed steps (the mean includes compiling; see the median)'
+              for c in cases if c.get('compiles_in_timed_steps')]
     mem = next((c['peak_mem_kind'] for c in cases if c['peak_mem_kind']), '')
     lines.append(f"config: {report['options']['config']} | device: {env['gpu'] or 'cpu'} | "
                  f"torch {env['torch']} | MSDA: {env['msda_path']} | peak memory: {mem}")

@@ -185,9 +185,10 @@ NO_LAUNCH_OPS = frozenset({
     'movedim', 'swapaxes', 'lift_fresh', 'empty', 'empty_like', 'empty_strided', 'new_empty',
     'new_empty_strided', 'resize_', 'set_', 'result_type', 'is_nonzero', 'item',
     '_local_scalar_dense', 'size', 'stride', 'numpy_T', 'as_strided_', 'squeeze_', 'unsqueeze_'})
-#: mmcv's CUDA deformable-attention kernel per call of the compiled path's custom op:
-#: forward 1 launch; backward 3 zero-fills + 1
-MSDA_OP_LAUNCHES = {'tbx11k::ms_deform_attn': 1, 'tbx11k::ms_deform_attn_backward': 4}
+#: launches of mmcv's CUDA deformable attention per call of the compiled path's custom op
+#: (batch <= im2col_step): forward a zero-filled output + the kernel; backward 3 zero-filled
+#: gradients + the kernel
+MSDA_OP_LAUNCHES = {'tbx11k::ms_deform_attn': 2, 'tbx11k::ms_deform_attn_backward': 4}
 _COMPILED_REGION_MARKS = ('Torch-Compiled Region', 'CompiledFunction')
 
 

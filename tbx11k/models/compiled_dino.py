@@ -30,7 +30,9 @@ it. Results equal eager up to float rounding (tests/models/test_compiled_dino.py
 level shapes on the host, which a graph capture does not allow.
 """
 import contextlib
-from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
+import inspect
+from collections.abc import Mapping
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 import torch._dynamo
@@ -74,6 +76,12 @@ def ms_deform_attn(value: Tensor, spatial_shapes: Tensor, level_start_index: Ten
                    im2col_step: int) -> Tensor:
     """Deformable attention core: (bs, keys, heads, dims) -> (bs, queries, heads * dims)."""
     if not _use_kernel(value):
+        if value.is_cuda and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(
+                "model.torch_compile with mode='reduce-overhead' (CUDA graphs) needs mmcv's CUDA "
+                'kernel for MultiScaleDeformableAttention: its PyTorch path reads the level '
+                'shapes on the host, which a CUDA graph capture does not allow (kernel: '
+                f'{mmcv_cuda_fallback.describe_msda_path(value.device)})')
         return mmcv_cuda_fallback.msda_pytorch(value, spatial_shapes, sampling_locations,
                                                attention_weights)
     dtype = _kernel_dtype(value)
@@ -212,7 +220,9 @@ def compiled_class(cls: type, **compile_kwargs: Any) -> type:
 
     Switching an instance's class (rather than ``nn.Module.compile``, which stores a compiled
     bound method on the instance) keeps ``copy.deepcopy`` right: mmengine's EMA model is a deep
-    copy of the model, and its layers must run their own weights.
+    copy of the model, and its layers must run their own weights. The classes are made at run
+    time, so a compiled model cannot be pickled whole (``torch.save(model)``); checkpoints hold
+    state dicts, which are unchanged.
     """
     key = (cls, repr(sorted(compile_kwargs.items())))
     if key not in _COMPILED_CLASSES:
@@ -232,6 +242,27 @@ RECOMPILE_LIMIT = 32
 COMPILE_PARTS = ('backbone', 'neck', 'encoder', 'decoder', 'bbox_head')
 
 
+def compile_options(setting: Union[bool, Mapping]) -> Dict[str, Any]:
+    """:func:`compile_dino` keyword arguments from a config's ``model.torch_compile`` (True, or
+    a dict of ``parts`` and ``torch.compile`` arguments); a clear error for anything else."""
+    if setting is True:
+        return {}
+    if not isinstance(setting, Mapping):
+        raise TypeError('model.torch_compile must be True, False, None or a dict of '
+                        f"'parts' and torch.compile arguments, got {setting!r}")
+    options = dict(setting)
+    allowed = {'parts'} | (set(inspect.signature(torch.compile).parameters) - {'model'})
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ValueError(f'model.torch_compile: unknown keys {unknown}; known: parts, '
+                         f"{', '.join(sorted(allowed - {'parts'}))}")
+    parts = options.get('parts', COMPILE_PARTS)
+    if isinstance(parts, str) or not all(isinstance(p, str) for p in parts):
+        raise ValueError(f'model.torch_compile.parts must be a list of names out of '
+                         f'{list(COMPILE_PARTS)}, got {parts!r}')
+    return options
+
+
 def compile_dino(detector: torch.nn.Module, parts: Sequence[str] = COMPILE_PARTS,
                  **compile_kwargs: Any) -> Dict[str, Any]:
     """Compile parts of a DINO in place (lazily: on their first call); returns what was done.
@@ -246,7 +277,8 @@ def compile_dino(detector: torch.nn.Module, parts: Sequence[str] = COMPILE_PARTS
     """
     unknown = set(parts) - set(COMPILE_PARTS)
     if unknown:
-        raise ValueError(f'unknown parts to compile {sorted(unknown)}; known: {COMPILE_PARTS}')
+        raise ValueError(f'unknown parts to compile {sorted(unknown)}; known: '
+                         f'{list(COMPILE_PARTS)}')
     modules = []
     for part in COMPILE_PARTS:  # fixed order
         if part not in parts:

@@ -217,8 +217,11 @@ def sigmoid_focal_loss_dispatch(pred, target, weight=None, gamma=2.0, alpha=0.25
 def compare_with_kernels(device='cuda', seed: int = 0, force: bool = False) -> Dict:
     """On a GPU with working kernels: the PyTorch fallbacks against mmcv's kernels, forward and
     backward, at DINO's sizes (8 heads x 32, 4 levels, 4 points, 900 queries), and the bf16 path
-    against fp32. Returns max relative differences (``max|a - b| / max|b|``) and ``ok`` (fp32
-    <= 1e-4, bf16 <= 5e-2). ``force``: skip the device/kernel checks (tests with fake kernels)."""
+    against fp32; also the custom op of the ``torch.compile`` path
+    (:func:`tbx11k.models.compiled_dino.ms_deform_attn`, fp32 and bf16) against the kernel.
+    Returns max relative differences (``max|a - b| / max|b|``) and ``ok`` (fp32 <= 1e-4, bf16
+    <= 5e-2). ``force``: skip the device/kernel checks (tests with fake kernels)."""
+    from .compiled_dino import ms_deform_attn
     device = torch.device(device)
     if not force:
         if device.type != 'cuda' or _State.mode == 'off':
@@ -245,6 +248,9 @@ def compare_with_kernels(device='cuda', seed: int = 0, force: bool = False) -> D
         elif path == 'pytorch':
             out = _msda_module.multi_scale_deformable_attn_pytorch(x['value'], shapes, x['loc'],
                                                                    x['weights'])
+        elif path in ('op', 'op_bf16'):
+            value = x['value'].bfloat16() if path == 'op_bf16' else x['value']
+            out = ms_deform_attn(value, shapes, start, x['loc'], x['weights'], 64)
         else:  # the dispatcher's bf16 route to the kernel
             out = MultiScaleDeformableAttnDispatch.apply(x['value'].bfloat16(), shapes, start,
                                                          x['loc'], x['weights'], 64)
@@ -258,6 +264,9 @@ def compare_with_kernels(device='cuda', seed: int = 0, force: bool = False) -> D
     kernel = msda('kernel')
     result = {f'msda_{n}': rel(f, k) for n, f, k in zip(names, msda('pytorch'), kernel)}
     result.update({f'msda_bf16_{n}': rel(b, k) for n, b, k in zip(names, msda('bf16'), kernel)})
+    for path in ('op', 'op_bf16'):
+        result.update({f'msda_{path}_{n}': rel(o, k)
+                       for n, o, k in zip(names, msda(path), kernel)})
     pred = torch.randn(2000, 2, generator=g).to(device)
     target = torch.randint(0, 3, (2000,), generator=g).to(device)
     weight = torch.rand(2000, generator=g).to(device)

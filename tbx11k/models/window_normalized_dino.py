@@ -6,7 +6,6 @@ from mmdet.registry import MODELS
 from mmdet.structures import SampleList
 
 from .cached_positional_encoding import CachedSinePositionalEncoding
-from .compiled_dino import compile_dino
 from .dn_attention_mask import VectorizedDnMaskQueryGenerator
 from .window_loss_normalization import KINDS, LossWindow, window_reduce_mean
 
@@ -57,8 +56,9 @@ class WindowNormalizedDINO(DINO):
         self.loss_normalization = loss_normalization
         self.verify_loss_counts = bool(verify_loss_counts)
         self._loss_window: Optional[LossWindow] = None
-        if torch_compile not in (None, False):
-            compile_dino(self, **({} if torch_compile is True else dict(torch_compile)))
+        if torch_compile is not None and torch_compile is not False:
+            from .compiled_dino import compile_dino, compile_options  # torch._dynamo: on demand
+            compile_dino(self, **compile_options(torch_compile))
 
     @property
     def window_normalized(self) -> bool:

@@ -206,6 +206,9 @@ def test_compare_with_kernels_logic_with_fake_kernels(monkeypatch):
     assert result['ok'] is True
     assert result['msda_out'] == 0 and result['focal_grad'] == 0
     assert 0 < result['msda_bf16_out'] < 5e-2
+    # the compiled path's custom op (its PyTorch branch here) against the same "kernel"
+    assert result['msda_op_out'] == result['msda_op_grad_value'] == 0
+    assert 0 < result['msda_op_bf16_out'] < 5e-2
     assert set(result) == {'ok', 'focal_loss', 'focal_grad'} | {
-        f'msda_{b}{n}' for b in ('', 'bf16_')
+        f'msda_{b}{n}' for b in ('', 'bf16_', 'op_', 'op_bf16_')
         for n in ('out', 'grad_value', 'grad_loc', 'grad_weights')}
