@@ -97,6 +97,23 @@ def build(args, data_root: str):
     return model, data
 
 
+def measure(args, model, data, passes: int, counted):
+    """``counted(model, data)`` ``passes`` times (the first ones warm up: lazy initialisation,
+    compilation), each from zeroed gradients and the same seed (the denoising noise); returns
+    the header fields of a report and the last pass's result."""
+    import torch
+    for _ in range(passes):
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(args.seed)
+        result = counted(model, data)
+    header = dict(config=args.config,
+                  cfg_options={k: str(v) for k, v in args.cfg_options.items()},
+                  model=type(model).__name__,
+                  num_gts=[len(s.gt_instances) for s in data['data_samples']],
+                  img_shapes=[list(s.metainfo['img_shape']) for s in data['data_samples']])
+    return header, result
+
+
 def count_launches(args, data_root: str) -> dict:
     """Kernel launches of one micro-batch (see ``tbx11k.op_count.count_launches``)."""
     import torch
@@ -108,15 +125,8 @@ def count_launches(args, data_root: str) -> dict:
     model, data = build(args, data_root)
     for part in ('encoder', 'decoder'):  # bit-identical; its core then shows as one op
         make_attention_traceable(getattr(model, part))
-    for _ in range(3):  # warm-up (lazy initialisation, compilation), then the counted pass
-        model.zero_grad(set_to_none=True)
-        torch.manual_seed(args.seed)  # the denoising noise
-        launches = count_micro_batch_launches(model, data)
-    return dict(config=args.config, cfg_options={k: str(v) for k, v in args.cfg_options.items()},
-                model=type(model).__name__, stock=args.stock,
-                num_gts=[len(s.gt_instances) for s in data['data_samples']],
-                img_shapes=[list(s.metainfo['img_shape']) for s in data['data_samples']],
-                launches=launches)
+    header, launches = measure(args, model, data, 3, count_micro_batch_launches)
+    return dict(header, stock=args.stock, launches=launches)
 
 
 def format_launches(report: dict) -> str:
@@ -135,20 +145,13 @@ def format_launches(report: dict) -> str:
 
 
 def count(args, data_root: str) -> dict:
-    import torch
     from tbx11k.op_count import count_micro_batch
 
     model, data = build(args, data_root)
-    for _ in range(2):  # warm-up (lazy initialisation), then the counted pass
-        model.zero_grad(set_to_none=True)
-        torch.manual_seed(args.seed)  # the denoising noise
-        counter = count_micro_batch(model, data, where=args.where)
+    header, counter = measure(args, model, data, 2,
+                              lambda m, d: count_micro_batch(m, d, where=args.where))
     head = getattr(model, 'bbox_head', None)
-    report = dict(config=args.config, cfg_options={k: str(v) for k, v in args.cfg_options.items()},
-                  model=type(model).__name__,
-                  head=type(head).__name__ if head is not None else None,
-                  num_gts=[len(s.gt_instances) for s in data['data_samples']],
-                  img_shapes=[list(s.metainfo['img_shape']) for s in data['data_samples']],
+    report = dict(header, head=type(head).__name__ if head is not None else None,
                   **counter.summary())
     if args.where:
         report['sync_sites'] = dict(counter.where_counts.most_common())

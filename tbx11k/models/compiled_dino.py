@@ -66,10 +66,6 @@ def _autograd_inside_custom_op() -> Iterator[None]:
         yield
 
 
-def _kernel_dtype(value: Tensor) -> torch.dtype:
-    return value.dtype if value.dtype in mmcv_cuda_fallback.KERNEL_DTYPES else torch.float32
-
-
 @torch.library.custom_op('tbx11k::ms_deform_attn', mutates_args=())
 def ms_deform_attn(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
                    sampling_locations: Tensor, attention_weights: Tensor,
@@ -84,7 +80,7 @@ def ms_deform_attn(value: Tensor, spatial_shapes: Tensor, level_start_index: Ten
                 f'{mmcv_cuda_fallback.describe_msda_path(value.device)})')
         return mmcv_cuda_fallback.msda_pytorch(value, spatial_shapes, sampling_locations,
                                                attention_weights)
-    dtype = _kernel_dtype(value)
+    dtype = mmcv_cuda_fallback.kernel_dtype(value.dtype)
     out = _ext().ms_deform_attn_forward(
         value.to(dtype).contiguous(), spatial_shapes, level_start_index,
         sampling_locations.to(dtype).contiguous(), attention_weights.to(dtype).contiguous(),
@@ -112,7 +108,7 @@ def ms_deform_attn_backward(grad_output: Tensor, value: Tensor, spatial_shapes: 
             out = mmcv_cuda_fallback.msda_pytorch(inputs[0], spatial_shapes, inputs[1], inputs[2])
             grads = torch.autograd.grad(out, inputs, grad_output)
         return tuple(g.to(t.dtype).contiguous() for g, t in zip(grads, inputs))
-    dtype = _kernel_dtype(value)
+    dtype = mmcv_cuda_fallback.kernel_dtype(value.dtype)
     value_k, loc_k, weights_k = (t.to(dtype).contiguous()
                                  for t in (value, sampling_locations, attention_weights))
     grad_value, grad_loc, grad_weights = (torch.zeros_like(t) for t in (value_k, loc_k, weights_k))
@@ -160,7 +156,10 @@ class TraceableMultiScaleDeformableAttention(MultiScaleDeformableAttention):
                 reference_points: Optional[Tensor] = None,
                 spatial_shapes: Optional[Tensor] = None,
                 level_start_index: Optional[Tensor] = None, **kwargs) -> Tensor:
-        # mmcv 2.1.0 MultiScaleDeformableAttention.forward, minus the assert, core via the op
+        # Upstream fix (kept to this one method): mmcv 2.1.0's MultiScaleDeformableAttention.forward
+        # with the core through the traceable op and without the shape assert, which dynamo cannot
+        # trace (open-mmlab/mmcv#3290 "Did mmcv support torch.compile?"; the assert: mmcv PR
+        # #3126, unmerged). A subclass cannot reuse the parent's forward around those two lines.
         if value is None:
             value = query
         if identity is None:

@@ -45,6 +45,11 @@ _ORIGINAL_SIGMOID_FOCAL_LOSS = _focal_module.sigmoid_focal_loss
 KERNEL_DTYPES = (torch.float32, torch.float64, torch.float16)
 
 
+def kernel_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype mmcv's kernels compute ``dtype`` inputs in: as is, or float32 (bf16)."""
+    return dtype if dtype in KERNEL_DTYPES else torch.float32
+
+
 class _State:
     mode: str = os.environ.get('TBX11K_MMCV_KERNELS', 'auto')
     #: kernel name -> (usable, reason), decided once per process on the first CUDA call
@@ -179,7 +184,7 @@ class MultiScaleDeformableAttnDispatch:
               im2col_step):
         if not msda_uses_kernel(value.device):
             return msda_pytorch(value, spatial_shapes, sampling_locations, attention_weights)
-        if value.dtype not in KERNEL_DTYPES:  # bf16 autocast: the kernel has no bf16 build
+        if kernel_dtype(value.dtype) != value.dtype:  # bf16 autocast: no bf16 build
             out = _ORIGINAL_MSDA_FUNCTION.apply(value.float(), spatial_shapes, level_start_index,
                                                 sampling_locations.float(),
                                                 attention_weights.float(), im2col_step)
@@ -208,7 +213,7 @@ def sigmoid_focal_loss_dispatch(pred, target, weight=None, gamma=2.0, alpha=0.25
     if not focal_uses_kernel(pred):
         return sigmoid_focal_loss_pytorch(pred, target, weight, gamma=gamma, alpha=alpha,
                                           reduction=reduction, avg_factor=avg_factor)
-    if pred.dtype not in KERNEL_DTYPES:
+    if kernel_dtype(pred.dtype) != pred.dtype:
         pred = pred.float()
     return _ORIGINAL_SIGMOID_FOCAL_LOSS(pred, target, weight, gamma=gamma, alpha=alpha,
                                         reduction=reduction, avg_factor=avg_factor)
