@@ -80,6 +80,9 @@ class CaseResult:
     peak_mem_kind: str = ''
     step_times: List[float] = field(default_factory=list)
     compiles_in_timed_steps: int = 0  # torch.compile graphs made after the warm-up (in the time)
+    # train: the first optimizer step's logged loss (ours: the window's mean; stock: its last
+    # micro-batch's, normalised per micro-batch: not comparable with ours)
+    first_step_loss: Optional[float] = None
     profile: Optional[Dict] = None  # kind 'profile': torch.profiler summary per micro-batch
 
     @property
@@ -293,12 +296,15 @@ def make_step_timer(warmup: int, steps: int, micro_batches_per_iter: int,
             self.marks: List[float] = []
             self.cpu_marks: List[float] = []
             self.graph_marks: List[int] = []
+            self.first_step_loss: Optional[float] = None
 
         def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
             self.micro_batches += micro_batches_per_iter
             if self.micro_batches % accumulative_counts:
                 return  # inside an accumulation window (stock loop)
             self.optimizer_steps += 1
+            if self.optimizer_steps == 1 and outputs and 'loss' in outputs:
+                self.first_step_loss = float(outputs['loss'])  # warm-up: a read is no harm
             if self.optimizer_steps < warmup:
                 return
             sync()
@@ -361,6 +367,7 @@ def time_training(cfg, result: CaseResult, device: str) -> CaseResult:
             gc.collect()
     _fill_times(result, timer.marks, acc, timer.cpu_marks)
     result.compiles_in_timed_steps = timer.graph_marks[-1] - timer.graph_marks[0]
+    result.first_step_loss = timer.first_step_loss
     result.peak_mem_mib, result.peak_mem_kind = memory.peak_mib, memory.kind
     return result
 
@@ -553,9 +560,10 @@ def _torch_compile_cudagraphs(cfg) -> None:
     cfg.model.torch_compile = dict(mode='reduce-overhead')
 
 
-#: extra warm-up steps of the torch.compile variants: each part recompiles once or twice for the
-#: sizes that vary (image scale, denoising queries, micro-batches without boxes)
-COMPILE_WARMUP = 5
+#: extra warm-up steps of the torch.compile variants: each part recompiles a few times for the
+#: sizes that vary (image scale, denoising queries; the losses up to 5 versions: static, dynamic,
+#: one box, no box, another batch size)
+COMPILE_WARMUP = 8
 
 
 def _cudnn_benchmark(cfg) -> None:
@@ -603,9 +611,9 @@ VARIANTS: Dict[str, Variant] = {v.name: v for v in [
     Variant('stock_loss_head', "diagnostic: ours with model.bbox_head.type='DINOHead' (mmdet's "
             'layer-by-layer losses instead of the default BatchedLossDINOHead): what batching '
             'the losses saves', _stock_loss_head, diagnostic=True),
-    Variant('torch_compile', 'model.torch_compile=True: backbone, neck, encoder layers, decoder, '
-            'head branches torch.compile-d (inductor; MSDA as a custom op)', _torch_compile,
-            extra_warmup=COMPILE_WARMUP),
+    Variant('torch_compile', 'model.torch_compile=True: backbone, neck, encoder, decoder, '
+            'head branches, loss terms torch.compile-d (inductor; MSDA as a custom op)',
+            _torch_compile, extra_warmup=COMPILE_WARMUP),
     Variant('torch_compile_transformer', "model.torch_compile=dict(parts=['encoder', 'decoder'])",
             _torch_compile_transformer, extra_warmup=COMPILE_WARMUP),
     Variant('torch_compile_cudagraphs', "model.torch_compile=dict(mode='reduce-overhead'): "
@@ -930,6 +938,24 @@ def _profile_line(p: Optional[Dict]) -> str:
             f" of {p['wall_s']:.2f} s (under the profiler)")
 
 
+def _first_step_losses(cases: Sequence[Dict]) -> List[str]:
+    """A sanity line: the first optimizer step's loss of ours and of its training variants
+    (same data, seed and initial weights: fp32 variants agree with ours up to float rounding)."""
+    def beside_ours(c: Dict) -> bool:
+        return c['name'] == 'ours' or bool(c['variant']) and (c.get('baseline') or 'ours') == 'ours'
+
+    losses = {c['name']: c['first_step_loss'] for c in cases
+              if c['status'] == 'ok' and c['kind'] == 'train'
+              and c.get('first_step_loss') is not None and beside_ours(c)}
+    if 'ours' not in losses:
+        return []
+    ref = losses['ours']
+    return ['first optimizer step loss (fp32 variants match ours up to float rounding): ' +
+            ', '.join(f'{name} {value:.7g}' + ('' if name == 'ours' else
+                                               f' ({(value - ref) / max(abs(ref), 1e-12):+.1e})')
+                      for name, value in losses.items())]
+
+
 def format_table(report: Dict) -> str:
     env, ratios = report['environment'], report['ratios']
     cases = report['cases']
@@ -969,6 +995,7 @@ def format_table(report: Dict) -> str:
     lines += [f"{c['name']}: {c['compiles_in_timed_steps']} torch.compile graph(s) made during the "
               'timed steps (the mean includes compiling; see the median)'
               for c in cases if c.get('compiles_in_timed_steps')]
+    lines += _first_step_losses(cases)
     mem = next((c['peak_mem_kind'] for c in cases if c['peak_mem_kind']), '')
     lines.append(f"config: {report['options']['config']} | device: {env['gpu'] or 'cpu'} | "
                  f"torch {env['torch']} | MSDA: {env['msda_path']} | peak memory: {mem}")

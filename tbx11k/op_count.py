@@ -88,6 +88,11 @@ class OpCounter(TorchDispatchMode):
     def total_ops(self) -> int:
         return sum(self.ops.values())
 
+    def total_launching_ops(self) -> int:
+        """Ops that launch a kernel on a GPU: all but views and metadata (:data:`NO_LAUNCH_OPS`)."""
+        return sum(n for names in self.names.values() for name, n in names.items()
+                   if name not in NO_LAUNCH_OPS)
+
     def total_syncs(self) -> int:
         return sum(sum(c.values()) for c in self.syncs.values())
 

@@ -33,6 +33,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from mmdet.models.dense_heads import DINOHead
 from mmdet.models.losses import FocalLoss, GIoULoss, L1Loss
 from mmdet.models.task_modules.assigners import (BBoxL1Cost, ClassificationCost,
@@ -45,6 +46,8 @@ from mmengine.structures import InstanceData
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+from .host_copy import host_to_device
+from .mmcv_cuda_fallback import kernel_dtype
 from .window_loss_normalization import KIND_MODULES
 
 #: match costs whose (num_preds, num_gts) matrix is computed row by row (a row depends only on
@@ -54,14 +57,6 @@ ROW_WISE_MATCH_COSTS = (FocalLossCost, BBoxL1Cost, IoUCost, ClassificationCost)
 REPLACED_METHODS = ('loss_by_feat_single', 'get_targets', '_get_targets_single', 'loss_dn',
                     '_loss_dn_single', 'get_dn_targets', '_get_dn_targets_single')
 _EPS = torch.finfo(torch.float32).eps  # mmdet's weight_reduce_loss: sum / (avg_factor + eps)
-
-
-def _to_device(array: np.ndarray, device: torch.device) -> Tensor:
-    """Host array -> device without a host sync (pinned, non-blocking) on CUDA."""
-    tensor = torch.from_numpy(array)
-    if device.type == 'cuda':
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.to(device)
 
 
 @MODELS.register_module()
@@ -172,16 +167,12 @@ class BatchedLossDINOHead(DINOHead):
                 [[m['img_shape'][1], m['img_shape'][0]] * 2 for m in batch_img_metas])
         costs = []
         with torch.no_grad():
-            # as DETRHead._get_targets_single: normalised cxcywh -> absolute xyxy
-            boxes = bbox_cxcywh_to_xyxy(matching_bbox_preds) * factors.to(
-                matching_bbox_preds.dtype)[None, :, None, :]
             for b in with_gts:
-                preds = InstanceData(scores=matching_cls_scores[:, b].reshape(-1, channels),
-                                     bboxes=boxes[:, b].reshape(-1, 4))
-                cost_list = [cost(pred_instances=preds, gt_instances=batch_gt_instances[b],
-                                  img_meta=batch_img_metas[b])
-                             for cost in self.assigner.match_costs]
-                costs.append(torch.stack(cost_list).sum(dim=0).reshape(-1))
+                img_h, img_w = batch_img_metas[b]['img_shape'][:2]
+                costs.append(self.image_match_costs(
+                    matching_cls_scores[:, b].reshape(-1, channels),
+                    matching_bbox_preds[:, b].reshape(-1, 4), factors[b],
+                    batch_gt_instances[b].labels, batch_gt_instances[b].bboxes, img_h, img_w))
             host = (costs[0] if len(costs) == 1 else torch.cat(costs)).cpu().numpy()
         offset = 0
         for b in with_gts:
@@ -193,6 +184,24 @@ class BatchedLossDINOHead(DINOHead):
                 rows, cols = linear_sum_assignment(cost[s])
                 result[s][b] = (rows.astype(np.int64), cols.astype(np.int64))
         return result
+
+    def image_match_costs(self, cls_scores: Tensor, bbox_preds: Tensor, factor: Tensor,
+                          gt_labels: Tensor, gt_bboxes: Tensor, img_h: int,
+                          img_w: int) -> Tensor:
+        """``HungarianAssigner``'s cost matrix of one image, flattened: the sum of the configured
+        match costs (called unchanged) of the (num_preds, ) predictions (logits, normalised cxcywh
+        boxes; ``factor`` is ``[img_w, img_h, img_w, img_h]``) against the image's GT boxes.
+
+        Tensor operations only: ``model.torch_compile`` compiles it (part 'losses'; the image
+        size is an argument, so it becomes dynamic after one recompilation).
+        """
+        # as DETRHead._get_targets_single: normalised cxcywh -> absolute xyxy
+        boxes = bbox_cxcywh_to_xyxy(bbox_preds) * factor.to(bbox_preds.dtype)
+        preds = InstanceData(scores=cls_scores, bboxes=boxes)
+        gts = InstanceData(labels=gt_labels, bboxes=gt_bboxes)
+        img_meta = dict(img_shape=(img_h, img_w))  # what the supported costs read
+        return torch.stack([cost(pred_instances=preds, gt_instances=gts, img_meta=img_meta)
+                            for cost in self.assigner.match_costs]).sum(dim=0).reshape(-1)
 
     def _batched_loss_by_feat(self, all_layers_cls_scores: Tensor, all_layers_bbox_preds: Tensor,
                               enc_cls_scores: Optional[Tensor], enc_bbox_preds: Optional[Tensor],
@@ -216,7 +225,7 @@ class BatchedLossDINOHead(DINOHead):
         floats = np.array([match_count, dn_count, max(match_count, 1.0), max(dn_count, 1.0)] +
                           [v for m in batch_img_metas for v in
                            (m['img_shape'][1], m['img_shape'][0]) * 2], dtype=np.float32)
-        floats = _to_device(floats, device)
+        floats = host_to_device(floats, device)
         factors = floats[4:].view(num_imgs, 4)
 
         # matching of all decoder layers and the encoder proposals
@@ -253,10 +262,9 @@ class BatchedLossDINOHead(DINOHead):
                     gts.append(gt_offsets[b] + t)
                     imgs.append(np.full(len(t), b, dtype=np.int64))
         num_pos = sum(len(r) for r in rows)
-        pos = _to_device(np.stack([np.concatenate(rows), np.concatenate(gts),
-                                   np.concatenate(imgs)]) if num_pos else
-                         np.zeros((3, 0), dtype=np.int64), device)
-        pos_rows, pos_gts, pos_imgs = pos.unbind(0)
+        pos = host_to_device(np.stack([np.concatenate(rows), np.concatenate(gts),
+                                       np.concatenate(imgs)]) if num_pos else
+                             np.zeros((3, 0), dtype=np.int64), device)
         if num_imgs == 1:
             gt_labels, gt_bboxes = batch_gt_instances[0].labels, batch_gt_instances[0].bboxes
         else:
@@ -278,13 +286,53 @@ class BatchedLossDINOHead(DINOHead):
         norm_pos = torch.cat(norm_pos) + _EPS
         norm_cls = torch.cat(norm_cls) + _EPS
 
+        # (compiled, never under CUDA graphs: the terms outlive the micro-batch in the log)
+        losses_cls, losses_bbox, losses_iou = self.loss_terms(
+            all_layers_cls_scores, all_layers_bbox_preds, enc_cls_scores, enc_bbox_preds, pos,
+            gt_labels, gt_bboxes, factors, norm_cls, norm_pos, num_dn, match_count)
+        if self.sync_cls_avg_factor:
+            # mmdet divides by the 1-element reduce_mean result (shape (1,)); when that result is
+            # below 1 its python max(., 1) gives a 0-dim loss instead: same value, not replicated
+            # (it would need a host read)
+            losses_cls = losses_cls[:, None]
+        return self._loss_dict(losses_cls.unbind(0), losses_bbox.unbind(0),
+                               losses_iou.unbind(0), num_layers, with_enc, num_dn,
+                               all_layers_cls_scores)
+
+    def loss_terms(self, all_layers_cls_scores: Tensor, all_layers_bbox_preds: Tensor,
+                   enc_cls_scores: Optional[Tensor], enc_bbox_preds: Optional[Tensor],
+                   pos: Tensor, gt_labels: Tensor, gt_bboxes: Tensor, factors: Tensor,
+                   norm_cls: Tensor, norm_pos: Tensor, num_dn: int, match_count: int
+                   ) -> Tuple[Tensor, Tensor, Tensor]:
+        """Every loss term from the matched positives: the classification, L1 and GIoU losses
+        per set, each (num_sets, ) (decoder layers, the encoder if any, then the decoder layers'
+        denoising queries), each divided by its normaliser.
+
+        Tensor operations only (no host reads, no matching): ``model.torch_compile`` compiles it
+        (part 'losses'). ``pos`` is (3, num_pos) ``(row, gt, image)`` of every positive: rows
+        index ``[all_layers (L, bs, Q), enc (bs, Q - num_dn)]``, the ``match_count`` positives of
+        each matching set first, then the denoising ones (the same number per layer).
+        """
+        num_layers, num_imgs, num_total_queries, channels = all_layers_cls_scores.shape
+        with_enc = enc_cls_scores is not None
+        num_match_sets = num_layers + int(with_enc)
+        layer_rows = num_imgs * num_total_queries
+        pos_rows, pos_gts, pos_imgs = pos.unbind(0)
+
         # classification: one focal loss call over every row of every layer
         cls_rows = all_layers_cls_scores.reshape(-1, channels)
         if with_enc:
             cls_rows = torch.cat([cls_rows, enc_cls_scores.reshape(-1, channels)])
         labels = torch.full((cls_rows.size(0), ), self.num_classes, dtype=torch.long,
-                            device=device)
+                            device=cls_rows.device)
         labels[pos_rows] = gt_labels[pos_gts]
+        if torch.compiler.is_compiling():
+            # one-hot targets take mmdet's FocalLoss down its PyTorch formula on every device
+            # (traced and fused), not mmcv's CUDA kernel (an extension call dynamo cannot trace);
+            # bf16 logits in float32, as that kernel computes them (float16 stays: autocast
+            # runs the formula's BCE in float32 anyway)
+            labels = F.one_hot(labels, num_classes=channels + 1)[:, :channels]
+            cls_rows = cls_rows.to(kernel_dtype(cls_rows.dtype))
         loss_cls = self.loss_cls(cls_rows, labels, reduction_override='none')
         dec = loss_cls[:num_layers * layer_rows].view(num_layers, num_imgs, num_total_queries,
                                                      channels)
@@ -299,7 +347,7 @@ class BatchedLossDINOHead(DINOHead):
         if with_enc:
             box_rows = torch.cat([box_rows, enc_bbox_preds.reshape(-1, 4)])
         num_sets = num_match_sets + num_layers
-        if num_pos == 0:  # no GT box in the batch: mmdet's (pred * 0-weight).sum()
+        if pos.size(1) == 0:  # no GT box in the batch: mmdet's (pred * 0-weight).sum()
             zero = box_rows.sum() * 0
             losses_bbox = losses_iou = zero.expand(num_sets) / norm_pos
         else:
@@ -311,20 +359,14 @@ class BatchedLossDINOHead(DINOHead):
                 bbox_cxcywh_to_xyxy(pos_preds) * pos_factors.to(pos_preds.dtype),
                 bbox_cxcywh_to_xyxy(pos_targets) * pos_factors, reduction_override='none')
             split = num_match_sets * match_count
+            dn_per_layer = (pos.size(1) - split) // num_layers
             losses_bbox = torch.cat([
-                loss_bbox[:split].reshape(num_match_sets, -1).sum(1),
-                loss_bbox[split:].reshape(num_layers, dn_count * 4).sum(1)]) / norm_pos
+                loss_bbox[:split].reshape(num_match_sets, match_count * 4).sum(1),
+                loss_bbox[split:].reshape(num_layers, dn_per_layer * 4).sum(1)]) / norm_pos
             losses_iou = torch.cat([
-                loss_iou[:split].reshape(num_match_sets, -1).sum(1),
-                loss_iou[split:].reshape(num_layers, dn_count).sum(1)]) / norm_pos
-        if self.sync_cls_avg_factor:
-            # mmdet divides by the 1-element reduce_mean result (shape (1,)); when that result is
-            # below 1 its python max(., 1) gives a 0-dim loss instead: same value, not replicated
-            # (it would need a host read)
-            losses_cls = losses_cls[:, None]
-        return self._loss_dict(losses_cls.unbind(0), losses_bbox.unbind(0),
-                               losses_iou.unbind(0), num_layers, with_enc, num_dn,
-                               all_layers_cls_scores)
+                loss_iou[:split].reshape(num_match_sets, match_count).sum(1),
+                loss_iou[split:].reshape(num_layers, dn_per_layer).sum(1)]) / norm_pos
+        return losses_cls, losses_bbox, losses_iou
 
     @staticmethod
     def _loss_dict(losses_cls: Sequence[Tensor], losses_bbox: Sequence[Tensor],

@@ -21,13 +21,15 @@ otherwise, in float32 for dtypes the kernel lacks (bf16), as that module does.
 assert (the level shapes come from DINO's own ``pre_transformer``; same parameters, same results).
 
 :func:`compile_dino` switches the attention modules to it and the chosen parts' classes to
-subclasses with a compiled ``forward`` (:func:`compiled_class`): nothing is wrapped, so parameter
-names, state dicts and checkpoints stay as they are, and deep copies (mmengine's EMA model) run
-their own weights. ``WindowNormalizedDINO(torch_compile=True or dict(parts=..., mode=...))``
-turns it on; off by default until the GPU benchmark (``--variants torch_compile``) has measured
-it. Results equal eager up to float rounding (tests/models/test_compiled_dino.py).
-``mode='reduce-overhead'`` (CUDA graphs) needs mmcv's CUDA kernel: the PyTorch path reads the
-level shapes on the host, which a graph capture does not allow.
+subclasses with a compiled ``forward`` (and the batched head's ``image_match_costs`` and
+``loss_terms``, never under CUDA graphs: :func:`without_cudagraphs`; :func:`compiled_class`):
+nothing is wrapped, so parameter names, state dicts and checkpoints stay as they are, and deep
+copies (mmengine's EMA model) run their own weights.
+``WindowNormalizedDINO(torch_compile=True or dict(parts=..., mode=...))`` turns it on; off by
+default until the GPU benchmark (``--variants torch_compile``) has measured it. Results equal
+eager up to float rounding (tests/models/test_compiled_dino.py). ``mode='reduce-overhead'``
+(CUDA graphs) needs mmcv's CUDA kernel: the PyTorch path reads the level shapes on the host,
+which a graph capture does not allow.
 """
 import contextlib
 import inspect
@@ -43,6 +45,7 @@ import mmcv.ops.multi_scale_deform_attn as _msda_module
 from mmcv.ops.multi_scale_deform_attn import MultiScaleDeformableAttention
 
 from . import mmcv_cuda_fallback
+from .token_grid import TokenGridDeformableDetrTransformerEncoder
 
 def _ext():
     """mmcv's compiled ops (the kernels' Python bindings)."""
@@ -214,8 +217,9 @@ def make_attention_traceable(module: torch.nn.Module) -> int:
 _COMPILED_CLASSES: Dict[Tuple[type, str], type] = {}
 
 
-def compiled_class(cls: type, **compile_kwargs: Any) -> type:
-    """A subclass of the module class ``cls`` whose ``forward`` is ``torch.compile``-d.
+def compiled_class(cls: type, methods: Mapping[str, Mapping[str, Any]]) -> type:
+    """A subclass of the module class ``cls`` whose methods are ``torch.compile``-d: ``methods``
+    maps each name to its ``torch.compile`` arguments (the names are in ``compiled_methods``).
 
     Switching an instance's class (rather than ``nn.Module.compile``, which stores a compiled
     bound method on the instance) keeps ``copy.deepcopy`` right: mmengine's EMA model is a deep
@@ -223,22 +227,27 @@ def compiled_class(cls: type, **compile_kwargs: Any) -> type:
     time, so a compiled model cannot be pickled whole (``torch.save(model)``); checkpoints hold
     state dicts, which are unchanged.
     """
-    key = (cls, repr(sorted(compile_kwargs.items())))
+    names = tuple(sorted(methods))
+    key = (cls, repr([(name, sorted(methods[name].items())) for name in names]))
     if key not in _COMPILED_CLASSES:
+        namespace = {name: torch.compile(getattr(cls, name), **methods[name]) for name in names}
         _COMPILED_CLASSES[key] = type(f'Compiled{cls.__name__}', (cls,), dict(
-            forward=torch.compile(cls.forward, **compile_kwargs), __module__=__name__,
-            __doc__=f'{cls.__name__} with a torch.compile-d forward.'))
+            namespace, compiled_methods=names, __module__=__name__,
+            __doc__=f"{cls.__name__} with torch.compile-d {', '.join(names)}."))
     return _COMPILED_CLASSES[key]
 
 
 #: dynamo's limit of compiled versions per function, at least: with automatic dynamic shapes
 #: each part compiles a few versions in training (static, then dynamic sizes; a micro-batch
-#: without boxes has no denoising queries) and more for validation (no grad, other sizes); past
-#: the limit torch would silently run the part eagerly
+#: without boxes has no denoising queries; the losses specialise one-box and no-box micro-batches:
+#: up to 5) and more for validation (no grad, other sizes); past the limit torch would silently
+#: run the part eagerly
 RECOMPILE_LIMIT = 32
 
-#: the parts :func:`compile_dino` can compile: module attribute -> what is compiled
-COMPILE_PARTS = ('backbone', 'neck', 'encoder', 'decoder', 'bbox_head')
+#: what part 'losses' compiles: the batched head's matching costs and loss terms
+LOSS_METHODS = ('image_match_costs', 'loss_terms')
+#: the parts :func:`compile_dino` can compile (see there)
+COMPILE_PARTS = ('backbone', 'neck', 'encoder', 'decoder', 'bbox_head', 'losses')
 
 
 def compile_options(setting: Union[bool, Mapping]) -> Dict[str, Any]:
@@ -262,28 +271,72 @@ def compile_options(setting: Union[bool, Mapping]) -> Dict[str, Any]:
     return options
 
 
-def compile_dino(detector: torch.nn.Module, parts: Sequence[str] = COMPILE_PARTS,
+def without_cudagraphs(compile_kwargs: Mapping) -> Dict[str, Any]:
+    """``torch.compile`` arguments like ``compile_kwargs`` minus CUDA graphs, for the losses:
+    their sizes change with every micro-batch's GT counts (a CUDA graph per size), the matching
+    costs run without grad in the middle of the forward, and the loss terms outlive the
+    micro-batch in the window's log (a graph's outputs are overwritten at its next replay)."""
+    kwargs = dict(compile_kwargs)
+    mode = kwargs.get('mode')
+    if mode == 'reduce-overhead':
+        kwargs.pop('mode')
+    elif mode == 'max-autotune':
+        kwargs['mode'] = 'max-autotune-no-cudagraphs'
+    if kwargs.get('options'):
+        kwargs['options'] = {**kwargs['options'], 'triton.cudagraphs': False}
+    return kwargs
+
+
+def compile_dino(detector: torch.nn.Module, parts: Optional[Sequence[str]] = None,
                  **compile_kwargs: Any) -> Dict[str, Any]:
     """Compile parts of a DINO in place (lazily: on their first call); returns what was done.
 
-    ``parts`` (see :data:`COMPILE_PARTS`): 'encoder' compiles each encoder layer (the encoder's
-    own forward builds its reference points from the level shapes on the host), the others the
-    module's whole forward (for 'bbox_head' the per-layer classification / regression branches;
-    the losses stay eager: Hungarian matching runs on the host). ``compile_kwargs`` go to
-    ``torch.compile`` (default ``dynamic=None``: a size that changes between calls, such as the
-    token count under multi-scale training or the number of denoising queries, is recompiled
-    once as dynamic).
+    ``parts`` (see :data:`COMPILE_PARTS`; default: all that apply): 'encoder' compiles the
+    encoder's forward if it is :class:`~tbx11k.models.token_grid.
+    TokenGridDeformableDetrTransformerEncoder` (WindowNormalizedDINO's), else each encoder layer
+    (mmdet's forward builds its reference points from level shapes read on the host), and the
+    detector's ``gen_encoder_output_proposals`` where it says they are ``traceable_proposals``
+    (WindowNormalizedDINO: the detector's class is switched too),
+    'bbox_head' the head's forward (the per-layer classification / regression branches), 'losses'
+    the batched head's matching costs and loss terms (:data:`LOSS_METHODS` of
+    :class:`~tbx11k.models.batched_loss_dino_head.BatchedLossDINOHead`; the Hungarian matching
+    itself runs on the host; needs that head, skipped without it unless named), the others the
+    module's whole forward. ``compile_kwargs`` go to ``torch.compile`` (default ``dynamic=None``:
+    a size that changes between calls, such as the token count under multi-scale training or the
+    number of denoising queries, is recompiled once as dynamic).
     """
+    head = getattr(detector, 'bbox_head', None)
+    batched_head = all(hasattr(head, name) for name in LOSS_METHODS)
+    if parts is None:
+        parts = [p for p in COMPILE_PARTS if p != 'losses' or batched_head]
     unknown = set(parts) - set(COMPILE_PARTS)
     if unknown:
         raise ValueError(f'unknown parts to compile {sorted(unknown)}; known: '
                          f'{list(COMPILE_PARTS)}')
-    modules = []
+    if 'losses' in parts and not batched_head:
+        raise ValueError("model.torch_compile part 'losses' needs "
+                         "model.bbox_head.type='BatchedLossDINOHead', got "
+                         f'{type(detector.bbox_head).__name__}')
+    # module -> {method: torch.compile arguments}, insertion-ordered
+    methods: Dict[torch.nn.Module, Dict[str, Dict[str, Any]]] = {}
     for part in COMPILE_PARTS:  # fixed order
         if part not in parts:
             continue
+        if part == 'losses':
+            methods.setdefault(detector.bbox_head, {}).update(
+                (name, without_cudagraphs(compile_kwargs)) for name in LOSS_METHODS)
+            continue
         module = getattr(detector, part)
-        modules += list(module.layers) if part == 'encoder' else [module]
+        # mmdet's encoder reads the level shapes on the host (its reference points): its layers
+        # are compiled one by one; the token-grid encoder is traceable and compiled whole, and
+        # so are the two-stage proposals made from its output where they are token-grid too
+        per_layer = part == 'encoder' and not isinstance(
+            module, TokenGridDeformableDetrTransformerEncoder)
+        for sub in (list(module.layers) if per_layer else [module]):
+            methods.setdefault(sub, {})['forward'] = dict(compile_kwargs)
+        if part == 'encoder' and getattr(detector, 'traceable_proposals', False):
+            methods.setdefault(detector, {})['gen_encoder_output_proposals'] = dict(
+                compile_kwargs)
     attention = 0
     if 'encoder' in parts:
         attention += make_attention_traceable(detector.encoder)
@@ -291,9 +344,9 @@ def compile_dino(detector: torch.nn.Module, parts: Sequence[str] = COMPILE_PARTS
         attention += make_attention_traceable(detector.decoder)
     dynamo_config = torch._dynamo.config
     dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
-    for module in modules:
-        if type(module) in _COMPILED_CLASSES.values():
+    for module, compiled in methods.items():
+        if getattr(type(module), 'compiled_methods', None) is not None:
             raise ValueError(f'{type(module).__name__} is compiled already')
-        module.__class__ = compiled_class(type(module), **compile_kwargs)
-    return dict(parts=[p for p in COMPILE_PARTS if p in parts], compiled_modules=len(modules),
+        module.__class__ = compiled_class(type(module), compiled)
+    return dict(parts=[p for p in COMPILE_PARTS if p in parts], compiled_modules=len(methods),
                 traceable_attention_modules=attention, compile_kwargs=compile_kwargs)

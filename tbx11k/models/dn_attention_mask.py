@@ -1,15 +1,27 @@
-"""DINO's denoising self-attention mask in a constant number of tensor ops.
+"""DINO's denoising queries collated and masked in a constant number of tensor ops.
 
-mmdet's ``CdnQueryGenerator.generate_dn_mask`` fills the mask with two slice assignments per
-denoising group (2 x up to 100 groups, each a kernel launch and a host-to-device scalar copy on a
-GPU); :func:`denoising_attention_mask` builds the same boolean mask with < 10 ops whatever the
-number of groups. :class:`WindowNormalizedDINO` uses it; tests/models/test_dn_attention_mask.py
-compares it with mmdet's mask.
+mmdet's ``CdnQueryGenerator`` spends ops per denoising group (up to 100 groups) in two places:
+
+- ``generate_dn_mask`` fills the mask with two slice assignments per group (each a kernel launch
+  and a host-to-device scalar copy on a GPU); :func:`denoising_attention_mask` builds the same
+  boolean mask with < 10 ops whatever the number of groups;
+- ``collate_dn_queries`` offsets the query index once per group and half-group (``index +
+  max_num_target * i``: two ops each, 80 for 5 boxes) and counts each image's targets with a
+  comparison and a host read; :meth:`VectorizedDnMaskQueryGenerator.collate_dn_queries` builds
+  the same index on the host from the GT counts (known there) and copies it once.
+
+:class:`WindowNormalizedDINO` uses both; tests/models/test_dn_attention_mask.py compares them
+with mmdet's.
 """
+from typing import List, Optional, Tuple
+
+import numpy as np
 import torch
 from torch import Tensor
 
 from mmdet.models.layers import CdnQueryGenerator
+
+from .host_copy import host_to_device
 
 
 def denoising_attention_mask(max_num_target: int, num_groups: int, num_matching_queries: int,
@@ -29,8 +41,51 @@ def denoising_attention_mask(max_num_target: int, num_groups: int, num_matching_
     return (index < num_denoising)[None, :] & (group[:, None] != group[None, :])
 
 
+def denoising_query_index(num_targets: List[int], num_groups: int) -> np.ndarray:
+    """(2, total) int64 ``(image, slot)`` of every denoising query, on the host.
+
+    The same index as mmdet's ``collate_dn_queries`` (``mapper``): the noisy queries come in
+    ``2 * num_groups`` half-groups (positive, negative) of all targets, image after image; the
+    target ``k`` of an image goes to slot ``k + i * max_num_target`` of half-group ``i``.
+    """
+    max_num_target = max(num_targets, default=0)
+    half_groups = 2 * int(num_groups)
+    image = np.repeat(np.arange(len(num_targets), dtype=np.int64), num_targets)
+    slot = np.concatenate([np.arange(n, dtype=np.int64) for n in num_targets] or
+                          [np.zeros(0, dtype=np.int64)])
+    offsets = max_num_target * np.arange(half_groups, dtype=np.int64)[:, None]
+    return np.stack([np.tile(image, half_groups), (slot[None, :] + offsets).reshape(-1)])
+
+
 class VectorizedDnMaskQueryGenerator(CdnQueryGenerator):
-    """``CdnQueryGenerator`` whose attention mask is :func:`denoising_attention_mask`."""
+    """``CdnQueryGenerator`` whose attention mask is :func:`denoising_attention_mask` and whose
+    query collation indexes with :func:`denoising_query_index` (same results as mmdet's)."""
+
+    _num_targets: Optional[List[int]] = None  # GT counts of the call in progress
+
+    def __call__(self, batch_data_samples: list) -> tuple:
+        self._num_targets = [len(sample.gt_instances) for sample in batch_data_samples]
+        try:
+            return super().__call__(batch_data_samples)
+        finally:
+            self._num_targets = None
+
+    def collate_dn_queries(self, input_label_query: Tensor, input_bbox_query: Tensor,
+                           batch_idx: Tensor, batch_size: int,
+                           num_groups: int) -> Tuple[Tensor, Tensor]:
+        num_targets = self._num_targets
+        if num_targets is None or len(num_targets) != batch_size \
+                or sum(num_targets) != batch_idx.numel():  # called on its own: one host read
+            num_targets = torch.bincount(batch_idx, minlength=batch_size).tolist()
+        device = input_label_query.device
+        mapper = host_to_device(denoising_query_index(num_targets, num_groups), device).unbind(0)
+        num_denoising_queries = int(max(num_targets, default=0) * 2 * num_groups)
+        batched_label_query = input_label_query.new_zeros(
+            batch_size, num_denoising_queries, self.embed_dims)
+        batched_bbox_query = input_bbox_query.new_zeros(batch_size, num_denoising_queries, 4)
+        batched_label_query[mapper] = input_label_query
+        batched_bbox_query[mapper] = input_bbox_query
+        return batched_label_query, batched_bbox_query
 
     def generate_dn_mask(self, max_num_target: int, num_groups: int, device) -> Tensor:
         return denoising_attention_mask(max_num_target, num_groups, self.num_matching_queries,

@@ -1,12 +1,17 @@
 """DINO whose losses are normalised over the whole optimizer-step window."""
-from typing import Dict, List, Optional, Union
+from collections import OrderedDict
+from typing import Dict, List, Optional, Tuple, Union
 
+import torch
 from mmdet.models.detectors import DINO
+from mmdet.models.layers import DeformableDetrTransformerEncoder
 from mmdet.registry import MODELS
 from mmdet.structures import SampleList
+from mmengine.utils import is_list_of
 
 from .cached_positional_encoding import CachedSinePositionalEncoding
 from .dn_attention_mask import VectorizedDnMaskQueryGenerator
+from .token_grid import TokenGridDeformableDetrTransformerEncoder, encoder_output_proposals
 from .window_loss_normalization import KINDS, LossWindow, window_reduce_mean
 
 LOSS_NORMALIZATIONS = ('window', 'micro_batch')
@@ -28,15 +33,17 @@ class WindowNormalizedDINO(DINO):
     on a GPU). False skips the check, not the normalisation: the same numbers, fewer host syncs;
     for GPU runs of a model already validated with the check on.
 
-    Two parts give mmdet's results with fewer ops (host time on a GPU):
+    These parts give mmdet's results with fewer ops and host syncs (host time on a GPU):
     :class:`~tbx11k.models.dn_attention_mask.VectorizedDnMaskQueryGenerator` (the denoising
-    attention mask in ~10 ops instead of two per denoising group) and
+    attention mask and query collation in a few ops instead of a few per denoising group),
     :class:`~tbx11k.models.cached_positional_encoding.CachedSinePositionalEncoding` (computed once
-    per feature-map shape).
+    per feature-map shape), :mod:`~tbx11k.models.token_grid` (the encoder's reference points and
+    the two-stage proposals without per-level loops and host reads) and :meth:`parse_losses`
+    (one stacked sum of DINO's 39 loss terms).
 
-    ``torch_compile`` (default None: off) compiles backbone, neck, encoder layers, decoder and the
-    head's branches with ``torch.compile``: True, or a dict of :func:`compile_dino` arguments
-    (``parts``, and ``torch.compile``'s, e.g. ``mode='reduce-overhead'``), see
+    ``torch_compile`` (default None: off) compiles backbone, neck, encoder, decoder, the head's
+    branches and loss terms with ``torch.compile``: True, or a dict of :func:`compile_dino`
+    arguments (``parts``, and ``torch.compile``'s, e.g. ``mode='reduce-overhead'``), see
     :mod:`tbx11k.models.compiled_dino`; parameters and state dicts are unchanged.
     """
 
@@ -47,6 +54,8 @@ class WindowNormalizedDINO(DINO):
         # switching the class keeps the parameters, their initialisation and the state dict.
         self.dn_query_generator.__class__ = VectorizedDnMaskQueryGenerator
         self.positional_encoding.__class__ = CachedSinePositionalEncoding
+        if type(self.encoder) is DeformableDetrTransformerEncoder:
+            self.encoder.__class__ = TokenGridDeformableDetrTransformerEncoder
         if loss_normalization not in LOSS_NORMALIZATIONS:
             raise ValueError(f'loss_normalization must be one of {LOSS_NORMALIZATIONS}, '
                              f'got {loss_normalization!r}')
@@ -84,6 +93,57 @@ class WindowNormalizedDINO(DINO):
             self._loss_window = None
         else:
             self._loss_window = LossWindow(dict(zip(KINDS, window_mean)), dict(zip(KINDS, local)))
+
+    #: :meth:`gen_encoder_output_proposals` reads nothing on the host: torch.compile can trace it
+    traceable_proposals = True
+
+    def gen_encoder_output_proposals(self, memory: torch.Tensor,
+                                     memory_mask: Optional[torch.Tensor],
+                                     spatial_shapes: torch.Tensor
+                                     ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """mmdet's ``DeformableDETR.gen_encoder_output_proposals`` with the proposal grid from
+        :func:`~tbx11k.models.token_grid.encoder_output_proposals` (no per-level loop, no host
+        read); the rest as mmdet's."""
+        output_proposals = encoder_output_proposals(memory_mask, spatial_shapes, memory.size(0),
+                                                    memory.size(1))
+        output_proposals_valid = ((output_proposals > 0.01) & (output_proposals < 0.99)).sum(
+            -1, keepdim=True) == output_proposals.shape[-1]
+        output_proposals = torch.log(output_proposals / (1 - output_proposals))
+        output_memory = memory
+        if memory_mask is not None:
+            output_proposals = output_proposals.masked_fill(memory_mask.unsqueeze(-1),
+                                                            float('inf'))
+            output_memory = output_memory.masked_fill(memory_mask.unsqueeze(-1), float(0))
+        output_proposals = output_proposals.masked_fill(~output_proposals_valid, float('inf'))
+        output_memory = output_memory.masked_fill(~output_proposals_valid, float(0))
+        output_memory = self.memory_trans_fc(output_memory)
+        output_memory = self.memory_trans_norm(output_memory)
+        return output_memory, output_proposals
+
+    def parse_losses(self, losses: Dict[str, torch.Tensor]
+                     ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """mmengine's ``BaseModel.parse_losses`` (same keys and order, same terms, the same
+        gradient for every term) in a constant number of ops: a one-element term is its own mean
+        (a view, where ``mean()`` is a kernel and its backward another), and the total is one
+        stacked sum instead of a chain of adds (its value may differ from the chain's in the last
+        bits: another summation order)."""
+        log_vars = []
+        for name, value in losses.items():
+            if isinstance(value, torch.Tensor):
+                log_vars.append([name, value.reshape(()) if value.numel() == 1 and
+                                 value.is_floating_point() else value.mean()])
+            elif is_list_of(value, torch.Tensor):
+                log_vars.append([name, sum(term.mean() for term in value)])
+            else:
+                raise TypeError(f'{name} is not a tensor or list of tensors')
+        terms = [value for name, value in log_vars if 'loss' in name]
+        if len(terms) > 1 and all(isinstance(term, torch.Tensor) for term in terms) \
+                and len({term.device for term in terms}) == 1:
+            loss = torch.stack(terms).sum()  # mixed dtypes promote, as the chain of adds does
+        else:
+            loss = sum(terms)
+        log_vars.insert(0, ['loss', loss])
+        return loss, OrderedDict(log_vars)
 
     def loss(self, batch_inputs, batch_data_samples: SampleList) -> Dict:
         if self._loss_window is None or not self.window_normalized:

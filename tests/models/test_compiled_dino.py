@@ -12,7 +12,8 @@ from mmcv.ops.multi_scale_deform_attn import (MultiScaleDeformableAttention,
 from tbx11k.models import compiled_dino
 from tbx11k.models.batched_loss_check import build_tiny_dino, random_batch
 from tbx11k.models.compiled_dino import (COMPILE_PARTS, TraceableMultiScaleDeformableAttention,
-                                         compile_dino, make_attention_traceable, ms_deform_attn)
+                                         compile_dino, make_attention_traceable, ms_deform_attn,
+                                         without_cudagraphs)
 from tbx11k.op_count import count_launches
 
 SHAPES = torch.tensor([[6, 8], [3, 4], [2, 2]])
@@ -131,6 +132,13 @@ def test_config_settings_and_bad_ones():
             build_tiny_dino(torch_compile=setting)
     with pytest.raises(ValueError, match='compiled already'):
         compile_dino(model, parts=['neck'])
+    # the loss computation: only with the batched head; skipped by default without it
+    model = build_tiny_dino(torch_compile=dict(parts=['losses']))
+    assert type(model.bbox_head).compiled_methods == ('image_match_costs', 'loss_terms')
+    with pytest.raises(ValueError, match="part 'losses' needs model.bbox_head.type="):
+        build_tiny_dino('DINOHead', torch_compile=dict(parts=['losses']))
+    done = compile_dino(build_tiny_dino('DINOHead'))
+    assert 'losses' not in done['parts'] and 'bbox_head' in done['parts']
 
 
 def _losses_and_grads(model, inputs, samples):
@@ -143,19 +151,29 @@ def _losses_and_grads(model, inputs, samples):
                       if p.grad is not None}
 
 
-def test_compiled_dino_equals_eager(monkeypatch):
+@pytest.fixture
+def fused_kernels_profiled():
+    """Inductor's fused CPU kernels visible to the profiler (count_launches), for this test only
+    (monkeypatch's undo would hide the option from inductor for the rest of the process)."""
+    with torch._inductor.config.patch({'cpp.enable_kernel_profile': True}):
+        yield
+
+
+def test_compiled_dino_equals_eager(fused_kernels_profiled):
     """All parts compiled (torch_compile=True): the same losses and gradients as eager for two
     batches of different sizes (the second one recompiles with dynamic shapes), fewer kernel
     launches, the same predictions, unchanged state dict, and a deep copy (mmengine's EMA model)
     runs its own weights."""
-    monkeypatch.setattr(torch._inductor.config.cpp, 'enable_kernel_profile', True)
     eager = build_tiny_dino()
     compiled = build_tiny_dino(torch_compile=True)
     compiled.load_state_dict(eager.state_dict())
     assert list(compiled.state_dict()) == list(eager.state_dict())
     assert type(compiled.encoder.layers[0].self_attn) is TraceableMultiScaleDeformableAttention
     assert all(type(getattr(compiled, part)).__name__.startswith('Compiled')
-               for part in COMPILE_PARTS if part != 'encoder')
+               for part in COMPILE_PARTS if part not in ('encoder', 'losses'))
+    assert type(compiled.bbox_head).compiled_methods == ('forward', 'image_match_costs',
+                                                         'loss_terms')
+    assert type(compiled).compiled_methods == ('gen_encoder_output_proposals', )
     for boxes in ([3, 1], [2, 5, 4]):
         inputs, samples = random_batch(boxes)
         (ref_logs, ref_grads), (logs, grads) = (_losses_and_grads(m, inputs, samples)
@@ -190,3 +208,59 @@ def test_compiled_dino_equals_eager(monkeypatch):
         assert torch.allclose(ema.pred_instances.bboxes, ref.pred_instances.bboxes, atol=1e-3)
         assert not torch.allclose(ema.pred_instances.scores, trained.pred_instances.scores,
                                   atol=1e-5)
+
+
+def test_compiled_loss_terms_take_the_focal_formula_in_the_kernels_dtype():
+    """Compiled, the loss terms give mmdet's FocalLoss one-hot targets (its PyTorch formula,
+    traceable) and bf16 logits in float32, as the eager GPU path (mmcv's kernel) computes them."""
+    model = build_tiny_dino()
+    head = type(model.bbox_head)
+    captured = []
+    original = head.loss_terms
+
+    def capture(self, *args):
+        captured.append(args)
+        return original(self, *args)
+
+    head.loss_terms = capture
+    try:
+        torch.manual_seed(1)
+        model.loss(*random_batch([3, 2]))
+    finally:
+        head.loss_terms = original
+    args = list(captured[0])
+    for i in (0, 2):  # decoder and encoder logits, as under bf16 autocast
+        args[i] = args[i].detach().to(torch.bfloat16)
+    got = torch.compile(head.loss_terms)(model.bbox_head, *args)
+    expected = head.loss_terms(model.bbox_head, *[
+        a.float() if i in (0, 2) else a for i, a in enumerate(args)])
+    assert got[0].dtype == expected[0].dtype == torch.float32
+    for g, e in zip(got, expected):
+        assert torch.allclose(g, e, rtol=1e-5, atol=0)
+    eager_bf16 = head.loss_terms(model.bbox_head, *args)[0]  # the CPU formula in bf16: coarser
+    assert not torch.allclose(eager_bf16, expected[0], rtol=1e-5, atol=0)
+
+
+def test_losses_never_under_cuda_graphs(monkeypatch):
+    """mode='reduce-overhead' (CUDA graphs) for the model's parts, not for the losses: their
+    sizes change with each micro-batch's GT counts and the loss terms outlive the micro-batch."""
+    assert without_cudagraphs(dict(mode='reduce-overhead', dynamic=True)) == dict(dynamic=True)
+    assert without_cudagraphs(dict(mode='max-autotune')) == dict(
+        mode='max-autotune-no-cudagraphs')
+    assert without_cudagraphs(dict(options={'triton.cudagraphs': True, 'x': 1})) == dict(
+        options={'triton.cudagraphs': False, 'x': 1})
+    assert without_cudagraphs(dict(mode='default')) == dict(mode='default')
+    made = {}
+
+    def record(cls, methods):
+        made[cls.__name__] = methods
+        return cls
+
+    monkeypatch.setattr(compiled_dino, 'compiled_class', record)
+    compile_dino(build_tiny_dino(), mode='reduce-overhead')
+    assert made['BatchedLossDINOHead'] == dict(forward=dict(mode='reduce-overhead'),
+                                               image_match_costs={}, loss_terms={})
+    assert made['TokenGridDeformableDetrTransformerEncoder'] == dict(
+        forward=dict(mode='reduce-overhead'))
+    assert made['WindowNormalizedDINO'] == dict(
+        gen_encoder_output_proposals=dict(mode='reduce-overhead'))

@@ -1,11 +1,14 @@
-"""The vectorised denoising attention mask equals mmdet's, in a constant number of ops."""
+"""The vectorised denoising attention mask and query collation equal mmdet's, in a constant number
+of ops."""
 import pytest
 import torch
+from mmdet.structures import DetDataSample
+from mmengine.structures import InstanceData
 
 from mmdet.models.layers import CdnQueryGenerator
 
 from tbx11k.models.dn_attention_mask import (VectorizedDnMaskQueryGenerator,
-                                             denoising_attention_mask)
+                                             denoising_attention_mask, denoising_query_index)
 from tbx11k.op_count import OpCounter
 
 
@@ -49,3 +52,68 @@ def test_window_normalized_dino_uses_it():
     model = build_tiny_dino('BatchedLossDINOHead')
     assert type(model).__name__ == 'WindowNormalizedDINO'
     assert type(model.dn_query_generator) is VectorizedDnMaskQueryGenerator
+
+
+def _samples(num_targets, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    samples = []
+    for n in num_targets:
+        xy = torch.rand(n, 2, generator=generator) * 40
+        wh = torch.rand(n, 2, generator=generator) * 20 + 1
+        sample = DetDataSample(metainfo=dict(img_shape=(64, 80)))
+        sample.gt_instances = InstanceData(
+            bboxes=torch.cat([xy, xy + wh], 1),
+            labels=torch.randint(0, 3, (n, ), generator=generator))
+        samples.append(sample)
+    return samples
+
+
+@pytest.mark.parametrize('num_targets', [[5], [1], [3, 0, 4], [0, 2], [7, 7], [0], [120, 1]])
+def test_same_queries_as_mmdet(num_targets):
+    """The whole generator call (noise drawn from the same seed) gives mmdet's tensors."""
+    stock, ours = _generators(30)
+    ours.load_state_dict(stock.state_dict())
+    samples = _samples(num_targets)
+    results = []
+    for generator in (stock, ours):
+        torch.manual_seed(3)
+        results.append(generator(samples))
+    (s_label, s_bbox, s_mask, s_meta), (o_label, o_bbox, o_mask, o_meta) = results
+    assert o_meta == s_meta
+    for got, expected in ((o_label, s_label), (o_bbox, s_bbox), (o_mask, s_mask)):
+        assert got.dtype == expected.dtype and torch.equal(got, expected)
+    assert ours._num_targets is None  # the call's GT counts are not kept
+
+
+@pytest.mark.parametrize('num_targets,num_groups', [([5], 20), ([3, 0, 4], 2), ([0, 0], 1),
+                                                    ([2, 6, 1], 16)])
+def test_collation_called_on_its_own(num_targets, num_groups):
+    """Outside a generator call (no GT counts kept) it counts the targets from batch_idx."""
+    stock, ours = _generators(30)
+    total = sum(num_targets) * 2 * num_groups
+    label_query, bbox_query = torch.randn(total, 8), torch.rand(total, 4)
+    batch_idx = torch.cat([torch.full((n, ), i, dtype=torch.long)
+                           for i, n in enumerate(num_targets)])
+    expected = stock.collate_dn_queries(label_query, bbox_query, batch_idx, len(num_targets),
+                                        num_groups)
+    got = ours.collate_dn_queries(label_query, bbox_query, batch_idx, len(num_targets),
+                                  num_groups)
+    for g, e in zip(got, expected):
+        assert torch.equal(g, e)
+    index = denoising_query_index(num_targets, num_groups)
+    assert index.shape == (2, total) and index.dtype.name == 'int64'
+
+
+def test_collation_ops_do_not_grow_with_the_groups():
+    stock, ours = _generators(30)
+    counts = {}
+    for name, generator in (('stock', stock), ('ours', ours)):
+        for max_num_target in (1, 50):  # 100 and 2 denoising groups
+            samples = _samples([max_num_target])
+            with OpCounter() as counted:
+                generator(samples)
+            counts[name, max_num_target] = (sum(counted.ops.values()),
+                                            counted.total_syncs())
+    assert counts['ours', 1] == counts['ours', 50]
+    assert counts['stock', 1][0] - counts['ours', 1][0] > 300  # mask + collation per group
+    assert counts['ours', 1][1] < counts['stock', 1][1]  # no per-image count reads

@@ -1,0 +1,12 @@
+"""Host arrays to the device without making the host wait."""
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def host_to_device(array: np.ndarray, device: torch.device) -> Tensor:
+    """Host array -> device without a host sync (pinned, non-blocking) on CUDA."""
+    tensor = torch.from_numpy(array)
+    if device.type == 'cuda':
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)

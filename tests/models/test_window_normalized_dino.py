@@ -1,0 +1,77 @@
+"""WindowNormalizedDINO.parse_losses: mmengine's results in a constant number of ops."""
+import pytest
+import torch
+from mmengine.model import BaseModel
+
+from tbx11k.models.batched_loss_check import build_tiny_dino, random_batch
+from tbx11k.op_count import OpCounter
+
+
+@pytest.fixture(scope='module')
+def model():
+    return build_tiny_dino()
+
+
+def _parsed(model, parse, inputs, samples):
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(1)
+    losses = model.loss(inputs, samples)
+    with OpCounter() as counted:
+        loss, log_vars = parse(model, losses)
+        loss.backward()
+    assert log_vars['loss'] is loss
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return loss.detach(), {k: v.detach() for k, v in log_vars.items()}, grads, counted
+
+
+@pytest.mark.parametrize('num_boxes', [[3], [0, 2]])
+def test_same_terms_and_gradients_as_mmengine(model, num_boxes):
+    inputs, samples = random_batch(num_boxes)
+    stock = _parsed(model, BaseModel.parse_losses, inputs, samples)
+    ours = _parsed(model, type(model).parse_losses, inputs, samples)
+    (s_loss, s_vars, s_grads, s_ops), (o_loss, o_vars, o_grads, o_ops) = stock, ours
+    assert list(o_vars) == list(s_vars) and list(o_vars)[0] == 'loss'
+    for key in list(s_vars)[1:]:
+        assert o_vars[key].shape == s_vars[key].shape == ()
+        assert torch.equal(o_vars[key], s_vars[key]), key
+    assert torch.allclose(o_loss, s_loss, rtol=1e-6, atol=0)
+    assert o_grads.keys() == s_grads.keys()
+    for name in s_grads:  # each term's gradient is exactly 1: the same backward
+        assert torch.equal(o_grads[name], s_grads[name]), name
+    # parse + backward: the terms' means, the adds and their backward are gone
+    num_terms = len(s_vars) - 1
+    assert o_ops.total_launching_ops() <= s_ops.total_launching_ops() - 3 * num_terms + 3, (
+        o_ops.total_launching_ops(), s_ops.total_launching_ops(), num_terms)
+
+
+def test_other_values_as_mmengine(model):
+    losses = dict(loss_a=torch.tensor([1.0, 3.0]), loss_b=[torch.tensor(2.0), torch.ones(3)],
+                  acc=torch.tensor(0.5), loss_c=torch.tensor([4.0]))
+    loss, log_vars = type(model).parse_losses(model, losses)
+    expected_loss, expected = BaseModel.parse_losses(model, losses)
+    assert list(log_vars) == list(expected) == ['loss', 'loss_a', 'loss_b', 'acc', 'loss_c']
+    for key in expected:
+        assert torch.equal(log_vars[key], expected[key]), key
+    with pytest.raises(TypeError, match='loss_d is not a tensor'):
+        type(model).parse_losses(model, dict(loss_d=1.0))
+    assert type(model).parse_losses(model, dict(acc=torch.tensor(1.0)))[0] == 0
+    # an empty list term is 0, as in mmengine
+    loss, log_vars = type(model).parse_losses(model, dict(loss_a=[], loss_b=torch.tensor(2.0)))
+    assert float(loss) == 2.0 and log_vars['loss_a'] == 0
+
+
+def test_mixed_dtypes_as_mmengine(model):
+    """AMP gives float16 / bfloat16 terms beside float32 ones: the stacked sum promotes as the
+    chain of adds does, and each term still gets the gradient 1 in its own dtype."""
+    for low in (torch.float16, torch.bfloat16):
+        values = [torch.tensor(1.5, dtype=low), torch.tensor([2.25]), torch.tensor(0.5, dtype=low)]
+        results = []
+        for parse in (BaseModel.parse_losses, type(model).parse_losses):
+            terms = [v.clone().requires_grad_() for v in values]
+            loss, _ = parse(model, dict(loss_a=terms[0], loss_b=terms[1], loss_c=terms[2]))
+            loss.backward()
+            results.append((loss, [t.grad for t in terms]))
+        (s_loss, s_grads), (o_loss, o_grads) = results
+        assert o_loss.dtype == s_loss.dtype == torch.float32 and float(o_loss) == float(s_loss)
+        for o, s_ in zip(o_grads, s_grads):
+            assert o.dtype == s_.dtype and torch.equal(o, s_)
