@@ -611,8 +611,8 @@ VARIANTS: Dict[str, Variant] = {v.name: v for v in [
     Variant('stock_loss_head', "diagnostic: ours with model.bbox_head.type='DINOHead' (mmdet's "
             'layer-by-layer losses instead of the default BatchedLossDINOHead): what batching '
             'the losses saves', _stock_loss_head, diagnostic=True),
-    Variant('torch_compile', 'model.torch_compile=True: backbone, neck, encoder, decoder, '
-            'head branches, loss terms torch.compile-d (inductor; MSDA as a custom op)',
+    Variant('torch_compile', 'model.torch_compile=True: backbone, neck, encoder, proposals, '
+            'decoder, head branches, losses torch.compile-d (inductor; MSDA as a custom op)',
             _torch_compile, extra_warmup=COMPILE_WARMUP),
     Variant('torch_compile_transformer', "model.torch_compile=dict(parts=['encoder', 'decoder'])",
             _torch_compile_transformer, extra_warmup=COMPILE_WARMUP),

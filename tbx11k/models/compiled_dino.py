@@ -247,7 +247,7 @@ RECOMPILE_LIMIT = 32
 #: what part 'losses' compiles: the batched head's matching costs and loss terms
 LOSS_METHODS = ('image_match_costs', 'loss_terms')
 #: the parts :func:`compile_dino` can compile (see there)
-COMPILE_PARTS = ('backbone', 'neck', 'encoder', 'decoder', 'bbox_head', 'losses')
+COMPILE_PARTS = ('backbone', 'neck', 'encoder', 'proposals', 'decoder', 'bbox_head', 'losses')
 
 
 def compile_options(setting: Union[bool, Mapping]) -> Dict[str, Any]:
@@ -294,9 +294,9 @@ def compile_dino(detector: torch.nn.Module, parts: Optional[Sequence[str]] = Non
     ``parts`` (see :data:`COMPILE_PARTS`; default: all that apply): 'encoder' compiles the
     encoder's forward if it is :class:`~tbx11k.models.token_grid.
     TokenGridDeformableDetrTransformerEncoder` (WindowNormalizedDINO's), else each encoder layer
-    (mmdet's forward builds its reference points from level shapes read on the host), and the
-    detector's ``gen_encoder_output_proposals`` where it says they are ``traceable_proposals``
-    (WindowNormalizedDINO: the detector's class is switched too),
+    (mmdet's forward builds its reference points from level shapes read on the host),
+    'proposals' the detector's ``gen_encoder_output_proposals`` (needs ``traceable_proposals``:
+    WindowNormalizedDINO; skipped without it unless named; the detector's class is switched),
     'bbox_head' the head's forward (the per-layer classification / regression branches), 'losses'
     the batched head's matching costs and loss terms (:data:`LOSS_METHODS` of
     :class:`~tbx11k.models.batched_loss_dino_head.BatchedLossDINOHead`; the Hungarian matching
@@ -306,17 +306,21 @@ def compile_dino(detector: torch.nn.Module, parts: Optional[Sequence[str]] = Non
     number of denoising queries, is recompiled once as dynamic).
     """
     head = getattr(detector, 'bbox_head', None)
-    batched_head = all(hasattr(head, name) for name in LOSS_METHODS)
+    applies = dict(losses=all(hasattr(head, name) for name in LOSS_METHODS),
+                   proposals=getattr(detector, 'traceable_proposals', False))
     if parts is None:
-        parts = [p for p in COMPILE_PARTS if p != 'losses' or batched_head]
+        parts = [p for p in COMPILE_PARTS if applies.get(p, True)]
     unknown = set(parts) - set(COMPILE_PARTS)
     if unknown:
         raise ValueError(f'unknown parts to compile {sorted(unknown)}; known: '
                          f'{list(COMPILE_PARTS)}')
-    if 'losses' in parts and not batched_head:
+    if 'losses' in parts and not applies['losses']:
         raise ValueError("model.torch_compile part 'losses' needs "
                          "model.bbox_head.type='BatchedLossDINOHead', got "
                          f'{type(detector.bbox_head).__name__}')
+    if 'proposals' in parts and not applies['proposals']:
+        raise ValueError("model.torch_compile part 'proposals' needs a detector with traceable "
+                         f'proposals (WindowNormalizedDINO), got {type(detector).__name__}')
     # module -> {method: torch.compile arguments}, insertion-ordered
     methods: Dict[torch.nn.Module, Dict[str, Dict[str, Any]]] = {}
     for part in COMPILE_PARTS:  # fixed order
@@ -326,17 +330,17 @@ def compile_dino(detector: torch.nn.Module, parts: Optional[Sequence[str]] = Non
             methods.setdefault(detector.bbox_head, {}).update(
                 (name, without_cudagraphs(compile_kwargs)) for name in LOSS_METHODS)
             continue
+        if part == 'proposals':
+            methods.setdefault(detector, {})['gen_encoder_output_proposals'] = dict(
+                compile_kwargs)
+            continue
         module = getattr(detector, part)
         # mmdet's encoder reads the level shapes on the host (its reference points): its layers
-        # are compiled one by one; the token-grid encoder is traceable and compiled whole, and
-        # so are the two-stage proposals made from its output where they are token-grid too
+        # are compiled one by one; the token-grid encoder is traceable and compiled whole
         per_layer = part == 'encoder' and not isinstance(
             module, TokenGridDeformableDetrTransformerEncoder)
         for sub in (list(module.layers) if per_layer else [module]):
             methods.setdefault(sub, {})['forward'] = dict(compile_kwargs)
-        if part == 'encoder' and getattr(detector, 'traceable_proposals', False):
-            methods.setdefault(detector, {})['gen_encoder_output_proposals'] = dict(
-                compile_kwargs)
     attention = 0
     if 'encoder' in parts:
         attention += make_attention_traceable(detector.encoder)

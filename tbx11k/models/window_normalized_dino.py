@@ -41,8 +41,8 @@ class WindowNormalizedDINO(DINO):
     the two-stage proposals without per-level loops and host reads) and :meth:`parse_losses`
     (one stacked sum of DINO's 39 loss terms).
 
-    ``torch_compile`` (default None: off) compiles backbone, neck, encoder, decoder, the head's
-    branches and loss terms with ``torch.compile``: True, or a dict of :func:`compile_dino`
+    ``torch_compile`` (default None: off) compiles backbone, neck, encoder, proposals, decoder,
+    the head's branches and losses with ``torch.compile``: True, or a dict of :func:`compile_dino`
     arguments (``parts``, and ``torch.compile``'s, e.g. ``mode='reduce-overhead'``), see
     :mod:`tbx11k.models.compiled_dino`; parameters and state dicts are unchanged.
     """

@@ -139,6 +139,11 @@ def test_config_settings_and_bad_ones():
         build_tiny_dino('DINOHead', torch_compile=dict(parts=['losses']))
     done = compile_dino(build_tiny_dino('DINOHead'))
     assert 'losses' not in done['parts'] and 'bbox_head' in done['parts']
+    # the two-stage proposals: only where the detector says they are traceable
+    with pytest.raises(ValueError, match="part 'proposals' needs a detector with traceable"):
+        compile_dino(types.SimpleNamespace(bbox_head=None), parts=['proposals'])
+    model = build_tiny_dino(torch_compile=dict(parts=['proposals']))
+    assert type(model).compiled_methods == ('gen_encoder_output_proposals', )
 
 
 def _losses_and_grads(model, inputs, samples):
@@ -170,7 +175,7 @@ def test_compiled_dino_equals_eager(fused_kernels_profiled):
     assert list(compiled.state_dict()) == list(eager.state_dict())
     assert type(compiled.encoder.layers[0].self_attn) is TraceableMultiScaleDeformableAttention
     assert all(type(getattr(compiled, part)).__name__.startswith('Compiled')
-               for part in COMPILE_PARTS if part not in ('encoder', 'losses'))
+               for part in COMPILE_PARTS if part not in ('encoder', 'proposals', 'losses'))
     assert type(compiled.bbox_head).compiled_methods == ('forward', 'image_match_costs',
                                                          'loss_terms')
     assert type(compiled).compiled_methods == ('gen_encoder_output_proposals', )
