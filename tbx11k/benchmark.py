@@ -80,9 +80,9 @@ class CaseResult:
     peak_mem_kind: str = ''
     step_times: List[float] = field(default_factory=list)
     compiles_in_timed_steps: int = 0  # torch.compile graphs made after the warm-up (in the time)
-    # train: the first optimizer step's logged loss (ours: the window's mean; stock: its last
-    # micro-batch's, normalised per micro-batch: not comparable with ours)
-    first_step_loss: Optional[float] = None
+    # train: the logged loss of each warm-up optimizer step (ours: the window's mean; stock: its
+    # last micro-batch's, normalised per micro-batch: not comparable with ours)
+    warmup_losses: List[float] = field(default_factory=list)
     profile: Optional[Dict] = None  # kind 'profile': torch.profiler summary per micro-batch
 
     @property
@@ -296,15 +296,15 @@ def make_step_timer(warmup: int, steps: int, micro_batches_per_iter: int,
             self.marks: List[float] = []
             self.cpu_marks: List[float] = []
             self.graph_marks: List[int] = []
-            self.first_step_loss: Optional[float] = None
+            self.warmup_losses: List[float] = []
 
         def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
             self.micro_batches += micro_batches_per_iter
             if self.micro_batches % accumulative_counts:
                 return  # inside an accumulation window (stock loop)
             self.optimizer_steps += 1
-            if self.optimizer_steps == 1 and outputs and 'loss' in outputs:
-                self.first_step_loss = float(outputs['loss'])  # warm-up: a read is no harm
+            if self.optimizer_steps <= warmup and outputs and 'loss' in outputs:
+                self.warmup_losses.append(float(outputs['loss']))  # untimed: a read is no harm
             if self.optimizer_steps < warmup:
                 return
             sync()
@@ -367,7 +367,7 @@ def time_training(cfg, result: CaseResult, device: str) -> CaseResult:
             gc.collect()
     _fill_times(result, timer.marks, acc, timer.cpu_marks)
     result.compiles_in_timed_steps = timer.graph_marks[-1] - timer.graph_marks[0]
-    result.first_step_loss = timer.first_step_loss
+    result.warmup_losses = timer.warmup_losses
     result.peak_mem_mib, result.peak_mem_kind = memory.peak_mib, memory.kind
     return result
 
@@ -938,19 +938,23 @@ def _profile_line(p: Optional[Dict]) -> str:
             f" of {p['wall_s']:.2f} s (under the profiler)")
 
 
-def _first_step_losses(cases: Sequence[Dict]) -> List[str]:
-    """A sanity line: the first optimizer step's loss of ours and of its training variants
-    (same data, seed and initial weights: fp32 variants agree with ours up to float rounding)."""
+def _warmup_losses(cases: Sequence[Dict]) -> List[str]:
+    """A sanity line: the summed loss of the first warm-up optimizer steps (as many as every case
+    has) of ours and of its training variants (same data, seed and initial weights: fp32 variants
+    agree with ours up to float rounding)."""
     def beside_ours(c: Dict) -> bool:
         return c['name'] == 'ours' or bool(c['variant']) and (c.get('baseline') or 'ours') == 'ours'
 
-    losses = {c['name']: c['first_step_loss'] for c in cases
-              if c['status'] == 'ok' and c['kind'] == 'train'
-              and c.get('first_step_loss') is not None and beside_ours(c)}
-    if 'ours' not in losses:
+    runs = {c['name']: c['warmup_losses'] for c in cases
+            if c['status'] == 'ok' and c['kind'] == 'train' and c.get('warmup_losses')
+            and beside_ours(c)}
+    if 'ours' not in runs:
         return []
+    steps = min(len(values) for values in runs.values())
+    losses = {name: sum(values[:steps]) for name, values in runs.items()}
     ref = losses['ours']
-    return ['first optimizer step loss (fp32 variants match ours up to float rounding): ' +
+    return [f'loss summed over the first {steps} optimizer steps (fp32 variants match ours up to '
+            'float rounding): ' +
             ', '.join(f'{name} {value:.7g}' + ('' if name == 'ours' else
                                                f' ({(value - ref) / max(abs(ref), 1e-12):+.1e})')
                       for name, value in losses.items())]
@@ -995,7 +999,7 @@ def format_table(report: Dict) -> str:
     lines += [f"{c['name']}: {c['compiles_in_timed_steps']} torch.compile graph(s) made during the "
               'timed steps (the mean includes compiling; see the median)'
               for c in cases if c.get('compiles_in_timed_steps')]
-    lines += _first_step_losses(cases)
+    lines += _warmup_losses(cases)
     mem = next((c['peak_mem_kind'] for c in cases if c['peak_mem_kind']), '')
     lines.append(f"config: {report['options']['config']} | device: {env['gpu'] or 'cpu'} | "
                  f"torch {env['torch']} | MSDA: {env['msda_path']} | peak memory: {mem}")

@@ -59,9 +59,10 @@ def test_ours_only_with_inference(tmp_path, synthetic_root):
     assert [c['name'] for c in report['cases']] == ['ours', 'ours_infer', 'ours_infer_b2',
                                                     'ours_profile']
     check_case(report['cases'][0], 'ours', 1, 2)
-    assert math.isfinite(report['cases'][0]['first_step_loss'])
-    assert 'first optimizer step loss (fp32 variants match ours up to float rounding): ours ' \
-        in stdout
+    losses = report['cases'][0]['warmup_losses']
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+    assert 'loss summed over the first 2 optimizer steps (fp32 variants match ours up to float ' \
+        'rounding): ours ' in stdout
     check_case(report['cases'][1], 'ours_infer', 1, 1)
     check_case(report['cases'][2], 'ours_infer_b2', 2, 1)
     assert report['cases'][2]['images_per_step'] == 2
@@ -161,7 +162,8 @@ def test_step_timer_counts_optimizer_steps(per_iter, acc, iters, marks):
         for done in range(1, 100):
             timer.after_train_iter(None, done - 1, outputs=dict(loss=float(done)))
     assert done == iters and timer.optimizer_steps == 5 and len(timer.marks) == marks
-    assert timer.first_step_loss == float(acc // per_iter)  # the iteration ending step 1
+    # the iterations ending the 2 warm-up steps
+    assert timer.warmup_losses == [float(acc // per_iter), float(2 * acc // per_iter)]
 
 
 def test_ratios_and_targets():
@@ -180,7 +182,8 @@ def test_ratios_and_targets():
              case('ours_infer_b8', 'ours', 8, 1, 120.0, 'infer'),
              case('stock_infer_b8', 'stock', 8, 1, 100.0, 'infer'),
              case('compiled_infer', 'ours', 8, 1, 150.0, 'infer', 'y', 'ours_infer_b8')]
-    cases[0].first_step_loss, cases[1].first_step_loss, cases[6].first_step_loss = 8.0, 9.0, 8.5
+    cases[0].warmup_losses, cases[1].warmup_losses = [8.0, 1.0], [9.0, 9.0]
+    cases[6].warmup_losses = [8.5, 1.0, 7.0]  # more warm-up steps: the first 2 compared
     ratios = bm.compute_ratios(cases)
     assert ratios['train_vs_stock'] == pytest.approx(26 / 4.3)
     assert ratios['accumulation_overhead'] == pytest.approx(28 / 26)
@@ -201,8 +204,8 @@ def test_ratios_and_targets():
     assert '6.05x vs stock' in table and '1.15x vs ours' in table
     assert '1.25x vs ours_infer_b8' in table
     # stock normalises its loss otherwise: only ours and its variants are compared
-    assert 'first optimizer step loss (fp32 variants match ours up to float rounding): ' \
-        'ours 8, safe_all 8.5 (+6.2e-02)' in table
+    assert 'loss summed over the first 2 optimizer steps (fp32 variants match ours up to float ' \
+        'rounding): ours 9, safe_all 9.5 (+5.6e-02)' in table
 
 
 def test_profile_summary_counts_launches_syncs_and_gpu_time():
