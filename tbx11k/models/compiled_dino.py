@@ -295,8 +295,9 @@ def compile_dino(detector: torch.nn.Module, parts: Optional[Sequence[str]] = Non
     encoder's forward if it is :class:`~tbx11k.models.token_grid.
     TokenGridDeformableDetrTransformerEncoder` (WindowNormalizedDINO's), else each encoder layer
     (mmdet's forward builds its reference points from level shapes read on the host),
-    'proposals' the detector's ``gen_encoder_output_proposals`` (needs ``traceable_proposals``:
-    WindowNormalizedDINO; skipped without it unless named; the detector's class is switched),
+    'proposals' the two-stage proposals (WindowNormalizedDINO's ``masked_memory_and_proposals``;
+    needs ``traceable_proposals``; skipped without it unless named; the detector's class is
+    switched),
     'bbox_head' the head's forward (the per-layer classification / regression branches), 'losses'
     the batched head's matching costs and loss terms (:data:`LOSS_METHODS` of
     :class:`~tbx11k.models.batched_loss_dino_head.BatchedLossDINOHead`; the Hungarian matching
@@ -331,7 +332,7 @@ def compile_dino(detector: torch.nn.Module, parts: Optional[Sequence[str]] = Non
                 (name, without_cudagraphs(compile_kwargs)) for name in LOSS_METHODS)
             continue
         if part == 'proposals':
-            methods.setdefault(detector, {})['gen_encoder_output_proposals'] = dict(
+            methods.setdefault(detector, {})['masked_memory_and_proposals'] = dict(
                 compile_kwargs)
             continue
         module = getattr(detector, part)

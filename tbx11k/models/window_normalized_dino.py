@@ -94,16 +94,32 @@ class WindowNormalizedDINO(DINO):
         else:
             self._loss_window = LossWindow(dict(zip(KINDS, window_mean)), dict(zip(KINDS, local)))
 
-    #: :meth:`gen_encoder_output_proposals` reads nothing on the host: torch.compile can trace it
+    #: :meth:`masked_memory_and_proposals` reads nothing on the host: torch.compile can trace it
     traceable_proposals = True
 
     def gen_encoder_output_proposals(self, memory: torch.Tensor,
                                      memory_mask: Optional[torch.Tensor],
                                      spatial_shapes: torch.Tensor
                                      ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """mmdet's ``DeformableDETR.gen_encoder_output_proposals`` with the proposal grid from
-        :func:`~tbx11k.models.token_grid.encoder_output_proposals` (no per-level loop, no host
-        read); the rest as mmdet's."""
+        """mmdet's ``DeformableDETR.gen_encoder_output_proposals``:
+        :meth:`masked_memory_and_proposals`, then ``memory_trans_fc`` and ``memory_trans_norm`` on
+        the memory."""
+        output_memory, output_proposals = self.masked_memory_and_proposals(memory, memory_mask,
+                                                                           spatial_shapes)
+        output_memory = self.memory_trans_fc(output_memory)
+        output_memory = self.memory_trans_norm(output_memory)
+        return output_memory, output_proposals
+
+    def masked_memory_and_proposals(self, memory: torch.Tensor,
+                                    memory_mask: Optional[torch.Tensor],
+                                    spatial_shapes: torch.Tensor
+                                    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The proposals (inverse-sigmoid cxcywh, ``inf`` where padded or invalid) and the memory
+        zeroed there, as mmdet computes them before its memory transform, with the proposal grid
+        from :func:`~tbx11k.models.token_grid.encoder_output_proposals` (no per-level loop, no host
+        read). Tensor ops only: ``model.torch_compile`` part 'proposals' compiles it (compiled,
+        the results stay bit-identical; the transform's LayerNorm would not, and the top-k query
+        selection after it turns last-bit differences into other queries)."""
         output_proposals = encoder_output_proposals(memory_mask, spatial_shapes, memory.size(0),
                                                     memory.size(1))
         output_proposals_valid = ((output_proposals > 0.01) & (output_proposals < 0.99)).sum(
@@ -116,8 +132,6 @@ class WindowNormalizedDINO(DINO):
             output_memory = output_memory.masked_fill(memory_mask.unsqueeze(-1), float(0))
         output_proposals = output_proposals.masked_fill(~output_proposals_valid, float('inf'))
         output_memory = output_memory.masked_fill(~output_proposals_valid, float(0))
-        output_memory = self.memory_trans_fc(output_memory)
-        output_memory = self.memory_trans_norm(output_memory)
         return output_memory, output_proposals
 
     def parse_losses(self, losses: Dict[str, torch.Tensor]

@@ -143,7 +143,7 @@ def test_config_settings_and_bad_ones():
     with pytest.raises(ValueError, match="part 'proposals' needs a detector with traceable"):
         compile_dino(types.SimpleNamespace(bbox_head=None), parts=['proposals'])
     model = build_tiny_dino(torch_compile=dict(parts=['proposals']))
-    assert type(model).compiled_methods == ('gen_encoder_output_proposals', )
+    assert type(model).compiled_methods == ('masked_memory_and_proposals', )
 
 
 def _losses_and_grads(model, inputs, samples):
@@ -178,7 +178,7 @@ def test_compiled_dino_equals_eager(fused_kernels_profiled):
                for part in COMPILE_PARTS if part not in ('encoder', 'proposals', 'losses'))
     assert type(compiled.bbox_head).compiled_methods == ('forward', 'image_match_costs',
                                                          'loss_terms')
-    assert type(compiled).compiled_methods == ('gen_encoder_output_proposals', )
+    assert type(compiled).compiled_methods == ('masked_memory_and_proposals', )
     for boxes in ([3, 1], [2, 5, 4]):
         inputs, samples = random_batch(boxes)
         (ref_logs, ref_grads), (logs, grads) = (_losses_and_grads(m, inputs, samples)
@@ -268,4 +268,4 @@ def test_losses_never_under_cuda_graphs(monkeypatch):
     assert made['TokenGridDeformableDetrTransformerEncoder'] == dict(
         forward=dict(mode='reduce-overhead'))
     assert made['WindowNormalizedDINO'] == dict(
-        gen_encoder_output_proposals=dict(mode='reduce-overhead'))
+        masked_memory_and_proposals=dict(mode='reduce-overhead'))

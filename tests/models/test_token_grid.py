@@ -111,3 +111,20 @@ def test_encoder_traces_as_one_graph():
         with pytest.raises(torch._dynamo.exc.UserError, match='data-dependent'):  # mmdet's
             torch.compile(DeformableDetrTransformerEncoder.forward, fullgraph=True,
                           backend='eager')(model.encoder, **args)
+
+
+@pytest.mark.parametrize('masked', [True, False])
+def test_compiled_proposals_stay_bit_identical(masked):
+    """model.torch_compile part 'proposals' compiles the masking and the grid, whose results stay
+    bit-identical to eager (the top-k query selection after them would turn last-bit differences
+    into other queries); the memory transform (Linear, LayerNorm) stays eager."""
+    model = build_tiny_dino()
+    shapes = [(12, 9), (6, 5), (3, 3), (2, 2)]
+    spatial_shapes = torch.tensor(shapes)
+    num_tokens = int(spatial_shapes.prod(1).sum())
+    mask = _mask(shapes, 2, seed=5)[0] if masked else None
+    memory = torch.randn(2, num_tokens, model.embed_dims)
+    compiled = torch.compile(type(model).masked_memory_and_proposals, fullgraph=True)
+    for got, expected in zip(compiled(model, memory, mask, spatial_shapes),
+                             model.masked_memory_and_proposals(memory, mask, spatial_shapes)):
+        assert torch.equal(got, expected)
