@@ -74,18 +74,22 @@ def test_output_proposals_equal_mmdets(shapes, masked):
     assert raw.shape == (3, num_tokens, 4) and raw.dtype == torch.float32
 
 
-def test_encoder_equals_mmdets():
-    model = build_tiny_dino()
-    assert type(model.encoder) is TokenGridDeformableDetrTransformerEncoder
+def _encoder_inputs(model, seed: int) -> dict:
+    """Keyword arguments of the tiny model's encoder: 2 padded images, one shape per level."""
     shapes = [(6, 5), (3, 3), (2, 2), (1, 1)][:model.encoder.layers[0].self_attn.num_levels]
     spatial_shapes = torch.tensor(shapes)
     num_tokens = int(spatial_shapes.prod(1).sum())
-    mask, valid_ratios = _mask(shapes, 2, seed=3)
+    mask, valid_ratios = _mask(shapes, 2, seed=seed)
     start = torch.cat([torch.zeros(1, dtype=torch.long), spatial_shapes.prod(1).cumsum(0)[:-1]])
-    query = torch.randn(2, num_tokens, model.embed_dims)
-    pos = torch.randn(2, num_tokens, model.embed_dims)
-    args = dict(query=query, query_pos=pos, key_padding_mask=mask,
+    return dict(query=torch.randn(2, num_tokens, model.embed_dims),
+                query_pos=torch.randn(2, num_tokens, model.embed_dims), key_padding_mask=mask,
                 spatial_shapes=spatial_shapes, level_start_index=start, valid_ratios=valid_ratios)
+
+
+def test_encoder_equals_mmdets():
+    model = build_tiny_dino()
+    assert type(model.encoder) is TokenGridDeformableDetrTransformerEncoder
+    args = _encoder_inputs(model, seed=3)
     with torch.no_grad():
         got = model.encoder(**args)
         expected = DeformableDetrTransformerEncoder.forward(model.encoder, **args)
@@ -97,14 +101,7 @@ def test_encoder_traces_as_one_graph():
     breaks on the level shapes it reads on the host)."""
     model = build_tiny_dino()
     make_attention_traceable(model.encoder)
-    shapes = [(6, 5), (3, 3), (2, 2), (1, 1)][:model.encoder.layers[0].self_attn.num_levels]
-    spatial_shapes = torch.tensor(shapes)
-    num_tokens = int(spatial_shapes.prod(1).sum())
-    mask, valid_ratios = _mask(shapes, 2, seed=4)
-    start = torch.cat([torch.zeros(1, dtype=torch.long), spatial_shapes.prod(1).cumsum(0)[:-1]])
-    args = dict(query=torch.randn(2, num_tokens, model.embed_dims),
-                query_pos=torch.randn(2, num_tokens, model.embed_dims), key_padding_mask=mask,
-                spatial_shapes=spatial_shapes, level_start_index=start, valid_ratios=valid_ratios)
+    args = _encoder_inputs(model, seed=4)
     with torch.no_grad():
         traced = torch.compile(type(model.encoder).forward, fullgraph=True, backend='eager')
         assert torch.equal(traced(model.encoder, **args), model.encoder(**args))
