@@ -166,6 +166,46 @@ def test_step_timer_counts_optimizer_steps(per_iter, acc, iters, marks):
     assert timer.warmup_losses == [float(acc // per_iter), float(2 * acc // per_iter)]
 
 
+def test_steady_img_per_s_leaves_out_the_steps_that_compiled():
+    result = bm.CaseResult(name='torch_compile', kind='train', implementation='ours', config='c',
+                           batch_size=1, accumulative_counts=2, images_per_step=2, warmup=1,
+                           steps=4)
+    # 4 steps of 0.1 s, the third 10 s: it made 3 graphs (a recompile in the timed steps)
+    marks, graphs = [0.0, 0.1, 0.2, 10.2, 10.3], [7, 7, 7, 10, 10]
+    bm._fill_times(result, marks, 2, graph_marks=graphs)
+    assert result.compiles_in_timed_steps == 3 and result.compiling_steps == 1
+    assert result.img_per_s == pytest.approx(8 / 10.3)
+    assert result.steady_img_per_s == pytest.approx(20.0)
+    bm._fill_times(result, marks[:3], 2, graph_marks=graphs[:3])  # no compiling: the mean
+    assert result.compiling_steps == 0 and result.steady_img_per_s == pytest.approx(20.0)
+    assert result.img_per_s == pytest.approx(20.0)
+    bm._fill_times(result, marks, 2)  # no graph marks (stock): all steps count
+    assert result.steady_img_per_s == pytest.approx(result.img_per_s)
+    # every step compiled: no steady figure
+    bm._fill_times(result, marks[:3], 2, graph_marks=[1, 2, 3])
+    assert result.steady_img_per_s is None and result.compiling_steps == 2
+
+    ours = bm.CaseResult(name='ours', kind='train', implementation='ours', config='c',
+                         batch_size=1, accumulative_counts=2, images_per_step=2, warmup=1,
+                         steps=4)
+    bm._fill_times(ours, [0.0, 0.2, 0.4, 0.6, 0.8], 2, graph_marks=[0] * 5)
+    bm._fill_times(result, marks, 2, graph_marks=graphs)
+    result.variant = 'torch_compile'
+    targets = bm.check_targets([ours, result], {}, dict(gpu='NVIDIA H100 80GB HBM3'))
+    assert targets['best_train_case'] == 'ours' and not targets['train_met']  # 10 > 0.78 img/s
+    assert targets['best_train_steady_case'] == 'torch_compile'
+    assert targets['best_train_steady_img_per_s'] == pytest.approx(20.0)
+    assert not targets['train_met_steady']  # 20 < 25
+    report = dict(environment=dict(gpu=None, torch='t', msda_path='PyTorch'),
+                  options=dict(config='c'),
+                  cases=[dataclasses.asdict(c) for c in (ours, result)], ratios={},
+                  targets=targets)
+    table = bm.format_table(report)
+    assert 'torch_compile: 3 torch.compile graph(s) made during 1 of the 4 timed steps (in the ' \
+        'mean); over the others: 20 img/s' in table
+    assert 'train 10.00 (ours) (20.00 (torch_compile) over the steps without compiling)' in table
+
+
 def test_ratios_and_targets():
     def case(name, impl, bs, acc, ips, kind='train', variant=None, baseline=None):
         c = bm.CaseResult(name=name, kind=kind, implementation=impl, config='c', batch_size=bs,

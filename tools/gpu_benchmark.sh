@@ -13,7 +13,8 @@
 #   bash tools/gpu_benchmark.sh --dry-run    # CPU, tiny config, few steps: checks this script
 #
 # Environment: OUT (default /tmp/tbx11k_gpu_benchmark), PYTHON (default python3, or .venv's on a
-# dry run), STEPS / WARMUP / INFER_STEPS / INFER_BS (batched inference), BUDGET (seconds for the fp32 run, default 300).
+# dry run), STEPS / WARMUP / INFER_STEPS / INFER_BS (batched inference), BUDGET (seconds for the fp32 run, default 300:
+# no case starts after it), SLACK (seconds past BUDGET before the fp32 run is stopped, default 90; 400 on a dry run).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,6 +31,7 @@ if (( DRY_RUN )); then
   DEVICE=(--device cpu)
   STEPS=${STEPS:-3}; WARMUP=${WARMUP:-2}; INFER_STEPS=${INFER_STEPS:-3}; INFER_BS=${INFER_BS:-2}
   IMAGES=16; SIZE=128; BUDGET=${BUDGET:-120}
+  SLACK=${SLACK:-400}  # a case started within the budget may compile for minutes on 2 CPU cores
   VARIANTS=torch_compile,amp_bf16   # one that runs on the CPU (the riskiest), one skipped there
   AMP=()                                     # AmpOptimWrapper refuses the CPU
 else
@@ -38,6 +40,7 @@ else
   DEVICE=(--device cuda)
   STEPS=${STEPS:-20}; WARMUP=${WARMUP:-5}; INFER_STEPS=${INFER_STEPS:-30}; INFER_BS=${INFER_BS:-8}
   IMAGES=64; SIZE=512; BUDGET=${BUDGET:-300}
+  SLACK=${SLACK:-90}
   # most telling first (the budget may cut the tail); amp_fp16 is the AMP run below
   VARIANTS=torch_compile,safe_all_compiled,no_mmcv_kernels,safe_all,torch_compile_cudagraphs,torch_compile_infer,safe_all_bf16,stock_loss_head,torch_compile_transformer,amp_bf16,fused_adamw,no_verify_loss_counts,per_tensor_ema,cudnn_benchmark,no_custom_hooks
   AMP=(--amp --amp-dtype float16)
@@ -51,6 +54,9 @@ if ! PYTHONPATH=$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH} "$PYTHON" -c 'import m
 fi
 export PYTHONPATH=$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
+# mmdet 3.3.0 imports six (mmdet/models/utils/misc.py), which ../shared/gpu/ lacks: say so at once
+"$PYTHON" -c 'import mmdet.models' || { echo "import mmdet.models failed (above); a missing six:" \
+  "pip download six --no-deps -d .whl here, and carry .whl again"; exit 2; }
 
 say "machine"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
@@ -63,6 +69,11 @@ import mmcv, mmdet, mmengine
 from mmcv.ops import get_compiling_cuda_version
 print('mmcv', mmcv.__version__, '(compiled with CUDA', get_compiling_cuda_version() + ')',
       '| mmdet', mmdet.__version__, '| mmengine', mmengine.__version__)
+# torch.compile on a GPU: Triton builds its launcher with a C compiler and Python.h
+import shutil, sysconfig
+python_h = os.path.join(sysconfig.get_paths()['include'], 'Python.h')
+print('C compiler', os.environ.get('CC') or shutil.which('gcc') or shutil.which('clang'),
+      '| Python.h', python_h if os.path.isfile(python_h) else 'missing (torch.compile cases will fail)')
 EOF
 
 # ---- 2. data ------------------------------------------------------------------------------
@@ -80,7 +91,10 @@ STATUS=0
 
 # ---- 3. fp32: ours vs stock, batch 2, inference, each switch on its own -------------------------
 say "fp32 run (budget ${BUDGET} s)"
-timeout $(( BUDGET + 90 )) "$PYTHON" tools/benchmark.py "${COMMON[@]}" --batch2 --infer --profile \
+# past budget + slack: SIGTERM, then SIGKILL 15 s later (the config's PreemptionHook takes SIGTERM as
+# "checkpoint and exit", and timeout signals the compiler processes too); cases already measured
+# stay in the json, which is rewritten atomically after every case
+timeout -k 15 $(( BUDGET + SLACK )) "$PYTHON" tools/benchmark.py "${COMMON[@]}" --batch2 --infer --profile \
   --infer-batch-size "$INFER_BS" \
   --variants "$VARIANTS" --time-budget "$BUDGET" --json "$OUT/bench.json" \
   2> >(tee "$OUT/bench.stderr" >&2) | tee "$OUT/bench.txt"
@@ -89,12 +103,12 @@ timeout $(( BUDGET + 90 )) "$PYTHON" tools/benchmark.py "${COMMON[@]}" --batch2 
 # ---- 4. AMP: ours vs stock, inference ------------------------------------------------------
 if (( ${#AMP[@]} )); then
   say "AMP run (fp16)"
-  timeout 120 "$PYTHON" tools/benchmark.py "${COMMON[@]}" "${AMP[@]}" --infer --time-budget 60 \
+  timeout -k 15 120 "$PYTHON" tools/benchmark.py "${COMMON[@]}" "${AMP[@]}" --infer --time-budget 60 \
     --json "$OUT/bench_amp.json" 2> >(tee "$OUT/bench_amp.stderr" >&2) | tee "$OUT/bench_amp.txt"
   (( ${PIPESTATUS[0]} )) && STATUS=1
 else
   say "AMP run skipped (CPU dry run); a second run without stock instead"
-  timeout 200 "$PYTHON" tools/benchmark.py "${COMMON[@]}" --no-stock \
+  timeout -k 15 200 "$PYTHON" tools/benchmark.py "${COMMON[@]}" --no-stock \
     --json "$OUT/bench_amp.json" 2> >(tee "$OUT/bench_amp.stderr" >&2) | tee "$OUT/bench_amp.txt"
   (( ${PIPESTATUS[0]} )) && STATUS=1
 fi
@@ -111,7 +125,7 @@ for path in sys.argv[1:]:
     print(f"--- {os.path.basename(path)}: {e['gpu'] or 'cpu'}, torch {e['torch']}, MSDA: {e['msda_path']}, "
           f"focal loss: {e['kernels']['sigmoid_focal_loss']}, {r['total_seconds']:.0f} s")
     print(f"{'case':22} {'bxacc':5} {'amp':8} {'status':6} {'img/s':>8} {'s/step':>8} "
-          f"{'median':>8} {'s/micro':>8} {'cpu s':>8} {'peak MiB':>8}")
+          f"{'median':>8} {'s/micro':>8} {'cpu s':>8} {'peak MiB':>8} {'steady':>8}")
     for c in r['cases']:
         ok = c['status'] == 'ok'
         head = (f"{c['name']:22} {c['batch_size']}x{c['accumulative_counts']:<3} "
@@ -127,7 +141,9 @@ for path in sys.argv[1:]:
             continue
         print(head + (f"{c['img_per_s']:8.3f} {c['s_per_step']:8.4f} {c['s_per_step_median']:8.4f} "
                       f"{c['s_per_micro_batch']:8.4f} {c['cpu_s_per_step']:8.4f} "
-                      f"{c['peak_mem_mib']:8.0f}" if ok else ''))
+                      f"{c['peak_mem_mib']:8.0f} {c.get('steady_img_per_s') or 0:8.3f}"
+                      + (f" ({c['compiling_steps']} compiling steps left out)"
+                         if c.get('compiling_steps') else '') if ok else ''))
     print('fallback check (PyTorch paths vs mmcv kernels):', json.dumps(e.get('fallback_check')))
     print('foreach EMA vs mmengine EMA:', json.dumps(e.get('foreach_ema_check')))
     print('BatchedLossDINOHead vs DINOHead:', json.dumps(e.get('batched_loss_check')))
