@@ -351,8 +351,11 @@ def _fill_times(result: CaseResult, marks: Sequence[float], micro_batches_per_st
                                       if len(graph_marks) == len(marks) else 0)
     result.compiling_steps = sum(compiled)
     steady = [t for t, made in zip(times, compiled) if not made]
-    result.steady_img_per_s = (result.images_per_step * len(steady) / sum(steady)
-                               if steady and sum(steady) > 0 else None)
+    if not result.compiling_steps:
+        result.steady_img_per_s = result.img_per_s  # the same figure, bit for bit
+    else:
+        result.steady_img_per_s = (result.images_per_step * len(steady) / sum(steady)
+                                   if steady and sum(steady) > 0 else None)
 
 
 def _cleanup(device: str) -> None:
@@ -373,7 +376,9 @@ def time_training(cfg, result: CaseResult, device: str) -> CaseResult:
         try:
             runner.train()
         except BenchmarkDone:
-            pass
+            # the run ends here: after_run as Runner.train would call it (the PreemptionHook
+            # gives SIGTERM / SIGUSR1 back: a later case, stock or inference, stays killable)
+            runner.call_hook('after_run')
         else:
             raise RuntimeError('the training ended before the timed steps were done')
         finally:
@@ -1039,8 +1044,9 @@ def format_table(report: Dict) -> str:
                  f"{_fmt(t['best_train_img_per_s'], '.2f')} ({t['best_train_case']})"
                  + (f" ({_fmt(t['best_train_steady_img_per_s'], '.2f')} "
                     f"({t['best_train_steady_case']}) over the steps without compiling)"
-                    if t.get('best_train_steady_case') and t.get('best_train_steady_img_per_s')
-                    != t.get('best_train_img_per_s') else '')
+                    if t.get('best_train_steady_case') not in (None, t['best_train_case'])
+                    or t.get('best_train_steady_img_per_s') != t['best_train_img_per_s']
+                    else '')
                  + ", infer "
                  f"{_fmt(t['infer_img_per_s'], '.2f')} (batch 1)"
                  + (f", {_fmt(t['best_infer_img_per_s'], '.2f')} ({t['best_infer_case']})"

@@ -167,32 +167,34 @@ def test_step_timer_counts_optimizer_steps(per_iter, acc, iters, marks):
 
 
 def test_steady_img_per_s_leaves_out_the_steps_that_compiled():
-    result = bm.CaseResult(name='torch_compile', kind='train', implementation='ours', config='c',
-                           batch_size=1, accumulative_counts=2, images_per_step=2, warmup=1,
-                           steps=4)
-    # 4 steps of 0.1 s, the third 10 s: it made 3 graphs (a recompile in the timed steps)
-    marks, graphs = [0.0, 0.1, 0.2, 10.2, 10.3], [7, 7, 7, 10, 10]
+    def case(name):  # 2 images x 2 micro-batches per optimizer step: 4 images per step
+        return bm.CaseResult(name=name, kind='train', implementation='ours', config='c',
+                             batch_size=2, accumulative_counts=2, images_per_step=4, warmup=1,
+                             steps=4)
+
+    result = case('torch_compile')
+    # 4 steps of 0.2 s, the third 10 s: it made 3 graphs (a recompile in the timed steps)
+    marks, graphs = [0.0, 0.2, 0.4, 10.4, 10.6], [7, 7, 7, 10, 10]
     bm._fill_times(result, marks, 2, graph_marks=graphs)
     assert result.compiles_in_timed_steps == 3 and result.compiling_steps == 1
-    assert result.img_per_s == pytest.approx(8 / 10.3)
+    assert result.img_per_s == pytest.approx(16 / 10.6)
+    assert result.s_per_micro_batch == pytest.approx(10.6 / 4 / 2)
     assert result.steady_img_per_s == pytest.approx(20.0)
     bm._fill_times(result, marks[:3], 2, graph_marks=graphs[:3])  # no compiling: the mean
-    assert result.compiling_steps == 0 and result.steady_img_per_s == pytest.approx(20.0)
-    assert result.img_per_s == pytest.approx(20.0)
+    assert result.compiling_steps == 0 and result.img_per_s == pytest.approx(20.0)
+    assert result.steady_img_per_s == result.img_per_s
     bm._fill_times(result, marks, 2)  # no graph marks (stock): all steps count
-    assert result.steady_img_per_s == pytest.approx(result.img_per_s)
+    assert result.compiling_steps == 0 and result.steady_img_per_s == result.img_per_s
     # every step compiled: no steady figure
     bm._fill_times(result, marks[:3], 2, graph_marks=[1, 2, 3])
     assert result.steady_img_per_s is None and result.compiling_steps == 2
 
-    ours = bm.CaseResult(name='ours', kind='train', implementation='ours', config='c',
-                         batch_size=1, accumulative_counts=2, images_per_step=2, warmup=1,
-                         steps=4)
-    bm._fill_times(ours, [0.0, 0.2, 0.4, 0.6, 0.8], 2, graph_marks=[0] * 5)
+    ours = case('ours')
+    bm._fill_times(ours, [0.0, 0.4, 0.8, 1.2, 1.6], 2, graph_marks=[0] * 5)
     bm._fill_times(result, marks, 2, graph_marks=graphs)
     result.variant = 'torch_compile'
     targets = bm.check_targets([ours, result], {}, dict(gpu='NVIDIA H100 80GB HBM3'))
-    assert targets['best_train_case'] == 'ours' and not targets['train_met']  # 10 > 0.78 img/s
+    assert targets['best_train_case'] == 'ours' and not targets['train_met']  # 10 > 1.5 img/s
     assert targets['best_train_steady_case'] == 'torch_compile'
     assert targets['best_train_steady_img_per_s'] == pytest.approx(20.0)
     assert not targets['train_met_steady']  # 20 < 25
@@ -204,6 +206,26 @@ def test_steady_img_per_s_leaves_out_the_steps_that_compiled():
     assert 'torch_compile: 3 torch.compile graph(s) made during 1 of the 4 timed steps (in the ' \
         'mean); over the others: 20 img/s' in table
     assert 'train 10.00 (ours) (20.00 (torch_compile) over the steps without compiling)' in table
+    # an eager best case: its steady figure is its mean, not repeated
+    targets = bm.check_targets([ours], {}, dict(gpu=None))
+    assert targets['best_train_steady_case'] == 'ours'
+    report.update(cases=[dataclasses.asdict(ours)], targets=targets)
+    assert 'train 10.00 (ours), infer' in bm.format_table(report)
+
+
+def test_timed_steps_record_torch_compile_graphs(monkeypatch, synthetic_root):
+    """Training and inference cases mark dynamo's graph count at every timed step."""
+    calls = iter(range(1000))
+    monkeypatch.setattr(bm, 'compiled_graphs', lambda: next(calls))  # a graph every step
+    opts = bm.BenchmarkOptions(config=TINY_1GPU, steps=2, warmup=1, num_images=8, image_size=128,
+                               data_root=str(synthetic_root), stock=False, infer=True,
+                               device='cpu')
+    report = bm.run_benchmark(opts, log=lambda message: None)
+    cases = {c['name']: c for c in report['cases']}
+    for name in ('ours', 'ours_infer'):
+        assert cases[name]['status'] == 'ok', cases[name]['status']
+        assert cases[name]['compiling_steps'] == 2 and cases[name]['compiles_in_timed_steps'] == 2
+        assert cases[name]['steady_img_per_s'] is None
 
 
 def test_ratios_and_targets():

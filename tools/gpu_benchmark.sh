@@ -47,16 +47,19 @@ else
 fi
 
 # ---- 1. packages --------------------------------------------------------------------------
-if ! PYTHONPATH=$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH} "$PYTHON" -c 'import mmdet, mmcv, mmengine' 2>/dev/null; then
+if ! PYTHONPATH=$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH} "$PYTHON" -c 'import mmdet.models' 2>/dev/null; then
   say "installing the wheels of .whl/ into /tmp/site"
   ls .whl/*.whl >/dev/null 2>&1 || { echo "no .whl/*.whl: copy ../shared/gpu/*.whl to .whl/ and carry it"; exit 2; }
   "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 2
 fi
 export PYTHONPATH=$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
-# mmdet 3.3.0 imports six (mmdet/models/utils/misc.py), which ../shared/gpu/ lacks: say so at once
-"$PYTHON" -c 'import mmdet.models' || { echo "import mmdet.models failed (above); a missing six:" \
-  "pip download six --no-deps -d .whl here, and carry .whl again"; exit 2; }
+if ! "$PYTHON" -c 'import mmdet.models'; then
+  # mmdet 3.3.0 imports six (mmdet/models/utils/misc.py), which ../shared/gpu/ lacks
+  "$PYTHON" -c 'import six' 2>/dev/null || echo "no six here: pip download six --no-deps -d .whl" \
+    "on the CPU machine, and carry .whl again"
+  echo "import mmdet.models failed (above)"; exit 2
+fi
 
 say "machine"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
@@ -91,9 +94,9 @@ STATUS=0
 
 # ---- 3. fp32: ours vs stock, batch 2, inference, each switch on its own -------------------------
 say "fp32 run (budget ${BUDGET} s)"
-# past budget + slack: SIGTERM, then SIGKILL 15 s later (the config's PreemptionHook takes SIGTERM as
-# "checkpoint and exit", and timeout signals the compiler processes too); cases already measured
-# stay in the json, which is rewritten atomically after every case
+# past budget + slack: SIGTERM, then SIGKILL 15 s later (during an `ours` training case the config's
+# PreemptionHook takes SIGTERM as "checkpoint at the next step and exit"; timeout signals inductor's
+# compiler processes too); cases already measured stay in the json, rewritten atomically after each
 timeout -k 15 $(( BUDGET + SLACK )) "$PYTHON" tools/benchmark.py "${COMMON[@]}" --batch2 --infer --profile \
   --infer-batch-size "$INFER_BS" \
   --variants "$VARIANTS" --time-budget "$BUDGET" --json "$OUT/bench.json" \
@@ -141,7 +144,8 @@ for path in sys.argv[1:]:
             continue
         print(head + (f"{c['img_per_s']:8.3f} {c['s_per_step']:8.4f} {c['s_per_step_median']:8.4f} "
                       f"{c['s_per_micro_batch']:8.4f} {c['cpu_s_per_step']:8.4f} "
-                      f"{c['peak_mem_mib']:8.0f} {c.get('steady_img_per_s') or 0:8.3f}"
+                      f"{c['peak_mem_mib']:8.0f} "
+                      + (f"{c['steady_img_per_s']:8.3f}" if c.get('steady_img_per_s') else f"{'-':>8}")
                       + (f" ({c['compiling_steps']} compiling steps left out)"
                          if c.get('compiling_steps') else '') if ok else ''))
     print('fallback check (PyTorch paths vs mmcv kernels):', json.dumps(e.get('fallback_check')))

@@ -20,7 +20,7 @@ VENV=${VENV:-/tmp/tbx11k_device_venv}
 OUT=${OUT:-/tmp/tbx11k_gpu_rehearsal}
 ls "$WHEELS"/mmcv-*cp312*.whl >/dev/null 2>&1 || { echo "no cp312 mmcv wheel in $WHEELS"; exit 2; }
 
-if [[ ! -x $VENV/bin/python ]]; then
+if [[ ! -f $VENV/.installed ]]; then  # (a venv whose installation broke off is completed)
   PY312=${PY312:-}
   if [[ -z $PY312 ]]; then
     for candidate in python3.12 /root/.pyenv/versions/3.12*/bin/python3.12 /usr/bin/python3.12; do
@@ -31,11 +31,12 @@ if [[ ! -x $VENV/bin/python ]]; then
   fi
   [[ -n $PY312 ]] || { echo "no Python 3.12 found: set PY312"; exit 2; }
   echo "=== venv $VENV ($PY312)"
-  "$PY312" -m venv "$VENV"
-  # the GPU machine's packages (gpu-device.md) and six, which mmdet imports; torchvision is not needed
-  "$VENV/bin/pip" install -q torch==2.11.0 numpy opencv-python-headless matplotlib scipy pyyaml rich \
-    tqdm pytest six
+  [[ -x $VENV/bin/python ]] || "$PY312" -m venv "$VENV"
+  # the GPU machine's packages (gpu-device.md), and six, which mmdet imports
+  "$VENV/bin/pip" install -q torch==2.11.0 torchvision==0.26.0 numpy opencv-python-headless \
+    matplotlib scipy pyyaml rich tqdm pytest six
   "$VENV/bin/pip" install -q --no-index --no-deps --no-compile "$WHEELS"/*.whl
+  touch "$VENV/.installed"
 fi
 "$VENV/bin/python" - <<'EOF'
 import torch, mmcv, mmdet.models
@@ -47,7 +48,9 @@ EOF
 # inductor's cache of its own: one shared with another torch version failed a C++ compile here
 # (its precompiled header)
 export TORCHINDUCTOR_CACHE_DIR=$VENV/inductor_cache
-OUT=$OUT PYTHON=$VENV/bin/python bash tools/gpu_benchmark.sh --dry-run
+STATUS=0
+OUT=$OUT PYTHON=$VENV/bin/python bash tools/gpu_benchmark.sh --dry-run || STATUS=$?
 if (( TESTS )); then
-  PYTHONPATH=$PWD "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests
+  PYTHONPATH=$PWD "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests || STATUS=$?
 fi
+exit $STATUS
