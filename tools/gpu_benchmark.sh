@@ -41,8 +41,10 @@ else
   STEPS=${STEPS:-20}; WARMUP=${WARMUP:-5}; INFER_STEPS=${INFER_STEPS:-30}; INFER_BS=${INFER_BS:-8}
   IMAGES=64; SIZE=512; BUDGET=${BUDGET:-300}
   SLACK=${SLACK:-90}
-  # most telling first (the budget may cut the tail); amp_fp16 is the AMP run below
-  VARIANTS=torch_compile,safe_all_compiled,no_mmcv_kernels,safe_all,torch_compile_cudagraphs,torch_compile_infer,safe_all_bf16,stock_loss_head,torch_compile_transformer,amp_bf16,fused_adamw,no_verify_loss_counts,per_tensor_ema,cudnn_benchmark,no_custom_hooks
+  # most telling first (the budget may cut the tail; each compiled case compiles afresh, minutes
+  # for the full model): CUDA graphs second, as the ~7 ms host estimate per micro-batch assumes
+  # them (README "Kernel launches"); amp_fp16 is the AMP run below
+  VARIANTS=torch_compile,torch_compile_cudagraphs,safe_all_compiled,no_mmcv_kernels,safe_all,safe_all_bf16,torch_compile_infer,stock_loss_head,torch_compile_transformer,amp_bf16,fused_adamw,no_verify_loss_counts,per_tensor_ema,cudnn_benchmark,no_custom_hooks
   AMP=(--amp --amp-dtype float16)
 fi
 
