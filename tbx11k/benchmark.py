@@ -345,17 +345,16 @@ def _fill_times(result: CaseResult, marks: Sequence[float], micro_batches_per_st
     result.s_per_micro_batch = result.s_per_step / micro_batches_per_step
     result.s_per_image = result.s_per_step / result.images_per_step
     result.img_per_s = 1.0 / result.s_per_image
-    compiled = ([b > a for a, b in zip(graph_marks, graph_marks[1:])]
-                if len(graph_marks) == len(marks) else [False] * len(times))
-    result.compiles_in_timed_steps = (graph_marks[-1] - graph_marks[0]
-                                      if len(graph_marks) == len(marks) else 0)
+    with_graphs = len(graph_marks) == len(marks)
+    compiled = [b > a for a, b in zip(graph_marks, graph_marks[1:])] if with_graphs else []
+    result.compiles_in_timed_steps = graph_marks[-1] - graph_marks[0] if with_graphs else 0
     result.compiling_steps = sum(compiled)
-    steady = [t for t, made in zip(times, compiled) if not made]
     if not result.compiling_steps:
         result.steady_img_per_s = result.img_per_s  # the same figure, bit for bit
     else:
-        result.steady_img_per_s = (result.images_per_step * len(steady) / sum(steady)
-                                   if steady and sum(steady) > 0 else None)
+        steady = sum(t for t, made in zip(times, compiled) if not made)
+        result.steady_img_per_s = (result.images_per_step * (len(times) - result.compiling_steps)
+                                   / steady if steady > 0 else None)
 
 
 def _cleanup(device: str) -> None:
@@ -1044,8 +1043,9 @@ def format_table(report: Dict) -> str:
                  f"{_fmt(t['best_train_img_per_s'], '.2f')} ({t['best_train_case']})"
                  + (f" ({_fmt(t['best_train_steady_img_per_s'], '.2f')} "
                     f"({t['best_train_steady_case']}) over the steps without compiling)"
-                    if t.get('best_train_steady_case') not in (None, t['best_train_case'])
-                    or t.get('best_train_steady_img_per_s') != t['best_train_img_per_s']
+                    if t.get('best_train_steady_case') and (
+                        t['best_train_steady_case'] != t['best_train_case']
+                        or t['best_train_steady_img_per_s'] != t['best_train_img_per_s'])
                     else '')
                  + ", infer "
                  f"{_fmt(t['infer_img_per_s'], '.2f')} (batch 1)"
