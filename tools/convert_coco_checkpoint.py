@@ -6,7 +6,9 @@
 
 The classification branches (every decoder layer and the encoder) and the denoising label
 embedding are re-initialised as mmdet initialises a new DINO; everything else is kept. Prints what
-changed. Exit status 2 when the input is not an mmdet DINO checkpoint or does not fit the config.
+changed. Exit status 2 when the input is not an mmdet DINO checkpoint, already has the target
+classes (a converted or TBX11K-trained checkpoint: its trained classifiers would be lost; --force
+converts anyway) or does not fit the config.
 See tbx11k/apis/checkpoint_conversion.py.
 """
 import argparse
@@ -32,6 +34,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help='foreground prior of the new classifier biases (mmdet: 0.01)')
     p.add_argument('--check-config', metavar='CONFIG',
                    help='build this config\'s model and check that the result fits it exactly')
+    p.add_argument('--force', action='store_true',
+                   help='convert even a checkpoint that already has the target classes (a '
+                   'converted or TBX11K-trained one), re-initialising its trained classifiers')
     p.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
                    help='overrides for --check-config (mmengine syntax)')
     return p.parse_args(argv)
@@ -41,9 +46,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
-    from tbx11k.apis.checkpoint_conversion import (TBX11K_CLASSES, NotADINOCheckpoint,
-                                                   build_model_from_config, check_fits_model,
-                                                   config_classes, convert_dino_checkpoint)
+    from tbx11k.apis.checkpoint_conversion import (TBX11K_CLASSES, AlreadyConverted,
+                                                   NotADINOCheckpoint, build_model_from_config,
+                                                   check_fits_model, config_classes,
+                                                   convert_dino_checkpoint)
     from tbx11k.utils.torch_load_compat import load_local_checkpoint
 
     class_map = {}
@@ -70,8 +76,9 @@ def main(argv=None) -> int:
         return 2
     try:
         converted, report = convert_dino_checkpoint(checkpoint, classes, class_map, args.seed,
-                                                    args.prior_prob, source=args.input)
-    except NotADINOCheckpoint as error:
+                                                    args.prior_prob, source=args.input,
+                                                    force=args.force)
+    except (NotADINOCheckpoint, AlreadyConverted) as error:
         print(f'error: {args.input}: {error}', file=sys.stderr)
         return 2
     except ValueError as error:

@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # mmdet's dist_test.sh: CONFIG CHECKPOINT GPUS [test.py args]; env NNODES NODE_RANK PORT MASTER_ADDR.
 set -euo pipefail
+if (($# < 3)); then
+  echo "usage: $0 CONFIG CHECKPOINT GPUS [tools/test.py options]" >&2
+  exit 2
+fi
 CONFIG=$1
 CHECKPOINT=$2
 GPUS=$3

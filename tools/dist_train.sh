@@ -9,6 +9,8 @@
 # - The exit status is the one all ranks agree on (0, 3, 4, 5, 6 or 75; see README "Exit
 #   statuses"), not torch.distributed.run's 1 for any failed worker. A crash keeps the launcher's
 #   status.
+# Ctrl-C (SIGINT to the process group) reaches torch.distributed.run and the workers themselves:
+# the script waits until the launcher has stopped them and exits with its status, as for TERM.
 set -uo pipefail
 if (($# < 2)); then
   echo "usage: $0 CONFIG GPUS [tools/train.py options]" >&2
@@ -32,8 +34,13 @@ forward() {  # forward a signal to the training processes (torch.distributed.run
   [[ -n "$launcher" ]] && pkill "-$sig" -P "$launcher" 2>/dev/null
   return 0
 }
+interrupted() {  # SIGINT: the launcher stops the workers itself; keep waiting for it
+  echo "dist_train.sh: SIGINT: waiting for torch.distributed.run to stop the training processes" >&2
+  return 0
+}
 trap 'forward USR1' USR1
 trap 'forward TERM' TERM
+trap interrupted INT
 trap 'rm -rf "$STATUS_DIR"' EXIT
 
 TBX11K_EXIT_STATUS_DIR="$STATUS_DIR" PYTHONPATH="$ROOT:${PYTHONPATH:-}" \

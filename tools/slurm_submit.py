@@ -20,8 +20,10 @@ submitted (and started, or is queued), 1 Slurm refused or lost the job, 2 usage 
 errors: no Slurm here, unknown partition, no node with the requested GPUs, a job already training
 this work dir (``--replace`` stops it: it checkpoints, then the new job continues).
 
-``--check-only`` only checks partition and GPUs (tools/slurm_train.sh uses it). Only the Python
-standard library is needed (run it with the login node's python3).
+``--check-only`` only checks partition and GPUs (``--gpus`` per node on ``--nodes`` nodes;
+tools/slurm_train.sh uses it). ``--dry-run`` prints each submission as a shell line that does the
+same as the real submit when pasted (its log directory, environment and sbatch options). Only the
+Python standard library is needed (run it with the login node's python3).
 """
 import argparse
 import getpass
@@ -30,6 +32,7 @@ import json
 import os
 import os.path as osp
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -156,9 +159,9 @@ def check_partition(partition: str) -> None:
                            f"{', '.join(known) or 'none'} (sinfo -s lists them)")
 
 
-def check_gpus(partition: str, count: int, gpu_type: Optional[str]) -> bool:
-    """Whether some node of the partition has ``count`` GPUs (of ``gpu_type``)."""
-    return any(fits(gpus, count, gpu_type) for _, gpus in gpu_nodes(partition))
+def check_gpus(partition: str, count: int, gpu_type: Optional[str], nodes: int = 1) -> bool:
+    """Whether ``nodes`` nodes of the partition have ``count`` GPUs (of ``gpu_type``) each."""
+    return sum(fits(gpus, count, gpu_type) for _, gpus in gpu_nodes(partition)) >= nodes
 
 
 def describe_gpus(partition: str) -> str:
@@ -169,8 +172,13 @@ def describe_gpus(partition: str) -> str:
     return '; '.join(offers) or 'no nodes'
 
 
-def gpu_error(partition: str, count: int, gpu_type: Optional[str]) -> ClusterError:
+def gpu_error(partition: str, count: int, gpu_type: Optional[str],
+              nodes: int = 1) -> ClusterError:
     kind = f'{count} GPU{"s" if count > 1 else ""}' + (f' of type {gpu_type!r}' if gpu_type else '')
+    if nodes > 1:
+        found = sum(fits(gpus, count, gpu_type) for _, gpus in gpu_nodes(partition))
+        return ClusterError(f'{nodes} nodes with {kind} each are needed, but partition '
+                            f'{partition!r} has {found} (nodes: {describe_gpus(partition)})')
     return ClusterError(f'no node of partition {partition!r} has {kind} (nodes: '
                         f'{describe_gpus(partition)})')
 
@@ -243,30 +251,47 @@ class Submitter:
         return (self.args.partition_1gpu or self.args.partition) if gpus == 1 \
             else self.args.partition
 
-    def environment(self, gpus: int) -> Dict[str, str]:
+    def env_changes(self, gpus: int) -> Tuple[Dict[str, str], List[str]]:
+        """(variables set, variables removed) in sbatch's environment (sbatch exports it)."""
         a = self.args
-        env = dict(os.environ, WORK_DIR=self.work_dir, TBX11K_ROOT=ROOT,
-                   TBX11K_OUTPUT=osp.join(self.log_dir, 'job-%j.out'))
+        set_vars = dict(WORK_DIR=self.work_dir, TBX11K_ROOT=ROOT,
+                        TBX11K_OUTPUT=osp.join(self.log_dir, 'job-%j.out'))
         for key, value in (('PYTHON', a.python), ('MAX_SESSIONS', a.max_sessions),
                            ('CHAIN', a.chain)):
             if value is not None:
-                env[key] = str(value)
+                set_vars[key] = str(value)
         if a.data_root:
-            env['DATA_ROOT'] = osp.abspath(a.data_root)
+            set_vars['DATA_ROOT'] = osp.abspath(a.data_root)
         if a.signal_margin is not None:
-            env['TBX11K_SIGNAL'] = f'B:USR1@{a.signal_margin}'
+            set_vars['TBX11K_SIGNAL'] = f'B:USR1@{a.signal_margin}'
+        unset = ['TBX11K_SESSION']
         config = a.config_1gpu if gpus == 1 else a.config_2gpu
         if config:
-            env['CONFIG'] = osp.abspath(config)
+            set_vars['CONFIG'] = osp.abspath(config)
         else:
-            env.pop('CONFIG', None)  # the sbatch scripts pick the config by their task count
-        env.pop('TBX11K_SESSION', None)
+            unset.insert(0, 'CONFIG')  # the sbatch scripts pick the config by their task count
+        return set_vars, unset
+
+    def environment(self, gpus: int) -> Dict[str, str]:
+        set_vars, unset = self.env_changes(gpus)
+        env = dict(os.environ, **set_vars)
+        for key in unset:
+            env.pop(key, None)
         return env
+
+    def shell_command(self, gpus: int) -> str:
+        """What submit() runs, as one shell line that does the same when pasted (--dry-run)."""
+        set_vars, unset = self.env_changes(gpus)
+        words = (['env'] + [w for key in unset for w in ('-u', key)]) if unset else []
+        words += [f'{key}={value}' for key, value in set_vars.items()]
+        words += self.sbatch_command(gpus)
+        return (f'mkdir -p {shlex.quote(self.log_dir)} && '
+                + ' '.join(shlex.quote(word) for word in words))
 
     def submit(self, gpus: int) -> str:
         cmd = self.sbatch_command(gpus)
         if self.args.dry_run:
-            self.act(f'would run: {" ".join(cmd)}', gpus=gpus)
+            self.act(f'would run: {self.shell_command(gpus)}', gpus=gpus)
             return 'DRYRUN'
         os.makedirs(self.log_dir, exist_ok=True)
         out = slurm(*cmd, env=self.environment(gpus))
@@ -431,13 +456,18 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='cancel jobs already training this work dir first')
     parser.add_argument('--wait-start', action='store_true',
                         help='also wait until the last-choice job starts')
-    parser.add_argument('--dry-run', action='store_true', help='print the sbatch commands only')
+    parser.add_argument('--dry-run', action='store_true',
+                        help='print the sbatch commands only (shell lines with the environment '
+                        'the real submit passes)')
     parser.add_argument('--background', action='store_true',
                         help='detach (log in WORK_DIR/slurm/submit-*.log): safe to log out')
     parser.add_argument('--report', metavar='FILE', help='write what was done as JSON')
     parser.add_argument('--check-only', action='store_true',
                         help='only check Slurm, partition and GPUs (with --gpus)')
-    parser.add_argument('--gpus', type=int, default=2, help='GPUs to check with --check-only')
+    parser.add_argument('--gpus', type=int, default=2,
+                        help='GPUs per node to check with --check-only')
+    parser.add_argument('--nodes', type=int, default=1,
+                        help='nodes with --gpus GPUs each to check with --check-only (default 1)')
     argv = list(sys.argv[1:] if argv is None else argv)
     train_args: List[str] = []
     if '--' in argv:
@@ -470,8 +500,8 @@ def main(argv=None) -> int:
         if args.check_only:
             check_slurm()
             check_partition(args.partition)
-            if not check_gpus(args.partition, args.gpus, args.gpu_type):
-                raise gpu_error(args.partition, args.gpus, args.gpu_type)
+            if not check_gpus(args.partition, args.gpus, args.gpu_type, args.nodes):
+                raise gpu_error(args.partition, args.gpus, args.gpu_type, args.nodes)
             return 0
         if args.background:
             check_slurm()

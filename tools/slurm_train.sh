@@ -14,7 +14,8 @@
 # `--resume CKPT` among the extra args wins); an empty WORK_DIR starts a new run.
 #
 # Environment (mmdet's names where mmdet has one):
-#   GPUS_PER_NODE  tasks and GPUs per node (default: GPUS, at most 8)
+#   GPUS_PER_NODE  tasks and GPUs per node (default: GPUS, at most 8); more GPUS run on
+#                  GPUS/GPUS_PER_NODE nodes (rounded up) with GPUS_PER_NODE GPUs each, as in mmdet
 #   CPUS_PER_TASK  CPUs per task (default: the job's --cpus-per-task inside an allocation, else
 #                  5: 4 dataloader workers + the main process)
 #   GPU_TYPE       GPU model for --gres=gpu:TYPE:N (default: any)
@@ -73,22 +74,27 @@ fi
 WORK_DIR=${WORK_DIR:-work_dirs/dino_tbx11k}
 
 GPUS_PER_NODE=${GPUS_PER_NODE:-$((GPUS < 8 ? GPUS : 8))}
+[[ $GPUS_PER_NODE =~ ^[1-9][0-9]*$ ]] || die "GPUS_PER_NODE must be a positive integer, got \
+'$GPUS_PER_NODE'"
 CPUS_PER_TASK=${CPUS_PER_TASK:-${SLURM_CPUS_PER_TASK:-5}}
 STOP_GRACE=${STOP_GRACE:-120}
 PYTHON=${PYTHON:-python}
 SRUN_ARGS=${SRUN_ARGS:-""}
 TASKS_PER_NODE=$((GPUS < GPUS_PER_NODE ? GPUS : GPUS_PER_NODE))
+NODES=$(((GPUS + TASKS_PER_NODE - 1) / TASKS_PER_NODE))
 GRES="gpu:${GPU_TYPE:+$GPU_TYPE:}$TASKS_PER_NODE"
 
 if [[ -z ${SLURM_JOB_ID:-} && ${TBX11K_SKIP_SLURM_CHECKS:-0} != 1 ]]; then
   # outside an allocation: say clearly what is wrong before srun waits or fails cryptically
+  # (the GPUs are asked per node: --gres=gpu:TASKS_PER_NODE on each of NODES nodes)
   checker=$(command -v python3 || command -v "$PYTHON")
   "$checker" "$ROOT/tools/slurm_submit.py" --check-only --partition "$PARTITION" \
-    --gpus "$GPUS" ${GPU_TYPE:+--gpu-type "$GPU_TYPE"} || exit 2
+    --gpus "$TASKS_PER_NODE" --nodes "$NODES" ${GPU_TYPE:+--gpu-type "$GPU_TYPE"} || exit 2
 fi
 
-echo "slurm_train.sh: $GPUS task(s) on partition $PARTITION ($GRES per node, $CPUS_PER_TASK CPUs \
-per task), config $CONFIG, work dir $WORK_DIR (resumes from its latest checkpoint)" >&2
+echo "slurm_train.sh: $GPUS task(s) on $NODES node(s) of partition $PARTITION ($GRES per node, \
+$CPUS_PER_TASK CPUs per task), config $CONFIG, work dir $WORK_DIR (resumes from its latest \
+checkpoint)" >&2
 
 # MASTER_PORT is chosen inside the step, where SLURM_JOB_ID is known also when srun itself makes
 # the allocation. `exec` keeps signals going straight from slurmstepd to python.

@@ -23,10 +23,10 @@ from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
-from tbx11k.apis.inference import select_weights  # noqa: E402
-from tbx11k.utils import check_data_root, check_num_classes, merge_cli_options  # noqa: E402
+from tbx11k.apis.inference import read_checkpoint, select_weights  # noqa: E402
+from tbx11k.utils import (check_data_root, check_num_classes, merge_cli_options,  # noqa: E402
+                          metric_configs)
 from tbx11k.utils.dist import close_process_group  # noqa: E402
-from tbx11k.utils.torch_load_compat import load_local_checkpoint  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -56,22 +56,39 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
         parser.error('--out must be a .pkl or .pickle file')  # before building anything
+    if args.test_split and not args.format_only:
+        parser.error('--test-split: all_test.json has no labels (the challenge server holds '
+                     'them), there is nothing to evaluate; add --format-only to write the '
+                     'submission files')
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     return args
 
 
 def weights_to_load(checkpoint_path: str, weights: str, work_dir: str) -> tuple:
-    """(path to load, description of the weights, their state dict) for ``--weights``."""
-    checkpoint = load_local_checkpoint(checkpoint_path, map_location='cpu')
+    """(path to load, description of the weights, their state dict) for ``--weights``.
+
+    The checkpoint is loaded as mmdet's test.py would (local file or URL); one that is missing or
+    unreadable ends the tool with a message. A bare state dict, and the raw weights of an EMA
+    checkpoint, are written to WORK_DIR as a checkpoint of the form the Runner (and its EMAHook)
+    loads."""
+    try:
+        checkpoint = read_checkpoint(checkpoint_path)
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(f'error: {error}') from None
     state, description = select_weights(checkpoint, weights)
     if weights == 'ema' or 'ema_state_dict' not in checkpoint:
         # mmengine's EMAHook stores the EMA weights as state_dict (the raw ones in ema_state_dict)
-        return checkpoint_path, description, state
+        if set(checkpoint) != {'state_dict'}:
+            return checkpoint_path, description, state
+        name = 'weights.pth'  # maybe a bare state dict: the EMAHook needs checkpoint['state_dict']
+    else:
+        name = 'raw_weights.pth'
     os.makedirs(work_dir, exist_ok=True)
-    path = osp.join(work_dir, 'raw_weights.pth')
-    torch.save(dict(meta=checkpoint.get('meta', {}), state_dict=state), path + '.tmp')
-    os.replace(path + '.tmp', path)
+    path = osp.join(work_dir, name)
+    tmp = f'{path}.{os.getpid()}.tmp'  # every rank of a distributed test writes its own
+    torch.save(dict(meta=checkpoint.get('meta', {}), state_dict=state), tmp)
+    os.replace(tmp, path)
     return path, description, state
 
 
@@ -119,20 +136,25 @@ def build_config(args: argparse.Namespace) -> Config:
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
     merge_cli_options(cfg, args.cfg_options, args.data_root)
+    metrics = metric_configs(cfg.get('test_evaluator'))
     if args.test_split:
         dataset = cfg.test_dataloader.dataset
         dataset.ann_file = 'annotations/json/all_test.json'
         dataset.pipeline = [t for t in dataset.pipeline if t['type'] != 'LoadAnnotations']
-        cfg.test_evaluator.ann_file = osp.join(dataset.get('data_root', ''), dataset.ann_file)
+        for metric in metrics:
+            metric.ann_file = osp.join(dataset.get('data_root', ''), dataset.ann_file)
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir', None) is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
-    if args.format_only:
-        cfg.test_evaluator.format_only = True
-        cfg.test_evaluator.setdefault('outfile_prefix', osp.join(cfg.work_dir, 'submission'))
-    if cfg.test_evaluator.get('type') == 'TBX11KMetric':
-        cfg.test_evaluator.setdefault('out_dir', cfg.work_dir)  # metrics.json/.md and plots
+    for i, metric in enumerate(metrics):
+        suffix = f'_{i}' if i else ''  # several metrics must not write the same files
+        if args.format_only:
+            metric.format_only = True
+            metric.setdefault('outfile_prefix', osp.join(cfg.work_dir, f'submission{suffix}'))
+        if metric.get('type') == 'TBX11KMetric':  # its metrics.json/.md and plots
+            metric.setdefault('out_dir', cfg.work_dir if len(metrics) == 1 else osp.join(
+                cfg.work_dir, f'tbx11k_metric{suffix}'))  # with others: metrics.json has all
     if args.show or args.show_dir:
         from mmdet.engine.hooks.utils import trigger_visualization_hook
         cfg = trigger_visualization_hook(cfg, args)
@@ -158,7 +180,8 @@ def main(argv=None) -> int:
         if hasattr(metric, 'weights_tag'):
             metric.weights_tag = weights
     metrics = runner.test()
-    writes_own_report = cfg.test_evaluator.get('type') == 'TBX11KMetric'
+    writes_own_report = [m.get('type') for m in metric_configs(cfg.test_evaluator)] == [
+        'TBX11KMetric']
     if runner.rank == 0 and not writes_own_report:
         out = osp.join(cfg.work_dir, 'metrics.json')
         record = dict(checkpoint=osp.abspath(args.checkpoint), weights=weights,

@@ -53,6 +53,11 @@ class NotADINOCheckpoint(ValueError):
     """The checkpoint does not have the structure of an mmdet 3.x DINO detector."""
 
 
+class AlreadyConverted(ValueError):
+    """The checkpoint already has the target classes: converting it would re-initialise trained
+    class tensors (``force=True`` converts anyway)."""
+
+
 @dataclass
 class ConversionReport:
     """What :func:`convert_dino_checkpoint` did, for printing and tests."""
@@ -150,16 +155,43 @@ def inspect_dino_state_dict(state: Mapping[str, torch.Tensor]) -> Tuple[int, int
     return num_classes, embed_dims, num_layers
 
 
-def _source_class_names(checkpoint: Mapping, num_classes: int) -> Tuple[str, ...]:
+def _recorded_class_names(checkpoint: Mapping, num_classes: int) -> Optional[Tuple[str, ...]]:
+    """The class names the checkpoint's meta records, if they fit its ``num_classes``."""
     meta = checkpoint.get('meta') or {}
     dataset_meta = meta.get('dataset_meta') or {}
     classes = dataset_meta.get('classes') or meta.get('CLASSES')
     if classes is not None and len(classes) == num_classes:
         return tuple(classes)
+    return None
+
+
+def _source_class_names(checkpoint: Mapping, num_classes: int) -> Tuple[str, ...]:
+    classes = _recorded_class_names(checkpoint, num_classes)
+    if classes is not None:
+        return classes
     if num_classes == 80:
         from mmdet.datasets import CocoDataset
         return tuple(CocoDataset.METAINFO['classes'])
     return tuple(f'class_{i}' for i in range(num_classes))
+
+
+def _refuse_target_classes(recorded: Optional[Tuple[str, ...]], num_classes: int,
+                           classes: Tuple[str, ...], source: Optional[str] = None) -> None:
+    """Raise :class:`AlreadyConverted` if the source classes are already ``classes``."""
+    if recorded is not None:
+        if recorded != classes:
+            return
+        what = f'its classes are already the target classes {list(classes)} (meta.dataset_meta)'
+    elif num_classes == len(classes):
+        what = (f'it already has {num_classes} classes like the target {list(classes)} (its '
+                'class names are not recorded; a COCO checkpoint has 80)')
+    else:
+        return
+    raise AlreadyConverted(
+        f'{what}: it was converted or trained already, and converting it again would '
+        're-initialise its trained classifiers and denoising label embedding. Use it as it is '
+        f"(--cfg-options load_from={source or 'PATH'}), or pass --force to re-initialise them "
+        'anyway')
 
 
 def new_class_tensors(num_classes: int, embed_dims: int, seed: int = 0,
@@ -182,11 +214,17 @@ def convert_dino_checkpoint(checkpoint: Mapping,
                             class_map: Optional[Mapping[str, str]] = None,
                             seed: int = 0,
                             prior_prob: float = 0.01,
-                            source: Optional[str] = None) -> Tuple[Dict, ConversionReport]:
+                            source: Optional[str] = None,
+                            force: bool = False) -> Tuple[Dict, ConversionReport]:
     """Return (new checkpoint, report) with the class tensors of a DINO checkpoint re-made for
     ``classes``. ``class_map`` = {target class: source class} copies rows instead of
     re-initialising them (default: all re-initialised). The result holds ``meta`` and
     ``state_dict`` only: it is a starting point for ``load_from``, not something to resume.
+
+    Raises :class:`AlreadyConverted` when the checkpoint already has the target classes (its
+    ``meta.dataset_meta.classes`` are ``classes``, or, without recorded names, its classifiers
+    have ``len(classes)`` rows): a converted or TBX11K-trained checkpoint, whose trained classifiers
+    would be lost. ``force=True`` converts it anyway.
     """
     classes = tuple(classes)
     if not classes or len(set(classes)) != len(classes):
@@ -194,6 +232,9 @@ def convert_dino_checkpoint(checkpoint: Mapping,
     state = _state_dict(checkpoint)
     src_num, embed_dims, num_layers = inspect_dino_state_dict(state)
     src_classes = _source_class_names(checkpoint, src_num)
+    if not force:
+        _refuse_target_classes(_recorded_class_names(checkpoint, src_num), src_num, classes,
+                               source)
     class_map = dict(class_map or {})
     for target, src in class_map.items():
         if target not in classes:

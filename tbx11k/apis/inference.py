@@ -64,11 +64,17 @@ def _read_list(list_file: str) -> List[Tuple[str, str]]:
     ``imgs/``), then from the current directory."""
     base = osp.dirname(osp.abspath(list_file))
     out, missing = [], []
-    with open(list_file) as f:
-        lines = [line.strip() for line in f]
-    for line in lines:
-        if not line or line.startswith('#'):
-            continue
+    kinds = f'neither an image ({", ".join(IMAGE_EXTENSIONS)}), a folder nor a text list of images'
+    try:
+        with open(list_file, encoding='utf-8') as f:
+            lines = [line.strip() for line in f]
+    except UnicodeDecodeError:
+        raise FileNotFoundError(f'{list_file} is {kinds} (it is not text)') from None
+    entries = [line for line in lines if line and not line.startswith('#')]
+    if entries and not any(_is_image(line) for line in entries):
+        raise FileNotFoundError(f'{list_file} is {kinds}: none of its {len(entries)} line(s) names '
+                                f'an image file, e.g. {entries[0][:80]!r}')
+    for line in entries:
         candidates = [line] if osp.isabs(line) else [
             osp.join(base, line), osp.join(base, '..', 'imgs', line), osp.abspath(line)]
         found = next((c for c in candidates if osp.isfile(c)), None)
@@ -119,6 +125,39 @@ def collect_images(inputs: Sequence[str]) -> List[Tuple[str, str]]:
 
 
 # ---- model -------------------------------------------------------------------------------------
+def read_checkpoint(path: str) -> Dict:
+    """Load a checkpoint with mmengine's loaders (a local file; ``https://``, ``s3://`` ... as
+    mmdet's tools), on the CPU. A bare state dict is returned as ``{'state_dict': it}``.
+
+    Raises FileNotFoundError for a missing local file and ValueError, naming ``path``, for a folder
+    or a file that is not a torch checkpoint (truncated, another format)."""
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    import tbx11k.utils.torch_load_compat  # noqa: F401  the local loader, fixed for torch >= 2.6
+    if '://' not in path:
+        path = osp.expanduser(path)
+        if osp.isdir(path):
+            inside = sorted(n for n in os.listdir(path) if n.endswith('.pth'))
+            hint = f' (it holds {", ".join(inside[-3:])})' if inside else ''
+            raise ValueError(f'checkpoint {path} is a folder: give a .pth file in it{hint}')
+        if not osp.isfile(path):
+            raise FileNotFoundError(f'checkpoint {path} does not exist')
+    try:
+        checkpoint = CheckpointLoader.load_checkpoint(path, map_location='cpu')
+    except Exception as error:  # unpickling, zip, EOF, download errors: all name the file
+        raise ValueError(f'cannot load checkpoint {path}: {type(error).__name__}: {error} (a '
+                         'truncated file, or not a torch checkpoint)') from error
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f'{path} is not a checkpoint: it holds a {type(checkpoint).__name__}, '
+                         'not a dict of weights')
+    if 'state_dict' not in checkpoint:
+        if not checkpoint or not all(hasattr(v, 'shape') for v in checkpoint.values()):
+            raise ValueError(f'{path} is not a checkpoint: no state_dict, and not a dict of '
+                             f'tensors (keys: {sorted(checkpoint)[:5]})')
+        checkpoint = dict(state_dict=checkpoint)
+    return checkpoint
+
+
 def select_weights(checkpoint: Dict, weights: str = 'ema') -> Tuple[Dict, str]:
     """(state dict, description) of a checkpoint: ``'ema'`` or ``'raw'`` weights (see module doc);
     checkpoints without EMA have only one set."""
@@ -186,7 +225,6 @@ def load_detector(config: str, checkpoint: str, device: str = 'cpu', weights: st
     from mmdet.registry import MODELS
     from mmdet.utils import get_test_pipeline_cfg
 
-    from tbx11k.utils.torch_load_compat import load_local_checkpoint
     from .checkpoint_conversion import config_classes, weights_misfit, without_ddp_prefix
 
     cfg = Config.fromfile(config)  # imports custom_imports (tbx11k: WindowNormalizedDINO)
@@ -197,7 +235,7 @@ def load_detector(config: str, checkpoint: str, device: str = 'cpu', weights: st
     init_default_scope(cfg.get('default_scope', 'mmdet'))
     model = MODELS.build(cfg.model)
 
-    ckpt = load_local_checkpoint(checkpoint, map_location='cpu')
+    ckpt = read_checkpoint(checkpoint)
     state, description = select_weights(ckpt, weights)
     state = without_ddp_prefix(state)
     misfit = weights_misfit(state, model, checkpoint, config)

@@ -17,10 +17,10 @@ from typing import Dict, List, Optional, Sequence
 import cv2
 import numpy as np
 
-from .tbx11k import TBX11KDataset
+from .tbx11k import EXTRA_FOLDER, TBX11KDataset
 from .validation import (BBOX_TOLERANCE, Issue, IssueCollector,
-                         TBX11KDataError, image_ref, read_json,
-                         validate_coco)
+                         TBX11KDataError, image_ref, read_image_header,
+                         read_json, validate_coco)
 
 
 @dataclass
@@ -33,6 +33,7 @@ class ImageCheck:
     height: Optional[int] = None
     channels: Optional[int] = None
     dtype: Optional[str] = None
+    max_value: Optional[int] = None  # decoded only
     digest: Optional[str] = None
 
 
@@ -108,7 +109,13 @@ def check_image(path: str, decode: bool = True) -> ImageCheck:
         res.ok, res.error = False, f'cannot read image file {path}: {e}'
         return res
     res.digest = hashlib.md5(raw).hexdigest()
-    if not decode:
+    if not decode:  # the header still gives the size
+        try:
+            header = read_image_header(path)
+        except TBX11KDataError as e:
+            res.ok, res.error = False, str(e)
+            return res
+        res.width, res.height = header.width, header.height
         return res
     arr = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_UNCHANGED) \
         if raw else None
@@ -119,6 +126,7 @@ def check_image(path: str, decode: bool = True) -> ImageCheck:
     res.height, res.width = arr.shape[:2]
     res.channels = 1 if arr.ndim == 2 else arr.shape[2]
     res.dtype = str(arr.dtype)
+    res.max_value = int(arr.max()) if arr.size else 0
     return res
 
 
@@ -177,10 +185,15 @@ def check_ann_file(ann_file: str,
                 f"{img['width']}x{img['height']}")
         if chk.channels is not None and (chk.channels != 3
                                          or chk.dtype != 'uint8'):
-            issues.warning(
-                'image_format', entry,
-                f'{chk.channels}-channel {chk.dtype} image (TBX11K images '
-                'are 3-channel 8-bit)')
+            msg = (f'{chk.channels}-channel {chk.dtype} image (TBX11K images '
+                   'are 3-channel 8-bit)')
+            if chk.dtype == 'uint16':
+                msg += (f'; mmcv loads it as 8-bit by dividing by 256: its '
+                        f'maximum {chk.max_value} becomes '
+                        f'{chk.max_value // 256}'
+                        + (' (nearly black)' if chk.max_value < 16384 else '')
+                        + '; convert it to 8-bit, scaled to its own range')
+            issues.warning('image_format', entry, msg)
     tb_empty = [
         img['file_name'] for img in val.images
         if img['file_name'].startswith('tb/')
@@ -191,6 +204,21 @@ def check_ann_file(ann_file: str,
             'tb_image_without_boxes', None,
             f'{len(tb_empty)} image(s) in tb/ without boxes (the real data '
             f'has tb/tb1199.png): {", ".join(tb_empty[:5])}')
+    extra = [
+        img['file_name'] for img in val.images
+        if img['file_name'].split('/')[0] == EXTRA_FOLDER
+        and not val.anns_by_image[img['id']]
+    ]
+    if extra:
+        issues.warning(
+            'extra_images_without_boxes', None,
+            f'{len(extra)} image(s) in {EXTRA_FOLDER}/ without boxes (the DA, '
+            'DB, Montgomery and Shenzhen sets of the all_* files have none, '
+            f'even on TB films), e.g. {", ".join(extra[:3])}: trained on as '
+            'negatives they teach that TB is background, and image-level '
+            'metrics count them as non-TB')
+    if val.top_level_ok and not val.num_raw_images:
+        issues.error('no_images', None, "'images' is empty")
     _check_default_classes(val.categories, issues)
     report.duplicate_groups = [sorted(v) for v in by_digest.values()
                                if len(v) > 1]

@@ -10,7 +10,8 @@ from mmdet.datasets import CocoDataset
 from mmdet.registry import DATASETS
 from .seeded import SeededSampleMixin
 from .validation import (BBOX_TOLERANCE, MIN_BOX_SIZE, TBX11KDataError,
-                         read_json, summarize_ids, validate_coco)
+                         read_image_header, read_json, summarize_ids,
+                         validate_coco)
 
 ACTIVE_TB = 'ActiveTuberculosis'
 LATENT_TB = 'ObsoletePulmonaryTuberculosis'
@@ -25,15 +26,9 @@ CLASS_COLORS = {
 _FALLBACK_COLOR = (128, 128, 128)
 
 
-def _read_png_size(path: str):
-    """(width, height) from a PNG header, or None when not a PNG."""
-    with open(path, 'rb') as f:
-        head = f.read(24)
-    if len(head) < 24 or head[:8] != b'\x89PNG\r\n\x1a\n' \
-            or head[12:16] != b'IHDR':
-        return None
-    return (int.from_bytes(head[16:20], 'big'),
-            int.from_bytes(head[20:24], 'big'))
+#: Top folder of ``file_name`` for the extra public sets of the ``all_*``
+#: files (DA, DB, Montgomery, Shenzhen): no boxes, even on TB films.
+EXTRA_FOLDER = 'extra'
 
 
 @DATASETS.register_module()
@@ -63,9 +58,14 @@ class TBX11KDataset(SeededSampleMixin, CocoDataset):
             error. Defaults to 2.
         check_files (bool): check at load time that every image file exists.
             Defaults to True.
-        check_image_size (bool): also read each PNG header and compare its
-            size with the json's width/height (one small read per image).
-            Defaults to False; ``tools/check_dataset.py`` decodes every image.
+        check_image_size (bool): read each image's header (26 bytes of a
+            PNG; Pillow for other formats; the whole file on a remote
+            backend) and refuse a file that is empty, not an image, or whose
+            size differs from the json's width/height: boxes are in the json's
+            frame. Images of more than 8 bits per sample are counted and
+            logged (mmcv loads them as 8-bit by dividing by 256). Defaults to
+            True; off with ``check_files=False``. ``tools/check_dataset.py``
+            also decodes every image.
         **kwargs: :class:`mmdet.datasets.CocoDataset` arguments. As there,
             ``filter_cfg=dict(filter_empty_gt=True)`` drops images without
             boxes of the selected classes (not in ``test_mode``); the default
@@ -84,7 +84,7 @@ class TBX11KDataset(SeededSampleMixin, CocoDataset):
                  tb_only: bool = False,
                  bbox_clip_tolerance: float = BBOX_TOLERANCE,
                  check_files: bool = True,
-                 check_image_size: bool = False,
+                 check_image_size: bool = True,
                  **kwargs) -> None:
         self.tb_only = tb_only
         self.bbox_clip_tolerance = bbox_clip_tolerance
@@ -165,18 +165,23 @@ class TBX11KDataset(SeededSampleMixin, CocoDataset):
             for cid in sorted({a['category_id'] for a in anns}):
                 self.cat_img_map[cid].append(img_id)
 
+        if not val.images:
+            raise TBX11KDataError(f"{src}: 'images' is empty: no image to "
+                                  f"{'test' if self.test_mode else 'train'} on")
         excluded: Counter = Counter()
         ignored = 0
         crowd_ids = []
         not_tb = 0
+        deep_images = []
         data_list = []
         for img in val.images:
             anns = val.anns_by_image[img['id']]
             if self.tb_only and not anns:
                 not_tb += 1
                 continue
-            if self.check_image_size:
-                self._check_size(img)
+            if (self.check_files and self.check_image_size
+                    and self._check_image_header(img) > 8):
+                deep_images.append(img['file_name'])
             for a in anns:
                 if a['category_id'] not in self.cat2label:
                     excluded[cat_name[a['category_id']]] += 1
@@ -191,6 +196,10 @@ class TBX11KDataset(SeededSampleMixin, CocoDataset):
                     'raw_ann_info': anns
                 }))
 
+        if not data_list:
+            raise TBX11KDataError(
+                f'{src}: tb_only=True left no image: none of the '
+                f'{len(val.images)} images has a box')
         counts = Counter()
         for d in data_list:
             for inst in d['instances']:
@@ -213,16 +222,63 @@ class TBX11KDataset(SeededSampleMixin, CocoDataset):
             num_images_dropped_not_tb=not_tb,
         )
         self._log_load_stats(val, crowd_ids)
+        self._warn_extra_images(data_list)
+        if deep_images:
+            print_log(
+                f'TBX11KDataset {src}: {len(deep_images)} images have more '
+                f'than 8 bits per sample (e.g. {deep_images[0]}): mmcv loads '
+                'them as 8-bit by dividing by 256, so a 12-bit film stored in '
+                '16 bits loads nearly black. Convert them to 8-bit, scaled to '
+                'their own value range, before training or testing.',
+                logger='current',
+                level=logging.WARNING)
         return data_list
 
-    def _check_size(self, img: dict) -> None:
+    def _check_image_header(self, img: dict) -> int:
+        """Refuse an image file whose header is unreadable or whose size
+        differs from the json; return its bits per sample."""
         path = osp.join(self.data_prefix.get('img', ''), img['file_name'])
-        size = _read_png_size(path)
-        if size is not None and size != (img['width'], img['height']):
+        where = (f"{self.ann_file}: image id={img['id']} "
+                 f"file_name={img['file_name']!r}")
+        try:
+            header = read_image_header(path, backend_args=self.backend_args)
+        except TBX11KDataError as e:
+            raise type(e)(f'{where}: {e}') from e
+        if (header.width, header.height) != (img['width'], img['height']):
             raise TBX11KDataError(
-                f"{self.ann_file}: image id={img['id']} file_name="
-                f"{img['file_name']!r}: the file is {size[0]}x{size[1]} but "
-                f"the json says {img['width']}x{img['height']}")
+                f'{where}: the file is {header.width}x{header.height} but '
+                f"the json says {img['width']}x{img['height']} (boxes are in "
+                "the json's frame); fix the json or the image, or pass "
+                'check_image_size=False to skip this check')
+        return header.bits_per_sample
+
+    def _warn_extra_images(self, data_list: List[dict]) -> None:
+        """The ``all_*`` files' extra sets have no boxes, even on TB films."""
+        prefix = osp.join(self.data_prefix.get('img', ''), EXTRA_FOLDER, '')
+        extra = [
+            d['img_path'] for d in data_list
+            if d['img_path'].startswith(prefix) and not d['instances']
+        ]
+        if not extra:
+            return
+        if self.test_mode:
+            effect = ('image-level metrics count every one of them as non-TB '
+                      '(their TB labels are not in the json); evaluate on the '
+                      'TBX11K_*.json files')
+        elif (self.filter_cfg or {}).get('filter_empty_gt', False):
+            effect = ('filter_cfg.filter_empty_gt drops them, so they add '
+                      'nothing to training')
+        else:
+            effect = ('kept as negatives they teach the detector that TB is '
+                      'background; train on TBX11K_train.json or set '
+                      'filter_cfg=dict(filter_empty_gt=True)')
+        print_log(
+            f'TBX11KDataset {self.ann_file}: {len(extra)} images from '
+            f'{EXTRA_FOLDER}/ (the DA, DB, Montgomery and Shenzhen sets of the '
+            f'all_* files, e.g. {osp.relpath(extra[0], prefix)}) have no '
+            f'boxes even where the film shows TB: {effect}',
+            logger='current',
+            level=logging.WARNING)
 
     def _log_load_stats(self, val, crowd_ids: List[int]) -> None:
         s = self.load_stats
@@ -341,5 +397,11 @@ class TBX11KDataset(SeededSampleMixin, CocoDataset):
                 f'{len(kept)} left',
                 logger='current',
                 level=logging.INFO)
+        if not kept:
+            raise TBX11KDataError(
+                f'{self.ann_file}: filter_cfg={dict(self.filter_cfg)} left no '
+                f'image of {len(self.data_list)}: {n_empty} have no box of the '
+                f'classes {tuple(self.metainfo["classes"])}, {n_small} are '
+                f'smaller than {min_size}')
         self.load_stats['num_images_after_filter'] = len(kept)
         return kept

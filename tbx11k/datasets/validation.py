@@ -16,7 +16,9 @@ Accepted TBX11K quirks (see docs/tbx11k-format.md):
 """
 import json
 import math
+import os
 import os.path as osp
+import stat
 from dataclasses import dataclass, field
 from numbers import Real
 from typing import Any, Dict, List, Optional
@@ -189,11 +191,93 @@ class ValidatedCoco:
 
 
 def _file_checker(img_prefix: str, backend_args: Optional[dict]):
+    """``check(path) -> (kind, message)`` of a missing or empty image file,
+    or None. Local files cost one ``stat``; other backends are only asked
+    whether the file exists."""
     if backend_args is None:
-        return osp.isfile
+
+        def check_local(path: str):
+            try:
+                st = os.stat(path)
+            except OSError:
+                return 'missing_image', f'image file not found: {path}'
+            if not stat.S_ISREG(st.st_mode):
+                return 'missing_image', f'not a file: {path}'
+            if st.st_size == 0:
+                return 'empty_image', f'image file is empty (0 bytes): {path}'
+            return None
+
+        return check_local
     from mmengine.fileio import get_file_backend
     backend = get_file_backend(img_prefix, backend_args=backend_args)
-    return backend.isfile
+
+    def check_backend(path: str):
+        if not backend.isfile(path):
+            return 'missing_image', f'image file not found: {path}'
+        return None
+
+    return check_backend
+
+
+@dataclass
+class ImageHeader:
+    """What an image file's header says (see :func:`read_image_header`)."""
+    width: int
+    height: int
+    bits_per_sample: int  # 8 for TBX11K; 16 for 16-bit PNG/TIFF
+
+
+_PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+
+
+def read_image_header(path: str,
+                      backend_args: Optional[dict] = None) -> ImageHeader:
+    """Size and sample depth of an image file from its header only.
+
+    PNG (the TBX11K format): the first 26 bytes. Other formats: Pillow,
+    which reads the header without decoding. Raises
+    :class:`TBX11KDataError` naming ``path`` when the file is empty or not
+    an image Pillow knows, :class:`TBX11KMissingFileError` when missing.
+    """
+    path = str(path)
+    try:
+        if backend_args is None:
+            with open(path, 'rb') as f:
+                head = f.read(26)
+                if not head.startswith(_PNG_SIGNATURE):
+                    f.seek(0)
+                    head = f.read()
+        else:  # remote backends read the whole file
+            from mmengine.fileio import get
+            head = get(path, backend_args=backend_args)
+    except FileNotFoundError as e:
+        raise TBX11KMissingFileError(f'image file not found: {path}') from e
+    except OSError as e:
+        raise TBX11KDataError(f'cannot read image file {path}: {e}') from e
+    if not head:
+        raise TBX11KDataError(f'image file is empty (0 bytes): {path}')
+    if head.startswith(_PNG_SIGNATURE):
+        if len(head) < 26 or head[12:16] != b'IHDR':
+            raise TBX11KDataError(
+                f'not a readable PNG (truncated header): {path}')
+        return ImageHeader(
+            width=int.from_bytes(head[16:20], 'big'),
+            height=int.from_bytes(head[20:24], 'big'),
+            bits_per_sample=head[24])
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(io.BytesIO(head)) as im:
+            width, height = im.size
+            mode = im.mode
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise TBX11KDataError(
+            f'not an image file (or an unknown format): {path}: {e}') from e
+    bits = 8
+    if mode.startswith('I;16') or mode in ('I', 'F'):
+        bits = 16 if mode.startswith('I;16') else 32
+    return ImageHeader(width=width, height=height, bits_per_sample=bits)
 
 
 def validate_coco(data: Any,
@@ -212,7 +296,8 @@ def validate_coco(data: Any,
         source: the json's path, used in every message.
         img_prefix: folder that ``file_name`` is relative to (``imgs/``);
             needed for ``check_files``.
-        check_files: check that every image file exists.
+        check_files: check that every image file exists (and, for local
+            files, is not empty).
         bbox_tolerance: boxes reaching up to this many pixels outside the
             image are clipped (and counted); farther is an error.
         allow_missing_annotations: accept a json without an 'annotations'
@@ -295,11 +380,11 @@ def validate_coco(data: Any,
     cat_desc = ', '.join(f'{c["id"]}={c["name"]}' for c in result.categories)
 
     # ---- images ---------------------------------------------------------
-    isfile = None
+    check_file = None
     if check_files:
         if img_prefix is None:
             raise ValueError('validate_coco: check_files needs img_prefix')
-        isfile = _file_checker(img_prefix, backend_args)
+        check_file = _file_checker(img_prefix, backend_args)
     images_by_id: Dict[int, dict] = {}
     file_names: Dict[str, Any] = {}
     for i, img in enumerate(raw_images):
@@ -337,12 +422,13 @@ def validate_coco(data: Any,
             issues.warning('duplicate_file_name', entry,
                            f'file_name also used by image id '
                            f'{file_names[file_name]}')
-        if isfile is not None:
-            path = osp.join(img_prefix, file_name)
-            if not isfile(path):
-                issues.error('missing_image', entry,
-                             f'image file not found: {path}',
-                             exc_type=TBX11KMissingFileError)
+        if check_file is not None:
+            problem = check_file(osp.join(img_prefix, file_name))
+            if problem is not None:
+                kind, msg = problem
+                issues.error(kind, entry, msg,
+                             exc_type=TBX11KMissingFileError
+                             if kind == 'missing_image' else TBX11KDataError)
                 continue
         img = dict(img)
         img['width'] = _as_positive_int(img['width'])

@@ -14,6 +14,7 @@ from mmengine.logging import MessageHub, MMLogger, print_log
 
 from mmdet.registry import METRICS
 
+from ..datasets.validation import TBX11KDataError
 from . import functional as F
 from . import report as R
 
@@ -205,6 +206,21 @@ class TBX11KMetric(BaseMetric):
         with get_local_path(ann_file, backend_args=backend_args) as path:
             with open(path) as f:
                 self._gt_json = json.load(f)
+        if not format_only and 'annotations' not in self._gt_json:
+            raise TBX11KDataError(
+                f"{ann_file}: no 'annotations' (an image-info file such as "
+                'all_test.json, whose labels the challenge server holds): '
+                'there is nothing to evaluate against. Write the submission '
+                'files instead: format_only=True (tools/test.py --format-only)')
+        if not format_only and not self._gt_json['annotations']:
+            print_log(
+                f'TBX11KMetric: {ann_file} has no box: detection AP and '
+                'sensitivity are n/a and every image counts as non-TB. If '
+                'these are unlabelled test images, write the submission '
+                'files instead: format_only=True (tools/test.py '
+                '--format-only)',
+                logger='current',
+                level=logging.WARNING)
         self._gt = None  # lazily built caches
         self.last_report: Optional[dict] = None
 
@@ -313,11 +329,12 @@ class TBX11KMetric(BaseMetric):
         if gt[key] is None:
             d = self._gt_json
             anns = d.get('annotations', []) or []
+            # COCOeval reads 'iscrowd', which COCO json may leave out (= 0)
+            anns = [dict(a, iscrowd=a.get('iscrowd', 0)) for a in anns]
             if agnostic:
                 anns = [dict(a, category_id=1) for a in anns]
                 cats = [dict(id=1, name='TB', supercategory='Tuberculosis')]
             else:
-                anns = [dict(a) for a in anns]
                 cats = d.get('categories', [])
             gt[key] = F.coco_from_dict(
                 dict(images=d.get('images', []),

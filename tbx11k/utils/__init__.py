@@ -1,10 +1,11 @@
 from . import atomic_io  # noqa: F401  (registers atomic writes for local paths)
 from .atomic_io import AtomicLocalBackend, atomic_write_bytes, atomic_write_text
 from .cli import (check_amp_device, check_data_root, check_num_classes, merge_cli_options,
-                  set_data_root)
+                  metric_configs, set_data_root)
 from .dist import init_cpu_process_group
 from .torch_load_compat import load_local_checkpoint
 
 __all__ = ['AtomicLocalBackend', 'atomic_write_bytes', 'atomic_write_text', 'check_amp_device',
-           'check_data_root', 'check_num_classes', 'merge_cli_options', 'set_data_root',
+           'check_data_root', 'check_num_classes', 'merge_cli_options', 'metric_configs',
+           'set_data_root',
            'init_cpu_process_group', 'load_local_checkpoint']

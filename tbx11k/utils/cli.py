@@ -1,6 +1,6 @@
 """Helpers shared by tools/train.py, tools/test.py and the other tools."""
 import os.path as osp
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 from mmengine.config import Config, ConfigDict
 
@@ -22,31 +22,57 @@ def _datasets(cfg: Config) -> Iterator[Tuple[str, ConfigDict]]:
             yield split, dataset
 
 
+EVALUATOR_SPLITS = (('val_dataloader', 'val_evaluator'), ('test_dataloader', 'test_evaluator'))
+
+
+def metric_configs(evaluator) -> List[ConfigDict]:
+    """The metric configs of an evaluator config: one metric, a list of them, or an
+    ``Evaluator`` dict with ``metrics``."""
+    if isinstance(evaluator, dict):
+        if 'metrics' in evaluator:
+            return metric_configs(evaluator['metrics'])
+        return [evaluator]
+    if isinstance(evaluator, (list, tuple)):
+        return [m for item in evaluator for m in metric_configs(item)]
+    return []
+
+
+def _rebased(path: str, old_root: str, new_root: str) -> str:
+    """``path`` moved from under ``old_root`` to under ``new_root``; other paths unchanged."""
+    if old_root and osp.normpath(path).startswith(osp.join(osp.normpath(old_root), '')):
+        return osp.join(new_root, osp.relpath(path, old_root))
+    return path
+
+
 def set_data_root(cfg: Config, data_root: str) -> None:
-    """Point every dataset and evaluator of ``cfg`` at ``data_root``."""
+    """Point every dataset of ``cfg``, and every evaluator ``ann_file`` under a dataset's old
+    root, at ``data_root``."""
     data_root = osp.join(data_root, '')
+    old_roots = {split: dataset.get('data_root') or '' for split, dataset in _datasets(cfg)}
     cfg.data_root = data_root
     for _, dataset in _datasets(cfg):
         dataset['data_root'] = data_root
-    for split, evaluator_key in (('val_dataloader', 'val_evaluator'),
-                                 ('test_dataloader', 'test_evaluator')):
-        evaluator = cfg.get(evaluator_key)
-        loader = cfg.get(split)
-        if isinstance(evaluator, dict) and evaluator.get('ann_file') and loader is not None:
-            evaluator['ann_file'] = osp.join(data_root, loader['dataset']['ann_file'])
+    for split, evaluator_key in EVALUATOR_SPLITS:
+        old_root = old_roots.get(split, '')
+        for metric in metric_configs(cfg.get(evaluator_key)):
+            if metric.get('ann_file'):
+                metric['ann_file'] = _rebased(metric['ann_file'], old_root, data_root)
 
 
 def merge_cli_options(cfg: Config, cfg_options: Optional[dict], data_root: Optional[str]) -> None:
-    """Apply ``--cfg-options`` and ``--data-root`` (tools/train.py, tools/test.py).
+    """Apply ``--data-root`` and ``--cfg-options`` (tools/train.py, tools/test.py).
 
     ``--cfg-options data_root=DIR`` alone would change only the top-level variable: the datasets
     and evaluators were built from the old one when the config was read, so it is applied like
-    ``--data-root`` (which wins when both are given)."""
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    data_root = data_root or (cfg_options or {}).get('data_root')
+    ``--data-root`` (which wins when both are given). The data root is applied first, so explicit
+    keys of ``--cfg-options`` (e.g. ``val_evaluator.ann_file=...``) win, as in mmdet."""
+    cfg_options = dict(cfg_options or {})
+    data_root = data_root or cfg_options.get('data_root')
+    cfg_options.pop('data_root', None)
     if data_root:
         set_data_root(cfg, data_root)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
 
 
 def check_data_root(cfg: Config, splits=('train_dataloader', 'val_dataloader')) -> None:
@@ -57,11 +83,22 @@ def check_data_root(cfg: Config, splits=('train_dataloader', 'val_dataloader')) 
         root = dataset.get('data_root') or ''
         ann = osp.join(root, dataset.get('ann_file', ''))
         if root and not osp.isdir(root):
-            raise SystemExit(f'error: data root {root!r} ({split}) does not exist. {SYNTHETIC_HINT}'
+            what = 'is a file, not a folder' if osp.exists(root) else 'does not exist'
+            raise SystemExit(f'error: data root {root!r} ({split}) {what}. {SYNTHETIC_HINT}'
                              ' and pass --data-root DATA_ROOT.')
         if dataset.get('ann_file') and not osp.isfile(ann):
             raise SystemExit(f'error: annotation file {ann!r} ({split}) does not exist. '
                              f'{SYNTHETIC_HINT} and pass --data-root DATA_ROOT.')
+    for split, evaluator_key in EVALUATOR_SPLITS:
+        if split not in splits or cfg.get(split) is None:
+            continue
+        for metric in metric_configs(cfg.get(evaluator_key)):
+            ann = metric.get('ann_file')
+            if ann and '://' not in ann and not osp.isfile(ann):
+                raise SystemExit(f'error: {evaluator_key} ({metric.get("type")}) ann_file '
+                                 f'{ann!r} does not exist. Set it with --cfg-options '
+                                 f'{evaluator_key}.ann_file=PATH, or --data-root DATA_ROOT when '
+                                 'it lies under the data root.')
 
 
 def _dataset_classes(dataset: ConfigDict):

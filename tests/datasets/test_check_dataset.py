@@ -102,6 +102,38 @@ def test_image_size_mismatch(copy_root):
     assert str(copy_root / TRAIN) in errs[0].message
     assert 'the file is 128x100 but the json says 128x128' in errs[
         0].message
+    # --no-decode still reads the header
+    report = check_dataset(copy_root, [TRAIN], decode=False)
+    assert [e.kind for e in report.all_errors()] == ['image_size_mismatch']
+
+
+@pytest.mark.parametrize('decode', [True, False])
+def test_empty_image_file_is_an_error(copy_root, decode):
+    raw = load(copy_root / TRAIN)
+    img = raw['images'][2]
+    (copy_root / 'imgs' / img['file_name']).write_bytes(b'')
+    report = check_dataset(copy_root, [TRAIN], decode=decode)
+    errs = report.all_errors()
+    assert [e.kind for e in errs] == ['empty_image'], report.format()
+    assert img['file_name'] in errs[0].message and '0 bytes' in errs[0].message
+
+
+def test_json_without_images_is_an_error(copy_root):
+    raw = load(copy_root / TRAIN)
+    (copy_root / TRAIN).write_text(json.dumps(dict(raw, images=[],
+                                                   annotations=[])))
+    report = check_dataset(copy_root, [TRAIN])
+    assert [e.kind for e in report.all_errors()] == ['no_images']
+    assert 'RESULT: FAILED' in report.format()
+
+
+def test_extra_images_without_boxes_are_a_warning(synthetic_root):
+    report = check_dataset(synthetic_root,
+                           ['annotations/json/all_train.json', TRAIN])
+    assert report.ok
+    all_train, train = report.files
+    assert 'extra_images_without_boxes' in {w.kind for w in all_train.warnings}
+    assert 'extra_images_without_boxes' not in {w.kind for w in train.warnings}
 
 
 def test_missing_image_and_json_errors_are_all_collected(copy_root):
@@ -141,6 +173,18 @@ def test_grayscale_image_is_a_warning(copy_root):
     report = check_dataset(copy_root, [TRAIN])
     assert report.ok
     assert 'image_format' in {w.kind for w in report.all_warnings()}
+
+
+def test_16_bit_image_warning_says_how_it_loads(copy_root):
+    raw = load(copy_root / TRAIN)
+    path = copy_root / 'imgs' / raw['images'][1]['file_name']
+    cv2.imwrite(str(path), np.full((128, 128), 3744, np.uint16))
+    report = check_dataset(copy_root, [TRAIN])
+    assert report.ok
+    msg = [w.message for w in report.all_warnings()
+           if w.kind == 'image_format']
+    assert len(msg) == 1 and 'uint16' in msg[0]
+    assert 'maximum 3744 becomes 14 (nearly black)' in msg[0]
 
 
 def test_within_file_duplicates(copy_root):

@@ -248,17 +248,120 @@ def test_mmdet_pipeline_and_registry_build(synthetic_root):
         assert ds_sample.metainfo['ori_shape'] == (128, 128)
 
 
-def test_check_image_size_option(synthetic_root, tmp_path):
+def test_image_size_is_checked_by_default(synthetic_root, tmp_path):
     raw = load_json(synthetic_root / TRAIN)
     raw['images'][2]['width'] = 130
     ann_file = tmp_path / 'size.json'
     ann_file.write_text(json.dumps(raw))
-    make(synthetic_root, ann_file)  # not checked by default
     with pytest.raises(TBX11KDataError) as exc:
-        make(synthetic_root, ann_file, check_image_size=True)
+        make(synthetic_root, ann_file)
     msg = str(exc.value)
-    assert str(ann_file) in msg
+    assert msg.startswith(str(ann_file))
     assert raw['images'][2]['file_name'] in msg and '128x128' in msg
+    assert "json says 130x128" in msg
+    # opting out loads it
+    assert len(make(synthetic_root, ann_file,
+                    check_image_size=False)) == len(raw['images'])
+
+
+def _copy_with_json(synthetic_root, tmp_path):
+    """Writable copy of the train images + json: (root, ann_file, data)."""
+    root = tmp_path / 'root'
+    shutil.copytree(synthetic_root / 'imgs', root / 'imgs',
+                    ignore=shutil.ignore_patterns('extra', 'test'))
+    ann_file = root / TRAIN
+    ann_file.parent.mkdir(parents=True)
+    return root, ann_file, load_json(synthetic_root / TRAIN)
+
+
+def test_image_size_of_a_jpeg_is_checked(synthetic_root, tmp_path):
+    from PIL import Image
+    root, ann_file, data = _copy_with_json(synthetic_root, tmp_path)
+    img = data['images'][3]
+    png = root / 'imgs' / img['file_name']
+    jpg = png.with_suffix('.jpg')
+    Image.open(png).convert('RGB').resize((100, 128)).save(jpg)
+    img['file_name'] = img['file_name'][:-4] + '.jpg'
+    ann_file.write_text(json.dumps(data))
+    with pytest.raises(TBX11KDataError, match=r"the file is 100x128 but the "
+                       r"json says 128x128") as exc:
+        make(root, ann_file)
+    assert img['file_name'] in str(exc.value)
+    Image.open(png).convert('RGB').save(jpg)  # right size: loads
+    assert len(make(root, ann_file)) == len(data['images'])
+
+
+@pytest.mark.parametrize('content, expected', [
+    (b'', 'empty (0 bytes)'),
+    (b'this is no image', 'not an image file'),
+    (b'\x89PNG\r\n\x1a\n\x00\x00', 'truncated header'),
+])
+def test_unreadable_image_file_is_refused_at_load(synthetic_root, tmp_path,
+                                                  content, expected):
+    root, ann_file, data = _copy_with_json(synthetic_root, tmp_path)
+    img = data['images'][4]
+    (root / 'imgs' / img['file_name']).write_bytes(content)
+    ann_file.write_text(json.dumps(data))
+    with pytest.raises(TBX11KDataError) as exc:
+        make(root, ann_file)
+    msg = str(exc.value)
+    assert msg.startswith(str(ann_file)), msg
+    assert f"id={img['id']}" in msg and img['file_name'] in msg, msg
+    assert expected in msg, msg
+    if not content:  # an empty file is refused even without the header check
+        with pytest.raises(TBX11KDataError, match='empty'):
+            make(root, ann_file, check_image_size=False)
+
+
+def test_16_bit_images_are_counted_and_logged(synthetic_root, tmp_path,
+                                              logs):
+    import cv2
+    root, ann_file, data = _copy_with_json(synthetic_root, tmp_path)
+    img = data['images'][0]
+    film = np.full((128, 128), 3744, np.uint16)  # 12-bit values in 16 bits
+    cv2.imwrite(str(root / 'imgs' / img['file_name']), film)
+    ann_file.write_text(json.dumps(data))
+    assert len(make(root, ann_file)) == len(data['images'])
+    deep = [m for m in logs if 'more than 8 bits' in m]
+    assert len(deep) == 1 and '1 images' in deep[0], logs
+    assert img['file_name'] in deep[0]
+
+
+def test_data_that_leaves_no_image_is_refused(synthetic_root, tmp_path):
+    root, ann_file, data = _copy_with_json(synthetic_root, tmp_path)
+    empty = dict(data, images=[], annotations=[])
+    ann_file.write_text(json.dumps(empty))
+    for test_mode in (False, True):
+        with pytest.raises(TBX11KDataError, match="'images' is empty") as exc:
+            make(root, ann_file, test_mode=test_mode)
+        assert str(ann_file) in str(exc.value)
+    no_box = dict(data, annotations=[])
+    ann_file.write_text(json.dumps(no_box))
+    with pytest.raises(TBX11KDataError,
+                       match='tb_only=True left no image') as exc:
+        make(root, ann_file, tb_only=True, test_mode=True)
+    assert str(ann_file) in str(exc.value)
+    with pytest.raises(TBX11KDataError, match='left no image') as exc:
+        make(root, ann_file, filter_cfg=dict(filter_empty_gt=True))
+    msg = str(exc.value)
+    assert str(ann_file) in msg and f"{len(data['images'])} have no box" in msg
+
+
+def test_extra_images_without_boxes_are_a_warning(synthetic_root, logs):
+    ds = make(synthetic_root, 'annotations/json/all_train.json')
+    n_extra = sum('/extra/' in ds.get_data_info(i)['img_path']
+                  for i in range(len(ds)))
+    warned = [m for m in logs if 'from extra/' in m]
+    assert n_extra and len(warned) == 1, logs
+    assert f'{n_extra} images' in warned[0]
+    assert 'teach the detector that TB is background' in warned[0]
+    logs.clear()
+    make(synthetic_root, 'annotations/json/all_val.json', test_mode=True)
+    assert any('from extra/' in m and 'count every one of them as non-TB' in m
+               for m in logs), logs
+    logs.clear()
+    make(synthetic_root, TRAIN)
+    assert not [m for m in logs if 'extra/' in m]
 
 
 # ---------------------------------------------------------------------------

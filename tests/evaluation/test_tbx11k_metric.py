@@ -564,3 +564,39 @@ def test_predictions_of_other_images_with_the_same_ids_are_refused(tmp_path):
                        r"file_name='x/0002.png'"):
         run(ann, [at(1, '/data/TBX11K/imgs/x/0001.png'), at(2, '/data/TBX11K/imgs/tb/tb0007.png')],
             out_dir=str(tmp_path / 'bad'))
+
+
+def test_boxes_without_iscrowd_evaluate_as_iscrowd_0(tmp_path):
+    """COCO json may leave out 'iscrowd' (= 0); pycocotools' COCOeval reads
+    it, so the metric fills it in rather than failing at evaluation."""
+    ann, samples, _, _, _ = random_case(tmp_path)
+    res, _ = run(ann, samples, save_plots=False)
+    data = json.load(open(ann))
+    for a in data['annotations']:
+        del a['iscrowd']
+    bare = tmp_path / 'no_iscrowd.json'
+    bare.write_text(json.dumps(data))
+    res_bare, _ = run(str(bare), samples, save_plots=False)
+    assert res_bare == res
+    assert res['tbx11k/TB_AP50_all'] > 0
+
+
+def test_unlabelled_json_is_refused_unless_format_only(tmp_path):
+    ann = write_gt(tmp_path / 'test.json', [1, 2], [], with_annotations=False)
+    with pytest.raises(ValueError) as exc:
+        TBX11KMetric(ann_file=ann)
+    msg = str(exc.value)
+    assert ann in msg and "no 'annotations'" in msg and 'format_only' in msg
+    TBX11KMetric(ann_file=ann, format_only=True,
+                 outfile_prefix=str(tmp_path / 'sub'))
+
+
+def test_labelled_json_without_boxes_warns(tmp_path, monkeypatch):
+    import tbx11k.evaluation.tbx11k_metric as metric_module
+    logged = []
+    monkeypatch.setattr(metric_module, 'print_log',
+                        lambda msg, **kw: logged.append(msg))
+    ann = write_gt(tmp_path / 'healthy.json', [1, 2], [])
+    TBX11KMetric(ann_file=ann)
+    assert any(ann in m and 'no box' in m and 'format_only' in m
+               for m in logged), logged

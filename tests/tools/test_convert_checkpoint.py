@@ -167,6 +167,40 @@ def test_converted_checkpoint_loads_cleanly_and_trains(tiny_run):
         assert torch.isfinite(end[key]).all()
 
 
+
+def test_cli_refuses_a_checkpoint_that_already_has_the_target_classes(tiny_run, tmp_path,
+                                                                      capsys):
+    """A trained TBX11K checkpoint given again to the converter had all its trained classifiers
+    and its label embedding re-initialised, listed as changed, and exit status 0."""
+    tool = load_tool('convert_coco_checkpoint')
+    out = tmp_path / 'again.pth'
+    assert tool.main([tiny_run['checkpoint'], str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {tiny_run['checkpoint']}: its classes are already the target classes" in err
+    assert 'would re-initialise its trained classifiers' in err and '--force' in err
+    assert not out.exists()
+    assert tool.main([tiny_run['checkpoint'], str(out), '--force']) == 0
+    forced = capsys.readouterr().out
+    assert 'changed bbox_head.cls_branches.0.weight: (2, 256) -> (2, 256)' in forced
+    assert out.exists()
+
+
+def test_refuses_target_classes_known_by_name_or_by_count(converted_tiny):
+    """Class names from meta.dataset_meta; without names, a source with as many classes as the
+    target is taken for one already converted (a COCO checkpoint has 80)."""
+    from tbx11k.apis.checkpoint_conversion import AlreadyConverted
+    checkpoint = load_checkpoint(converted_tiny[0])
+    with pytest.raises(AlreadyConverted, match='already the target classes'):
+        convert_dino_checkpoint(checkpoint, TBX11K_CLASSES)
+    bare = dict(checkpoint['state_dict'])
+    with pytest.raises(AlreadyConverted, match='already has 2 classes'):
+        convert_dino_checkpoint(bare, ('a', 'b'))
+    # forced, or other classes: converted
+    assert convert_dino_checkpoint(checkpoint, TBX11K_CLASSES, force=True)[1].changed
+    assert convert_dino_checkpoint(checkpoint, ('a', 'b'))[1].changed
+    three = TBX11K_CLASSES + ('PulmonaryTuberculosis',)
+    assert convert_dino_checkpoint(bare, three)[1].changed
+
 # ---- backbone-only ImageNet weights from a local file ------------------------------------------
 def torchvision_style_resnet50() -> dict:
     """A ResNet-50 state dict with torchvision's key names (conv1, bn1, layerN.M..., fc), as

@@ -152,6 +152,18 @@ def test_collect_images(training_root, tmp_path):
         collect_images([str(bad)])
 
 
+def test_inputs_that_are_no_image_list_are_named(tmp_path):
+    scan = tmp_path / 'scan.dcm'  # binary, not an image format mmcv reads
+    scan.write_bytes(bytes(range(128, 256)) * 4)
+    with pytest.raises(FileNotFoundError, match=r'scan.dcm is neither an image .*not text'):
+        collect_images([str(scan)])
+    ann = tmp_path / 'TBX11K_val.json'
+    ann.write_text('{"images": [{"id": 1, "file_name": "tb/tb0001.png"}]}\n')
+    with pytest.raises(FileNotFoundError,
+                       match=r'TBX11K_val.json is neither .*none of its 1 line\(s\) names an image'):
+        collect_images([str(ann)])
+
+
 def test_list_lines_with_parent_folders_stay_under_vis(training_root, tmp_path):
     """A list naming '../imgs/tb/tb0001.png' drew to OUT/vis/../imgs/... = OUT/imgs/... (with
     --out at the data root: over the X-ray itself)."""

@@ -119,3 +119,146 @@ def test_checkpoint_that_does_not_fit_the_model_is_refused():
     tool.check_weights_fit(model.state_dict(), model, 'c.pth', 'cfg.py')
     tool.check_weights_fit({f'module.{k}': v for k, v in model.state_dict().items()}, model,
                            'c.pth', 'cfg.py')
+
+
+def _val_json(config):
+    """The val json under the data root of ``config``."""
+    from mmengine.config import Config
+    return Config.fromfile(config).data_root + 'annotations/json/TBX11K_val.json'
+
+
+def _list_evaluator_config(tmp_path):
+    """The tiny config with a list of two test metrics, both on the val json."""
+    config = tmp_path / 'two_metrics.py'
+    config.write_text(textwrap.dedent(f'''
+        _base_ = {TINY_1GPU!r}
+        test_evaluator = [
+            dict(type='TBX11KMetric', ann_file={_val_json(TINY_1GPU)!r}),
+            dict(type='CocoMetric', metric='bbox', ann_file={_val_json(TINY_1GPU)!r}),
+        ]
+        val_evaluator = test_evaluator
+    '''))
+    return str(config)
+
+
+def test_a_list_of_test_metrics_is_configured_and_rerooted(tmp_path):
+    tool = load_tool('test')
+    config = _list_evaluator_config(tmp_path)
+    cfg = tool.build_config(tool.parse_args(
+        [config, 'x.pth', '--data-root', '/data/X', '--work-dir', str(tmp_path / 'w'),
+         '--format-only']))
+    tbx, coco = cfg.test_evaluator
+    for metric in (tbx, coco):
+        assert metric.ann_file == '/data/X/annotations/json/TBX11K_val.json'
+        assert metric.format_only is True
+    assert [tbx.outfile_prefix, coco.outfile_prefix] == [
+        str(tmp_path / 'w' / 'submission'), str(tmp_path / 'w' / 'submission_1')]
+    assert tbx.out_dir == str(tmp_path / 'w' / 'tbx11k_metric')
+    assert cfg.val_evaluator[1].ann_file == '/data/X/annotations/json/TBX11K_val.json'
+
+
+def test_explicit_cfg_options_win_over_the_data_root():
+    tool = load_tool('test')
+    cfg = tool.build_config(tool.parse_args(
+        [TINY_1GPU, 'x.pth', '--cfg-options', 'data_root=/data/X',
+         'test_evaluator.ann_file=/elsewhere/v.json',
+         'test_dataloader.dataset.data_root=/elsewhere/']))
+    assert cfg.test_evaluator.ann_file == '/elsewhere/v.json'
+    assert cfg.test_dataloader.dataset.data_root == '/elsewhere/'
+    assert cfg.val_dataloader.dataset.data_root == '/data/X/'
+    assert cfg.val_evaluator.ann_file == '/data/X/annotations/json/TBX11K_val.json'
+
+
+def test_missing_evaluator_ann_file_is_named_before_building(training_root, tmp_path):
+    from tbx11k.utils import check_data_root
+    tool = load_tool('test')
+    cfg = tool.build_config(tool.parse_args(
+        [TINY_1GPU, 'x.pth', '--data-root', training_root, '--cfg-options',
+         f'test_evaluator.ann_file={tmp_path}/none.json']))
+    with pytest.raises(SystemExit, match=r"test_evaluator \(TBX11KMetric\) ann_file .*none.json"):
+        check_data_root(cfg, splits=('test_dataloader', ))
+
+
+def test_test_split_without_format_only_is_refused(capsys):
+    tool = load_tool('test')
+    with pytest.raises(SystemExit):
+        tool.parse_args([TINY_1GPU, 'x.pth', '--test-split'])
+    assert 'add --format-only' in capsys.readouterr().err
+
+
+def test_unusable_checkpoints_are_named(tmp_path):
+    tool = load_tool('test')
+    work_dir = str(tmp_path / 'w')
+    garbage = tmp_path / 'garbage.pth'
+    garbage.write_bytes(b'\x00not a torch file' * 8)
+    listed = tmp_path / 'list.pth'
+    torch.save([1, 2], listed)
+    cases = [(tmp_path / 'missing.pth', 'does not exist'),
+             (tmp_path, 'is a folder'),
+             (garbage, 'cannot load checkpoint'),
+             (listed, 'holds a list')]
+    for path, expected in cases:
+        with pytest.raises(SystemExit) as exc:
+            tool.weights_to_load(str(path), 'ema', work_dir)
+        assert str(exc.value).startswith('error: ') and str(path) in str(exc.value)
+        assert expected in str(exc.value)
+
+
+def test_bare_state_dict_and_raw_weights_are_written_as_checkpoints(tmp_path):
+    tool = load_tool('test')
+    weights = {'layer.weight': torch.ones(2, 2)}
+    bare = tmp_path / 'bare.pth'
+    torch.save(weights, bare)
+    path, description, state = tool.weights_to_load(str(bare), 'ema', str(tmp_path / 'w'))
+    assert path == str(tmp_path / 'w' / 'weights.pth')
+    assert torch.load(path, weights_only=False)['state_dict'].keys() == weights.keys()
+    full = tmp_path / 'full.pth'
+    torch.save(dict(meta={}, state_dict=weights), full)
+    assert tool.weights_to_load(str(full), 'ema', str(tmp_path / 'w'))[0] == str(full)
+
+
+def test_raw_weights_written_by_two_ranks_at_once(tmp_path):
+    """Every rank of `dist_test.sh ... --weights raw` writes WORK_DIR/raw_weights.pth: one shared
+    temporary name made one rank's rename fail (FileNotFoundError)."""
+    checkpoint = tmp_path / 'ema.pth'
+    torch.save(dict(meta={}, state_dict={'w': torch.zeros(64, 64)},
+                    ema_state_dict={'steps': torch.tensor(3), 'module.w': torch.ones(64, 64)}),
+               checkpoint)
+    script = textwrap.dedent(f'''
+        import sys
+        sys.path.insert(0, {osp.join(REPO_ROOT, 'tests', 'tools')!r})
+        from tools_test_helpers import load_tool
+        tool = load_tool('test')
+        for _ in range(30):
+            tool.weights_to_load({str(checkpoint)!r}, 'raw', {str(tmp_path / 'w')!r})
+    ''')
+    import subprocess
+    procs = [subprocess.Popen([sys.executable, '-c', script], cwd=REPO_ROOT,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    raw = torch.load(tmp_path / 'w' / 'raw_weights.pth', weights_only=False)['state_dict']
+    assert torch.equal(raw['w'], torch.ones(64, 64))
+    assert not list((tmp_path / 'w').glob('*.tmp'))
+
+
+def test_list_of_metrics_and_a_bare_state_dict_end_to_end(oracle, tmp_path, training_root):
+    """test.py with a list of test metrics (TBX11K + COCO) and a checkpoint that is a bare state
+    dict: both crashed (AttributeError on the list; KeyError 'state_dict' in the EMAHook)."""
+    config, _, _, _ = oracle
+    two = tmp_path / 'oracle_two_metrics.py'
+    two.write_text(textwrap.dedent(f'''
+        _base_ = {str(config)!r}
+        test_evaluator = [
+            dict(type='TBX11KMetric', ann_file={_val_json(str(config))!r}),
+            dict(type='CocoMetric', metric='bbox', ann_file={_val_json(str(config))!r}),
+        ]
+    '''))
+    bare = tmp_path / 'bare.pth'
+    torch.save({'anchor': torch.zeros(1)}, bare)
+    run([sys.executable, osp.join(REPO_ROOT, 'tools', 'test.py'), str(two), str(bare),
+         '--data-root', training_root, '--work-dir', str(tmp_path / 'w')])
+    metrics = json.load(open(tmp_path / 'w' / 'metrics.json'))['metrics']
+    assert 0 < metrics['tbx11k/TB_AP50_all'] <= 1
+    assert metrics['coco/bbox_mAP_50'] == pytest.approx(metrics['tbx11k/bbox_mAP_50'], abs=2e-3)
+    assert osp.isfile(tmp_path / 'w' / 'tbx11k_metric' / 'metrics.md')

@@ -206,3 +206,68 @@ def test_data_root_option_reaches_every_dataset_and_evaluator(flags):
         assert cfg[split].dataset.data_root == '/data/TBX11K/'
     for evaluator in ('val_evaluator', 'test_evaluator'):
         assert cfg[evaluator].ann_file == '/data/TBX11K/annotations/json/TBX11K_val.json'
+
+
+# ---- --resume with something that is not a training checkpoint ----------------------------------
+def _not_a_training_checkpoint(kind, trained_checkpoint):
+    state = trained_checkpoint['state_dict']
+    if kind == 'weights_only':  # what tools/convert_coco_checkpoint.py writes
+        return dict(meta=dict(dataset_meta=trained_checkpoint['meta']['dataset_meta']),
+                    state_dict=state)
+    if kind == 'bare_state_dict':  # torch.save(model.state_dict())
+        return dict(state)
+    return [1, 2, 3]  # a pickle that is no checkpoint at all
+
+
+@pytest.mark.parametrize('kind, says', [
+    ('weights_only', 'holds weights only'),
+    ('bare_state_dict', 'holds a bare state dict (weights only'),
+    ('list', 'is not a checkpoint: it holds a list')])
+def test_resume_from_what_is_not_a_training_checkpoint_is_refused(trained, tmp_path,
+                                                                  training_root, kind, says):
+    """A weights-only file given to --resume crashed with KeyError: 'epoch' (exit 1)."""
+    work_dir, _ = trained
+    path = str(tmp_path / f'{kind}.pth')
+    torch.save(_not_a_training_checkpoint(kind, load_checkpoint(str(work_dir / 'epoch_1.pth'))),
+               path)
+    proc = run(train_command(TINY_1GPU, str(tmp_path / 'run'), 1, training_root, OPTIONS,
+                             ['--resume', path]), check=False)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == EXIT_INCOMPATIBLE_CHECKPOINT, log[-3000:]
+    assert 'Traceback' not in log
+    assert f'Cannot resume: {path} {says}' in log
+    if kind != 'list':
+        assert f'--cfg-options load_from={path}' in log
+
+
+class _HookRunner(types.SimpleNamespace):
+    """What CheckpointInterchangeHook reads of a runner before it looks at the model."""
+
+
+def test_resume_from_a_best_checkpoint_is_refused():
+    """best_* checkpoints hold no optimizer or scheduler state: mmengine resumed them with a fresh
+    AdamW and the LR schedule restarted from warm-up."""
+    from tbx11k.engine import CheckpointInterchangeHook, IncompatibleCheckpoint
+    best = dict(meta=dict(epoch=2, iter=14), state_dict={'w': torch.zeros(1)},
+                message_hub={})
+    runner = _HookRunner(_resume=True, _load_from='wd/best_tbx11k_TB_AP_all_epoch_2.pth')
+    with pytest.raises(IncompatibleCheckpoint, match=r'best_tbx11k_TB_AP_all_epoch_2.pth holds no '
+                       r'optimizer state .*load_from=wd/best_tbx11k_TB_AP_all_epoch_2.pth'):
+        CheckpointInterchangeHook().after_load_checkpoint(runner, best)
+
+
+def test_load_from_a_bare_state_dict_gets_a_state_dict_entry():
+    """``--cfg-options load_from=`` a bare state dict crashed in mmengine's EMAHook with
+    KeyError: 'state_dict'; the hook (which runs first) wraps it in place."""
+    from tbx11k.engine import CheckpointInterchangeHook
+    state = {'w': torch.zeros(1), 'module.b': torch.ones(2)}
+    checkpoint = dict(state)
+    CheckpointInterchangeHook().after_load_checkpoint(
+        _HookRunner(_resume=False, _load_from='bare.pth'), checkpoint)
+    assert list(checkpoint) == ['state_dict']
+    wrapped = checkpoint['state_dict']
+    assert list(wrapped) == list(state) and all(wrapped[k] is v for k, v in state.items())
+    full = dict(meta={}, state_dict=dict(state))
+    CheckpointInterchangeHook().after_load_checkpoint(
+        _HookRunner(_resume=False, _load_from='full.pth'), full)
+    assert set(full) == {'meta', 'state_dict'}

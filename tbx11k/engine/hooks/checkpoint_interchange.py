@@ -1,7 +1,9 @@
 """Checkpoints that resume under either the 1-GPU or the 2-GPU config."""
+import copy
 import re
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
+import torch
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
@@ -32,6 +34,43 @@ def _stock_accumulation(meta: Dict) -> int:
     return int(match.group(1)) if match else 1
 
 
+def _is_bare_state_dict(checkpoint: Any) -> bool:
+    """``torch.save(model.state_dict())``: tensors only, no ``state_dict`` entry."""
+    return (isinstance(checkpoint, dict) and bool(checkpoint) and 'state_dict' not in checkpoint
+            and all(isinstance(v, torch.Tensor) for v in checkpoint.values()))
+
+
+def not_resumable(checkpoint: Any, name: str) -> Optional[str]:
+    """None if ``checkpoint`` holds what resuming a training needs (the weights, the epoch and
+    optimizer-step counters, the message hub, the optimizer state), else why it cannot be resumed
+    and what to do instead (``name``: the file, for the advice)."""
+    use_weights = (f'to start a new training from these weights, use --cfg-options '
+                   f'load_from={name} model.backbone.init_cfg=None instead of --resume')
+    use_a_checkpoint = ('give --resume a checkpoint that tools/train.py wrote (or --resume '
+                        'without a path: the latest of the work dir)')
+    if not isinstance(checkpoint, dict):
+        return (f'is not a checkpoint: it holds a {type(checkpoint).__name__}, not a dict with '
+                f'state_dict, meta, message_hub and optimizer; {use_a_checkpoint}')
+    if _is_bare_state_dict(checkpoint):
+        return (f'holds a bare state dict (weights only, as torch.save(model.state_dict()) '
+                f'writes): there is no training state to resume; {use_weights}')
+    if 'state_dict' not in checkpoint:
+        return (f'is not a checkpoint: no state_dict (top-level keys: '
+                f'{sorted(map(str, checkpoint))[:10]}); {use_a_checkpoint}')
+    meta = checkpoint.get('meta') or {}
+    counters = [f'meta.{k}' for k in ('epoch', 'iter') if k not in meta]
+    if counters or 'message_hub' not in checkpoint:
+        missing = counters + [k for k in ('message_hub', 'optimizer') if k not in checkpoint]
+        return (f'holds weights only (no {", ".join(missing)}; e.g. the output of '
+                "tools/convert_coco_checkpoint.py or tools/test.py's raw_weights.pth): there is "
+                f'no training state to resume; {use_weights}')
+    if 'optimizer' not in checkpoint:
+        return ('holds no optimizer state (best_* checkpoints are saved without it and without '
+                'the LR schedulers: resuming would restart AdamW and the schedule); resume from '
+                f'an epoch_N.pth or iter_N.pth checkpoint of the run, or, {use_weights}')
+    return None
+
+
 @HOOKS.register_module()
 class CheckpointInterchangeHook(Hook):
     """Records the run's layout in every checkpoint and checks it when resuming.
@@ -41,7 +80,12 @@ class CheckpointInterchangeHook(Hook):
     config (1 x 1 x acc 2) resumes under the 2-GPU config (2 x 1 x acc 1) at the same step,
     epoch, LR and EMA state, and back. Checkpoints of stock mmengine loops count micro-batches:
     their ``iter`` is converted (divided by their accumulation). A resume is refused, with the
-    reason, when the model's parameters or classes differ or the effective batch differs.
+    reason, when the model's parameters or classes differ or the effective batch differs, or when
+    the file holds no training state (weights only, a bare state dict, a ``best_*`` checkpoint
+    without optimizer state, not a checkpoint): before mmengine reads its counters.
+
+    With ``load_from`` (fine-tuning), a bare state dict is given a ``state_dict`` entry in place,
+    as mmengine's ``EMAHook`` (which runs after this hook) reads it.
     """
 
     priority = 'VERY_HIGH'
@@ -51,7 +95,16 @@ class CheckpointInterchangeHook(Hook):
 
     def after_load_checkpoint(self, runner, checkpoint: Dict) -> None:
         if not runner._resume:
-            return  # load_from (fine-tuning): mmengine reports missing/unexpected keys itself
+            # load_from (fine-tuning): mmengine reports missing/unexpected keys itself
+            if _is_bare_state_dict(checkpoint):
+                state = copy.copy(checkpoint)  # keeps an OrderedDict's _metadata
+                checkpoint.clear()
+                checkpoint['state_dict'] = state
+            return
+        name = getattr(runner, '_load_from', None) or 'the checkpoint'
+        problem = not_resumable(checkpoint, name)
+        if problem is not None:
+            raise IncompatibleCheckpoint(f'{name} {problem}')
         meta = checkpoint.setdefault('meta', {})
         self._check_model(runner, checkpoint.get('state_dict', {}))
         self._check_classes(runner, meta)
