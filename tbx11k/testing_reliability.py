@@ -248,6 +248,8 @@ class _FakeRunner:
         checkpoint = dict(meta=meta, state_dict={'w': torch.full((self.numel,),
                                                                  float(meta['iter']))},
                           message_hub=self.message_hub.state_dict())
+        if save_optimizer:  # as Runner.save_checkpoint
+            checkpoint['optimizer'] = dict(state={}, param_groups=[])
         save_checkpoint(checkpoint, osp.join(out_dir, filename))
 
 

@@ -10,7 +10,8 @@
 #   statuses"), not torch.distributed.run's 1 for any failed worker. A crash keeps the launcher's
 #   status.
 # Ctrl-C (SIGINT to the process group) reaches torch.distributed.run and the workers themselves:
-# the script waits until the launcher has stopped them and exits with its status, as for TERM.
+# the script waits until the launcher has stopped them and exits with its status, as for TERM. A
+# second Ctrl-C sends SIGTERM to the workers (checkpoint, exit 75) and to the launcher.
 set -uo pipefail
 if (($# < 2)); then
   echo "usage: $0 CONFIG GPUS [tools/train.py options]" >&2
@@ -34,8 +35,16 @@ forward() {  # forward a signal to the training processes (torch.distributed.run
   [[ -n "$launcher" ]] && pkill "-$sig" -P "$launcher" 2>/dev/null
   return 0
 }
+interrupts=0
 interrupted() {  # SIGINT: the launcher stops the workers itself; keep waiting for it
-  echo "dist_train.sh: SIGINT: waiting for torch.distributed.run to stop the training processes" >&2
+  interrupts=$((interrupts + 1))
+  if ((interrupts == 1)); then
+    echo "dist_train.sh: SIGINT: waiting for torch.distributed.run to stop the training" \
+      "processes (Ctrl-C again: checkpoint and stop them)" >&2
+  else  # the launcher may not have seen it (before rendezvous it ignores SIGINT, as a background job)
+    forward TERM
+    [[ -n "$launcher" ]] && kill -TERM "$launcher" 2>/dev/null
+  fi
   return 0
 }
 trap 'forward USR1' USR1

@@ -92,7 +92,7 @@ if [[ -z ${SLURM_JOB_ID:-} && ${TBX11K_SKIP_SLURM_CHECKS:-0} != 1 ]]; then
     --gpus "$TASKS_PER_NODE" --nodes "$NODES" ${GPU_TYPE:+--gpu-type "$GPU_TYPE"} || exit 2
 fi
 
-echo "slurm_train.sh: $GPUS task(s) on $NODES node(s) of partition $PARTITION ($GRES per node, \
+echo "slurm_train.sh: $GPUS task(s) on partition $PARTITION ($NODES node(s), $GRES per node, \
 $CPUS_PER_TASK CPUs per task), config $CONFIG, work dir $WORK_DIR (resumes from its latest \
 checkpoint)" >&2
 

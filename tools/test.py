@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import os.path as osp
+import socket
 import sys
 import warnings
 from copy import deepcopy
@@ -86,7 +87,7 @@ def weights_to_load(checkpoint_path: str, weights: str, work_dir: str) -> tuple:
         name = 'raw_weights.pth'
     os.makedirs(work_dir, exist_ok=True)
     path = osp.join(work_dir, name)
-    tmp = f'{path}.{os.getpid()}.tmp'  # every rank of a distributed test writes its own
+    tmp = f'{path}.{socket.gethostname()}.{os.getpid()}.tmp'  # each rank (of each node) its own
     torch.save(dict(meta=checkpoint.get('meta', {}), state_dict=state), tmp)
     os.replace(tmp, path)
     return path, description, state
@@ -147,14 +148,17 @@ def build_config(args: argparse.Namespace) -> Config:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir', None) is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
-    for i, metric in enumerate(metrics):
-        suffix = f'_{i}' if i else ''  # several metrics must not write the same files
+    num_tbx11k = 0
+    for i, metric in enumerate(metrics):  # several metrics must not write the same files
         if args.format_only:
             metric.format_only = True
-            metric.setdefault('outfile_prefix', osp.join(cfg.work_dir, f'submission{suffix}'))
+            metric.setdefault('outfile_prefix',
+                              osp.join(cfg.work_dir, f'submission_{i}' if i else 'submission'))
         if metric.get('type') == 'TBX11KMetric':  # its metrics.json/.md and plots
+            name = f'tbx11k_metric_{num_tbx11k}' if num_tbx11k else 'tbx11k_metric'
+            num_tbx11k += 1
             metric.setdefault('out_dir', cfg.work_dir if len(metrics) == 1 else osp.join(
-                cfg.work_dir, f'tbx11k_metric{suffix}'))  # with others: metrics.json has all
+                cfg.work_dir, name))  # with others: WORK_DIR/metrics.json has every figure
     if args.show or args.show_dir:
         from mmdet.engine.hooks.utils import trigger_visualization_hook
         cfg = trigger_visualization_hook(cfg, args)

@@ -188,7 +188,7 @@ def _refuse_target_classes(recorded: Optional[Tuple[str, ...]], num_classes: int
     else:
         return
     raise AlreadyConverted(
-        f'{what}: it was converted or trained already, and converting it again would '
+        f'{what}: it looks converted or trained already, and converting it again would '
         're-initialise its trained classifiers and denoising label embedding. Use it as it is '
         f"(--cfg-options load_from={source or 'PATH'}), or pass --force to re-initialise them "
         'anyway')
@@ -223,8 +223,8 @@ def convert_dino_checkpoint(checkpoint: Mapping,
 
     Raises :class:`AlreadyConverted` when the checkpoint already has the target classes (its
     ``meta.dataset_meta.classes`` are ``classes``, or, without recorded names, its classifiers
-    have ``len(classes)`` rows): a converted or TBX11K-trained checkpoint, whose trained classifiers
-    would be lost. ``force=True`` converts it anyway.
+    have ``len(classes)`` rows) and no ``class_map`` is given: a converted or TBX11K-trained
+    checkpoint, whose trained classifiers would be lost. ``force=True`` converts it anyway.
     """
     classes = tuple(classes)
     if not classes or len(set(classes)) != len(classes):
@@ -232,7 +232,7 @@ def convert_dino_checkpoint(checkpoint: Mapping,
     state = _state_dict(checkpoint)
     src_num, embed_dims, num_layers = inspect_dino_state_dict(state)
     src_classes = _source_class_names(checkpoint, src_num)
-    if not force:
+    if not force and not class_map:  # a --map says which rows to keep
         _refuse_target_classes(_recorded_class_names(checkpoint, src_num), src_num, classes,
                                source)
     class_map = dict(class_map or {})

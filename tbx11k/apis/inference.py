@@ -29,7 +29,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 #: short labels drawn on the image (the json keeps the full class names)
 SHORT_NAMES = {
     'ActiveTuberculosis': 'ActiveTB',
@@ -65,11 +65,12 @@ def _read_list(list_file: str) -> List[Tuple[str, str]]:
     base = osp.dirname(osp.abspath(list_file))
     out, missing = [], []
     kinds = f'neither an image ({", ".join(IMAGE_EXTENSIONS)}), a folder nor a text list of images'
-    try:
-        with open(list_file, encoding='utf-8') as f:
-            lines = [line.strip() for line in f]
-    except UnicodeDecodeError:
-        raise FileNotFoundError(f'{list_file} is {kinds} (it is not text)') from None
+    with open(list_file, 'rb') as f:
+        raw = f.read()
+    if b'\x00' in raw:
+        raise FileNotFoundError(f'{list_file} is {kinds} (it is not text)')
+    # file names as the file system gives them (bytes that are not UTF-8 kept, as os does)
+    lines = [line.strip() for line in raw.decode('utf-8', 'surrogateescape').splitlines()]
     entries = [line for line in lines if line and not line.startswith('#')]
     if entries and not any(_is_image(line) for line in entries):
         raise FileNotFoundError(f'{list_file} is {kinds}: none of its {len(entries)} line(s) names '

@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence
 import cv2
 import numpy as np
 
-from .tbx11k import EXTRA_FOLDER, TBX11KDataset
+from .tbx11k import EXTRA_FOLDER, TBX11KDataset, is_extra_image
 from .validation import (BBOX_TOLERANCE, Issue, IssueCollector,
                          TBX11KDataError, image_ref, read_image_header,
                          read_json, validate_coco)
@@ -109,13 +109,13 @@ def check_image(path: str, decode: bool = True) -> ImageCheck:
         res.ok, res.error = False, f'cannot read image file {path}: {e}'
         return res
     res.digest = hashlib.md5(raw).hexdigest()
-    if not decode:  # the header still gives the size
-        try:
-            header = read_image_header(path)
-        except TBX11KDataError as e:
-            res.ok, res.error = False, str(e)
-            return res
-        res.width, res.height = header.width, header.height
+    try:  # the size as mmcv loads it (a JPEG's EXIF orientation counts), also without decoding
+        header = read_image_header(path)
+    except TBX11KDataError as e:
+        res.ok, res.error = False, str(e)
+        return res
+    res.width, res.height = header.width, header.height
+    if not decode:
         return res
     arr = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_UNCHANGED) \
         if raw else None
@@ -123,7 +123,6 @@ def check_image(path: str, decode: bool = True) -> ImageCheck:
         res.ok = False
         res.error = f'cannot decode image file {path} ({len(raw)} bytes)'
         return res
-    res.height, res.width = arr.shape[:2]
     res.channels = 1 if arr.ndim == 2 else arr.shape[2]
     res.dtype = str(arr.dtype)
     res.max_value = int(arr.max()) if arr.size else 0
@@ -206,8 +205,7 @@ def check_ann_file(ann_file: str,
             f'has tb/tb1199.png): {", ".join(tb_empty[:5])}')
     extra = [
         img['file_name'] for img in val.images
-        if img['file_name'].split('/')[0] == EXTRA_FOLDER
-        and not val.anns_by_image[img['id']]
+        if is_extra_image(img['file_name']) and not val.anns_by_image[img['id']]
     ]
     if extra:
         issues.warning(

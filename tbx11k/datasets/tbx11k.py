@@ -2,7 +2,7 @@
 import logging
 import os.path as osp
 from collections import Counter
-from typing import List, Union
+from typing import List, Optional, Union
 
 from mmengine.logging import print_log
 
@@ -29,6 +29,11 @@ _FALLBACK_COLOR = (128, 128, 128)
 #: Top folder of ``file_name`` for the extra public sets of the ``all_*``
 #: files (DA, DB, Montgomery, Shenzhen): no boxes, even on TB films.
 EXTRA_FOLDER = 'extra'
+
+
+def is_extra_image(file_name: str) -> bool:
+    """Whether a json ``file_name`` (relative to ``imgs/``) is in the extra sets."""
+    return file_name.replace('\\', '/').lstrip('./').split('/')[0] == EXTRA_FOLDER
 
 
 @DATASETS.register_module()
@@ -58,14 +63,15 @@ class TBX11KDataset(SeededSampleMixin, CocoDataset):
             error. Defaults to 2.
         check_files (bool): check at load time that every image file exists.
             Defaults to True.
-        check_image_size (bool): read each image's header (26 bytes of a
-            PNG; Pillow for other formats; the whole file on a remote
-            backend) and refuse a file that is empty, not an image, or whose
-            size differs from the json's width/height: boxes are in the json's
-            frame. Images of more than 8 bits per sample are counted and
-            logged (mmcv loads them as 8-bit by dividing by 256). Defaults to
-            True; off with ``check_files=False``. ``tools/check_dataset.py``
-            also decodes every image.
+        check_image_size (bool, optional): read each image's header (26
+            bytes of a PNG; Pillow for other formats; the whole file on a
+            remote backend) and refuse a file that is empty, not an image, or
+            whose size differs from the json's width/height: boxes are in the
+            json's frame. Images of more than 8 bits per sample are counted
+            and logged (mmcv loads them as 8-bit by dividing by 256). None
+            (default): on for local files, off with ``backend_args`` (remote
+            storage); always off with ``check_files=False``.
+            ``tools/check_dataset.py`` also decodes every image.
         **kwargs: :class:`mmdet.datasets.CocoDataset` arguments. As there,
             ``filter_cfg=dict(filter_empty_gt=True)`` drops images without
             boxes of the selected classes (not in ``test_mode``); the default
@@ -84,7 +90,7 @@ class TBX11KDataset(SeededSampleMixin, CocoDataset):
                  tb_only: bool = False,
                  bbox_clip_tolerance: float = BBOX_TOLERANCE,
                  check_files: bool = True,
-                 check_image_size: bool = True,
+                 check_image_size: Optional[bool] = None,
                  **kwargs) -> None:
         self.tb_only = tb_only
         self.bbox_clip_tolerance = bbox_clip_tolerance
@@ -173,14 +179,16 @@ class TBX11KDataset(SeededSampleMixin, CocoDataset):
         crowd_ids = []
         not_tb = 0
         deep_images = []
+        check_size = self.check_files and (
+            self.backend_args is None if self.check_image_size is None else
+            self.check_image_size)
         data_list = []
         for img in val.images:
             anns = val.anns_by_image[img['id']]
             if self.tb_only and not anns:
                 not_tb += 1
                 continue
-            if (self.check_files and self.check_image_size
-                    and self._check_image_header(img) > 8):
+            if check_size and self._check_image_header(img) > 8:
                 deep_images.append(img['file_name'])
             for a in anns:
                 if a['category_id'] not in self.cat2label:
@@ -254,17 +262,18 @@ class TBX11KDataset(SeededSampleMixin, CocoDataset):
 
     def _warn_extra_images(self, data_list: List[dict]) -> None:
         """The ``all_*`` files' extra sets have no boxes, even on TB films."""
-        prefix = osp.join(self.data_prefix.get('img', ''), EXTRA_FOLDER, '')
+        img_dir = self.data_prefix.get('img', '')
         extra = [
-            d['img_path'] for d in data_list
-            if d['img_path'].startswith(prefix) and not d['instances']
+            osp.relpath(d['img_path'], img_dir) for d in data_list
+            if not d['instances']
+            and is_extra_image(osp.relpath(d['img_path'], img_dir))
         ]
         if not extra:
             return
         if self.test_mode:
-            effect = ('image-level metrics count every one of them as non-TB '
-                      '(their TB labels are not in the json); evaluate on the '
-                      'TBX11K_*.json files')
+            effect = ('evaluated against this json, image-level metrics count '
+                      'every one of them as non-TB (their TB labels are not in '
+                      'it); evaluate on the TBX11K_*.json files')
         elif (self.filter_cfg or {}).get('filter_empty_gt', False):
             effect = ('filter_cfg.filter_empty_gt drops them, so they add '
                       'nothing to training')
@@ -275,7 +284,7 @@ class TBX11KDataset(SeededSampleMixin, CocoDataset):
         print_log(
             f'TBX11KDataset {self.ann_file}: {len(extra)} images from '
             f'{EXTRA_FOLDER}/ (the DA, DB, Montgomery and Shenzhen sets of the '
-            f'all_* files, e.g. {osp.relpath(extra[0], prefix)}) have no '
+            f'all_* files, e.g. {extra[0]}) have no '
             f'boxes even where the film shows TB: {effect}',
             logger='current',
             level=logging.WARNING)

@@ -232,48 +232,49 @@ _PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 
 def read_image_header(path: str,
                       backend_args: Optional[dict] = None) -> ImageHeader:
-    """Size and sample depth of an image file from its header only.
+    """Size (as the image loads) and sample depth of an image file, from its header.
 
-    PNG (the TBX11K format): the first 26 bytes. Other formats: Pillow,
-    which reads the header without decoding. Raises
-    :class:`TBX11KDataError` naming ``path`` when the file is empty or not
-    an image Pillow knows, :class:`TBX11KMissingFileError` when missing.
+    PNG (the TBX11K format): its first 26 bytes. Other formats: Pillow, which reads the header
+    only; a JPEG's EXIF orientation 5-8 swaps width and height, as cv2 (mmcv's loader) rotates
+    such images when decoding. Raises :class:`TBX11KDataError` naming ``path`` when the file is
+    empty or not an image Pillow knows, :class:`TBX11KMissingFileError` when it is missing.
     """
+    import io
     path = str(path)
     try:
         if backend_args is None:
-            with open(path, 'rb') as f:
-                head = f.read(26)
-                if not head.startswith(_PNG_SIGNATURE):
-                    f.seek(0)
-                    head = f.read()
+            stream = open(path, 'rb')
         else:  # remote backends read the whole file
             from mmengine.fileio import get
-            head = get(path, backend_args=backend_args)
+            stream = io.BytesIO(get(path, backend_args=backend_args))
     except FileNotFoundError as e:
         raise TBX11KMissingFileError(f'image file not found: {path}') from e
     except OSError as e:
         raise TBX11KDataError(f'cannot read image file {path}: {e}') from e
-    if not head:
-        raise TBX11KDataError(f'image file is empty (0 bytes): {path}')
-    if head.startswith(_PNG_SIGNATURE):
-        if len(head) < 26 or head[12:16] != b'IHDR':
+    with stream:
+        head = stream.read(26)
+        if not head:
+            raise TBX11KDataError(f'image file is empty (0 bytes): {path}')
+        if head.startswith(_PNG_SIGNATURE):
+            if len(head) < 26 or head[12:16] != b'IHDR':
+                raise TBX11KDataError(
+                    f'not a readable PNG (truncated header): {path}')
+            return ImageHeader(
+                width=int.from_bytes(head[16:20], 'big'),
+                height=int.from_bytes(head[20:24], 'big'),
+                bits_per_sample=head[24])
+        stream.seek(0)
+        from PIL import Image, UnidentifiedImageError
+        try:
+            with Image.open(stream) as im:
+                width, height = im.size
+                mode = im.mode
+                orientation = im.getexif().get(0x0112, 1) if im.format == 'JPEG' else 1
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
             raise TBX11KDataError(
-                f'not a readable PNG (truncated header): {path}')
-        return ImageHeader(
-            width=int.from_bytes(head[16:20], 'big'),
-            height=int.from_bytes(head[20:24], 'big'),
-            bits_per_sample=head[24])
-    import io
-
-    from PIL import Image, UnidentifiedImageError
-    try:
-        with Image.open(io.BytesIO(head)) as im:
-            width, height = im.size
-            mode = im.mode
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise TBX11KDataError(
-            f'not an image file (or an unknown format): {path}: {e}') from e
+                f'not an image file (or an unknown format): {path}: {e}') from e
+    if orientation in (5, 6, 7, 8):  # rotated by 90 degrees when decoded
+        width, height = height, width
     bits = 8
     if mode.startswith('I;16') or mode in ('I', 'F'):
         bits = 16 if mode.startswith('I;16') else 32

@@ -378,7 +378,8 @@ class TBX11KMetric(BaseMetric):
                 f'images than the ones with the same id in the ann_file {self.ann_file!r}, e.g. '
                 f'image id={img_id}: the dataloader read {path!r}, the ann_file has '
                 f'file_name={name!r}. The evaluator\'s ann_file must be the json the dataloader '
-                'reads (set both, or use --data-root, which sets them together).')
+                'reads (set both; tools/train.py and tools/test.py keep a metric on its '
+                "dataloader's json through --data-root and --cfg-options).")
 
     def _gather(self, results: list, gt: dict, cat_ids: List[int]) -> dict:
         """Concatenate per-image results into flat arrays."""

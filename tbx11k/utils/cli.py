@@ -59,20 +59,43 @@ def set_data_root(cfg: Config, data_root: str) -> None:
                 metric['ann_file'] = _rebased(metric['ann_file'], old_root, data_root)
 
 
+def _loader_ann_file(cfg: Config, split: str) -> Optional[str]:
+    """The annotation file a dataloader's dataset reads (data root joined), or None."""
+    dataset = dict(_datasets(cfg)).get(split)
+    if dataset is None or not dataset.get('ann_file'):
+        return None
+    return osp.join(dataset.get('data_root') or '', dataset['ann_file'])
+
+
 def merge_cli_options(cfg: Config, cfg_options: Optional[dict], data_root: Optional[str]) -> None:
     """Apply ``--data-root`` and ``--cfg-options`` (tools/train.py, tools/test.py).
 
     ``--cfg-options data_root=DIR`` alone would change only the top-level variable: the datasets
     and evaluators were built from the old one when the config was read, so it is applied like
-    ``--data-root`` (which wins when both are given). The data root is applied first, so explicit
-    keys of ``--cfg-options`` (e.g. ``val_evaluator.ann_file=...``) win, as in mmdet."""
+    ``--data-root`` (which wins when both are given). The data root is applied first, then the
+    options, so explicit keys (e.g. ``val_evaluator.ann_file=...``) win, as in mmdet. A metric
+    that reads its dataloader's json keeps reading it when the options change the dataloader's
+    ``ann_file`` or ``data_root``, unless they name the evaluator's ``ann_file`` too."""
     cfg_options = dict(cfg_options or {})
     data_root = data_root or cfg_options.get('data_root')
     cfg_options.pop('data_root', None)
+    linked = []  # (split, evaluator key, metric index) of metrics reading their loader's json
+    for split, evaluator_key in EVALUATOR_SPLITS:
+        loader_ann = _loader_ann_file(cfg, split)
+        named = any(key == evaluator_key or (key.startswith(f'{evaluator_key}.')
+                                             and key.endswith('ann_file')) for key in cfg_options)
+        if loader_ann is None or named:
+            continue
+        for i, metric in enumerate(metric_configs(cfg.get(evaluator_key))):
+            ann = metric.get('ann_file')
+            if ann and osp.normpath(ann) == osp.normpath(loader_ann):
+                linked.append((split, evaluator_key, i))
     if data_root:
         set_data_root(cfg, data_root)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
+    for split, evaluator_key, i in linked:
+        metric_configs(cfg.get(evaluator_key))[i]['ann_file'] = _loader_ann_file(cfg, split)
 
 
 def check_data_root(cfg: Config, splits=('train_dataloader', 'val_dataloader')) -> None:

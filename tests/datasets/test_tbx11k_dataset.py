@@ -599,3 +599,19 @@ def test_training_set_without_any_box_is_a_warning(broken_copy, logs):
     logs.clear()
     make(root, ann_file, test_mode=True)  # evaluating a set without boxes is legitimate
     assert not any('no box of the classes' in m for m in logs)
+
+
+@pytest.mark.parametrize('orientation', [1, 3, 6, 8])
+def test_image_header_size_is_the_size_mmcv_loads(tmp_path, orientation):
+    """A JPEG's EXIF orientation 5-8 turns it by 90 degrees when cv2 (mmcv) decodes it."""
+    import mmcv
+    from PIL import Image
+    from tbx11k.datasets.validation import read_image_header
+    path = tmp_path / 'film.jpg'
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.new('RGB', (100, 128), (90, 90, 90)).save(path, exif=exif)
+    loaded = mmcv.imfrombytes(path.read_bytes(), flag='color', backend='cv2')
+    header = read_image_header(str(path))
+    assert (header.height, header.width) == loaded.shape[:2]
+    assert (header.width, header.height) == ((128, 100) if orientation >= 5 else (100, 128))

@@ -55,9 +55,10 @@ def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
 
 
 def _save(path, step, weights_only=False):
-    checkpoint = dict(meta=dict(iter=step), state_dict={'w': torch.full((4,), float(step))})
+    checkpoint = dict(meta=dict(epoch=0, iter=step), state_dict={'w': torch.full((4,), float(step))})
     if not weights_only:  # what Runner.save_checkpoint always writes besides
         checkpoint['message_hub'] = dict(log_scalars={}, runtime_info=dict(iter=step))
+        checkpoint['optimizer'] = dict(state={}, param_groups=[])
     torch.save(checkpoint, path)
 
 

@@ -78,7 +78,7 @@ def test_slurm_train_asks_gpus_per_node_on_several_nodes(fake_slurm):
     assert proc.returncode == 0, proc.stderr
     srun = [line[5:] for line in proc.stdout.splitlines() if line.startswith('SRUN ')]
     assert {'--ntasks=4', '--ntasks-per-node=2', '--gres=gpu:2'} <= set(srun)
-    assert '4 task(s) on 2 node(s)' in proc.stderr
+    assert '4 task(s) on partition gpu (2 node(s)' in proc.stderr
     # only 2 nodes have 2 GPUs: 6 GPUs as 3 x 2 cannot run, nor 4 GPUs on one node
     proc = slurm_train(fake_slurm, 6, GPUS_PER_NODE='2')
     assert proc.returncode == 2 and 'SRUN' not in proc.stdout

@@ -80,3 +80,43 @@ def test_ctrl_c_waits_for_the_launcher_and_exits_with_its_status(tmp_path):
         deadline = time.monotonic() + 10  # the stand-in launcher, if the script left it behind
         while not (tmp_path / 'stopped').exists() and time.monotonic() < deadline:
             time.sleep(0.05)
+
+
+# A launcher that has not installed its handlers yet (before rendezvous, as a background job of a
+# script, torch.distributed.run ignores SIGINT); SIGTERM makes it stop with 75.
+DEAF_LAUNCHER = f'''#!{sys.executable}
+import os, signal, sys, time
+state = os.environ['FAKE_LAUNCHER_DIR']
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(75))
+open(os.path.join(state, 'ready'), 'w').close()
+time.sleep(60)
+sys.exit(1)
+'''
+
+
+def test_second_ctrl_c_stops_a_launcher_that_ignores_the_first(tmp_path):
+    launcher = tmp_path / 'fake_python'
+    launcher.write_text(DEAF_LAUNCHER)
+    launcher.chmod(0o755)
+    env = dict(os.environ, PYTHON=str(launcher), FAKE_LAUNCHER_DIR=str(tmp_path),
+               TMPDIR=str(tmp_path))
+    log = tmp_path / 'dist_train.log'
+    with open(log, 'w') as out:
+        proc = subprocess.Popen(['bash', DIST_TRAIN, 'cfg.py', '2'], env=env, cwd=str(tmp_path),
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not (tmp_path / 'ready').exists():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGINT)  # the script only: the launcher does not hear it
+        time.sleep(1.0)
+        assert proc.poll() is None, log.read_text()  # the first one waits
+        assert 'Ctrl-C again' in log.read_text()
+        os.kill(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=20) == 75, log.read_text()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

@@ -153,8 +153,8 @@ def test_collect_images(training_root, tmp_path):
 
 
 def test_inputs_that_are_no_image_list_are_named(tmp_path):
-    scan = tmp_path / 'scan.dcm'  # binary, not an image format mmcv reads
-    scan.write_bytes(bytes(range(128, 256)) * 4)
+    scan = tmp_path / 'scan.dcm'  # DICOM: binary, not an image format mmcv reads
+    scan.write_bytes(bytes(128) + b'DICM' + bytes(range(256)) * 4)
     with pytest.raises(FileNotFoundError, match=r'scan.dcm is neither an image .*not text'):
         collect_images([str(scan)])
     ann = tmp_path / 'TBX11K_val.json'

@@ -225,16 +225,19 @@ def test_raw_weights_written_by_two_ranks_at_once(tmp_path):
                     ema_state_dict={'steps': torch.tensor(3), 'module.w': torch.ones(64, 64)}),
                checkpoint)
     script = textwrap.dedent(f'''
-        import sys
+        import os, sys, time
         sys.path.insert(0, {osp.join(REPO_ROOT, 'tests', 'tools')!r})
         from tools_test_helpers import load_tool
         tool = load_tool('test')
-        for _ in range(30):
+        open(os.path.join({str(tmp_path)!r}, 'ready_' + sys.argv[1]), 'w').close()
+        while len([n for n in os.listdir({str(tmp_path)!r}) if n.startswith('ready_')]) < 2:
+            time.sleep(0.001)  # both ranks write at the same time, as after a launch
+        for _ in range(40):
             tool.weights_to_load({str(checkpoint)!r}, 'raw', {str(tmp_path / 'w')!r})
     ''')
     import subprocess
-    procs = [subprocess.Popen([sys.executable, '-c', script], cwd=REPO_ROOT,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [subprocess.Popen([sys.executable, '-c', script, str(rank)], cwd=REPO_ROOT,
+                              stderr=subprocess.PIPE, text=True) for rank in range(2)]
     errors = [p.communicate(timeout=300)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errors
     raw = torch.load(tmp_path / 'w' / 'raw_weights.pth', weights_only=False)['state_dict']
@@ -262,3 +265,18 @@ def test_list_of_metrics_and_a_bare_state_dict_end_to_end(oracle, tmp_path, trai
     assert 0 < metrics['tbx11k/TB_AP50_all'] <= 1
     assert metrics['coco/bbox_mAP_50'] == pytest.approx(metrics['tbx11k/bbox_mAP_50'], abs=2e-3)
     assert osp.isfile(tmp_path / 'w' / 'tbx11k_metric' / 'metrics.md')
+
+
+def test_a_metric_follows_its_dataloader_json_through_the_options():
+    """--data-root plus another json for the test set: the metric read the old json."""
+    tool = load_tool('test')
+    tb_only = 'annotations/json/TBX11K_val_only_tb.json'
+    cfg = tool.build_config(tool.parse_args(
+        [TINY_1GPU, 'x.pth', '--data-root', '/data/X', '--cfg-options',
+         f'test_dataloader.dataset.ann_file={tb_only}']))
+    assert cfg.test_evaluator.ann_file == f'/data/X/{tb_only}'
+    assert cfg.val_evaluator.ann_file == '/data/X/annotations/json/TBX11K_val.json'
+    cfg = tool.build_config(tool.parse_args(
+        [TINY_1GPU, 'x.pth', '--cfg-options', f'test_dataloader.dataset.ann_file={tb_only}',
+         'test_dataloader.dataset.data_root=/data/Y/']))
+    assert cfg.test_evaluator.ann_file == f'/data/Y/{tb_only}'

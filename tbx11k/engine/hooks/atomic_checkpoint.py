@@ -20,7 +20,7 @@
 import glob
 import os
 import os.path as osp
-from typing import Callable, List, Optional, Set
+from typing import Callable, List, Optional
 
 import torch
 from mmengine.dist import is_main_process
@@ -30,15 +30,18 @@ from mmengine.logging import print_log
 from mmdet.registry import HOOKS
 
 from ...utils.atomic_io import atomic_write_text, stale_temporaries
+from .checkpoint_interchange import not_resumable
 
 #: message-hub key listing checkpoints written by PreemptionCheckpointHook (not kept by N)
 PREEMPTION_CHECKPOINTS = 'preemption_checkpoints'
 LAST_CHECKPOINT = 'last_checkpoint'
 
 
-def _checkpoint_keys(path: str) -> Optional[Set[str]]:
-    """Top-level keys of checkpoint ``path``, or None if it does not open as a dict (zip
-    structure and pickle are read; tensors are mmapped)."""
+def _training_checkpoint_problem(path: str) -> Optional[str]:
+    """None if ``path`` can be resumed (see :func:`not_resumable`), else why not.
+
+    Weights-only files (``tools/test.py``'s ``raw_weights.pth``, ``convert_coco_checkpoint.py``
+    output put into the work dir) are never auto-resumed. The file's tensors are mmapped."""
     try:
         try:
             ckpt = torch.load(path, map_location='cpu', weights_only=False, mmap=True)
@@ -47,21 +50,9 @@ def _checkpoint_keys(path: str) -> Optional[Set[str]]:
                 raise
             ckpt = torch.load(path, map_location='cpu', weights_only=False)
     except Exception:  # truncated, empty, not a checkpoint: all mean "cannot resume from it"
-        return None
-    return set(ckpt) if isinstance(ckpt, dict) else None
-
-
-def _training_checkpoint_problem(path: str) -> Optional[str]:
-    """None if ``path`` is a checkpoint a Runner wrote (it holds the message hub), else why not.
-
-    Weights-only files (``tools/test.py``'s ``raw_weights.pth``, ``convert_coco_checkpoint.py``
-    output put into the work dir) are never auto-resumed."""
-    keys = _checkpoint_keys(path)
-    if keys is None or not {'state_dict', 'meta'} <= keys:
         return 'it cannot be loaded (truncated or corrupt)'
-    if 'message_hub' not in keys:
-        return 'it holds weights only, no training state'
-    return None
+    problem = not_resumable(ckpt, path)
+    return None if problem is None else f'it {problem}'
 
 
 def _resumable_candidates(work_dir: str, exclude: Optional[str] = None,

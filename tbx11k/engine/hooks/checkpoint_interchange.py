@@ -65,9 +65,10 @@ def not_resumable(checkpoint: Any, name: str) -> Optional[str]:
                 "tools/convert_coco_checkpoint.py or tools/test.py's raw_weights.pth): there is "
                 f'no training state to resume; {use_weights}')
     if 'optimizer' not in checkpoint:
-        return ('holds no optimizer state (best_* checkpoints are saved without it and without '
-                'the LR schedulers: resuming would restart AdamW and the schedule); resume from '
-                f'an epoch_N.pth or iter_N.pth checkpoint of the run, or, {use_weights}')
+        return ('holds no optimizer state (best_* checkpoints are saved without it, and so is '
+                'every checkpoint of a run with default_hooks.checkpoint.save_optimizer=False): '
+                'mmengine cannot resume AdamW from it; resume from an epoch_N.pth or iter_N.pth '
+                f'checkpoint saved with the optimizer, or, {use_weights}')
     return None
 
 
@@ -101,7 +102,7 @@ class CheckpointInterchangeHook(Hook):
                 checkpoint.clear()
                 checkpoint['state_dict'] = state
             return
-        name = getattr(runner, '_load_from', None) or 'the checkpoint'
+        name = getattr(runner, '_load_from', None) or 'the resumed checkpoint'
         problem = not_resumable(checkpoint, name)
         if problem is not None:
             raise IncompatibleCheckpoint(f'{name} {problem}')
