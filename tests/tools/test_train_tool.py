@@ -1,6 +1,7 @@
 """tools/train.py end to end on the tiny configs (CPU): training, resume, refusals, LR scaling."""
 import json
 import os.path as osp
+import re
 import types
 
 import pytest
@@ -219,25 +220,33 @@ def _not_a_training_checkpoint(kind, trained_checkpoint):
     return [1, 2, 3]  # a pickle that is no checkpoint at all
 
 
-@pytest.mark.parametrize('kind, says', [
-    ('weights_only', 'holds weights only'),
-    ('bare_state_dict', 'holds a bare state dict (weights only'),
-    ('list', 'is not a checkpoint: it holds a list')])
-def test_resume_from_what_is_not_a_training_checkpoint_is_refused(trained, tmp_path,
-                                                                  training_root, kind, says):
+def test_resume_from_a_weights_only_file_is_refused(trained, tmp_path, training_root):
     """A weights-only file given to --resume crashed with KeyError: 'epoch' (exit 1)."""
     work_dir, _ = trained
-    path = str(tmp_path / f'{kind}.pth')
-    torch.save(_not_a_training_checkpoint(kind, load_checkpoint(str(work_dir / 'epoch_1.pth'))),
-               path)
+    path = str(tmp_path / 'weights_only.pth')
+    torch.save(_not_a_training_checkpoint('weights_only',
+                                          load_checkpoint(str(work_dir / 'epoch_1.pth'))), path)
     proc = run(train_command(TINY_1GPU, str(tmp_path / 'run'), 1, training_root, OPTIONS,
                              ['--resume', path]), check=False)
     log = proc.stdout + proc.stderr
     assert proc.returncode == EXIT_INCOMPATIBLE_CHECKPOINT, log[-3000:]
     assert 'Traceback' not in log
-    assert f'Cannot resume: {path} {says}' in log
-    if kind != 'list':
-        assert f'--cfg-options load_from={path}' in log
+    assert f'Cannot resume: {path} holds weights only' in log
+    assert f'--cfg-options load_from={path}' in log
+
+
+@pytest.mark.parametrize('kind, says', [
+    ('bare_state_dict', 'holds a bare state dict (weights only'),
+    ('list', 'is not a checkpoint: it holds a list')])
+def test_resume_from_what_is_not_a_checkpoint_is_refused(kind, says):
+    """The same refusal as above, by the hook that train.py turns into exit status 4."""
+    from tbx11k.engine import CheckpointInterchangeHook, IncompatibleCheckpoint
+    trained = dict(meta=dict(dataset_meta=dict(classes=('a', 'b'))),
+                   state_dict={'w': torch.zeros(1)})
+    runner = _HookRunner(_resume=True, _load_from='x.pth')
+    with pytest.raises(IncompatibleCheckpoint, match=re.escape(f'x.pth {says}')):
+        CheckpointInterchangeHook().after_load_checkpoint(
+            runner, _not_a_training_checkpoint(kind, trained))
 
 
 class _HookRunner(types.SimpleNamespace):
