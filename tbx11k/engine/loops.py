@@ -29,6 +29,20 @@ def accumulative_counts_of(optim_wrapper) -> int:
     return int(getattr(optim_wrapper, '_accumulative_counts', 1))
 
 
+def shared_seed(runner) -> int:
+    """The run's seed, the same on every rank.
+
+    With ``randomness.diff_rank_seed=True`` mmengine's ``set_random_seed`` adds the rank to
+    ``runner.seed``: each rank would shuffle the epoch differently (DDP then trains some images twice
+    and others never) and draw other denoising noise than the 1-GPU run. The window order and the
+    per-sample and per-micro-batch seeds must be the run's, so the rank is taken off again.
+    """
+    seed = runner.seed
+    if (getattr(runner, '_randomness_cfg', None) or {}).get('diff_rank_seed', False):
+        seed -= get_dist_info()[0]
+    return seed
+
+
 @LOOPS.register_module()
 class AccumulationEpochBasedTrainLoop(EpochBasedTrainLoop):
     """Epoch-based training where one iteration is one optimizer step.
@@ -136,7 +150,7 @@ class AccumulationEpochBasedTrainLoop(EpochBasedTrainLoop):
                 getattr(optim_wrapper, '_max_counts', None)) != counts:
             type(optim_wrapper).initialize_count_status(optim_wrapper, self.runner.model, *counts)
         # The sampler was built before resume could restore the run's seed.
-        self.window_sampler.sampler.seed = self.runner.seed
+        self.window_sampler.sampler.seed = shared_seed(self.runner)
 
         self.runner.call_hook('before_train')
         while self._epoch < self._max_epochs and not self.stop_training:
@@ -176,7 +190,8 @@ class AccumulationEpochBasedTrainLoop(EpochBasedTrainLoop):
             window_mean = self._window_mean(local_counts)
         outputs: List[Dict] = []
         for j, micro_batch in enumerate(micro_batches):
-            torch.manual_seed(micro_batch_seed(runner.seed, self._epoch, self.window_sampler, idx, j))
+            torch.manual_seed(micro_batch_seed(shared_seed(runner), self._epoch, self.window_sampler,
+                                               idx, j))
             if window_normalized:
                 model.set_loss_window(window_mean, local_counts[j])
             try:

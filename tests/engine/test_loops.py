@@ -1,6 +1,7 @@
 """AccumulationEpochBasedTrainLoop helpers (the loop itself: test_equivalence, test_schedulers)."""
 import math
 
+import pytest
 import torch
 
 from tbx11k.engine.loops import _mean_log_vars
@@ -29,3 +30,17 @@ def test_single_micro_batch_log_vars_become_floats_too():
     mean = _mean_log_vars([dict(loss=torch.tensor(1.5), loss_bbox=torch.tensor(0.25))])
     assert mean == dict(loss=1.5, loss_bbox=0.25)
     assert all(isinstance(v, float) for v in mean.values())
+
+
+@pytest.mark.parametrize('diff_rank_seed', [False, True])
+def test_every_rank_shuffles_and_draws_noise_with_the_runs_seed(monkeypatch, diff_rank_seed):
+    """randomness.diff_rank_seed=True: mmengine gives rank r the seed + r; the loop seeded the
+    window sampler and the denoising noise with it, so under DDP rank 1 read another shuffle
+    (images trained twice or never in an epoch) and the run differed from the 1-GPU one."""
+    import types
+
+    from tbx11k.engine import loops
+    monkeypatch.setattr(loops, 'get_dist_info', lambda: (1, 2))
+    runner = types.SimpleNamespace(seed=2024 + (1 if diff_rank_seed else 0),
+                                   _randomness_cfg=dict(seed=2024, diff_rank_seed=diff_rank_seed))
+    assert loops.shared_seed(runner) == 2024
