@@ -159,9 +159,14 @@ def check_partition(partition: str) -> None:
                            f"{', '.join(known) or 'none'} (sinfo -s lists them)")
 
 
+def fitting_nodes(partition: str, count: int, gpu_type: Optional[str]) -> int:
+    """How many nodes of the partition have ``count`` GPUs (of ``gpu_type``)."""
+    return sum(fits(gpus, count, gpu_type) for _, gpus in gpu_nodes(partition))
+
+
 def check_gpus(partition: str, count: int, gpu_type: Optional[str], nodes: int = 1) -> bool:
     """Whether ``nodes`` nodes of the partition have ``count`` GPUs (of ``gpu_type``) each."""
-    return sum(fits(gpus, count, gpu_type) for _, gpus in gpu_nodes(partition)) >= nodes
+    return fitting_nodes(partition, count, gpu_type) >= nodes
 
 
 def describe_gpus(partition: str) -> str:
@@ -176,9 +181,8 @@ def gpu_error(partition: str, count: int, gpu_type: Optional[str],
               nodes: int = 1) -> ClusterError:
     kind = f'{count} GPU{"s" if count > 1 else ""}' + (f' of type {gpu_type!r}' if gpu_type else '')
     if nodes > 1:
-        found = sum(fits(gpus, count, gpu_type) for _, gpus in gpu_nodes(partition))
         return ClusterError(f'{nodes} nodes with {kind} each are needed, but partition '
-                            f'{partition!r} has {found} (nodes: {describe_gpus(partition)})')
+                            f'{partition!r} has {fitting_nodes(partition, count, gpu_type)} (nodes: {describe_gpus(partition)})')
     return ClusterError(f'no node of partition {partition!r} has {kind} (nodes: '
                         f'{describe_gpus(partition)})')
 

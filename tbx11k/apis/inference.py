@@ -135,6 +135,7 @@ def read_checkpoint(path: str) -> Dict:
     from mmengine.runner.checkpoint import CheckpointLoader
 
     import tbx11k.utils.torch_load_compat  # noqa: F401  the local loader, fixed for torch >= 2.6
+    from tbx11k.engine.hooks.checkpoint_interchange import is_bare_state_dict
     if '://' not in path:
         path = osp.expanduser(path)
         if osp.isdir(path):
@@ -152,7 +153,7 @@ def read_checkpoint(path: str) -> Dict:
         raise ValueError(f'{path} is not a checkpoint: it holds a {type(checkpoint).__name__}, '
                          'not a dict of weights')
     if 'state_dict' not in checkpoint:
-        if not checkpoint or not all(hasattr(v, 'shape') for v in checkpoint.values()):
+        if not is_bare_state_dict(checkpoint):
             raise ValueError(f'{path} is not a checkpoint: no state_dict, and not a dict of '
                              f'tensors (keys: {sorted(checkpoint)[:5]})')
         checkpoint = dict(state_dict=checkpoint)

@@ -264,19 +264,9 @@ def test_image_size_is_checked_by_default(synthetic_root, tmp_path):
                     check_image_size=False)) == len(raw['images'])
 
 
-def _copy_with_json(synthetic_root, tmp_path):
-    """Writable copy of the train images + json: (root, ann_file, data)."""
-    root = tmp_path / 'root'
-    shutil.copytree(synthetic_root / 'imgs', root / 'imgs',
-                    ignore=shutil.ignore_patterns('extra', 'test'))
-    ann_file = root / TRAIN
-    ann_file.parent.mkdir(parents=True)
-    return root, ann_file, load_json(synthetic_root / TRAIN)
-
-
-def test_image_size_of_a_jpeg_is_checked(synthetic_root, tmp_path):
+def test_image_size_of_a_jpeg_is_checked(broken_copy):
     from PIL import Image
-    root, ann_file, data = _copy_with_json(synthetic_root, tmp_path)
+    root, ann_file, data = broken_copy()
     img = data['images'][3]
     png = root / 'imgs' / img['file_name']
     jpg = png.with_suffix('.jpg')
@@ -296,9 +286,8 @@ def test_image_size_of_a_jpeg_is_checked(synthetic_root, tmp_path):
     (b'this is no image', 'not an image file'),
     (b'\x89PNG\r\n\x1a\n\x00\x00', 'truncated header'),
 ])
-def test_unreadable_image_file_is_refused_at_load(synthetic_root, tmp_path,
-                                                  content, expected):
-    root, ann_file, data = _copy_with_json(synthetic_root, tmp_path)
+def test_unreadable_image_file_is_refused_at_load(broken_copy, content, expected):
+    root, ann_file, data = broken_copy()
     img = data['images'][4]
     (root / 'imgs' / img['file_name']).write_bytes(content)
     ann_file.write_text(json.dumps(data))
@@ -313,10 +302,9 @@ def test_unreadable_image_file_is_refused_at_load(synthetic_root, tmp_path,
             make(root, ann_file, check_image_size=False)
 
 
-def test_16_bit_images_are_counted_and_logged(synthetic_root, tmp_path,
-                                              logs):
+def test_16_bit_images_are_counted_and_logged(broken_copy, logs):
     import cv2
-    root, ann_file, data = _copy_with_json(synthetic_root, tmp_path)
+    root, ann_file, data = broken_copy()
     img = data['images'][0]
     film = np.full((128, 128), 3744, np.uint16)  # 12-bit values in 16 bits
     cv2.imwrite(str(root / 'imgs' / img['file_name']), film)
@@ -327,8 +315,8 @@ def test_16_bit_images_are_counted_and_logged(synthetic_root, tmp_path,
     assert img['file_name'] in deep[0]
 
 
-def test_data_that_leaves_no_image_is_refused(synthetic_root, tmp_path):
-    root, ann_file, data = _copy_with_json(synthetic_root, tmp_path)
+def test_data_that_leaves_no_image_is_refused(broken_copy):
+    root, ann_file, data = broken_copy()
     empty = dict(data, images=[], annotations=[])
     ann_file.write_text(json.dumps(empty))
     for test_mode in (False, True):

@@ -46,11 +46,11 @@ def test_dist_train_sh_without_enough_arguments_prints_usage():
     assert proc.returncode == 2 and 'usage:' in proc.stderr
 
 
-def test_ctrl_c_waits_for_the_launcher_and_exits_with_its_status(tmp_path):
-    """SIGINT to the process group (Ctrl-C): the launcher gets it and stops the workers; the script
-    must neither return before it has (leaving them running) nor invent its own 130."""
+def start_dist_train(tmp_path, launcher_source: str):
+    """dist_train.sh in its own session with PYTHON = a stand-in launcher, once that is running:
+    (process, log file)."""
     launcher = tmp_path / 'fake_python'
-    launcher.write_text(FAKE_LAUNCHER)
+    launcher.write_text(launcher_source)
     launcher.chmod(0o755)
     env = dict(os.environ, PYTHON=str(launcher), FAKE_LAUNCHER_DIR=str(tmp_path),
                TMPDIR=str(tmp_path))
@@ -58,12 +58,21 @@ def test_ctrl_c_waits_for_the_launcher_and_exits_with_its_status(tmp_path):
     with open(log, 'w') as out:  # a file, not a pipe: the launcher keeps a pipe open after exit
         proc = subprocess.Popen(['bash', DIST_TRAIN, 'cfg.py', '2'], env=env, cwd=str(tmp_path),
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 20
+    while not (tmp_path / 'ready').exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError(f'the stand-in launcher did not start\n{log.read_text()}')
+        time.sleep(0.02)
+    return proc, log
+
+
+def test_ctrl_c_waits_for_the_launcher_and_exits_with_its_status(tmp_path):
+    """SIGINT to the process group (Ctrl-C): the launcher gets it and stops the workers; the script
+    must neither return before it has (leaving them running) nor invent its own 130."""
+    proc, log = start_dist_train(tmp_path, FAKE_LAUNCHER)
     try:
-        deadline = time.monotonic() + 20
-        while not (tmp_path / 'ready').exists():
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, 'the stand-in launcher did not start'
-            time.sleep(0.02)
         interrupted = time.monotonic()
         os.killpg(proc.pid, signal.SIGINT)
         proc.wait(timeout=30)
@@ -96,20 +105,8 @@ sys.exit(1)
 
 
 def test_second_ctrl_c_stops_a_launcher_that_ignores_the_first(tmp_path):
-    launcher = tmp_path / 'fake_python'
-    launcher.write_text(DEAF_LAUNCHER)
-    launcher.chmod(0o755)
-    env = dict(os.environ, PYTHON=str(launcher), FAKE_LAUNCHER_DIR=str(tmp_path),
-               TMPDIR=str(tmp_path))
-    log = tmp_path / 'dist_train.log'
-    with open(log, 'w') as out:
-        proc = subprocess.Popen(['bash', DIST_TRAIN, 'cfg.py', '2'], env=env, cwd=str(tmp_path),
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    proc, log = start_dist_train(tmp_path, DEAF_LAUNCHER)
     try:
-        deadline = time.monotonic() + 20
-        while not (tmp_path / 'ready').exists():
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.02)
         os.kill(proc.pid, signal.SIGINT)  # the script only: the launcher does not hear it
         time.sleep(1.0)
         assert proc.poll() is None, log.read_text()  # the first one waits

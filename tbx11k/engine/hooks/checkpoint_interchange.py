@@ -34,7 +34,7 @@ def _stock_accumulation(meta: Dict) -> int:
     return int(match.group(1)) if match else 1
 
 
-def _is_bare_state_dict(checkpoint: Any) -> bool:
+def is_bare_state_dict(checkpoint: Any) -> bool:
     """``torch.save(model.state_dict())``: tensors only, no ``state_dict`` entry."""
     return (isinstance(checkpoint, dict) and bool(checkpoint) and 'state_dict' not in checkpoint
             and all(isinstance(v, torch.Tensor) for v in checkpoint.values()))
@@ -51,7 +51,7 @@ def not_resumable(checkpoint: Any, name: str) -> Optional[str]:
     if not isinstance(checkpoint, dict):
         return (f'is not a checkpoint: it holds a {type(checkpoint).__name__}, not a dict with '
                 f'state_dict, meta, message_hub and optimizer; {use_a_checkpoint}')
-    if _is_bare_state_dict(checkpoint):
+    if is_bare_state_dict(checkpoint):
         return (f'holds a bare state dict (weights only, as torch.save(model.state_dict()) '
                 f'writes): there is no training state to resume; {use_weights}')
     if 'state_dict' not in checkpoint:
@@ -97,7 +97,7 @@ class CheckpointInterchangeHook(Hook):
     def after_load_checkpoint(self, runner, checkpoint: Dict) -> None:
         if not runner._resume:
             # load_from (fine-tuning): mmengine reports missing/unexpected keys itself
-            if _is_bare_state_dict(checkpoint):
+            if is_bare_state_dict(checkpoint):
                 state = copy.copy(checkpoint)  # keeps an OrderedDict's _metadata
                 checkpoint.clear()
                 checkpoint['state_dict'] = state
