@@ -146,6 +146,10 @@ def benchmark_config(config: str, data_root: str, work_dir: str, *, stock: bool 
     cfg.default_hooks.pop('visualization', None)  # val/test only
     if cfg.get('visualizer'):  # nothing is logged; no TensorBoard needed on the GPU machine
         cfg.visualizer.vis_backends = [dict(type='LocalVisBackend')]
+        # a name of its own: mmengine keeps one visualizer per name per process, and mmdet's
+        # 'visualizer' would make a later runner of the process write into this case's
+        # (deleted) temporary folder, or this case into an earlier runner's
+        cfg.visualizer.name = f'tbx11k_benchmark:{work_dir}'
     # inference: the train images through the test pipeline (enough of them; kept aside)
     test_loader = copy.deepcopy(cfg.get('test_dataloader') or cfg.val_dataloader)
     test_loader.dataset.ann_file = TRAIN_ANN
@@ -199,6 +203,9 @@ def to_stock_mmdet(cfg) -> None:
             dataset.pop(key, None)
     if cfg.optim_wrapper.get('constructor') == 'CUDAFusedOptimWrapperConstructor':
         cfg.optim_wrapper.pop('constructor')
+    optimizer = cfg.optim_wrapper.get('optimizer', {})
+    if str(optimizer.get('type', '')).startswith('MergedGroups'):
+        optimizer.type = optimizer.type[len('MergedGroups'):]  # torch's, one step per tensor
 
 
 #: warnings every DINO run logs: kept out of the benchmark's output (other warnings stay)
@@ -549,6 +556,11 @@ def _fused(cfg) -> None:
     cfg.optim_wrapper.constructor = 'CUDAFusedOptimWrapperConstructor'
 
 
+def _per_group_optimizer(cfg) -> None:
+    optimizer = cfg.optim_wrapper.optimizer
+    optimizer.type = str(optimizer.type).replace('MergedGroups', '')
+
+
 def _no_verify(cfg) -> None:
     cfg.model.verify_loss_counts = False
 
@@ -577,6 +589,10 @@ def _torch_compile_transformer(cfg) -> None:
 
 def _torch_compile_cudagraphs(cfg) -> None:
     cfg.model.torch_compile = dict(mode='reduce-overhead')
+
+
+def _torch_compile_dynamic(cfg) -> None:
+    cfg.model.torch_compile = dict(dynamic=True)
 
 
 #: extra warm-up steps of the torch.compile variants: each part recompiles a few times for the
@@ -615,6 +631,9 @@ VARIANTS: Dict[str, Variant] = {v.name: v for v in [
             '(AdamW fused=True)', _fused, needs_cuda=True),
     Variant('no_verify_loss_counts', 'model.verify_loss_counts=False (no count check reads)',
             _no_verify),
+    Variant('per_group_optimizer', "diagnostic: ours with torch's AdamW stepping mmengine's "
+            'per-tensor param groups one by one (instead of MergedGroupsAdamW): its cost',
+            _per_group_optimizer, diagnostic=True),
     Variant('per_tensor_ema', "diagnostic: ours with mmengine's EMA (one lerp_ per tensor) instead "
             'of the default ForeachExponentialMovingAverage', _per_tensor_ema, diagnostic=True),
     Variant('cudnn_benchmark', 'env_cfg.cudnn_benchmark=True (5 fixed training shapes)',
@@ -638,6 +657,9 @@ VARIANTS: Dict[str, Variant] = {v.name: v for v in [
     Variant('torch_compile_cudagraphs', "model.torch_compile=dict(mode='reduce-overhead'): "
             'compiled and replayed as CUDA graphs', _torch_compile_cudagraphs, needs_cuda=True,
             extra_warmup=COMPILE_WARMUP),
+    Variant('torch_compile_dynamic', 'model.torch_compile=dict(dynamic=True): every part '
+            'compiled once with dynamic sizes (no static first version, fewer recompiles)',
+            _torch_compile_dynamic, extra_warmup=COMPILE_WARMUP),
     Variant('torch_compile_infer', 'inference with model.torch_compile=True (batch '
             '--infer-batch-size)', _torch_compile, kind='infer',
             extra_warmup=COMPILE_WARMUP),

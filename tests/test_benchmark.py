@@ -126,6 +126,10 @@ def test_stock_config_is_stock_mmdet_with_the_same_model_and_data(tmp_path):
     assert loader.dataset.metainfo.classes == ours.train_dataloader.dataset.metainfo.classes
     assert loader.dataset.pipeline == ours.train_dataloader.dataset.pipeline
     assert loader.dataset.ann_file == ours.train_dataloader.dataset.ann_file
+    # the same optimizer settings; torch's AdamW stepping one tensor at a time (mmdet's)
+    assert ours.optim_wrapper.optimizer.type == 'MergedGroupsAdamW'
+    assert stock.optim_wrapper.optimizer.type == 'AdamW'
+    stock.optim_wrapper.optimizer.type = ours.optim_wrapper.optimizer.type
     assert stock.optim_wrapper == ours.optim_wrapper
     assert stock.optim_wrapper.accumulative_counts == 2
     assert stock.custom_hooks == []

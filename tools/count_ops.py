@@ -64,7 +64,7 @@ def pick_samples(dataset, num_images: int, min_boxes: int) -> list:
 
 
 def build(args, data_root: str):
-    """(model, preprocessed data) for ``args``."""
+    """(config, model, preprocessed data) for ``args``."""
     from mmengine.config import Config
     from mmengine.dataset import pseudo_collate
     from mmengine.runner import set_random_seed
@@ -94,7 +94,7 @@ def build(args, data_root: str):
     model.init_weights()
     model.train()
     data = model.data_preprocessor(pseudo_collate(samples), True)
-    return model, data
+    return cfg, model, data
 
 
 def measure(args, model, data, passes: int, counted):
@@ -122,7 +122,7 @@ def count_launches(args, data_root: str) -> dict:
     from tbx11k.op_count import count_launches as count_micro_batch_launches
 
     torch._inductor.config.cpp.enable_kernel_profile = True  # fused kernels in the profile
-    model, data = build(args, data_root)
+    _, model, data = build(args, data_root)
     for part in ('encoder', 'decoder'):  # bit-identical; its core then shows as one op
         make_attention_traceable(getattr(model, part))
     header, launches = measure(args, model, data, 3, count_micro_batch_launches)
@@ -147,15 +147,51 @@ def format_launches(report: dict) -> str:
 def count(args, data_root: str) -> dict:
     from tbx11k.op_count import count_micro_batch
 
-    model, data = build(args, data_root)
+    cfg, model, data = build(args, data_root)
     header, counter = measure(args, model, data, 2,
                               lambda m, d: count_micro_batch(m, d, where=args.where))
     head = getattr(model, 'bbox_head', None)
     report = dict(header, head=type(head).__name__ if head is not None else None,
-                  **counter.summary())
+                  **counter.summary(), optimizer_step=count_optimizer_step(cfg, model))
     if args.where:
         report['sync_sites'] = dict(counter.where_counts.most_common())
     return report
+
+
+def count_optimizer_step(cfg, model) -> dict:
+    """Aten ops of one step of the config's optimizer over ``model``'s gradients, run as on a GPU:
+    multi-tensor (foreach), torch's default there, unless the config names ``fused``/``foreach``.
+    (A non-fused Adam's per-parameter step counters live on the host: their reads are among the
+    ops, not the launching ones.)"""
+    import copy
+    import logging
+
+    from mmengine.logging import MMLogger
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.registry import DefaultScope
+
+    from tbx11k.op_count import OpCounter
+
+    optim_cfg = copy.deepcopy(cfg.optim_wrapper.to_dict())
+    optim_cfg.pop('_scope_', None)
+    optimizer_cfg = optim_cfg['optimizer']
+    if 'fused' not in optimizer_cfg and 'foreach' not in optimizer_cfg:
+        optimizer_cfg['foreach'] = True
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # paramwise_cfg's per-tensor report, frozen-BN warnings
+    try:
+        with DefaultScope.overwrite_default_scope('mmdet'):
+            optimizer = build_optim_wrapper(model, optim_cfg).optimizer
+    finally:
+        logger.setLevel(level)
+    optimizer.step()  # the state is created lazily in the first step
+    counter = OpCounter()
+    with counter:
+        optimizer.step()
+    return dict(optimizer=type(optimizer).__name__, param_groups=len(optimizer.param_groups),
+                parameters=sum(len(g['params']) for g in optimizer.param_groups),
+                ops=counter.total_ops(), launching_ops=counter.total_launching_ops())
 
 
 def format_report(report: dict) -> str:
@@ -173,6 +209,10 @@ def format_report(report: dict) -> str:
     lines.append(f"{'total':<11}{report['total_ops']:>9}" +
                  ''.join(f'{total[k]:>21}' for k in kinds) + f'{sum(total.values()):>7}')
     lines.append(f"linear_sum_assignment calls: {report['linear_sum_assignment']}")
+    step = report['optimizer_step']
+    lines.append(f"optimizer step ({step['optimizer']}, {step['param_groups']} param groups, "
+                 f"{step['parameters']} tensors, as on a GPU): {step['ops']} aten ops, "
+                 f"{step['launching_ops']} launching kernels")
     for site, n in report.get('sync_sites', {}).items():
         lines.append(f'{n:>5}  {site}')
     return '\n'.join(lines)

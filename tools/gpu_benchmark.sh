@@ -1,25 +1,33 @@
 #!/usr/bin/env bash
-# Issue 6 on the GPU machine, in one go (about 8-9 minutes on one H100):
-#   1. installs the wheels of .whl/ into /tmp/site when mmdet is not importable (gpu-device.md),
-#   2. makes one synthetic TBX11K (64 train images, 512 px) shared by the runs,
-#   3. configs/dino_tbx11k_1gpu.py beside stock mmdet DINO: batch 1 x acc 2, batch 2 x acc 1,
-#      inference, a profile of 2 steps (launches, syncs, GPU busy), the PyTorch-fallback check, and
-#      every speed-up switch on its own (torch.compile first), fp32 (a time budget skips the last
-#      switches if needed),
-#   4. the same with AMP (fp16, as tools/train.py --amp) beside stock mmdet with AMP,
-#   5. prints every figure (tables, then the json files) and leaves them in $OUT.
-#
-#   bash tools/gpu_benchmark.sh              # on the GPU machine ($OUT: where the files go)
+# Issue 6 on the GPU machine, one call each (H100: about 7 and 9 minutes):
+#   bash tools/gpu_benchmark.sh              # eager: configs/dino_tbx11k_1gpu.py beside stock mmdet
+#                                            # DINO (batch 1 x acc 2, batch 2 x acc 1, inference
+#                                            # batch 1 and 8, a profile of 2 steps: launches, syncs,
+#                                            # GPU busy), the PyTorch-fallback check, and each eager
+#                                            # speed-up switch on its own
+#   bash tools/gpu_benchmark.sh --compile    # ours and stock, then the torch.compile variants (each
+#                                            # compiles the full model afresh: minutes; the first H100
+#                                            # run gave one 150 s and it had not finished)
 #   bash tools/gpu_benchmark.sh --dry-run    # CPU, tiny config, few steps: checks this script
+# Each: installs the wheels of .whl/ into /tmp/site when mmdet is not importable (gpu-device.md),
+# makes one synthetic TBX11K (64 train images, 512 px), prints every figure (tables, then the json
+# files) and leaves them in $OUT.
 #
 # Environment: OUT (default /tmp/tbx11k_gpu_benchmark), PYTHON (default python3, or .venv's on a
-# dry run), STEPS / WARMUP / INFER_STEPS / INFER_BS (batched inference), BUDGET (seconds for the fp32 run, default 300:
-# no case starts after it), SLACK (seconds past BUDGET before the fp32 run is stopped, default 90; 400 on a dry run).
+# dry run), STEPS / WARMUP / INFER_STEPS / INFER_BS (batched inference), VARIANTS (comma-separated,
+# replaces the mode's list), BUDGET (seconds for the run: no case starts after it), SLACK (seconds
+# past BUDGET before the run is stopped), AMP_RUN=1 (also ours vs stock under fp16 AMP: on the
+# first H100 run AMP was slower, 5.5 vs 6.6 img/s, the step being host-bound).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-DRY_RUN=0
-[[ ${1:-} == --dry-run ]] && DRY_RUN=1
+DRY_RUN=0 COMPILE=0
+case ${1:-} in
+  --dry-run) DRY_RUN=1 ;;
+  --compile) COMPILE=1 ;;
+  '') ;;
+  *) echo "usage: bash tools/gpu_benchmark.sh [--compile | --dry-run]"; exit 2 ;;
+esac
 OUT=${OUT:-/tmp/tbx11k_gpu_benchmark}
 mkdir -p "$OUT"
 T0=$(date +%s)
@@ -32,20 +40,28 @@ if (( DRY_RUN )); then
   STEPS=${STEPS:-3}; WARMUP=${WARMUP:-2}; INFER_STEPS=${INFER_STEPS:-3}; INFER_BS=${INFER_BS:-2}
   IMAGES=16; SIZE=128; BUDGET=${BUDGET:-120}
   SLACK=${SLACK:-400}  # a case started within the budget may compile for minutes on 2 CPU cores
-  VARIANTS=torch_compile,amp_bf16   # one that runs on the CPU (the riskiest), one skipped there
+  VARIANTS=${VARIANTS:-per_group_optimizer,torch_compile,amp_bf16}  # CPU-run, compiled, skipped
+  EXTRA=(--batch2 --infer --profile --infer-batch-size "$INFER_BS")
   AMP=()                                     # AmpOptimWrapper refuses the CPU
 else
   PYTHON=${PYTHON:-python3}
   CONFIG=configs/dino_tbx11k_1gpu.py
   DEVICE=(--device cuda)
   STEPS=${STEPS:-20}; WARMUP=${WARMUP:-5}; INFER_STEPS=${INFER_STEPS:-30}; INFER_BS=${INFER_BS:-8}
-  IMAGES=64; SIZE=512; BUDGET=${BUDGET:-300}
-  SLACK=${SLACK:-90}
-  # most telling first (the budget may cut the tail; each compiled case compiles afresh, minutes
-  # for the full model): CUDA graphs second, as the ~7 ms host estimate per micro-batch assumes
-  # them (README "Kernel launches"); amp_fp16 is the AMP run below
-  VARIANTS=torch_compile,torch_compile_cudagraphs,safe_all_compiled,no_mmcv_kernels,safe_all,safe_all_bf16,torch_compile_infer,stock_loss_head,torch_compile_transformer,amp_bf16,fused_adamw,no_verify_loss_counts,per_tensor_ema,cudnn_benchmark,no_custom_hooks
-  AMP=(--amp --amp-dtype float16)
+  IMAGES=64; SIZE=512
+  if (( COMPILE )); then
+    # CUDA graphs second: the ~7 ms host estimate per micro-batch assumes them (README)
+    VARIANTS=${VARIANTS:-torch_compile,torch_compile_cudagraphs,safe_all_compiled}
+    EXTRA=()
+    BUDGET=${BUDGET:-420}; SLACK=${SLACK:-120}
+  else
+    # the first H100 run's open questions first (the budget cuts the tail)
+    VARIANTS=${VARIANTS:-per_group_optimizer,safe_all,fused_adamw,no_custom_hooks,stock_loss_head,cudnn_benchmark,no_mmcv_kernels,no_verify_loss_counts,per_tensor_ema,safe_all_bf16,amp_bf16}
+    EXTRA=(--batch2 --infer --profile --infer-batch-size "$INFER_BS")
+    BUDGET=${BUDGET:-330}; SLACK=${SLACK:-60}
+  fi
+  AMP=()
+  [[ ${AMP_RUN:-0} == 1 ]] && AMP=(--amp --amp-dtype float16)
 fi
 
 # ---- 1. packages --------------------------------------------------------------------------
@@ -94,13 +110,12 @@ COMMON=("$CONFIG" "${DEVICE[@]}" --steps "$STEPS" --warmup "$WARMUP" --infer-ste
         --num-images "$IMAGES" --image-size "$SIZE" --data-root "$DATA")
 STATUS=0
 
-# ---- 3. fp32: ours vs stock, batch 2, inference, each switch on its own -------------------------
-say "fp32 run (budget ${BUDGET} s)"
+# ---- 3. fp32: ours vs stock (eager: batch 2, inference, profile), each switch on its own ----------
+say "fp32 run (budget ${BUDGET} s): $VARIANTS"
 # past budget + slack: SIGTERM, then SIGKILL 15 s later (during an `ours` training case the config's
 # PreemptionHook takes SIGTERM as "checkpoint at the next step and exit"; timeout signals inductor's
 # compiler processes too); cases already measured stay in the json, rewritten atomically after each
-timeout -k 15 $(( BUDGET + SLACK )) "$PYTHON" tools/benchmark.py "${COMMON[@]}" --batch2 --infer --profile \
-  --infer-batch-size "$INFER_BS" \
+timeout -k 15 $(( BUDGET + SLACK )) "$PYTHON" tools/benchmark.py "${COMMON[@]}" ${EXTRA[@]+"${EXTRA[@]}"} \
   --variants "$VARIANTS" --time-budget "$BUDGET" --json "$OUT/bench.json" \
   2> >(tee "$OUT/bench.stderr" >&2) | tee "$OUT/bench.txt"
 (( ${PIPESTATUS[0]} )) && STATUS=1
@@ -111,7 +126,7 @@ if (( ${#AMP[@]} )); then
   timeout -k 15 120 "$PYTHON" tools/benchmark.py "${COMMON[@]}" "${AMP[@]}" --infer --time-budget 60 \
     --json "$OUT/bench_amp.json" 2> >(tee "$OUT/bench_amp.stderr" >&2) | tee "$OUT/bench_amp.txt"
   (( ${PIPESTATUS[0]} )) && STATUS=1
-else
+elif (( DRY_RUN )); then
   say "AMP run skipped (CPU dry run); a second run without stock instead"
   timeout -k 15 200 "$PYTHON" tools/benchmark.py "${COMMON[@]}" --no-stock \
     --json "$OUT/bench_amp.json" 2> >(tee "$OUT/bench_amp.stderr" >&2) | tee "$OUT/bench_amp.txt"

@@ -1,14 +1,85 @@
-"""Optimizer construction switches for speed (off unless a config asks for them)."""
-from typing import Optional
+"""Optimizers and optimizer construction for speed.
+
+``MergedGroupsAdamW`` (and Adam/SGD): the configs' optimizer. mmengine's
+``DefaultOptimWrapperConstructor`` gives every parameter its own param group as soon as a
+``paramwise_cfg`` is set (DINO's backbone ``lr_mult=0.1``): torch then runs its multi-tensor
+(foreach) or fused update once per group, i.e. once per tensor (351 for R50 DINO: 3,161 of the
+ops that launch a GPU kernel per step, 20 merged; ``tools/count_ops.py``). On an H100 that was
+39-47 ms of host time per optimizer step (torch profiler, ``Optimizer.step#AdamW.step``), a
+sixth of the step. These optimizers take the update over the groups whose hyperparameters are
+equal (two here: backbone and the rest) in one call; their param groups, state and
+``state_dict`` stay torch's, per parameter, so checkpoints, LR schedulers and ``paramwise_cfg``
+work unchanged, and the update is bit-identical (the same element-wise arithmetic).
+
+``CUDAFusedOptimWrapperConstructor``: fused Adam/AdamW/SGD on CUDA, opt-in.
+"""
+from typing import Any, Dict, Hashable, List, Optional
 
 import torch
 from mmengine.logging import print_log
 from mmengine.optim import DefaultOptimWrapperConstructor
 
-from mmdet.registry import OPTIM_WRAPPER_CONSTRUCTORS
+from mmdet.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIMIZERS
 
 #: torch optimizers with a fused CUDA implementation (one kernel for all parameters)
-FUSABLE_OPTIMIZERS = ('Adam', 'AdamW', 'SGD')
+FUSABLE_OPTIMIZERS = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD)
+
+
+def _hashable(value: Any) -> Hashable:
+    """``value`` as a grouping key; tensors and other unhashables by identity (never merged)."""
+    if isinstance(value, torch.Tensor):
+        return ('tensor', id(value))
+    if isinstance(value, (list, tuple)):
+        return tuple(_hashable(v) for v in value)
+    try:
+        hash(value)
+    except TypeError:
+        return ('object', id(value))
+    return value
+
+
+def merge_param_groups(param_groups: List[Dict]) -> List[Dict]:
+    """The groups whose hyperparameters (every key but ``params``) are equal, merged into one
+    (first-seen order; parameters keep their order within a hyperparameter set)."""
+    merged: Dict[Hashable, Dict] = {}
+    for group in param_groups:
+        key = tuple(sorted((k, _hashable(v)) for k, v in group.items() if k != 'params'))
+        if key in merged:
+            merged[key]['params'] = merged[key]['params'] + list(group['params'])
+        else:
+            merged[key] = dict(group, params=list(group['params']))
+    return list(merged.values())
+
+
+class MergedGroupsStepMixin:
+    """``step()`` over the param groups merged by hyperparameters; everything else is the
+    optimizer's own (its ``param_groups`` are put back right after the step)."""
+
+    def step(self, closure=None):
+        groups = self.param_groups
+        merged = merge_param_groups(groups)
+        if len(merged) == len(groups):
+            return super().step(closure)
+        self.param_groups = merged
+        try:
+            return super().step(closure)
+        finally:
+            self.param_groups = groups
+
+
+@OPTIMIZERS.register_module()
+class MergedGroupsAdamW(MergedGroupsStepMixin, torch.optim.AdamW):
+    """``torch.optim.AdamW`` stepping all param groups of equal hyperparameters at once."""
+
+
+@OPTIMIZERS.register_module()
+class MergedGroupsAdam(MergedGroupsStepMixin, torch.optim.Adam):
+    """``torch.optim.Adam`` stepping all param groups of equal hyperparameters at once."""
+
+
+@OPTIMIZERS.register_module()
+class MergedGroupsSGD(MergedGroupsStepMixin, torch.optim.SGD):
+    """``torch.optim.SGD`` stepping all param groups of equal hyperparameters at once."""
 
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
@@ -34,10 +105,13 @@ class CUDAFusedOptimWrapperConstructor(DefaultOptimWrapperConstructor):
 
     def _fuse(self, model: torch.nn.Module) -> bool:
         optimizer_type = self.optimizer_cfg.get('type')
+        optimizer_class = OPTIMIZERS.get(optimizer_type) if isinstance(optimizer_type, str) \
+            else optimizer_type
         name = optimizer_type if isinstance(optimizer_type, str) else \
             getattr(optimizer_type, '__name__', str(optimizer_type))
         reason: Optional[str] = None
-        if name not in FUSABLE_OPTIMIZERS:
+        if not (isinstance(optimizer_class, type) and issubclass(optimizer_class,
+                                                                 FUSABLE_OPTIMIZERS)):
             reason = f'{name} has no fused implementation'
         elif 'fused' in self.optimizer_cfg or 'foreach' in self.optimizer_cfg:
             reason = 'the config sets fused/foreach itself'

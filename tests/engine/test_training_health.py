@@ -113,6 +113,29 @@ def test_guard_drops_the_whole_window_with_a_nan_micro_batch():
     assert not torch.equal(before[0], model.weight)
 
 
+def test_guard_keeps_the_step_counter_of_mmengine_schedulers():
+    """mmengine's LR schedulers wrap ``step`` to count optimizer steps and warn at their first
+    step if the wrap is gone ("optimizer.step() has been overridden"): every training run with
+    the hook printed that warning; the guard keeps the count and the mark, remove() the wrap."""
+    import warnings
+
+    from mmengine.optim.scheduler import LinearLR
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    wrapper = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.1))
+    scheduler = LinearLR(wrapper, start_factor=0.5, end=3)
+    counted_step = wrapper.step
+    guard = NonFiniteGuard(wrapper, model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        wrapper.update_params(model(torch.ones(1, 3)).sum())
+        scheduler.step()
+    assert not [w for w in caught if 'optimizer.step' in str(w.message)]
+    assert wrapper._global_step == 0  # counted through the guard (mmengine starts at -1)
+    guard.remove()
+    assert wrapper.step is counted_step
+
+
 def test_guard_skips_non_finite_gradients_of_finite_losses():
     model, wrapper, guard = _toy(accumulative_counts=1)
     wrapper.backward(model(torch.ones(1, 3)).sum())

@@ -97,12 +97,28 @@ class NonFiniteGuard:
         self.skipped: Optional[Dict] = None  # details of the step skipped last, until popped
         self._backward = optim_wrapper.backward
         self._step = optim_wrapper.step
+        # what the instance had of its own (mmengine's LR schedulers wrap ``step``), for remove()
+        self._own = {name: optim_wrapper.__dict__[name] for name in ('backward', 'step')
+                     if name in optim_wrapper.__dict__}
         optim_wrapper.backward = self.backward
-        optim_wrapper.step = self.step
+        optim_wrapper.step = self._counted_step()
+
+    def _counted_step(self):
+        """``self.step`` as a function that keeps the mark of mmengine's schedulers: they wrap
+        ``step`` to count optimizer steps (the count is in the wrapped step, which
+        :meth:`step` calls) and warn at their first step that "``optimizer.step()`` has been
+        overridden" if the mark is gone."""
+        def step(**kwargs):
+            return self.step(**kwargs)
+        if getattr(self._step, '_with_counter', False):
+            step._with_counter = True
+        return step
 
     def remove(self) -> None:
         for name in ('backward', 'step'):
             self.optim_wrapper.__dict__.pop(name, None)
+            if name in self._own:
+                setattr(self.optim_wrapper, name, self._own[name])
 
     def _params(self) -> List[torch.Tensor]:
         return [p for group in self.optim_wrapper.optimizer.param_groups for p in group['params']]
