@@ -203,9 +203,7 @@ def to_stock_mmdet(cfg) -> None:
             dataset.pop(key, None)
     if cfg.optim_wrapper.get('constructor') == 'CUDAFusedOptimWrapperConstructor':
         cfg.optim_wrapper.pop('constructor')
-    optimizer = cfg.optim_wrapper.get('optimizer', {})
-    if str(optimizer.get('type', '')).startswith('MergedGroups'):
-        optimizer.type = optimizer.type[len('MergedGroups'):]  # torch's, one step per tensor
+    _per_group_optimizer(cfg)
 
 
 #: warnings every DINO run logs: kept out of the benchmark's output (other warnings stay)
@@ -557,8 +555,12 @@ def _fused(cfg) -> None:
 
 
 def _per_group_optimizer(cfg) -> None:
-    optimizer = cfg.optim_wrapper.optimizer
-    optimizer.type = str(optimizer.type).replace('MergedGroups', '')
+    """torch's optimizer for a ``MergedGroups*`` one (one update per param group, i.e. per
+    tensor under mmengine's paramwise_cfg, as stock mmdet)."""
+    from tbx11k.engine.optim import torch_optimizer_type
+    optimizer = cfg.optim_wrapper.get('optimizer', {})
+    if isinstance(optimizer.get('type'), str):
+        optimizer.type = torch_optimizer_type(optimizer.type)
 
 
 def _no_verify(cfg) -> None:

@@ -124,6 +124,22 @@ def test_merged_groups_update_is_bit_identical_to_torch(name, impl):
                zip(params, [p for g in loaded.param_groups for p in g['params']]))
 
 
+def test_step_hooks_run_once_with_torchs_param_groups():
+    """torch wraps each optimizer class's ``step`` with its hooks once; with a plain AdamW in the
+    process the base class's step is wrapped too, and must not run the hooks a second time."""
+    from tbx11k.engine.optim import MergedGroupsAdamW
+    torch.optim.AdamW([torch.nn.Parameter(torch.ones(1))])  # wraps AdamW.step
+    ps = [torch.nn.Parameter(torch.ones(2)) for _ in range(4)]
+    optimizer = MergedGroupsAdamW([dict(params=[p]) for p in ps], lr=0.1)
+    seen = []
+    optimizer.register_step_pre_hook(lambda o, *_: seen.append(('pre', len(o.param_groups))))
+    optimizer.register_step_post_hook(lambda o, *_: seen.append(('post', len(o.param_groups))))
+    for p in ps:
+        p.grad = torch.ones(2)
+    optimizer.step()
+    assert seen == [('pre', 4), ('post', 4)]
+
+
 def test_param_groups_are_restored_when_the_step_fails():
     from tbx11k.engine.optim import MergedGroupsAdamW
     ps = [torch.nn.Parameter(torch.ones(2)) for _ in range(3)]

@@ -134,6 +134,11 @@ def test_guard_keeps_the_step_counter_of_mmengine_schedulers():
     assert wrapper._global_step == 0  # counted through the guard (mmengine starts at -1)
     guard.remove()
     assert wrapper.step is counted_step
+    # a scheduler built after the guard wraps the guard's step (a bound method) as usual
+    NonFiniteGuard(wrapper, model).remove()
+    guard = NonFiniteGuard(OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.1)), model)
+    LinearLR(guard.optim_wrapper, start_factor=0.5, end=3)
+    assert getattr(guard.optim_wrapper.step, '_with_counter', False)
 
 
 def test_guard_skips_non_finite_gradients_of_finite_losses():

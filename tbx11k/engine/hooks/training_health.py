@@ -104,14 +104,17 @@ class NonFiniteGuard:
         optim_wrapper.step = self._counted_step()
 
     def _counted_step(self):
-        """``self.step`` as a function that keeps the mark of mmengine's schedulers: they wrap
-        ``step`` to count optimizer steps (the count is in the wrapped step, which
+        """``self.step``, keeping the mark of mmengine's schedulers where they wrapped ``step``
+        already: they count optimizer steps (the count is in the wrapped step, which
         :meth:`step` calls) and warn at their first step that "``optimizer.step()`` has been
-        overridden" if the mark is gone."""
+        overridden" if the mark is gone. Unwrapped, the bound method itself (a scheduler built
+        later wraps it: it needs ``__self__``)."""
+        if not getattr(self._step, '_with_counter', False):
+            return self.step
+
         def step(**kwargs):
             return self.step(**kwargs)
-        if getattr(self._step, '_with_counter', False):
-            step._with_counter = True
+        step._with_counter = True
         return step
 
     def remove(self) -> None:
