@@ -80,7 +80,8 @@ def test_full_config_is_the_tbx11k_recipe():
     assert cfg.train_dataloader.sampler.type == 'GlobalOrderSampler'
     assert cfg.train_dataloader.batch_sampler.type == 'AccumulationWindowBatchSampler'
     assert cfg.train_cfg.type == 'AccumulationEpochBasedTrainLoop'
-    assert cfg.optim_wrapper.optimizer.type == 'MergedGroupsAdamW' and cfg.optim_wrapper.optimizer.lr == 1e-4
+    assert cfg.optim_wrapper.optimizer.type == 'MergedGroupsAdamW'
+    assert cfg.optim_wrapper.optimizer.lr == 1e-4
     assert cfg.optim_wrapper.paramwise_cfg.custom_keys.backbone.lr_mult == 0.1
     assert cfg.optim_wrapper.clip_grad.max_norm == 0.1
     warmup, steps = cfg.param_scheduler

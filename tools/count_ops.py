@@ -166,25 +166,20 @@ def count_optimizer_step(cfg, model) -> dict:
     import copy
     import logging
 
-    from mmengine.logging import MMLogger
     from mmengine.optim import build_optim_wrapper
     from mmengine.registry import DefaultScope
 
     from tbx11k.op_count import OpCounter
+    from tbx11k.utils import current_logger_level
 
     optim_cfg = copy.deepcopy(cfg.optim_wrapper.to_dict())
     optim_cfg.pop('_scope_', None)
     optimizer_cfg = optim_cfg['optimizer']
     if 'fused' not in optimizer_cfg and 'foreach' not in optimizer_cfg:
         optimizer_cfg['foreach'] = True
-    logger = MMLogger.get_current_instance()
-    level = logger.level
-    logger.setLevel(logging.ERROR)  # paramwise_cfg's per-tensor report, frozen-BN warnings
-    try:
-        with DefaultScope.overwrite_default_scope('mmdet'):
-            optimizer = build_optim_wrapper(model, optim_cfg).optimizer
-    finally:
-        logger.setLevel(level)
+    # paramwise_cfg's per-tensor report, frozen-BN warnings
+    with current_logger_level(logging.ERROR), DefaultScope.overwrite_default_scope('mmdet'):
+        optimizer = build_optim_wrapper(model, optim_cfg).optimizer
     optimizer.step()  # the state is created lazily in the first step
     counter = OpCounter()
     with counter:

@@ -4,7 +4,8 @@ import logging
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
-from mmengine.logging import MMLogger
+
+from ..utils import current_logger_level
 
 
 def build_tiny_dino(head_type: Optional[str] = None, device: str = 'cpu', head: Optional[Dict] = None,
@@ -28,13 +29,8 @@ def build_tiny_dino(head_type: Optional[str] = None, device: str = 'cpu', head: 
         cfg.model.bbox_head.type = head_type
     torch.manual_seed(0)
     model = MODELS.build(cfg.model)
-    logger = MMLogger.get_current_instance()
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
+    with current_logger_level(logging.WARNING):
         model.init_weights()
-    finally:
-        logger.setLevel(level)
     return model.to(device).train()
 
 
