@@ -37,7 +37,7 @@ import threading
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
 import torch._dynamo
@@ -88,6 +88,11 @@ class CaseResult:
     # last micro-batch's, normalised per micro-batch: not comparable with ours)
     warmup_losses: List[float] = field(default_factory=list)
     profile: Optional[Dict] = None  # kind 'profile': torch.profiler summary per micro-batch
+    # model.torch_compile cases: compiled graphs inductor ran without CUDA graphs although the
+    # mode asked for them (its 'cudagraph_skips' counter; on a CPU every graph counts), and the
+    # distinct reasons it logged (on a GPU)
+    cudagraph_skips: int = 0
+    cudagraph_skip_reasons: List[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -362,6 +367,35 @@ def _fill_times(result: CaseResult, marks: Sequence[float], micro_batches_per_st
                                    / steady if steady > 0 else None)
 
 
+@contextlib.contextmanager
+def cudagraph_skips_recorded(result: CaseResult, enabled: bool = True) -> Iterator[None]:
+    """Record in ``result`` how many compiled graphs inductor ran without the CUDA graphs their
+    mode asked for, and why (it logs each reason once per graph as a warning that scrolls by in
+    a long run; a GPU run must report it beside the figure it explains)."""
+    if not enabled:
+        yield
+        return
+    from torch._dynamo.utils import counters
+    from torch._inductor.cudagraph_utils import cudagraphs_log
+    reasons: List[str] = []
+
+    class Reasons(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            message = record.getMessage()[:300]
+            if message not in reasons and len(reasons) < 10:
+                reasons.append(message)
+
+    handler = Reasons(logging.WARNING)
+    before = counters['inductor']['cudagraph_skips']
+    cudagraphs_log.addHandler(handler)
+    try:
+        yield
+    finally:
+        cudagraphs_log.removeHandler(handler)
+        result.cudagraph_skips = int(counters['inductor']['cudagraph_skips'] - before)
+        result.cudagraph_skip_reasons = reasons
+
+
 def _cleanup(device: str) -> None:
     torch._dynamo.reset()  # a torch_compile case compiles afresh (dynamo caches per code object)
     gc.collect()
@@ -593,6 +627,10 @@ def _torch_compile_cudagraphs(cfg) -> None:
     cfg.model.torch_compile = dict(mode='reduce-overhead')
 
 
+def _pad_denoising_queries(cfg) -> None:
+    cfg.model.pad_denoising_queries = True
+
+
 def _torch_compile_dynamic(cfg) -> None:
     cfg.model.torch_compile = dict(dynamic=True)
 
@@ -659,6 +697,15 @@ VARIANTS: Dict[str, Variant] = {v.name: v for v in [
     Variant('torch_compile_cudagraphs', "model.torch_compile=dict(mode='reduce-overhead'): "
             'compiled and replayed as CUDA graphs', _torch_compile_cudagraphs, needs_cuda=True,
             extra_warmup=COMPILE_WARMUP),
+    Variant('torch_compile_cudagraphs_padded', 'torch_compile_cudagraphs with '
+            'model.pad_denoising_queries=True: one decoder shape (and CUDA graph) per image size '
+            'instead of one per (image size, denoising-query count)',
+            _compose(_torch_compile_cudagraphs, _pad_denoising_queries), needs_cuda=True,
+            extra_warmup=COMPILE_WARMUP),
+    Variant('torch_compile_padded', 'torch_compile with model.pad_denoising_queries=True',
+            _compose(_torch_compile, _pad_denoising_queries), extra_warmup=COMPILE_WARMUP),
+    Variant('pad_denoising_queries', 'model.pad_denoising_queries=True in eager: what computing '
+            'the padded decoder rows costs', _pad_denoising_queries),
     Variant('torch_compile_dynamic', 'model.torch_compile=dict(dynamic=True): every part '
             'compiled once with dynamic sizes (no static first version, fewer recompiles)',
             _torch_compile_dynamic, extra_warmup=COMPILE_WARMUP),
@@ -668,6 +715,10 @@ VARIANTS: Dict[str, Variant] = {v.name: v for v in [
     Variant('safe_all_compiled', 'safe_all + torch_compile',
             _compose(_fused, _no_verify, _cudnn_benchmark, _torch_compile), needs_cuda=True,
             extra_warmup=COMPILE_WARMUP),
+    Variant('safe_all_cudagraphs_padded', 'safe_all + torch_compile_cudagraphs_padded: the '
+            'candidate for the 1-GPU config if compiling pays',
+            _compose(_fused, _no_verify, _cudnn_benchmark, _torch_compile_cudagraphs,
+                     _pad_denoising_queries), needs_cuda=True, extra_warmup=COMPILE_WARMUP),
     Variant('safe_all', 'fused_adamw + no_verify_loss_counts + cudnn_benchmark',
             _compose(_fused, _no_verify, _cudnn_benchmark), needs_cuda=True),
     Variant('safe_all_bf16', 'safe_all + amp_bf16',
@@ -944,7 +995,8 @@ def run_benchmark(opts: BenchmarkOptions, log: Callable[[str], None] = print,
             t0 = time.perf_counter()
             try:
                 cfg = benchmark_config(opts.config, data_root, work_dir, **kwargs)
-                with mmcv_kernels(kernels):
+                compiled = cfg.model.get('torch_compile') not in (None, False)
+                with mmcv_kernels(kernels), cudagraph_skips_recorded(result, compiled):
                     measure = dict(train=time_training, infer=time_inference,
                                    profile=profile_training)[result.kind]
                     measure(cfg, result, device)
@@ -1052,6 +1104,10 @@ def format_table(report: Dict) -> str:
               'timed steps (in the mean); over the others: '
               f"{_fmt(c.get('steady_img_per_s'), '.3g')} img/s"
               for c in cases if c.get('compiles_in_timed_steps')]
+    lines += [f"{c['name']}: {c['cudagraph_skips']} compiled graph(s) ran without CUDA graphs"
+              + (': ' + ' | '.join(c['cudagraph_skip_reasons'])
+                 if c.get('cudagraph_skip_reasons') else '')
+              for c in cases if c.get('cudagraph_skips')]
     lines += _warmup_losses(cases)
     mem = next((c['peak_mem_kind'] for c in cases if c['peak_mem_kind']), '')
     lines.append(f"config: {report['options']['config']} | device: {env['gpu'] or 'cpu'} | "

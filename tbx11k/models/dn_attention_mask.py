@@ -41,6 +41,26 @@ def denoising_attention_mask(max_num_target: int, num_groups: int, num_matching_
     return (index < num_denoising)[None, :] & (group[:, None] != group[None, :])
 
 
+def padded_attention_mask(mask: Tensor, pad: int) -> Tensor:
+    """``mask`` (True = cannot attend) with ``pad`` more queries at the end that no query sees
+    and that see only themselves (a query that sees nothing would make the softmax NaN, and a NaN
+    value times a zero weight is NaN in every row)."""
+    total = mask.size(0)
+    index = torch.arange(total + pad, device=mask.device)
+    padded = index[:, None] != index[None, :]
+    padded[:total, :total] = mask
+    return padded
+
+
+def max_denoising_queries(generator: CdnQueryGenerator) -> Optional[int]:
+    """The most denoising queries ``generator`` makes while every image has at most its
+    ``num_dn_queries`` targets (dynamic groups: ``2 * max_target * (num_dn_queries //
+    max_target)``); None for static groups, whose count grows with the targets."""
+    if not generator.dynamic_dn_groups:
+        return None
+    return 2 * int(generator.num_dn_queries)
+
+
 def denoising_query_index(num_targets: List[int], num_groups: int) -> np.ndarray:
     """(2, total) int64 ``(image, slot)`` of every denoising query, on the host.
 

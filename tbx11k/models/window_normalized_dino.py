@@ -1,4 +1,5 @@
 """DINO whose losses are normalised over the whole optimizer-step window."""
+import logging
 from collections import OrderedDict
 from typing import Dict, List, Optional, Tuple, Union
 
@@ -7,10 +8,12 @@ from mmdet.models.detectors import DINO
 from mmdet.models.layers import DeformableDetrTransformerEncoder
 from mmdet.registry import MODELS
 from mmdet.structures import SampleList
+from mmengine.logging import print_log
 from mmengine.utils import is_list_of
 
 from .cached_positional_encoding import CachedSinePositionalEncoding
-from .dn_attention_mask import VectorizedDnMaskQueryGenerator
+from .dn_attention_mask import (VectorizedDnMaskQueryGenerator, max_denoising_queries,
+                                padded_attention_mask)
 from .token_grid import TokenGridDeformableDetrTransformerEncoder, encoder_output_proposals
 from .window_loss_normalization import KINDS, LossWindow, window_reduce_mean
 
@@ -41,6 +44,16 @@ class WindowNormalizedDINO(DINO):
     the two-stage proposals without per-level loops and host reads) and :meth:`parse_losses`
     (one stacked sum of DINO's 39 loss terms).
 
+    ``pad_denoising_queries`` (default False) pads the decoder's queries in training with queries
+    that no other query attends to, up to the most denoising queries there can be (True: ``2 *
+    num_dn_queries`` of the dynamic denoising groups; an int: that many denoising queries), and
+    drops them from the decoder's outputs: the decoder then sees one query count per image size
+    instead of one per (image size, GT count), so ``torch.compile`` does not recompile it for new
+    GT counts and CUDA graphs (``mode='reduce-overhead'``) replay one graph per image size. The
+    same losses and gradients up to float rounding (the padded rows get exactly zero weight and
+    zero gradient), at the cost of computing the padded rows. A micro-batch with more denoising
+    queries than that runs unpadded (one warning).
+
     ``torch_compile`` (default None: off) compiles backbone, neck, encoder, proposals, decoder,
     the head's branches and losses with ``torch.compile``: True, or a dict of :func:`compile_dino`
     arguments (``parts``, and ``torch.compile``'s, e.g. ``mode='reduce-overhead'``), see
@@ -48,6 +61,7 @@ class WindowNormalizedDINO(DINO):
     """
 
     def __init__(self, *args, loss_normalization: str = 'window', verify_loss_counts: bool = True,
+                 pad_denoising_queries: Union[bool, int] = False,
                  torch_compile: Union[None, bool, Dict] = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         # DINO builds these two directly (no registry); the subclasses add no parameters, so
@@ -65,9 +79,71 @@ class WindowNormalizedDINO(DINO):
         self.loss_normalization = loss_normalization
         self.verify_loss_counts = bool(verify_loss_counts)
         self._loss_window: Optional[LossWindow] = None
+        self.padded_denoising_queries = self._padding_target(pad_denoising_queries)
+        self._padding_warned = False
         if torch_compile is not None and torch_compile is not False:
             from .compiled_dino import compile_dino, compile_options  # torch._dynamo: on demand
             compile_dino(self, **compile_options(torch_compile))
+
+    def _padding_target(self, setting: Union[None, bool, int]) -> Optional[int]:
+        """How many denoising queries ``pad_denoising_queries`` pads to (None: no padding)."""
+        if setting is None or setting is False:
+            return None
+        if setting is True:
+            target = max_denoising_queries(self.dn_query_generator)
+            if target is None:
+                raise ValueError(
+                    'model.pad_denoising_queries=True needs dynamic denoising groups '
+                    '(model.dn_cfg.group_cfg.dynamic=True): with static groups the number of '
+                    'denoising queries grows with the GT count; give the number to pad to '
+                    '(an int) instead')
+            return target
+        if isinstance(setting, int) and setting > 0:
+            return setting
+        raise ValueError('model.pad_denoising_queries must be True, False or a positive int '
+                         f'(denoising queries to pad to), got {setting!r}')
+
+    def forward_decoder(self, query: torch.Tensor, memory: torch.Tensor,
+                        memory_mask: torch.Tensor, reference_points: torch.Tensor,
+                        spatial_shapes: torch.Tensor, level_start_index: torch.Tensor,
+                        valid_ratios: torch.Tensor, dn_mask: Optional[torch.Tensor] = None,
+                        **kwargs) -> Dict:
+        """mmdet's ``DINO.forward_decoder``, with the queries padded to a fixed count in
+        training where ``pad_denoising_queries`` says so (the padding dropped from the
+        outputs)."""
+        total = query.size(1)
+        pad = self._decoder_padding(total, dn_mask)
+        if pad == 0:
+            return super().forward_decoder(query, memory, memory_mask, reference_points,
+                                           spatial_shapes, level_start_index, valid_ratios,
+                                           dn_mask, **kwargs)
+        batch_size = query.size(0)
+        # zero content at the image centre: finite everywhere (their outputs are dropped)
+        query = torch.cat([query, query.new_zeros(batch_size, pad, query.size(2))], 1)
+        reference_points = torch.cat([reference_points, reference_points.new_full(
+            (batch_size, pad, reference_points.size(2)), 0.5)], 1)
+        outputs = super().forward_decoder(query, memory, memory_mask, reference_points,
+                                          spatial_shapes, level_start_index, valid_ratios,
+                                          padded_attention_mask(dn_mask, pad), **kwargs)
+        outputs['hidden_states'] = outputs['hidden_states'][:, :, :total]
+        outputs['references'] = [ref[:, :total] for ref in outputs['references']]
+        return outputs
+
+    def _decoder_padding(self, total: int, dn_mask: Optional[torch.Tensor]) -> int:
+        """Padding queries for a decoder call with ``total`` queries (0: none)."""
+        if self.padded_denoising_queries is None or not self.training or dn_mask is None:
+            return 0
+        num_denoising = total - self.num_queries
+        if num_denoising > self.padded_denoising_queries:
+            if not self._padding_warned:
+                self._padding_warned = True
+                print_log(f'WindowNormalizedDINO: a micro-batch has {num_denoising} denoising '
+                          f'queries, more than pad_denoising_queries pads to '
+                          f'({self.padded_denoising_queries}): such micro-batches run unpadded '
+                          '(a new decoder shape each); warned once', logger='current',
+                          level=logging.WARNING)
+            return 0
+        return self.padded_denoising_queries - num_denoising
 
     @property
     def window_normalized(self) -> bool:
@@ -118,8 +194,10 @@ class WindowNormalizedDINO(DINO):
         zeroed there, as mmdet computes them before its memory transform, with the proposal grid
         from :func:`~tbx11k.models.token_grid.encoder_output_proposals` (no per-level loop, no host
         read). Tensor ops only: ``model.torch_compile`` part 'proposals' compiles it (compiled,
-        the results stay bit-identical; the transform's LayerNorm would not, and the top-k query
-        selection after it turns last-bit differences into other queries)."""
+        the masked memory, which the top-k query selection's scores come from, stays
+        bit-identical, the proposals' coordinates within float32 eps; the transform's LayerNorm
+        would not, and the top-k selection after it turns last-bit differences into other
+        queries)."""
         output_proposals = encoder_output_proposals(memory_mask, spatial_shapes, memory.size(0),
                                                     memory.size(1))
         output_proposals_valid = ((output_proposals > 0.01) & (output_proposals < 0.99)).sum(

@@ -8,7 +8,8 @@ from mmengine.structures import InstanceData
 from mmdet.models.layers import CdnQueryGenerator
 
 from tbx11k.models.dn_attention_mask import (VectorizedDnMaskQueryGenerator,
-                                             denoising_attention_mask, denoising_query_index)
+                                             denoising_attention_mask, denoising_query_index,
+                                             max_denoising_queries, padded_attention_mask)
 from tbx11k.op_count import OpCounter
 
 
@@ -45,6 +46,30 @@ def test_op_count_does_not_grow_with_the_groups():
             counts[name, max_num_target] = sum(counted.ops.values())
     assert counts['ours', 1] == counts['ours', 50] <= 12
     assert counts['stock', 1] > 300  # two slice assignments per group
+
+
+@pytest.mark.parametrize('max_num_target', [0, 1, 3])
+def test_padded_mask_hides_the_padding_and_keeps_the_rest(max_num_target):
+    stock, _ = _generators(5)
+    mask = stock.generate_dn_mask(max_num_target, stock.get_num_groups(max_num_target), 'cpu')
+    total = mask.size(0)
+    padded = padded_attention_mask(mask, 4)
+    assert padded.dtype == torch.bool and padded.shape == (total + 4, total + 4)
+    assert torch.equal(padded[:total, :total], mask)
+    assert padded[:total, total:].all() and padded[total:, :total].all()  # nobody sees them
+    assert torch.equal(padded[total:, total:], ~torch.eye(4, dtype=torch.bool))  # only themselves
+    assert torch.equal(padded_attention_mask(mask, 0), mask)
+
+
+def test_the_most_denoising_queries_dynamic_groups_make():
+    stock, ours = _generators(30)
+    bound = max_denoising_queries(ours)
+    assert bound == max_denoising_queries(stock) == 200
+    counts = {2 * n * stock.get_num_groups(n) for n in range(101)}
+    assert max(counts) == bound and len(counts) > 10  # many shapes without padding
+    static = CdnQueryGenerator(num_classes=3, embed_dims=8, num_matching_queries=30,
+                               group_cfg=dict(dynamic=False, num_groups=5))
+    assert max_denoising_queries(static) is None
 
 
 def test_window_normalized_dino_uses_it():

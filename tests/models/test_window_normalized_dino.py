@@ -1,7 +1,12 @@
-"""WindowNormalizedDINO.parse_losses: mmengine's results in a constant number of ops."""
+"""WindowNormalizedDINO: parse_losses gives mmengine's results in a constant number of ops;
+pad_denoising_queries gives the unpadded losses and gradients with one decoder shape."""
+import logging
+
 import pytest
 import torch
 from mmengine.model import BaseModel
+
+from tbx11k.models import window_normalized_dino
 
 from tbx11k.models.batched_loss_check import build_tiny_dino, random_batch
 from tbx11k.op_count import OpCounter
@@ -75,3 +80,80 @@ def test_mixed_dtypes_as_mmengine(model):
         assert o_loss.dtype == s_loss.dtype == torch.float32 and float(o_loss) == float(s_loss)
         for o, s_ in zip(o_grads, s_grads):
             assert o.dtype == s_.dtype and torch.equal(o, s_)
+
+
+def _losses_and_grads(model, inputs, samples):
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(1)  # the denoising noise
+    loss, log_vars = model.parse_losses(model.loss(inputs, samples))
+    loss.backward()
+    return ({k: float(v) for k, v in log_vars.items()},
+            {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+
+
+def test_padded_denoising_queries_train_as_unpadded(monkeypatch):
+    """pad_denoising_queries: the decoder gets num_queries + the bound whatever the GT counts
+    (no boxes, one image or two with unequal counts), the losses and gradients stay the
+    unpadded ones up to float rounding; beyond an int bound a micro-batch runs unpadded, with
+    one warning; inference is untouched."""
+    plain = build_tiny_dino()
+    padded = build_tiny_dino(pad_denoising_queries=True)
+    padded.load_state_dict(plain.state_dict())
+    bound = 2 * plain.dn_query_generator.num_dn_queries
+    assert padded.padded_denoising_queries == bound
+    seen = []
+    padded.decoder.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs['query'].shape[1]), with_kwargs=True)
+    num_dn = []
+    for boxes in ([0], [3], [2, 5], [0, 4], [7], [1]):
+        inputs, samples = random_batch(boxes)
+        (ref_logs, ref_grads), (logs, grads) = (_losses_and_grads(m, inputs, samples)
+                                                for m in (plain, padded))
+        num_dn.append(plain.dn_query_generator.get_num_groups(max(boxes)) * 2 * max(boxes))
+        assert list(logs) == list(ref_logs)
+        for key, value in ref_logs.items():
+            assert logs[key] == pytest.approx(value, rel=1e-5, abs=1e-7), (boxes, key)
+        assert grads.keys() == ref_grads.keys()
+        for name, grad in ref_grads.items():
+            assert torch.allclose(grads[name], grad, rtol=1e-4,
+                                  atol=1e-6 * float(grad.abs().max()) + 1e-12), (boxes, name)
+    assert len(set(num_dn)) >= 4  # the unpadded decoder saw as many shapes
+    assert seen == [plain.num_queries + bound] * len(num_dn)
+
+    padded.eval()
+    plain.eval()
+    inputs, samples = random_batch([2, 1])
+    with torch.no_grad():
+        for a, b in zip(plain.predict(inputs, samples), padded.predict(inputs, samples)):
+            assert torch.equal(a.pred_instances.bboxes, b.pred_instances.bboxes)
+    assert seen[-1] == plain.num_queries
+
+    small = build_tiny_dino(pad_denoising_queries=30)
+    small.load_state_dict(plain.state_dict())
+    plain.train()
+    seen.clear()
+    small.decoder.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs['query'].shape[1]), with_kwargs=True)
+    logged = []
+    monkeypatch.setattr(window_normalized_dino, 'print_log',
+                        lambda message, **kwargs: logged.append((message, kwargs['level'])))
+    for boxes in ([5], [7], [1]):  # 40, 28 and 40 denoising queries (20 per 2 x targets)
+        inputs, samples = random_batch(boxes)
+        (ref_logs, _), (logs, _) = (_losses_and_grads(m, inputs, samples)
+                                    for m in (plain, small))
+        assert logs['loss'] == pytest.approx(ref_logs['loss'], rel=1e-5)
+    assert seen == [plain.num_queries + 40, plain.num_queries + 30, plain.num_queries + 40]
+    assert len(logged) == 1 and logged[0][1] == logging.WARNING
+    assert 'has 40 denoising queries, more than pad_denoising_queries pads to (30)' \
+        in logged[0][0]
+
+
+def test_pad_denoising_queries_settings():
+    assert build_tiny_dino().padded_denoising_queries is None
+    assert build_tiny_dino(pad_denoising_queries=64).padded_denoising_queries == 64
+    with pytest.raises(ValueError, match='needs dynamic denoising groups'):
+        build_tiny_dino(pad_denoising_queries=True,
+                        dn_cfg=dict(group_cfg=dict(dynamic=False, num_groups=3)))
+    for bad in (0, -5, 'yes', 2.5):
+        with pytest.raises(ValueError, match='must be True, False or a positive int'):
+            build_tiny_dino(pad_denoising_queries=bad)
