@@ -376,7 +376,10 @@ def cudagraph_skips_recorded(result: CaseResult, enabled: bool = True) -> Iterat
         yield
         return
     from torch._dynamo.utils import counters
-    from torch._inductor.cudagraph_utils import cudagraphs_log
+    try:  # where recent torch versions log the reasons (the count is kept in any case)
+        from torch._inductor.cudagraph_utils import cudagraphs_log
+    except ImportError:
+        cudagraphs_log = logging.getLogger('torch._inductor.cudagraph_utils')
     reasons: List[str] = []
 
     class Reasons(logging.Handler):
