@@ -376,10 +376,10 @@ def cudagraph_skips_recorded(result: CaseResult, enabled: bool = True) -> Iterat
         yield
         return
     from torch._dynamo.utils import counters
-    try:  # where recent torch versions log the reasons (the count is kept in any case)
-        from torch._inductor.cudagraph_utils import cudagraphs_log
-    except ImportError:
-        cudagraphs_log = logging.getLogger('torch._inductor.cudagraph_utils')
+    from torch._inductor import cudagraph_utils
+    # where torch logs the reasons: cudagraphs_log (torch 2.11, 2.13), perf_hint_log before
+    reason_log = (getattr(cudagraph_utils, 'cudagraphs_log', None)
+                  or getattr(cudagraph_utils, 'perf_hint_log', None))
     reasons: List[str] = []
 
     class Reasons(logging.Handler):
@@ -390,11 +390,13 @@ def cudagraph_skips_recorded(result: CaseResult, enabled: bool = True) -> Iterat
 
     handler = Reasons(logging.WARNING)
     before = counters['inductor']['cudagraph_skips']
-    cudagraphs_log.addHandler(handler)
+    if reason_log is not None:
+        reason_log.addHandler(handler)
     try:
         yield
     finally:
-        cudagraphs_log.removeHandler(handler)
+        if reason_log is not None:
+            reason_log.removeHandler(handler)
         result.cudagraph_skips = int(counters['inductor']['cudagraph_skips'] - before)
         result.cudagraph_skip_reasons = reasons
 
@@ -701,8 +703,8 @@ VARIANTS: Dict[str, Variant] = {v.name: v for v in [
             'compiled and replayed as CUDA graphs', _torch_compile_cudagraphs, needs_cuda=True,
             extra_warmup=COMPILE_WARMUP),
     Variant('torch_compile_cudagraphs_padded', 'torch_compile_cudagraphs with '
-            'model.pad_denoising_queries=True: one decoder shape (and CUDA graph) per image size '
-            'instead of one per (image size, denoising-query count)',
+            'model.pad_denoising_queries=True: one decoder and head-branch shape (and CUDA graph) '
+            'per image size instead of one per (image size, denoising-query count)',
             _compose(_torch_compile_cudagraphs, _pad_denoising_queries), needs_cuda=True,
             extra_warmup=COMPILE_WARMUP),
     Variant('torch_compile_padded', 'torch_compile with model.pad_denoising_queries=True',
@@ -1108,9 +1110,9 @@ def format_table(report: Dict) -> str:
               f"{_fmt(c.get('steady_img_per_s'), '.3g')} img/s"
               for c in cases if c.get('compiles_in_timed_steps')]
     lines += [f"{c['name']}: {c['cudagraph_skips']} compiled graph(s) ran without CUDA graphs"
-              + (': ' + ' | '.join(c['cudagraph_skip_reasons'])
+              + ('; inductor logged: ' + ' | '.join(c['cudagraph_skip_reasons'])
                  if c.get('cudagraph_skip_reasons') else '')
-              for c in cases if c.get('cudagraph_skips')]
+              for c in cases if c.get('cudagraph_skips') or c.get('cudagraph_skip_reasons')]
     lines += _warmup_losses(cases)
     mem = next((c['peak_mem_kind'] for c in cases if c['peak_mem_kind']), '')
     lines.append(f"config: {report['options']['config']} | device: {env['gpu'] or 'cpu'} | "

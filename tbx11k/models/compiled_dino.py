@@ -305,7 +305,7 @@ def compile_dino(detector: torch.nn.Module, parts: Optional[Sequence[str]] = Non
     module's whole forward. ``compile_kwargs`` go to ``torch.compile`` (default ``dynamic=None``:
     a size that changes between calls, such as the token count under multi-scale training or the
     number of denoising queries, is recompiled once as dynamic; the detector's
-    ``pad_denoising_queries`` keeps the decoder's query count fixed).
+    ``pad_denoising_queries`` keeps the query count of the decoder and the head's branches fixed).
     """
     head = getattr(detector, 'bbox_head', None)
     applies = dict(losses=all(hasattr(head, name) for name in LOSS_METHODS),

@@ -46,13 +46,15 @@ class WindowNormalizedDINO(DINO):
 
     ``pad_denoising_queries`` (default False) pads the decoder's queries in training with queries
     that no other query attends to, up to the most denoising queries there can be (True: ``2 *
-    num_dn_queries`` of the dynamic denoising groups; an int: that many denoising queries), and
-    drops them from the decoder's outputs: the decoder then sees one query count per image size
-    instead of one per (image size, GT count), so ``torch.compile`` does not recompile it for new
-    GT counts and CUDA graphs (``mode='reduce-overhead'``) replay one graph per image size. The
+    num_dn_queries`` of the dynamic denoising groups; an int: that many denoising queries); the
+    head's branches run on them too and a forward hook on the head drops them from its outputs
+    before the losses: decoder and head branches then see one query count per image size instead
+    of one per (image size, GT count), so ``torch.compile`` does not recompile them for new GT
+    counts and CUDA graphs (``mode='reduce-overhead'``) replay one graph per image size. The
     same losses and gradients up to float rounding (the padded rows get exactly zero weight and
-    zero gradient), at the cost of computing the padded rows. A micro-batch with more denoising
-    queries than that runs unpadded (one warning).
+    zero gradient; with decoder dropout > 0 the extra rows would shift the random stream), at
+    the cost of computing the padded rows. A micro-batch with more denoising queries than that
+    runs unpadded (one warning).
 
     ``torch_compile`` (default None: off) compiles backbone, neck, encoder, proposals, decoder,
     the head's branches and losses with ``torch.compile``: True, or a dict of :func:`compile_dino`
@@ -81,6 +83,9 @@ class WindowNormalizedDINO(DINO):
         self._loss_window: Optional[LossWindow] = None
         self.padded_denoising_queries = self._padding_target(pad_denoising_queries)
         self._padding_warned = False
+        self._head_padding = 0  # padding rows in the decoder call whose head forward comes next
+        if self.padded_denoising_queries is not None:
+            self.bbox_head.register_forward_hook(self._drop_head_padding)
         if torch_compile is not None and torch_compile is not False:
             from .compiled_dino import compile_dino, compile_options  # torch._dynamo: on demand
             compile_dino(self, **compile_options(torch_compile))
@@ -109,10 +114,10 @@ class WindowNormalizedDINO(DINO):
                         valid_ratios: torch.Tensor, dn_mask: Optional[torch.Tensor] = None,
                         **kwargs) -> Dict:
         """mmdet's ``DINO.forward_decoder``, with the queries padded to a fixed count in
-        training where ``pad_denoising_queries`` says so (the padding dropped from the
-        outputs)."""
+        training where ``pad_denoising_queries`` says so (the outputs keep the padding: the
+        head's branches run on it, :meth:`_drop_head_padding` drops it from their outputs)."""
         total = query.size(1)
-        pad = self._decoder_padding(total, dn_mask)
+        pad = self._head_padding = self._decoder_padding(total, dn_mask)
         if pad == 0:
             return super().forward_decoder(query, memory, memory_mask, reference_points,
                                            spatial_shapes, level_start_index, valid_ratios,
@@ -122,12 +127,18 @@ class WindowNormalizedDINO(DINO):
         query = torch.cat([query, query.new_zeros(batch_size, pad, query.size(2))], 1)
         reference_points = torch.cat([reference_points, reference_points.new_full(
             (batch_size, pad, reference_points.size(2)), 0.5)], 1)
-        outputs = super().forward_decoder(query, memory, memory_mask, reference_points,
-                                          spatial_shapes, level_start_index, valid_ratios,
-                                          padded_attention_mask(dn_mask, pad), **kwargs)
-        outputs['hidden_states'] = outputs['hidden_states'][:, :, :total]
-        outputs['references'] = [ref[:, :total] for ref in outputs['references']]
-        return outputs
+        return super().forward_decoder(query, memory, memory_mask, reference_points,
+                                       spatial_shapes, level_start_index, valid_ratios,
+                                       padded_attention_mask(dn_mask, pad), **kwargs)
+
+    def _drop_head_padding(self, head: torch.nn.Module, args: tuple,
+                           outputs: Tuple[torch.Tensor, ...]) -> Optional[tuple]:
+        """Forward hook on the head: its outputs (each ``(layers, batch, queries, ...)``) without
+        the padding rows of the decoder call before it, as mmdet's losses expect them."""
+        pad, self._head_padding = self._head_padding, 0
+        if not pad:
+            return None
+        return tuple(out[:, :, :out.size(2) - pad] for out in outputs)
 
     def _decoder_padding(self, total: int, dn_mask: Optional[torch.Tensor]) -> int:
         """Padding queries for a decoder call with ``total`` queries (0: none)."""

@@ -286,19 +286,20 @@ def test_losses_never_under_cuda_graphs(monkeypatch):
         masked_memory_and_proposals=dict(mode='reduce-overhead'))
 
 
-def test_padded_denoising_queries_compile_the_decoder_once():
+def test_padded_denoising_queries_compile_decoder_and_head_once():
     """model.pad_denoising_queries: micro-batches of one image size with other GT counts reuse
-    one static decoder graph (what CUDA graphs replay); unpadded, each denoising-query count is
-    a graph of its own. Dynamo's graphs counted (backend 'eager': no code generation)."""
+    one static graph of the decoder and one of the head's branches (what CUDA graphs replay);
+    unpadded, each denoising-query count is a graph of each. Dynamo's graphs counted (backend
+    'eager': no code generation)."""
     from torch._dynamo.utils import counters
     graphs = {}
     for pad in (False, True):
         torch._dynamo.reset()
         counters.clear()
         model = build_tiny_dino(pad_denoising_queries=pad, torch_compile=dict(
-            parts=['decoder'], backend='eager', dynamic=False))
+            parts=['decoder', 'bbox_head'], backend='eager', dynamic=False))
         for boxes in ([1], [3], [0], [7]):  # 40, 36, 0 and 28 denoising queries
             _losses_and_grads(model, *random_batch(boxes))
         graphs[pad] = counters['stats']['unique_graphs']
     torch._dynamo.reset()
-    assert graphs == {False: 4, True: 1}
+    assert graphs == {False: 8, True: 2}

@@ -1,5 +1,6 @@
 """WindowNormalizedDINO: parse_losses gives mmengine's results in a constant number of ops;
 pad_denoising_queries gives the unpadded losses and gradients with one decoder shape."""
+import copy
 import logging
 
 import pytest
@@ -92,18 +93,20 @@ def _losses_and_grads(model, inputs, samples):
 
 
 def test_padded_denoising_queries_train_as_unpadded(monkeypatch):
-    """pad_denoising_queries: the decoder gets num_queries + the bound whatever the GT counts
-    (no boxes, one image or two with unequal counts), the losses and gradients stay the
-    unpadded ones up to float rounding; beyond an int bound a micro-batch runs unpadded, with
-    one warning; inference is untouched."""
+    """pad_denoising_queries: the decoder and the head's branches get num_queries + the bound
+    whatever the GT counts (no boxes, one image or two with unequal counts), the losses and
+    gradients stay the unpadded ones up to float rounding; beyond an int bound a micro-batch
+    runs unpadded, with one warning; inference is untouched."""
     plain = build_tiny_dino()
     padded = build_tiny_dino(pad_denoising_queries=True)
     padded.load_state_dict(plain.state_dict())
     bound = 2 * plain.dn_query_generator.num_dn_queries
     assert padded.padded_denoising_queries == bound
-    seen = []
+    seen, head_seen = [], []
     padded.decoder.register_forward_pre_hook(
         lambda module, args, kwargs: seen.append(kwargs['query'].shape[1]), with_kwargs=True)
+    padded.bbox_head.register_forward_pre_hook(
+        lambda module, args: head_seen.append(args[0].shape[2]))
     num_dn = []
     for boxes in ([0], [3], [2, 5], [0, 4], [7], [1]):
         inputs, samples = random_batch(boxes)
@@ -118,7 +121,7 @@ def test_padded_denoising_queries_train_as_unpadded(monkeypatch):
             assert torch.allclose(grads[name], grad, rtol=1e-4,
                                   atol=1e-6 * float(grad.abs().max()) + 1e-12), (boxes, name)
     assert len(set(num_dn)) >= 4  # the unpadded decoder saw as many shapes
-    assert seen == [plain.num_queries + bound] * len(num_dn)
+    assert seen == head_seen == [plain.num_queries + bound] * len(num_dn)
 
     padded.eval()
     plain.eval()
@@ -150,7 +153,12 @@ def test_padded_denoising_queries_train_as_unpadded(monkeypatch):
 
 def test_pad_denoising_queries_settings():
     assert build_tiny_dino().padded_denoising_queries is None
+    assert not build_tiny_dino().bbox_head._forward_hooks
+    padded = build_tiny_dino(pad_denoising_queries=True)
+    ema_like = copy.deepcopy(padded)  # mmengine's EMA model: its head hook is its own
+    assert [hook.__self__ for hook in ema_like.bbox_head._forward_hooks.values()] == [ema_like]
     assert build_tiny_dino(pad_denoising_queries=64).padded_denoising_queries == 64
+    assert build_tiny_dino(pad_denoising_queries=1).padded_denoising_queries == 1  # not True
     with pytest.raises(ValueError, match='needs dynamic denoising groups'):
         build_tiny_dino(pad_denoising_queries=True,
                         dn_cfg=dict(group_cfg=dict(dynamic=False, num_groups=3)))
