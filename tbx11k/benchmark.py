@@ -89,8 +89,8 @@ class CaseResult:
     warmup_losses: List[float] = field(default_factory=list)
     profile: Optional[Dict] = None  # kind 'profile': torch.profiler summary per micro-batch
     # model.torch_compile cases: compiled graphs inductor ran without CUDA graphs although the
-    # mode asked for them (its 'cudagraph_skips' counter; on a CPU every graph counts), and the
-    # distinct reasons it logged (on a GPU)
+    # mode asked for them (its 'cudagraph_skips' counter; on a CPU it may count every graph), and
+    # the distinct messages of its CUDA-graph log (skip reasons, warnings such as many sizes)
     cudagraph_skips: int = 0
     cudagraph_skip_reasons: List[str] = field(default_factory=list)
 
@@ -671,6 +671,9 @@ def _compose(*edits):
     return edit
 
 
+#: the switches that leave the numerics alone up to float rounding ('safe_all')
+_safe_all = _compose(_fused, _no_verify, _cudnn_benchmark)
+
 VARIANTS: Dict[str, Variant] = {v.name: v for v in [
     Variant('fused_adamw', "optim_wrapper.constructor='CUDAFusedOptimWrapperConstructor' "
             '(AdamW fused=True)', _fused, needs_cuda=True),
@@ -718,16 +721,16 @@ VARIANTS: Dict[str, Variant] = {v.name: v for v in [
             '--infer-batch-size)', _torch_compile, kind='infer',
             extra_warmup=COMPILE_WARMUP),
     Variant('safe_all_compiled', 'safe_all + torch_compile',
-            _compose(_fused, _no_verify, _cudnn_benchmark, _torch_compile), needs_cuda=True,
+            _compose(_safe_all, _torch_compile), needs_cuda=True,
             extra_warmup=COMPILE_WARMUP),
     Variant('safe_all_cudagraphs_padded', 'safe_all + torch_compile_cudagraphs_padded: the '
             'candidate for the 1-GPU config if compiling pays',
-            _compose(_fused, _no_verify, _cudnn_benchmark, _torch_compile_cudagraphs,
-                     _pad_denoising_queries), needs_cuda=True, extra_warmup=COMPILE_WARMUP),
+            _compose(_safe_all, _torch_compile_cudagraphs, _pad_denoising_queries),
+            needs_cuda=True, extra_warmup=COMPILE_WARMUP),
     Variant('safe_all', 'fused_adamw + no_verify_loss_counts + cudnn_benchmark',
-            _compose(_fused, _no_verify, _cudnn_benchmark), needs_cuda=True),
+            _safe_all, needs_cuda=True),
     Variant('safe_all_bf16', 'safe_all + amp_bf16',
-            _compose(_fused, _no_verify, _cudnn_benchmark), amp='bfloat16',
+            _safe_all, amp='bfloat16',
             needs_cuda=True),
 ]}
 

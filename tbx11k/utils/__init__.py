@@ -7,6 +7,5 @@ from .log_level import current_logger_level
 from .torch_load_compat import load_local_checkpoint
 
 __all__ = ['AtomicLocalBackend', 'atomic_write_bytes', 'atomic_write_text', 'check_amp_device',
-           'check_data_root', 'check_num_classes', 'current_logger_level', 'merge_cli_options', 'metric_configs',
-           'set_data_root',
-           'init_cpu_process_group', 'load_local_checkpoint']
+           'check_data_root', 'check_num_classes', 'current_logger_level', 'merge_cli_options',
+           'metric_configs', 'set_data_root', 'init_cpu_process_group', 'load_local_checkpoint']
