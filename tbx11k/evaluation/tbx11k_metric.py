@@ -39,7 +39,10 @@ FROC_RULE = ('FROC rule: category-agnostic, ALL images. Per image, '
              'hits / GT boxes at the lowest score threshold whose false '
              'positives / images <= F (no interpolation); FROC_mean is the '
              'mean over the 7 points. Every prediction is used (no maxDets '
-             'cap).')
+             'cap). iscrowd=1 boxes are ignored regions (as in COCOeval): '
+             'not counted as GT boxes, and a prediction that is not a hit '
+             'but has IoU >= {iou:g} with one is left out (neither hit nor '
+             'false positive).')
 
 
 def _get(obj, key):
@@ -62,6 +65,21 @@ def _np(x) -> np.ndarray:
     if hasattr(x, 'detach'):
         x = x.detach().cpu().numpy()
     return np.asarray(x)
+
+
+def _crowd_ignored(pred_img: np.ndarray, pred_boxes: np.ndarray,
+                   hit: np.ndarray, crowd_img: np.ndarray,
+                   crowd_boxes: np.ndarray, iou_thr: float) -> np.ndarray:
+    """Predictions to leave out of the FROC: not a hit, and IoU >=
+    ``iou_thr`` with an ``iscrowd=1`` box of their image (any number of
+    predictions may fall on one crowd region, as in COCOeval)."""
+    ign = np.zeros(pred_img.shape[0], dtype=bool)
+    for i in np.unique(crowd_img):
+        p = np.flatnonzero((pred_img == i) & ~hit)
+        if p.size:
+            iou = F.box_iou_xyxy(pred_boxes[p], crowd_boxes[crowd_img == i])
+            ign[p] = (iou >= iou_thr).any(axis=1)
+    return ign
 
 
 def short_name(name: str) -> str:
@@ -111,6 +129,9 @@ class TBX11KMetric(BaseMetric):
       IoU, as in COCO matching), otherwise a false positive; the
       sensitivity at F is the one at the lowest score threshold with
       FP/image <= F, no interpolation; every prediction is used.
+      ``iscrowd=1`` boxes are ignored regions, as in COCOeval: they are not
+      lesions to find, and a prediction that hits no lesion but has IoU >=
+      0.5 with a crowd box is neither a hit nor a false positive.
     * ``AUC``, ``sensitivity``, ``specificity``, ``accuracy``,
       ``cls_threshold``: image-level TB vs non-TB (TB = >= 1 TB box in the
       GT; healthy and sick-non-TB cannot be told apart from boxes, both are
@@ -293,6 +314,7 @@ class TBX11KMetric(BaseMetric):
     # ground truth and predictions
     # ------------------------------------------------------------------
     def _gt_index(self) -> dict:
+        """GT arrays; ``ann_crowd`` flags the ``iscrowd=1`` boxes."""
         if self._gt is not None:
             return self._gt
         d = self._gt_json
@@ -303,6 +325,8 @@ class TBX11KMetric(BaseMetric):
             raise ValueError(f'duplicate image ids in {self.ann_file}')
         ann_img = np.array([a['image_id'] for a in anns], dtype=np.int64)
         ann_cat = np.array([a['category_id'] for a in anns], dtype=np.int64)
+        ann_crowd = np.array([bool(a.get('iscrowd', 0)) for a in anns],
+                             dtype=bool)
         xywh = np.array([a['bbox'] for a in anns],
                         dtype=np.float64).reshape(-1, 4)
         ann_xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]],
@@ -316,6 +340,7 @@ class TBX11KMetric(BaseMetric):
             ann_img=ann_img,
             ann_img_pos=sorter[pos] if ann_img.size else pos,
             ann_cat=ann_cat,
+            ann_crowd=ann_crowd,
             ann_xyxy=ann_xyxy,
             categories=d.get('categories', []),
             coco=None,
@@ -504,12 +529,18 @@ class TBX11KMetric(BaseMetric):
                     F.ap_from_precision(p, iou_thrs, iou)
 
         # --- FROC (all predictions, agnostic, ALL images) ---------------
-        n_gt = int(gt['ann_img'].size)
+        # iscrowd=1 boxes are ignored regions, as in COCOeval
+        crowd = gt['ann_crowd']
+        n_gt = int((~crowd).sum())
+        n_crowd = int(crowd.sum())
         hit = F.greedy_match(preds['img_ids'], preds['boxes'],
-                             preds['scores'], gt['ann_img'], gt['ann_xyxy'],
-                             self.froc_iou_thr)
-        froc_fppi, froc_sens, _ = F.froc_curve(preds['scores'], hit, n_gt,
-                                               n_img)
+                             preds['scores'], gt['ann_img'][~crowd],
+                             gt['ann_xyxy'][~crowd], self.froc_iou_thr)
+        used = ~_crowd_ignored(preds['img_ids'], preds['boxes'], hit,
+                               gt['ann_img'][crowd], gt['ann_xyxy'][crowd],
+                               self.froc_iou_thr)
+        froc_fppi, froc_sens, _ = F.froc_curve(preds['scores'][used],
+                                               hit[used], n_gt, n_img)
         if n_gt:
             sens = F.froc_at(froc_fppi, froc_sens)
             froc_mean = float(np.mean(sens))
@@ -539,10 +570,16 @@ class TBX11KMetric(BaseMetric):
 
         # --- report -------------------------------------------------------
         n_box = {
-            short: int(np.sum(gt['ann_cat'] == cid))
+            short: int(np.sum((gt['ann_cat'] == cid) & ~crowd))
             for short, cid in zip(class_keys, cat_ids)
         }
         n_box['TB (all categories)'] = n_gt
+        if n_crowd:
+            notes.append(
+                f'{n_crowd} GT boxes have iscrowd=1 (not in the GT box '
+                'counts): ignored regions for the COCO AP and the FROC '
+                f'({int((~used).sum())} predictions on them left out of the '
+                'FROC); their images still count as TB images.')
         for short, cid in zip(class_keys, cat_ids):
             if n_box[short] == 0:
                 notes.append(f'{short} has no GT box in this split: its AP '
@@ -573,6 +610,7 @@ class TBX11KMetric(BaseMetric):
             num_tb_images=len(tb_ids),
             num_predictions=int(preds['scores'].size),
             num_gt_boxes=n_box,
+            num_crowd_boxes=n_crowd,
             max_dets=self.max_dets,
             step=step,
             time=datetime.datetime.now().isoformat(timespec='seconds'),

@@ -581,6 +581,59 @@ def test_boxes_without_iscrowd_evaluate_as_iscrowd_0(tmp_path):
     assert res['tbx11k/TB_AP50_all'] > 0
 
 
+def test_froc_ignores_crowd_boxes_as_cocoeval(tmp_path):
+    """iscrowd=1 boxes are ignored regions (as in COCOeval): not lesions to
+    find, and a prediction on one that hits no lesion is neither a hit nor
+    a false positive. A crowd-only image stays a TB image."""
+    # image 1: lesion G1 + crowd C1; image 2: crowd C2, C3 only; image 3: none
+    ann = write_gt(tmp_path / 'gt.json', [1, 2, 3], [
+        (1, 1, [0, 0, 100, 100]),
+        (1, 1, [200, 200, 100, 100]),
+        (2, 1, [0, 0, 100, 100]),
+        (2, 1, [300, 300, 50, 50]),
+    ])
+    data = json.load(open(ann))
+    for a in data['annotations'][1:]:
+        a['iscrowd'] = 1
+    json.dump(data, open(ann, 'w'))
+    samples = [
+        sample(
+            1,
+            [
+                [200, 200, 300, 300],  # 0.9 on C1: ignored
+                [0, 0, 100, 100],  # 0.6 hits G1
+            ],
+            [0.9, 0.6],
+            [0, 0]),
+        sample(2, [[0, 0, 100, 80]], [0.8], [0]),  # IoU .8 with C2: ignored
+        sample(3, [[0, 0, 50, 50]], [0.5], [0]),  # FP
+    ]
+    # by score (ignored left out): .6 TP, .5 FP; (FP/img, sens) (0,1)
+    # (1/3,1). Counting the crowd boxes gives sens <= 1/4 at every F;
+    # counting the predictions on them as FPs gives 0 at F < 1 (mean 4/7).
+    out = tmp_path / 'report'
+    res, _ = run(ann, samples, out_dir=str(out), save_plots=False)
+    for r in (0.125, 0.25, 0.5, 1, 2, 4, 8):
+        assert res[f'tbx11k/FROC@{r:g}'] == pytest.approx(1.0), r
+    assert res['tbx11k/FROC_mean'] == pytest.approx(1.0)
+    dets = [
+        dict(image_id=i, category_id=1, bbox=[x0, y0, x1 - x0, y1 - y0],
+             score=s) for i, (x0, y0, x1, y1), s in [
+                 (1, (200, 200, 300, 300), .9), (1, (0, 0, 100, 100), .6),
+                 (2, (0, 0, 100, 80), .8), (3, (0, 0, 50, 50), .5)
+             ]
+    ]
+    ap = cocoeval_stats(ann, dets, [1])
+    assert res['tbx11k/ActiveTB_AP50_all'] == pytest.approx(ap[1])
+    assert res['tbx11k/TB_AP_all'] == pytest.approx(ap[0])
+    rep = json.load(open(out / 'metrics.json'))
+    assert rep['num_gt_boxes']['TB (all categories)'] == 1
+    assert rep['num_gt_boxes']['ActiveTB'] == 1
+    assert rep['num_crowd_boxes'] == 3
+    assert rep['num_tb_images'] == 2
+    assert rep['classification']['num_tb_images'] == 2
+
+
 def test_unlabelled_json_is_refused_unless_format_only(tmp_path):
     ann = write_gt(tmp_path / 'test.json', [1, 2], [], with_annotations=False)
     with pytest.raises(ValueError) as exc:
