@@ -102,8 +102,15 @@ def build_config(args: argparse.Namespace) -> Config:
             raise SystemExit('error: --auto-scale-lr needs auto_scale_lr.base_batch_size in the '
                              'config')
         cfg.auto_scale_lr.enable = True
+    load_from = cfg.get('load_from')
+    if load_from and '://' not in load_from and not osp.isfile(load_from):
+        raise SystemExit(f'error: load_from={load_from}: no such checkpoint file')
     if args.resume == 'auto':
         cfg.resume = True
+        # mmdet drops load_from here, and tools/slurm_train.sh always passes --resume: a
+        # fine-tuning run submitted to Slurm trained from scratch. The weights are loaded when
+        # the work dir has nothing to resume yet (TBX11KRunner.load_or_resume).
+        cfg.load_from_if_nothing_to_resume = load_from
         cfg.load_from = None
     elif args.resume is not None:
         if '://' not in args.resume and not osp.isfile(args.resume):

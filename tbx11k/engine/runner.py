@@ -42,7 +42,9 @@ class TBX11KRunner(Runner):
       logic runs on CPU machines (tests, CI).
     - Auto-resume takes a checkpoint completed after ``last_checkpoint`` was written, and falls
       back to the newest training checkpoint when ``last_checkpoint`` is bad
-      (:func:`~tbx11k.engine.hooks.atomic_checkpoint.find_resumable_checkpoint`).
+      (:func:`~tbx11k.engine.hooks.atomic_checkpoint.find_resumable_checkpoint`); with nothing
+      to resume it loads ``load_from`` (kept by tools/train.py as
+      ``load_from_if_nothing_to_resume``: mmdet's ``--resume`` drops it).
     - The config text stored in every checkpoint is formatted once, not per save.
     """
 
@@ -81,7 +83,13 @@ class TBX11KRunner(Runner):
                      if is_main_process() else None]
             if is_distributed():
                 broadcast_object_list(found)
-            if found[0] is None:
+            initial_weights = self.cfg.get('load_from_if_nothing_to_resume')
+            if found[0] is None and initial_weights:
+                self.logger.info(f'No checkpoint to resume in {self.work_dir}: starting from '
+                                 f'the weights of load_from={initial_weights}')
+                self._resume = False
+                self._load_from = initial_weights
+            elif found[0] is None:
                 self.logger.info(f'No checkpoint to resume in {self.work_dir}: training from '
                                  'scratch')
                 self._resume = False

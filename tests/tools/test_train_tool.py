@@ -177,6 +177,34 @@ def test_resume_from_a_missing_file_is_refused_with_a_message(tmp_path):
         tool.build_config(tool.parse_args([TINY_1GPU, '--resume', missing]))
 
 
+def test_resume_without_a_checkpoint_starts_from_load_from(trained, tmp_path, training_root):
+    """mmdet's --resume drops load_from, and tools/slurm_train.sh always passes --resume: a
+    fine-tuning run submitted to Slurm trained from scratch, without a word."""
+    work_dir, _ = trained
+    weights = str(work_dir / 'epoch_1.pth')
+    options = dict(OPTIONS, **{'train_cfg.max_epochs': 1, 'load_from': weights})
+    proc = run(train_command(TINY_1GPU, str(tmp_path), 1, training_root, options, ['--resume']))
+    log = proc.stdout + proc.stderr
+    assert f'starting from the weights of load_from={weights}' in log
+    assert f'Load checkpoint from {weights}' in log
+    assert 'training from scratch' not in log
+    # a second session resumes its own checkpoint, not load_from
+    proc = run(train_command(TINY_1GPU, str(tmp_path), 1, training_root, options, ['--resume']),
+               check=False)
+    assert proc.returncode == EXIT_NOTHING_TO_TRAIN
+    assert 'Nothing to train: the run is at epoch 1, optimizer step 7' in proc.stdout + proc.stderr
+
+
+def test_missing_load_from_is_refused_with_a_message(tmp_path):
+    """It failed after the model and data were built, with a bare FileNotFoundError."""
+    tool = load_tool('train')
+    missing = str(tmp_path / 'nope.pth')
+    for flags in ([], ['--resume']):
+        with pytest.raises(SystemExit, match=f'load_from={missing}: no such checkpoint file'):
+            tool.build_config(tool.parse_args([TINY_1GPU, *flags, '--cfg-options',
+                                               f'load_from={missing}']))
+
+
 def test_dataset_classes_must_match_num_classes(tmp_path):
     """3 dataset classes on the 2-class model crashed in DINO's denoising label embedding
     (IndexError) at the first PulmonaryTuberculosis box, or trained silently without one."""
