@@ -22,6 +22,7 @@ JSON written by :func:`write_detections` (and read back by :func:`load_detection
 ``classes``; detections are sorted by decreasing score.
 """
 import json
+import logging
 import os
 import os.path as osp
 from dataclasses import dataclass
@@ -315,12 +316,31 @@ def load_detections(path: str) -> Dict:
 
 
 # ---- the whole tool ----------------------------------------------------------------------------
+def warn_about_deep_images(images: Sequence[Tuple[str, str]]) -> List[str]:
+    """Warn once about input images of more than 8 bits per sample (mmcv loads them nearly
+    black); returns their paths. Files whose header cannot be read are left to the loader."""
+    from mmengine.logging import print_log
+
+    from ..datasets.validation import TBX11KDataError, deep_images_warning, read_image_header
+    deep = []
+    for path, _ in images:
+        try:
+            if read_image_header(path).bits_per_sample > 8:
+                deep.append(path)
+        except TBX11KDataError:
+            continue
+    if deep:
+        print_log(deep_images_warning('infer', deep), logger='current', level=logging.WARNING)
+    return deep
+
+
 def run_inference(detector: Detector, images: Sequence[Tuple[str, str]], out_dir: str,
                   score_thr: float = 0.3, draw: bool = True, progress: bool = False) -> Dict:
     """Predict on ``images`` ((path, name) pairs from :func:`collect_images`), draw the detections
     scoring >= ``score_thr`` onto ``OUT/vis/<name>.png`` and write ``OUT/detections.json``.
     Returns the json's content."""
     import cv2
+    warn_about_deep_images(images)
     records = []
     bar = None
     if progress:

@@ -10,7 +10,7 @@ from mmdet.datasets import CocoDataset
 from mmdet.registry import DATASETS
 from .seeded import SeededSampleMixin
 from .validation import (BBOX_TOLERANCE, MIN_BOX_SIZE, TBX11KDataError,
-                         read_image_header, read_json, summarize_ids,
+                         deep_images_warning, read_image_header, read_json, summarize_ids,
                          validate_coco)
 
 ACTIVE_TB = 'ActiveTuberculosis'
@@ -232,14 +232,8 @@ class TBX11KDataset(SeededSampleMixin, CocoDataset):
         self._log_load_stats(val, crowd_ids)
         self._warn_extra_images(data_list)
         if deep_images:
-            print_log(
-                f'TBX11KDataset {src}: {len(deep_images)} images have more '
-                f'than 8 bits per sample (e.g. {deep_images[0]}): mmcv loads '
-                'them as 8-bit by dividing by 256, so a 12-bit film stored in '
-                '16 bits loads nearly black. Convert them to 8-bit, scaled to '
-                'their own value range, before training or testing.',
-                logger='current',
-                level=logging.WARNING)
+            print_log(deep_images_warning(f'TBX11KDataset {src}', deep_images),
+                      logger='current', level=logging.WARNING)
         return data_list
 
     def _check_image_header(self, img: dict) -> int:

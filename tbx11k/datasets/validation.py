@@ -21,7 +21,7 @@ import os.path as osp
 import stat
 from dataclasses import dataclass, field
 from numbers import Real
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 #: Largest distance (pixels) a box may reach outside the image before it is
 #: an error rather than clipped.
@@ -279,6 +279,14 @@ def read_image_header(path: str,
     if mode.startswith('I;16') or mode in ('I', 'F'):
         bits = 16 if mode.startswith('I;16') else 32
     return ImageHeader(width=width, height=height, bits_per_sample=bits)
+
+
+def deep_images_warning(where: str, deep_images: Sequence[str]) -> str:
+    """The warning for images of more than 8 bits per sample (dataset, check tool, infer)."""
+    return (f'{where}: {len(deep_images)} images have more than 8 bits per sample (e.g. '
+            f'{deep_images[0]}): mmcv loads them as 8-bit by dividing by 256, so a 12-bit film '
+            'stored in 16 bits loads nearly black. Convert them to 8-bit, scaled to their own '
+            'value range, before training or testing.')
 
 
 def validate_coco(data: Any,

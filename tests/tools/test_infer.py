@@ -189,3 +189,18 @@ def test_unreadable_image_is_named(tmp_path):
 
     with pytest.raises(OSError, match=r'broken.png: not a readable image'):
         run_inference(LoaderAsserts(), [(str(broken), 'broken.png')], str(tmp_path / 'out'))
+
+
+def test_images_deeper_than_8_bits_are_warned_about(tmp_path, capsys):
+    """infer ran silently on 16-bit films, which mmcv loads nearly black (the dataset warns)."""
+    from mmengine.logging import MMLogger
+    from tbx11k.apis.inference import warn_about_deep_images
+    deep, plain = str(tmp_path / 'deep.png'), str(tmp_path / 'plain.png')
+    cv2.imwrite(deep, np.full((16, 16), 3000, np.uint16))
+    cv2.imwrite(plain, np.full((16, 16), 200, np.uint8))
+    MMLogger.get_instance('tbx11k_infer_test')  # print_log's 'current' logger
+    assert warn_about_deep_images([(plain, 'plain.png')]) == []
+    assert 'bits per sample' not in capsys.readouterr().out
+    assert warn_about_deep_images([(plain, 'plain.png'), (deep, 'deep.png')]) == [deep]
+    assert f'infer: 1 images have more than 8 bits per sample (e.g. {deep})' in \
+        capsys.readouterr().out
