@@ -26,7 +26,7 @@ from mmengine.runner import Runner  # noqa: E402
 
 from tbx11k.apis.inference import read_checkpoint, select_weights  # noqa: E402
 from tbx11k.utils import (check_data_root, check_num_classes, merge_cli_options,  # noqa: E402
-                          metric_configs)
+                          metric_configs, read_config)
 from tbx11k.utils.dist import close_process_group  # noqa: E402
 
 
@@ -134,7 +134,7 @@ def add_tta(cfg: Config) -> Config:
 
 
 def build_config(args: argparse.Namespace) -> Config:
-    cfg = Config.fromfile(args.config)
+    cfg = read_config(args.config)
     cfg.launcher = args.launcher
     merge_cli_options(cfg, args.cfg_options, args.data_root)
     metrics = metric_configs(cfg.get('test_evaluator'))

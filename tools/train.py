@@ -57,7 +57,7 @@ from tbx11k.engine.exit_codes import (EXIT_DIVERGED, EXIT_INCOMPATIBLE_CHECKPOIN
                                       EXIT_NOTHING_TO_TRAIN, EXIT_WRONG_LAYOUT)
 from tbx11k.engine.stopping import NonFiniteTraining, stop_request  # noqa: E402
 from tbx11k.utils import (check_amp_device, check_data_root, check_num_classes,  # noqa: E402
-                          merge_cli_options)
+                          merge_cli_options, read_config)
 from tbx11k.utils.dist import close_process_group  # noqa: E402
 
 
@@ -86,7 +86,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def build_config(args: argparse.Namespace) -> Config:
-    cfg = Config.fromfile(args.config)
+    cfg = read_config(args.config)
     cfg.launcher = args.launcher
     merge_cli_options(cfg, args.cfg_options, args.data_root)
     if args.work_dir is not None:

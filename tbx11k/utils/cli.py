@@ -67,6 +67,20 @@ def _loader_ann_file(cfg: Config, split: str) -> Optional[str]:
     return osp.join(dataset.get('data_root') or '', dataset['ann_file'])
 
 
+def read_config(path: str) -> Config:
+    """``Config.fromfile`` with a one-line error for a config that is not a file or does not
+    parse (tools/train.py, tools/test.py)."""
+    if not osp.isfile(path):
+        what = 'is a folder, not a config file' if osp.isdir(path) else 'does not exist'
+        raise SystemExit(f'error: config {path!r} {what} (the configs are in configs/, e.g. '
+                         'configs/dino_tbx11k_1gpu.py)')
+    try:
+        return Config.fromfile(path)
+    except (SyntaxError, FileNotFoundError, KeyError, NameError, ImportError) as error:
+        raise SystemExit(f'error: cannot read config {path!r}: {type(error).__name__}: '
+                         f'{error}') from error
+
+
 def merge_cli_options(cfg: Config, cfg_options: Optional[dict], data_root: Optional[str]) -> None:
     """Apply ``--data-root`` and ``--cfg-options`` (tools/train.py, tools/test.py).
 

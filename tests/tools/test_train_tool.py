@@ -205,6 +205,22 @@ def test_missing_load_from_is_refused_with_a_message(tmp_path):
                                                f'load_from={missing}']))
 
 
+@pytest.mark.parametrize('tool_name', ['train', 'test'])
+def test_config_that_is_not_there_or_does_not_parse_is_named(tool_name, tmp_path):
+    """A wrong config path gave a bare FileNotFoundError traceback."""
+    tool = load_tool(tool_name)
+    extra = [] if tool_name == 'train' else [str(tmp_path / 'x.pth')]
+    broken = tmp_path / 'broken.py'
+    broken.write_text("_base_ = ['missing_base.py']\n")
+    syntax = tmp_path / 'syntax.py'
+    syntax.write_text('model = dict(\n')
+    for path, says in ((tmp_path / 'nope.py', 'does not exist'),
+                       (tmp_path, 'is a folder, not a config file'),
+                       (broken, 'cannot read config'), (syntax, 'cannot read config')):
+        with pytest.raises(SystemExit, match=f'error: .*{says}'):
+            tool.build_config(tool.parse_args([str(path), *extra]))
+
+
 def test_dataset_classes_must_match_num_classes(tmp_path):
     """3 dataset classes on the 2-class model crashed in DINO's denoising label embedding
     (IndexError) at the first PulmonaryTuberculosis box, or trained silently without one."""
