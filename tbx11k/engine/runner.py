@@ -41,7 +41,7 @@ class TBX11KRunner(Runner):
     - Without CUDA, distributed runs use gloo and DDP without ``device_ids``, so the 2-process
       logic runs on CPU machines (tests, CI).
     - Auto-resume takes a checkpoint completed after ``last_checkpoint`` was written, and falls
-      back to the newest training checkpoint when ``last_checkpoint`` is bad
+      back to the training checkpoint furthest into training when ``last_checkpoint`` is bad
       (:func:`~tbx11k.engine.hooks.atomic_checkpoint.find_resumable_checkpoint`); with nothing
       to resume it loads ``load_from`` (kept by tools/train.py as
       ``load_from_if_nothing_to_resume``: mmdet's ``--resume`` drops it).
@@ -75,7 +75,7 @@ class TBX11KRunner(Runner):
 
         Stock mmengine resumes whatever ``last_checkpoint`` names; here rank 0 picks the
         checkpoint with :func:`find_resumable_checkpoint` (a newer completed checkpoint than the
-        pointer's, or the newest training checkpoint when the pointer is bad, with a warning) and
+        pointer's, or the one furthest into training when the pointer is bad, with a warning) and
         broadcasts it to all ranks.
         """
         if self._resume and self._load_from is None and not self._has_loaded:

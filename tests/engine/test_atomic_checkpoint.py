@@ -81,7 +81,7 @@ def test_resume_falls_back_to_the_newest_loadable_checkpoint(tmp_path, pointer):
     warnings = []
     assert find_resumable_checkpoint(str(tmp_path), warn=warnings.append) == str(
         tmp_path / 'iter_2.pth')
-    assert warnings and 'iter_2.pth instead' in warnings[-1]
+    assert warnings and 'iter 2), ' + str(tmp_path / 'iter_2.pth') + ' instead' in warnings[-1]
     assert any('raw_weights.pth: it holds weights only' in w for w in warnings)
     last.write_text(str(tmp_path / 'iter_1.pth'))  # a good pointer is taken as it is
     assert find_resumable_checkpoint(str(tmp_path), warn=warnings.append) == str(
@@ -184,3 +184,20 @@ def test_save_best_key_left_out_of_an_evaluation_is_skipped(tmp_path):
     hook.after_val_epoch(runner, {'tbx11k/TB_AP_all': 0.25})
     assert [f for f in os.listdir(tmp_path) if f.startswith('best_')] == [
         'best_tbx11k_TB_AP_all_epoch_1.pth']
+
+
+@pytest.mark.parametrize('pointer', ['good', 'dangling'])
+def test_a_checkpoint_behind_the_furthest_is_not_resumed_for_being_newer(tmp_path, pointer):
+    """Auto-resume went back to epoch 1 when epoch_1.pth was touched after the pointer, or when a
+    work dir copied from another cluster (pointer naming the old path) had it newest by time."""
+    _save(str(tmp_path / 'epoch_2.pth'), 12)
+    _save(str(tmp_path / 'epoch_1.pth'), 6)
+    last = tmp_path / 'last_checkpoint'
+    last.write_text(str(tmp_path / 'epoch_2.pth') if pointer == 'good'
+                    else '/old/cluster/work_dir/epoch_2.pth')
+    for name, mtime in (('epoch_2.pth', 1), ('last_checkpoint', 2), ('epoch_1.pth', 3)):
+        os.utime(tmp_path / name, (mtime, mtime))
+    warnings = []
+    assert find_resumable_checkpoint(str(tmp_path), warn=warnings.append) == str(
+        tmp_path / 'epoch_2.pth')
+    assert 'epoch_1.pth' in warnings[-1] if pointer == 'good' else 'iter 12' in warnings[-1]

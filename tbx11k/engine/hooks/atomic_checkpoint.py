@@ -20,7 +20,7 @@
 import glob
 import os
 import os.path as osp
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 import torch
 from mmengine.dist import is_main_process
@@ -37,8 +37,9 @@ PREEMPTION_CHECKPOINTS = 'preemption_checkpoints'
 LAST_CHECKPOINT = 'last_checkpoint'
 
 
-def _training_checkpoint_problem(path: str) -> Optional[str]:
-    """None if ``path`` can be resumed (see :func:`not_resumable`), else why not.
+def _checkpoint_status(path: str) -> Tuple[Optional[str], int]:
+    """``(None, meta['iter'])`` if ``path`` can be resumed (see :func:`not_resumable`), else
+    ``(why not, -1)``.
 
     Weights-only files (``tools/test.py``'s ``raw_weights.pth``, ``convert_coco_checkpoint.py``
     output put into the work dir) are never auto-resumed. The file's tensors are mmapped."""
@@ -50,9 +51,11 @@ def _training_checkpoint_problem(path: str) -> Optional[str]:
                 raise
             ckpt = torch.load(path, map_location='cpu', weights_only=False)
     except Exception:  # truncated, empty, not a checkpoint: all mean "cannot resume from it"
-        return 'it cannot be loaded (truncated or corrupt)'
+        return 'it cannot be loaded (truncated or corrupt)', -1
     problem = not_resumable(ckpt, path)
-    return None if problem is None else f'it {problem}'
+    if problem is not None:
+        return f'it {problem}', -1
+    return None, int((ckpt.get('meta') or {}).get('iter') or 0)
 
 
 def _resumable_candidates(work_dir: str, exclude: Optional[str] = None,
@@ -71,11 +74,13 @@ def find_resumable_checkpoint(work_dir: str,
     """The checkpoint to auto-resume from, or None to train from scratch.
 
     ``work_dir/last_checkpoint`` names it. Checkpoints are completed before the pointer is
-    updated, so a training checkpoint modified after the pointer file means the run was killed
-    between the two: the newest such file is taken (nothing saved is lost). If the pointer is
-    missing, empty, or names a missing or unloadable file, the newest (by modification time)
-    training checkpoint of ``work_dir`` is taken instead. Only files a Runner wrote are candidates:
-    ``best_*`` checkpoints (no optimizer state) and weights-only files are skipped.
+    updated, so a training checkpoint modified after the pointer file, and at least as far into
+    training, means the run was killed between the two: the newest such file is taken (nothing
+    saved is lost). If the pointer is missing, empty, or names a missing or unloadable file (a
+    work dir copied from another cluster names the old paths), the loadable training checkpoint
+    of ``work_dir`` furthest into training (``meta['iter']``, then the newest) is taken instead:
+    modification times alone can go back (``cp -r``, ``touch``). Only files a Runner wrote are
+    candidates: ``best_*`` checkpoints (no optimizer state) and weights-only files are skipped.
     """
     warn = warn or (lambda msg: print_log(msg, logger='current', level=30))
     pointer = osp.join(work_dir, LAST_CHECKPOINT)
@@ -87,25 +92,34 @@ def find_resumable_checkpoint(work_dir: str,
             problem = f'{pointer} is empty'
         elif not osp.isfile(named):
             problem = f'{pointer} names {named}, which does not exist'
-        elif (not_resumable := _training_checkpoint_problem(named)) is not None:
-            problem = f'{pointer} names {named}: {not_resumable}'
+        elif (status := _checkpoint_status(named))[0] is not None:
+            problem = f'{pointer} names {named}: {status[0]}'
         else:
             for path in _resumable_candidates(work_dir, named, osp.getmtime(pointer)):
-                if _training_checkpoint_problem(path) is None:
+                not_resumable, steps = _checkpoint_status(path)
+                if not_resumable is None and steps >= status[1]:
                     warn(f'{pointer} names {named}, but {path} was completed after it was '
                          'written (the run was killed before it could update the pointer): '
                          f'resuming from {path}')
                     return path
+                if not_resumable is None:
+                    warn(f'{path} is newer than {pointer} but behind {named} (iter {steps} < '
+                         f'{status[1]}): not resumed')
             return named
     else:
         problem = f'there is no {pointer}'
+    best, best_steps = None, -1
     candidates = _resumable_candidates(work_dir, named)
-    for path in candidates:
-        not_resumable = _training_checkpoint_problem(path)
-        if not_resumable is None:
-            warn(f'{problem}: resuming from the newest loadable checkpoint {path} instead')
-            return path
-        warn(f'skipping {path}: {not_resumable}')
+    for path in candidates:  # newest first: a tie goes to the newest
+        not_resumable, steps = _checkpoint_status(path)
+        if not_resumable is not None:
+            warn(f'skipping {path}: {not_resumable}')
+        elif steps > best_steps:
+            best, best_steps = path, steps
+    if best is not None:
+        warn(f'{problem}: resuming from the loadable checkpoint furthest into training (iter '
+             f'{best_steps}), {best} instead')
+        return best
     if named is not None or candidates:
         warn(f'{problem} and {work_dir} has no other training checkpoint that loads: training '
              'from scratch')
