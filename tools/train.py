@@ -85,6 +85,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def refuse_unloadable_checkpoint(path: str, what: str) -> None:
+    """Exit with a one-line error when the local checkpoint ``path`` is missing or does not load
+    (empty, truncated, not a torch file); mmengine would fail later with a bare traceback. The
+    tensors are mmapped, not read."""
+    import torch
+    if not osp.isfile(path):
+        raise SystemExit(f'error: {what}: no such checkpoint file')
+    try:
+        try:
+            torch.load(path, map_location='cpu', weights_only=False, mmap=True)
+        except RuntimeError as error:  # the legacy (non-zip) format cannot be mmapped
+            if 'mmap' not in str(error):
+                raise
+            torch.load(path, map_location='cpu', weights_only=False)
+    except Exception as error:  # unpickling, zip, EOF: all mean the file is unusable
+        raise SystemExit(f'error: {what}: cannot load it ({type(error).__name__}: {error}); a '
+                         'truncated file, or not a torch checkpoint') from error
+
+
 def build_config(args: argparse.Namespace) -> Config:
     cfg = read_config(args.config)
     cfg.launcher = args.launcher
@@ -103,8 +122,8 @@ def build_config(args: argparse.Namespace) -> Config:
                              'config')
         cfg.auto_scale_lr.enable = True
     load_from = cfg.get('load_from')
-    if load_from and '://' not in load_from and not osp.isfile(load_from):
-        raise SystemExit(f'error: load_from={load_from}: no such checkpoint file')
+    if load_from and '://' not in load_from:
+        refuse_unloadable_checkpoint(load_from, f'load_from={load_from}')
     if args.resume == 'auto':
         cfg.resume = True
         # mmdet drops load_from here, and tools/slurm_train.sh always passes --resume: a
@@ -116,6 +135,8 @@ def build_config(args: argparse.Namespace) -> Config:
         if '://' not in args.resume and not osp.isfile(args.resume):
             raise SystemExit(f'error: --resume {args.resume}: no such checkpoint file (--resume '
                              'without a path resumes the latest checkpoint of the work dir)')
+        if '://' not in args.resume:
+            refuse_unloadable_checkpoint(args.resume, f'--resume {args.resume}')
         cfg.resume = True
         cfg.load_from = args.resume
     return cfg

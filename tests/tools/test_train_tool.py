@@ -195,6 +195,21 @@ def test_resume_without_a_checkpoint_starts_from_load_from(trained, tmp_path, tr
     assert 'Nothing to train: the run is at epoch 1, optimizer step 7' in proc.stdout + proc.stderr
 
 
+def test_unloadable_resume_or_load_from_is_refused_with_a_message(trained, tmp_path):
+    """An empty or truncated checkpoint crashed in mmengine with EOFError / a zip reader error."""
+    work_dir, _ = trained
+    tool = load_tool('train')
+    empty, truncated = tmp_path / 'empty.pth', tmp_path / 'truncated.pth'
+    empty.write_bytes(b'')
+    truncated.write_bytes((work_dir / 'epoch_1.pth').read_bytes()[:30000])
+    for path in (empty, truncated):
+        for flags, what in ((['--resume', str(path)], f'--resume {path}'),
+                            (['--cfg-options', f'load_from={path}'], f'load_from={path}')):
+            with pytest.raises(SystemExit, match=f'error: {re.escape(what)}: cannot load it'):
+                tool.build_config(tool.parse_args([TINY_1GPU, *flags]))
+    tool.build_config(tool.parse_args([TINY_1GPU, '--resume', str(work_dir / 'epoch_1.pth')]))
+
+
 def test_missing_load_from_is_refused_with_a_message(tmp_path):
     """It failed after the model and data were built, with a bare FileNotFoundError."""
     tool = load_tool('train')
