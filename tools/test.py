@@ -25,7 +25,8 @@ from mmengine.registry import RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 from tbx11k.apis.inference import read_checkpoint, select_weights  # noqa: E402
-from tbx11k.utils import (check_data_root, check_num_classes, merge_cli_options,  # noqa: E402
+from tbx11k.utils import (check_data_root, check_launcher_environment,  # noqa: E402
+                          check_num_classes, check_output_paths, merge_cli_options,
                           metric_configs, read_config)
 from tbx11k.utils.dist import close_process_group  # noqa: E402
 
@@ -134,6 +135,7 @@ def add_tta(cfg: Config) -> Config:
 
 
 def build_config(args: argparse.Namespace) -> Config:
+    check_launcher_environment(args.launcher)
     cfg = read_config(args.config)
     cfg.launcher = args.launcher
     merge_cli_options(cfg, args.cfg_options, args.data_root)
@@ -148,6 +150,7 @@ def build_config(args: argparse.Namespace) -> Config:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir', None) is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    check_output_paths(cfg.work_dir, args.out)
     num_tbx11k = 0
     for i, metric in enumerate(metrics):  # several metrics must not write the same files
         if args.format_only:

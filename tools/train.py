@@ -57,6 +57,7 @@ from tbx11k.engine.exit_codes import (EXIT_DIVERGED, EXIT_INCOMPATIBLE_CHECKPOIN
                                       EXIT_NOTHING_TO_TRAIN, EXIT_WRONG_LAYOUT)
 from tbx11k.engine.stopping import NonFiniteTraining, stop_request  # noqa: E402
 from tbx11k.utils import (check_amp_device, check_data_root, check_num_classes,  # noqa: E402
+                          check_launcher_environment, check_output_paths,
                           merge_cli_options, read_config)
 from tbx11k.utils.dist import close_process_group  # noqa: E402
 
@@ -105,6 +106,7 @@ def refuse_unloadable_checkpoint(path: str, what: str) -> None:
 
 
 def build_config(args: argparse.Namespace) -> Config:
+    check_launcher_environment(args.launcher)
     cfg = read_config(args.config)
     cfg.launcher = args.launcher
     merge_cli_options(cfg, args.cfg_options, args.data_root)
@@ -112,6 +114,7 @@ def build_config(args: argparse.Namespace) -> Config:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir', None) is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    check_output_paths(cfg.work_dir)
     if args.amp:
         check_amp_device()
         cfg.optim_wrapper.type = 'AmpOptimWrapper'

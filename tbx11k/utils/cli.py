@@ -1,4 +1,5 @@
 """Helpers shared by tools/train.py, tools/test.py and the other tools."""
+import os
 import os.path as osp
 from typing import Iterator, List, Optional, Tuple
 
@@ -79,6 +80,36 @@ def read_config(path: str) -> Config:
     except (SyntaxError, FileNotFoundError, KeyError, NameError, ImportError) as error:
         raise SystemExit(f'error: cannot read config {path!r}: {type(error).__name__}: '
                          f'{error}') from error
+
+
+LAUNCHER_ENVIRONMENT = {
+    'slurm': (('SLURM_PROCID', 'SLURM_NTASKS'), 'run it under srun (tools/slurm_train.sh, '
+              'slurm/*.sbatch)'),
+    'pytorch': (('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT'),
+                'start it with torchrun (tools/dist_train.sh CONFIG GPUS)'),
+}
+
+
+def check_launcher_environment(launcher: str) -> None:
+    """Exit with what to do when ``--launcher`` is given outside the launcher that sets its
+    environment (a bare ``KeyError: 'SLURM_PROCID'`` or torch's ``RANK expected`` otherwise)."""
+    needed, how = LAUNCHER_ENVIRONMENT.get(launcher, ((), ''))
+    missing = [name for name in needed if name not in os.environ]
+    if missing:
+        raise SystemExit(f'error: --launcher {launcher} needs {", ".join(missing)} in the '
+                         f'environment: {how}; or drop --launcher for one process')
+
+
+def check_output_paths(work_dir: str, out: Optional[str] = None) -> None:
+    """Exit before anything runs when the work dir or ``--out``'s folder cannot be made (a file
+    in the way), instead of failing after training steps or after all inference."""
+    for what, folder in (('--work-dir', work_dir),
+                         ('--out', osp.dirname(osp.abspath(out)) if out else None)):
+        path = folder
+        while path and not osp.exists(path):
+            path = osp.dirname(path.rstrip(os.sep)) or None
+        if path and not osp.isdir(path):
+            raise SystemExit(f'error: {what}: {path} is a file, so {folder} cannot be a folder')
 
 
 def merge_cli_options(cfg: Config, cfg_options: Optional[dict], data_root: Optional[str]) -> None:

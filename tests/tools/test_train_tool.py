@@ -236,6 +236,37 @@ def test_config_that_is_not_there_or_does_not_parse_is_named(tool_name, tmp_path
             tool.build_config(tool.parse_args([str(path), *extra]))
 
 
+@pytest.mark.parametrize('tool_name', ['train', 'test'])
+def test_launcher_outside_its_environment_says_what_to_do(tool_name, tmp_path, monkeypatch):
+    """--launcher slurm outside srun gave KeyError: 'SLURM_PROCID'; pytorch without torchrun a
+    torch traceback."""
+    tool = load_tool(tool_name)
+    extra = [] if tool_name == 'train' else [str(tmp_path / 'x.pth')]
+    for name in ('SLURM_PROCID', 'SLURM_NTASKS', 'RANK', 'WORLD_SIZE'):
+        monkeypatch.delenv(name, raising=False)
+    for launcher, says in (('slurm', 'SLURM_PROCID, SLURM_NTASKS .* srun'),
+                           ('pytorch', 'RANK, WORLD_SIZE.* torchrun')):
+        with pytest.raises(SystemExit, match=f'--launcher {launcher} needs {says}'):
+            tool.build_config(tool.parse_args([TINY_1GPU, *extra, '--launcher', launcher]))
+
+
+@pytest.mark.parametrize('tool_name', ['train', 'test'])
+def test_work_dir_or_out_blocked_by_a_file_is_refused_first(tool_name, tmp_path):
+    """--work-dir naming a file crashed in mmengine; test.py --out under a file failed after
+    all inference, its predictions lost."""
+    tool = load_tool(tool_name)
+    extra = [] if tool_name == 'train' else [str(tmp_path / 'x.pth')]
+    blocker = tmp_path / 'afile'
+    blocker.write_text('')
+    with pytest.raises(SystemExit, match=f'--work-dir: {blocker} is a file'):
+        tool.build_config(tool.parse_args([TINY_1GPU, *extra, '--work-dir', str(blocker / 'w')]))
+    if tool_name == 'test':
+        with pytest.raises(SystemExit, match=f'--out: {blocker} is a file'):
+            tool.build_config(tool.parse_args([TINY_1GPU, *extra, '--work-dir',
+                                               str(tmp_path / 'w'), '--out',
+                                               str(blocker / 'r.pkl')]))
+
+
 def test_dataset_classes_must_match_num_classes(tmp_path):
     """3 dataset classes on the 2-class model crashed in DINO's denoising label embedding
     (IndexError) at the first PulmonaryTuberculosis box, or trained silently without one."""
