@@ -60,6 +60,7 @@ from tbx11k.utils import (check_amp_device, check_data_root, check_num_classes, 
                           check_launcher_environment, check_output_paths,
                           merge_cli_options, read_config)
 from tbx11k.utils.dist import close_process_group  # noqa: E402
+from tbx11k.utils.torch_load_compat import load_checkpoint_mmapped  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -90,16 +91,10 @@ def refuse_unloadable_checkpoint(path: str, what: str) -> None:
     """Exit with a one-line error when the local checkpoint ``path`` is missing or does not load
     (empty, truncated, not a torch file); mmengine would fail later with a bare traceback. The
     tensors are mmapped, not read."""
-    import torch
     if not osp.isfile(path):
         raise SystemExit(f'error: {what}: no such checkpoint file')
     try:
-        try:
-            torch.load(path, map_location='cpu', weights_only=False, mmap=True)
-        except RuntimeError as error:  # the legacy (non-zip) format cannot be mmapped
-            if 'mmap' not in str(error):
-                raise
-            torch.load(path, map_location='cpu', weights_only=False)
+        load_checkpoint_mmapped(path)
     except Exception as error:  # unpickling, zip, EOF: all mean the file is unusable
         raise SystemExit(f'error: {what}: cannot load it ({type(error).__name__}: {error}); a '
                          'truncated file, or not a torch checkpoint') from error

@@ -27,4 +27,16 @@ def load_local_checkpoint(filename: str,
     return torch.load(filename, map_location=map_location, **kwargs)
 
 
+def load_checkpoint_mmapped(filename: str) -> dict:
+    """Load a local checkpoint with its tensors mmapped, not read (cheap for a look at its meta
+    or a check that it loads); a legacy (non-zip) file, which cannot be mmapped, is read whole."""
+    kwargs = dict(weights_only=False) if _SUPPORTS_WEIGHTS_ONLY else {}
+    try:
+        return torch.load(filename, map_location='cpu', mmap=True, **kwargs)
+    except RuntimeError as error:
+        if 'mmap' not in str(error):
+            raise
+        return torch.load(filename, map_location='cpu', **kwargs)
+
+
 CheckpointLoader.register_scheme(prefixes='', loader=load_local_checkpoint, force=True)

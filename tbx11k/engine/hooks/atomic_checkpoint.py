@@ -22,7 +22,6 @@ import os
 import os.path as osp
 from typing import Callable, List, Optional, Tuple
 
-import torch
 from mmengine.dist import is_main_process
 from mmengine.hooks import CheckpointHook
 from mmengine.logging import print_log
@@ -30,6 +29,7 @@ from mmengine.logging import print_log
 from mmdet.registry import HOOKS
 
 from ...utils.atomic_io import atomic_write_text, stale_temporaries
+from ...utils.torch_load_compat import load_checkpoint_mmapped
 from .checkpoint_interchange import not_resumable
 
 #: message-hub key listing checkpoints written by PreemptionCheckpointHook (not kept by N)
@@ -44,12 +44,7 @@ def _checkpoint_status(path: str) -> Tuple[Optional[str], int]:
     Weights-only files (``tools/test.py``'s ``raw_weights.pth``, ``convert_coco_checkpoint.py``
     output put into the work dir) are never auto-resumed. The file's tensors are mmapped."""
     try:
-        try:
-            ckpt = torch.load(path, map_location='cpu', weights_only=False, mmap=True)
-        except RuntimeError as error:  # legacy (non-zip) torch.save format cannot be mmapped
-            if 'mmap' not in str(error):
-                raise
-            ckpt = torch.load(path, map_location='cpu', weights_only=False)
+        ckpt = load_checkpoint_mmapped(path)
     except Exception:  # truncated, empty, not a checkpoint: all mean "cannot resume from it"
         return 'it cannot be loaded (truncated or corrupt)', -1
     problem = not_resumable(ckpt, path)
