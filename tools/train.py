@@ -91,6 +91,7 @@ def refuse_unloadable_checkpoint(path: str, what: str) -> None:
     """Exit with a one-line error when the local checkpoint ``path`` is missing or does not load
     (empty, truncated, not a torch file); mmengine would fail later with a bare traceback. The
     tensors are mmapped, not read."""
+    path = osp.expanduser(path)  # as mmengine's loader does
     if not osp.isfile(path):
         raise SystemExit(f'error: {what}: no such checkpoint file')
     try:

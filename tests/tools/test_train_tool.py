@@ -208,6 +208,11 @@ def test_unloadable_resume_or_load_from_is_refused_with_a_message(trained, tmp_p
             with pytest.raises(SystemExit, match=f'error: {re.escape(what)}: cannot load it'):
                 tool.build_config(tool.parse_args([TINY_1GPU, *flags]))
     tool.build_config(tool.parse_args([TINY_1GPU, '--resume', str(work_dir / 'epoch_1.pth')]))
+    home = str(work_dir.parent)  # load_from=~/... is expanded, as mmengine's loader does
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv('HOME', home)
+        tool.build_config(tool.parse_args([TINY_1GPU, '--cfg-options', 'load_from=~/' + str(
+            (work_dir / 'epoch_1.pth').relative_to(home))]))
 
 
 def test_missing_load_from_is_refused_with_a_message(tmp_path):
