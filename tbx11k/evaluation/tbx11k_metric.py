@@ -102,8 +102,15 @@ class TBX11KMetric(BaseMetric):
     original image, ``scores``, ``labels``; ``img_id``). Label ``i`` is
     mapped to the json category whose *name* is ``dataset_meta['classes'][i]``
     (2 classes by default, 3 if the model was trained with
-    PulmonaryTuberculosis). Every image of ``ann_file`` is evaluated; images
-    the model produced nothing for count as images without detections.
+    PulmonaryTuberculosis). The evaluated images are those the dataloader
+    served: every image of ``ann_file`` normally, a subset when the dataset
+    leaves some out (``tb_only=True``, ``indices``, ``filter_cfg`` outside
+    ``test_mode``); the others are left out of every figure (counting them as
+    images without detections would call them all non-TB and score them),
+    and the report says how many (``num_images_not_served``). An image served
+    with no box predicted is an image without detections. ``format_only``
+    writes a line for every image of ``ann_file`` (the server expects them
+    all); the ones not served get no detections and a warning.
 
     What one evaluation reports (fractions in [0, 1] in the returned dict,
     percentages in the tables). The returned keys are prefixed with
@@ -271,10 +278,33 @@ class TBX11KMetric(BaseMetric):
                     labels=np.asarray(labels, np.int64).reshape(-1)))
 
     def compute_metrics(self, results: list) -> Dict[str, float]:
-        gt = self._gt_index()
+        full_gt = self._gt_index()
         classes = self._classes()
         cat_ids = self._cat_ids(classes)
-        preds = self._gather(results, gt, cat_ids)
+        preds = self._gather(results, full_gt, cat_ids)
+        served = np.unique(np.array([r['img_id'] for r in results],
+                                    dtype=np.int64))
+        n_not_served = len(full_gt['img_ids']) - served.size
+        gt = full_gt
+        if n_not_served and not self.format_only and served.size:
+            gt = self._served_gt(served)
+            print_log(
+                f'TBX11KMetric: evaluating the {served.size} images the '
+                f'dataloader served; {n_not_served} of the '
+                f'{len(full_gt["img_ids"])} images of {self.ann_file} were '
+                'not served (tb_only, indices or filter_cfg of the dataset) '
+                'and are not in any figure',
+                logger='current')
+        elif n_not_served:
+            print_log(
+                f'TBX11KMetric: {n_not_served} of {len(full_gt["img_ids"])} '
+                f'images of {self.ann_file} got no result; they are '
+                + ('written as images without detections (the submission '
+                   'has a line per image)' if self.format_only else
+                   'evaluated as images without detections'),
+                logger='current',
+                level=logging.WARNING)
+        preds['img_pos'] = self._positions(gt, preds['img_ids'])
 
         if self.outfile_prefix is not None:
             self._write_bbox_json(preds, f'{self.outfile_prefix}.bbox.json')
@@ -298,6 +328,13 @@ class TBX11KMetric(BaseMetric):
         finally:
             if gc_was_enabled:
                 gc.enable()
+        report['num_images_not_served'] = int(n_not_served) \
+            if gt is not full_gt else 0
+        if gt is not full_gt:
+            report['notes'].append(
+                f'{n_not_served} images of the ann_file were not served by '
+                'the dataloader (tb_only, indices or filter_cfg) and are not '
+                'evaluated.')
         self.last_report = report
         print_log('\n' + R.log_tables(report), logger='current')
         if self.outfile_prefix is not None:
@@ -314,10 +351,32 @@ class TBX11KMetric(BaseMetric):
     # ground truth and predictions
     # ------------------------------------------------------------------
     def _gt_index(self) -> dict:
-        """GT arrays; ``ann_crowd`` flags the ``iscrowd=1`` boxes."""
-        if self._gt is not None:
-            return self._gt
+        """GT arrays of every image of ``ann_file`` (built once)."""
+        if self._gt is None:
+            self._gt = self._build_gt(self._gt_json)
+        return self._gt
+
+    def _served_gt(self, img_ids: np.ndarray) -> dict:
+        """GT arrays of the images ``img_ids`` only."""
+        keep = set(img_ids.tolist())
         d = self._gt_json
+        return self._build_gt(
+            dict(d,
+                 images=[im for im in d.get('images', [])
+                         if im['id'] in keep],
+                 annotations=[a for a in d.get('annotations', []) or []
+                              if a['image_id'] in keep]))
+
+    @staticmethod
+    def _positions(gt: dict, img_ids: np.ndarray) -> np.ndarray:
+        """Index in ``gt['img_ids']`` of each of ``img_ids``."""
+        if not img_ids.size:
+            return img_ids
+        sorted_ids = gt['img_ids'][gt['sorter']]
+        return gt['sorter'][np.searchsorted(sorted_ids, img_ids)]
+
+    def _build_gt(self, d: dict) -> dict:
+        """GT arrays of json ``d``; ``ann_crowd`` flags ``iscrowd=1`` boxes."""
         images = d.get('images', [])
         anns = d.get('annotations', []) or []
         img_ids = np.array([im['id'] for im in images], dtype=np.int64)
@@ -333,7 +392,8 @@ class TBX11KMetric(BaseMetric):
                                   axis=1)
         pos = np.searchsorted(np.sort(img_ids), ann_img)
         sorter = np.argsort(img_ids)
-        self._gt = dict(
+        return dict(
+            json=d,
             img_ids=img_ids,
             sorter=sorter,
             file_names=[im.get('file_name', '') for im in images],
@@ -345,14 +405,12 @@ class TBX11KMetric(BaseMetric):
             categories=d.get('categories', []),
             coco=None,
             coco_agnostic=None)
-        return self._gt
 
-    def _coco(self, agnostic: bool):
-        """pycocotools COCO objects for the GT (built once)."""
-        gt = self._gt
+    def _coco(self, gt: dict, agnostic: bool):
+        """pycocotools COCO objects for the GT ``gt`` (built once)."""
         key = 'coco_agnostic' if agnostic else 'coco'
         if gt[key] is None:
-            d = self._gt_json
+            d = gt['json']
             anns = d.get('annotations', []) or []
             # COCOeval reads 'iscrowd', which COCO json may leave out (= 0)
             anns = [dict(a, iscrowd=a.get('iscrowd', 0)) for a in anns]
@@ -430,14 +488,6 @@ class TBX11KMetric(BaseMetric):
                 f"{' ...' if len(unknown) > 10 else ''}. The evaluator's "
                 'ann_file must be the json the dataloader reads.')
         self._check_file_names(keep, gt)
-        n_missing = len(known) - len(seen)
-        if n_missing:
-            print_log(
-                f'TBX11KMetric: {n_missing} of {len(known)} images of '
-                f'{self.ann_file} got no result; they are evaluated as images '
-                'without detections',
-                logger='current',
-                level=logging.WARNING)
         counts = np.array([r['scores'].size for r in keep], dtype=np.int64)
         img_of = np.repeat(
             np.array([r['img_id'] for r in keep], dtype=np.int64), counts)
@@ -454,12 +504,8 @@ class TBX11KMetric(BaseMetric):
             raise ValueError(
                 f'TBX11KMetric: predicted labels {np.unique(labels[bad])} '
                 f'outside the {len(cat_ids)} dataset classes')
-        sorted_ids = gt['img_ids'][gt['sorter']]
-        img_pos = gt['sorter'][np.searchsorted(sorted_ids, img_of)] \
-            if img_of.size else img_of
         return dict(
             img_ids=img_of,
-            img_pos=img_pos,
             boxes=boxes,
             scores=scores,
             labels=labels,
@@ -477,12 +523,12 @@ class TBX11KMetric(BaseMetric):
         notes = []
 
         # --- per-class COCO AP, ALL and TB-only images -----------------
-        coco_gt = self._coco(agnostic=False)
+        coco_gt = self._coco(gt, agnostic=False)
         grp = preds['img_ids'] * (int(max(cat_ids)) + 1) + preds['cat_ids']
         keep = F.topk_per_group(grp, preds['scores'], self.max_dets)
         coco_dt = F.coco_from_dict(
             dict(
-                images=self._gt_json.get('images', []),
+                images=gt['json'].get('images', []),
                 categories=gt['categories'],
                 annotations=F.dets_to_coco_anns(
                     preds['img_ids'][keep], preds['cat_ids'][keep],
@@ -508,12 +554,12 @@ class TBX11KMetric(BaseMetric):
                         else F.ap_from_precision(p, iou_thrs, iou, col[cid])
 
         # --- category-agnostic TB ---------------------------------------
-        coco_gt_a = self._coco(agnostic=True)
+        coco_gt_a = self._coco(gt, agnostic=True)
         keep_a = F.topk_per_group(preds['img_ids'], preds['scores'],
                                   self.max_dets)
         coco_dt_a = F.coco_from_dict(
             dict(
-                images=self._gt_json.get('images', []),
+                images=gt['json'].get('images', []),
                 categories=[dict(id=1, name='TB')],
                 annotations=F.dets_to_coco_anns(
                     preds['img_ids'][keep_a],

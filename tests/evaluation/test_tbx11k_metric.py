@@ -422,6 +422,42 @@ def test_empty_predictions(tmp_path):
     assert res['tbx11k/specificity'] == pytest.approx(1.0)
 
 
+def test_only_the_served_images_are_evaluated(tmp_path):
+    """A dataset serving a subset (tb_only=True, indices) is evaluated on
+    that subset: the other images of the json are neither non-TB images
+    nor missed lesions."""
+    # images 1, 2 TB; 3, 4 non-TB; image 2 (and its box) is not served
+    ann = write_gt(tmp_path / 'gt.json', [1, 2, 3, 4],
+                   [(1, 1, [0, 0, 100, 100]), (2, 2, [0, 0, 50, 50])])
+    served = [sample(1, [[0, 0, 100, 100]], [0.75], [0]),
+              sample(3, [[0, 0, 8, 8]], [0.5], [0]), sample(4)]
+    res, m = run(ann, served, out_dir=str(tmp_path / 'r'))
+    # by hand, on images 1, 3, 4: one lesion, found at the top score; one
+    # false positive on 3 images = 1/3 FP per image from score 0.5 down
+    assert res['tbx11k/FROC@0.125'] == 1.0 and res['tbx11k/FROC_mean'] == 1.0
+    assert res['tbx11k/ActiveTB_AP50_all'] == pytest.approx(1.0)
+    assert 'tbx11k/LatentTB_AP50_all' not in res  # its only box not served
+    # image scores .75 (TB), .5, 0 (non-TB): perfect ranking
+    assert res['tbx11k/AUC'] == 1.0 and res['tbx11k/specificity'] == 1.0
+    rep = m.last_report
+    assert rep['num_images'] == 3 and rep['num_images_not_served'] == 1
+    assert rep['classification']['num_tb_images'] == 1
+    assert any('not served' in n for n in rep['notes'])
+    # the TB-only view: only TB images served; AUC is n/a, not 1.0 or 0.5
+    res, m = run(ann, served[:1], save_plots=False)
+    assert 'tbx11k/AUC' not in res and res['tbx11k/FROC_mean'] == 1.0
+    assert m.last_report['num_images_not_served'] == 3
+    # everything served: the figures of the whole json
+    res, m = run(ann, served + [sample(2)], save_plots=False)
+    assert m.last_report['num_images'] == 4
+    assert m.last_report['num_images_not_served'] == 0
+    assert res['tbx11k/FROC_mean'] == 0.5
+    # a submission needs a line for every image of the json
+    res, _ = run(ann, served, format_only=True,
+                 outfile_prefix=str(tmp_path / 'sub' / 'x'))
+    assert len(np.loadtxt(tmp_path / 'sub' / 'x.cls.txt')) == 4
+
+
 def test_unknown_image_id_is_a_clear_error(tmp_path):
     ann = write_gt(tmp_path / 'gt.json', [1, 2], [(1, 1, [0, 0, 9, 9])])
     with pytest.raises(ValueError) as e:
