@@ -100,8 +100,9 @@ def markdown(report: dict) -> str:
     for r in detection_rows(report):
         out.append('| ' + ' | '.join(r) + ' |')
     out += [
-        '', 'AP = AP@[.50:.95], AP50 = AP@.50. ALL = every image of the '
-        'annotation file; TB-only = images with at least one TB box. '
+        '', 'AP = AP@[.50:.95], AP50 = AP@.50. ALL = every evaluated image '
+        '(every image of the annotation file the dataloader served); TB-only = '
+        'images with at least one TB box. '
         'Classes without ground truth are n/a and are left out of the mean.',
         '', '## FROC (category-agnostic, ALL images)', '',
         '| FP/image | ' + ' | '.join(f'{r:g}' for r in fr['fppi']) +

@@ -14,7 +14,7 @@ from mmengine.logging import MessageHub, MMLogger, print_log
 
 from mmdet.registry import METRICS
 
-from ..datasets.validation import TBX11KDataError
+from ..datasets.validation import MIN_BOX_SIZE, TBX11KDataError, summarize_ids
 from . import functional as F
 from . import report as R
 
@@ -390,6 +390,13 @@ class TBX11KMetric(BaseMetric):
                         dtype=np.float64).reshape(-1, 4)
         ann_xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]],
                                   axis=1)
+        # size after clipping to the image, as TBX11KDataset clips before dropping < 1 px
+        size_of = {im['id']: (im.get('width', np.inf), im.get('height', np.inf))
+                   for im in images}
+        wh = np.array([size_of.get(i, (np.inf, np.inf)) for i in ann_img.tolist()],
+                      dtype=np.float64).reshape(-1, 2)
+        clipped = np.minimum(np.maximum(ann_xyxy, 0), np.tile(wh, 2))
+        ann_tiny = ((clipped[:, 2:] - clipped[:, :2]) < MIN_BOX_SIZE).any(axis=1)
         pos = np.searchsorted(np.sort(img_ids), ann_img)
         sorter = np.argsort(img_ids)
         return dict(
@@ -401,6 +408,8 @@ class TBX11KMetric(BaseMetric):
             ann_img_pos=sorter[pos] if ann_img.size else pos,
             ann_cat=ann_cat,
             ann_crowd=ann_crowd,
+            ann_tiny=ann_tiny,
+            ann_ids=[a.get('id') for a in anns],
             ann_xyxy=ann_xyxy,
             categories=d.get('categories', []),
             coco=None,
@@ -626,6 +635,14 @@ class TBX11KMetric(BaseMetric):
                 'counts): ignored regions for the COCO AP and the FROC '
                 f'({int((~used).sum())} predictions on them left out of the '
                 'FROC); their images still count as TB images.')
+        tiny = gt['ann_tiny'] & ~crowd
+        if tiny.any():
+            ids = [i for i, t in zip(gt['ann_ids'], tiny) if t]
+            notes.append(
+                f'{len(ids)} GT boxes are under {MIN_BOX_SIZE:g} px once clipped to the image '
+                f'(annotation ids {summarize_ids(ids)}): TBX11KDataset does not train on them, '
+                'the evaluation counts them as the json has them.')
+            print_log(f'TBX11KMetric: {notes[-1]}', logger='current', level=logging.WARNING)
         for short, cid in zip(class_keys, cat_ids):
             if n_box[short] == 0:
                 notes.append(f'{short} has no GT box in this split: its AP '

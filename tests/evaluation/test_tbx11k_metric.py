@@ -458,6 +458,20 @@ def test_only_the_served_images_are_evaluated(tmp_path):
     assert len(np.loadtxt(tmp_path / 'sub' / 'x.cls.txt')) == 4
 
 
+def test_boxes_the_dataset_drops_as_too_small_are_scored_and_noted(tmp_path):
+    """TBX11KDataset drops boxes under 1 px after clipping (logged); the evaluation keeps the
+    json's boxes, as the official one does, and says which ones the model never trained on."""
+    ann = write_gt(tmp_path / 'gt.json', [1, 2],
+                   [(1, 1, [0, 0, 100, 100]), (2, 1, [511.5, 10, 2, 20]),
+                    (2, 1, [5, 5, 0.5, 30])])
+    res, m = run(ann, [sample(1, [[0, 0, 100, 100]], [0.75], [0]), sample(2)],
+                 save_plots=False)
+    assert m.last_report['num_gt_boxes']['ActiveTB'] == 3
+    assert res['tbx11k/FROC_mean'] == pytest.approx(1 / 3)
+    note = [n for n in m.last_report['notes'] if 'under 1 px' in n]
+    assert len(note) == 1 and note[0].startswith('2 GT boxes') and 'ids 2, 3' in note[0]
+
+
 def test_unknown_image_id_is_a_clear_error(tmp_path):
     ann = write_gt(tmp_path / 'gt.json', [1, 2], [(1, 1, [0, 0, 9, 9])])
     with pytest.raises(ValueError) as e:
