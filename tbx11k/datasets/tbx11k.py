@@ -9,8 +9,9 @@ from mmengine.logging import print_log
 from mmdet.datasets import CocoDataset
 from mmdet.registry import DATASETS
 from .seeded import SeededSampleMixin
-from .validation import (BBOX_TOLERANCE, MIN_BOX_SIZE, TBX11KDataError,
-                         deep_images_warning, read_image_header, read_json, summarize_ids,
+from .validation import (BBOX_TOLERANCE, MIN_BOX_SIZE, ImageHeader, TBX11KDataError,
+                         deep_images_warning, exif_oriented_warning, read_image_header,
+                         read_json, summarize_ids,
                          validate_coco)
 
 ACTIVE_TB = 'ActiveTuberculosis'
@@ -178,7 +179,7 @@ class TBX11KDataset(SeededSampleMixin, CocoDataset):
         ignored = 0
         crowd_ids = []
         not_tb = 0
-        deep_images = []
+        deep_images, oriented = [], []
         check_size = self.check_files and (
             self.backend_args is None if self.check_image_size is None else
             self.check_image_size)
@@ -188,8 +189,12 @@ class TBX11KDataset(SeededSampleMixin, CocoDataset):
             if self.tb_only and not anns:
                 not_tb += 1
                 continue
-            if check_size and self._check_image_header(img) > 8:
-                deep_images.append(img['file_name'])
+            if check_size:
+                header = self._check_image_header(img)
+                if header.bits_per_sample > 8:
+                    deep_images.append(img['file_name'])
+                if header.exif_orientation != 1:
+                    oriented.append(img['file_name'])
             for a in anns:
                 if a['category_id'] not in self.cat2label:
                     excluded[cat_name[a['category_id']]] += 1
@@ -234,11 +239,27 @@ class TBX11KDataset(SeededSampleMixin, CocoDataset):
         if deep_images:
             print_log(deep_images_warning(f'TBX11KDataset {src}', deep_images),
                       logger='current', level=logging.WARNING)
+        if oriented:
+            print_log(exif_oriented_warning(f'TBX11KDataset {src}', oriented),
+                      logger='current', level=logging.WARNING)
         return data_list
 
-    def _check_image_header(self, img: dict) -> int:
+    def prepare_data(self, idx: int):
+        """mmengine's ``prepare_data``; a failure while loading names the json entry too (mmcv's
+        "failed to load image" names only the file, e.g. a truncated PNG whose header reads)."""
+        try:
+            return super().prepare_data(idx)
+        except Exception as e:
+            info = self.get_data_info(idx)
+            raise TBX11KDataError(
+                f"{self.ann_file}: image id={info.get('img_id')} file "
+                f"{info.get('img_path')!r} could not be loaded through the pipeline: "
+                f'{type(e).__name__}: {e}. tools/check_dataset.py decodes every image and '
+                'lists the broken ones') from e
+
+    def _check_image_header(self, img: dict) -> ImageHeader:
         """Refuse an image file whose header is unreadable or whose size
-        differs from the json; return its bits per sample."""
+        differs from the json; return the header."""
         path = osp.join(self.data_prefix.get('img', ''), img['file_name'])
         where = (f"{self.ann_file}: image id={img['id']} "
                  f"file_name={img['file_name']!r}")
@@ -252,7 +273,7 @@ class TBX11KDataset(SeededSampleMixin, CocoDataset):
                 f"the json says {img['width']}x{img['height']} (boxes are in "
                 "the json's frame); fix the json or the image, or pass "
                 'check_image_size=False to skip this check')
-        return header.bits_per_sample
+        return header
 
     def _warn_extra_images(self, data_list: List[dict]) -> None:
         """The ``all_*`` files' extra sets have no boxes, even on TB films."""

@@ -225,6 +225,7 @@ class ImageHeader:
     width: int
     height: int
     bits_per_sample: int  # 8 for TBX11K; 16 for 16-bit PNG/TIFF
+    exif_orientation: int = 1  # a JPEG's EXIF orientation tag: cv2 rotates/flips when != 1
 
 
 _PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
@@ -278,7 +279,16 @@ def read_image_header(path: str,
     bits = 8
     if mode.startswith('I;16') or mode in ('I', 'F'):
         bits = 16 if mode.startswith('I;16') else 32
-    return ImageHeader(width=width, height=height, bits_per_sample=bits)
+    return ImageHeader(width=width, height=height, bits_per_sample=bits,
+                       exif_orientation=int(orientation))
+
+
+def exif_oriented_warning(where: str, oriented: Sequence[str]) -> str:
+    """The warning for JPEGs whose EXIF orientation makes cv2 (mmcv) rotate or flip them."""
+    return (f'{where}: {len(oriented)} JPEG images carry an EXIF orientation other than 1 (e.g. '
+            f'{oriented[0]}): mmcv decodes them rotated or flipped accordingly, so their boxes '
+            'must be in that frame. The size check catches a 90-degree turn of a non-square '
+            'image only: check a few by eye, or save the images upright without the tag.')
 
 
 def deep_images_warning(where: str, deep_images: Sequence[str]) -> str:

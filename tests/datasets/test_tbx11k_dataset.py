@@ -302,6 +302,44 @@ def test_unreadable_image_file_is_refused_at_load(broken_copy, content, expected
             make(root, ann_file, check_image_size=False)
 
 
+def test_exif_oriented_jpegs_are_counted_and_logged(broken_copy, logs):
+    """cv2 turns a JPEG by its EXIF orientation when decoding; on a square film the size check
+    cannot see it, and the boxes may be in the other frame."""
+    from PIL import Image
+    root, ann_file, data = broken_copy()
+    for k, orientation in ((3, 6), (5, 1)):
+        img = data['images'][k]
+        png = root / 'imgs' / img['file_name']
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        Image.open(png).convert('RGB').save(png.with_suffix('.jpg'), exif=exif)
+        img['file_name'] = img['file_name'][:-4] + '.jpg'
+    ann_file.write_text(json.dumps(data))
+    assert len(make(root, ann_file)) == len(data['images'])  # square: sizes still match
+    warned = [m for m in logs if 'EXIF orientation' in m]
+    assert len(warned) == 1 and '1 JPEG images' in warned[0], logs
+    assert data['images'][3]['file_name'] in warned[0]
+
+
+def test_an_image_that_fails_to_decode_names_the_json_entry(broken_copy):
+    """A PNG truncated after its header passes the load-time check; mmcv then fails with a bare
+    assertion naming the file only."""
+    root, ann_file, data = broken_copy()
+    ann_file.write_text(json.dumps(data))
+    ds = make(root, ann_file, pipeline=[dict(type='LoadImageFromFile')])
+    info = ds.get_data_info(1)
+    with open(info['img_path'], 'rb') as f:
+        head = f.read(60)
+    with open(info['img_path'], 'wb') as f:
+        f.write(head)
+    with pytest.raises(TBX11KDataError) as exc:
+        ds[1]
+    msg = str(exc.value)
+    assert msg.startswith(str(ann_file)) and f"id={info['img_id']}" in msg
+    assert info['img_path'] in msg and 'check_dataset.py' in msg
+    assert ds[0]['img'].shape[:2] == (128, 128)  # the others still load
+
+
 def test_16_bit_images_are_counted_and_logged(broken_copy, logs):
     import cv2
     root, ann_file, data = broken_copy()
