@@ -7,6 +7,7 @@ test), for accumulative_counts 1, 2 and 4 on the 13-image set (13, 7 and 4 steps
 import types
 
 import pytest
+import torch
 from mmengine.config import Config
 from mmengine.hooks import Hook
 
@@ -34,7 +35,8 @@ class Recorder(Hook):
         self.lrs.append(runner.optim_wrapper.get_lr()['lr'][0])
 
 
-def run_schedule(tmp_path, data_root, acc, param_scheduler, max_epochs=3):
+def run_schedule(tmp_path, data_root, acc, param_scheduler, max_epochs=3, loop=None,
+                 custom_hooks=(), resume_from=None):
     cfg = Config.fromfile(TINY_1GPU)
     set_data_root(cfg, data_root)
     cfg.work_dir = str(tmp_path / f'acc{acc}')
@@ -42,8 +44,12 @@ def run_schedule(tmp_path, data_root, acc, param_scheduler, max_epochs=3):
     cfg.effective_batch_size = acc
     cfg.train_cfg.max_epochs = max_epochs
     cfg.train_cfg.val_begin = 99
+    if loop is not None:
+        cfg.train_cfg.type = loop
     cfg.param_scheduler = param_scheduler
-    cfg.custom_hooks = []
+    cfg.custom_hooks = list(custom_hooks)
+    if resume_from is not None:
+        cfg.resume, cfg.load_from = True, str(resume_from)
     cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=99)
     cfg.experiment_name = f'sched_{acc}_{tmp_path.name}'
     from mmengine.registry import RUNNERS
@@ -111,3 +117,36 @@ def test_same_lr_per_optimizer_step_for_1gpu_and_2gpu_layouts(tmp_path, training
     two_gpu = AccumulationWindowBatchSampler(sampler, 1, 1, world_size=2, rank=0)
     one_gpu = AccumulationWindowBatchSampler(sampler, 1, 2, world_size=1, rank=0)
     assert len(two_gpu) == len(one_gpu) == 7  # same optimizer steps per epoch -> same schedule
+
+
+WARMUP_2_EPOCHS = [
+    dict(type='LinearLR', start_factor=0.1, by_epoch=True, begin=0, end=2,
+         convert_to_iter_based=True),
+    dict(type='MultiStepLR', by_epoch=True, begin=0, end=3, milestones=[2], gamma=0.1),
+]
+
+
+@pytest.mark.parametrize('writer', ['mmengine', 'tbx11k_with_stock_loop'])
+def test_micro_batch_checkpoint_resumes_on_the_optimizer_step_schedule(tmp_path, training_root,
+                                                                       writer):
+    """A checkpoint of a loop counting micro-batches (stock mmengine, or this project with
+    train_cfg.type='EpochBasedTrainLoop'), taken in the middle of an epoch-converted warm-up, at
+    acc 2: its schedulers count 26 micro-batches of warm-up where this run counts 14 optimizer
+    steps. Resumed, every later optimizer step has the LR of an uninterrupted run."""
+    _, reference = run_schedule(tmp_path / 'ref', training_root, 2, WARMUP_2_EPOCHS)
+    hooks = [dict(type='CheckpointInterchangeHook')] if writer != 'mmengine' else []
+    stock, _ = run_schedule(tmp_path / 'stock', training_root, 2, WARMUP_2_EPOCHS, max_epochs=1,
+                            loop='EpochBasedTrainLoop', custom_hooks=hooks)
+    checkpoint_file = tmp_path / 'stock' / 'acc2' / 'epoch_1.pth'
+    saved = torch.load(checkpoint_file, map_location='cpu', weights_only=False)
+    assert saved['meta']['iter'] == 13  # micro-batches; the 13th is an unfinished window
+    assert saved['param_schedulers'][0]['end'] == 26
+    assert ('tbx11k' in saved['meta']) == (writer != 'mmengine')
+    if writer != 'mmengine':
+        assert saved['meta']['tbx11k']['counter_unit'] == 'micro_batch'
+    resumed, rec = run_schedule(tmp_path / 'resumed', training_root, 2, WARMUP_2_EPOCHS,
+                                custom_hooks=[dict(type='CheckpointInterchangeHook')],
+                                resume_from=checkpoint_file)
+    assert len(rec.lrs) == 14  # epochs 2 and 3, 7 optimizer steps each
+    assert rec.lrs == pytest.approx(reference.lrs[7:], rel=1e-12)
+    assert resumed.param_schedulers[0].end == 14

@@ -88,6 +88,9 @@ def test_checkpoint_of_other_effective_batch_is_refused(trained, tmp_path, train
                              ['--resume', str(work_dir / 'epoch_1.pth')]), check=False)
     assert proc.returncode == EXIT_INCOMPATIBLE_CHECKPOINT
     assert 'trained with effective batch 2 (1 GPU x 1 image x 2 accumulation)' in proc.stdout
+    # the advice gives this launch the checkpoint's effective batch
+    assert ('resume with --cfg-options optim_wrapper.accumulative_counts=2 '
+            'effective_batch_size=2') in proc.stdout
 
 
 def test_2gpu_config_on_one_process_is_refused(tmp_path, training_root):
@@ -249,10 +252,29 @@ def test_launcher_outside_its_environment_says_what_to_do(tool_name, tmp_path, m
     extra = [] if tool_name == 'train' else [str(tmp_path / 'x.pth')]
     for name in ('SLURM_PROCID', 'SLURM_NTASKS', 'RANK', 'WORLD_SIZE'):
         monkeypatch.delenv(name, raising=False)
+    for name in ('OMPI_COMM_WORLD_LOCAL_RANK', 'OMPI_COMM_WORLD_RANK', 'OMPI_COMM_WORLD_SIZE'):
+        monkeypatch.delenv(name, raising=False)
     for launcher, says in (('slurm', 'SLURM_PROCID, SLURM_NTASKS .* srun'),
-                           ('pytorch', 'RANK, WORLD_SIZE.* torchrun')):
+                           ('pytorch', 'RANK, WORLD_SIZE.* torchrun'),
+                           ('mpi', 'OMPI_COMM_WORLD_LOCAL_RANK.* mpirun')):
         with pytest.raises(SystemExit, match=f'--launcher {launcher} needs {says}'):
             tool.build_config(tool.parse_args([TINY_1GPU, *extra, '--launcher', launcher]))
+    if not torch.cuda.is_available():  # mmengine's MPI launcher calls torch.cuda.set_device
+        for name, value in (('OMPI_COMM_WORLD_LOCAL_RANK', '0'), ('OMPI_COMM_WORLD_RANK', '0'),
+                            ('OMPI_COMM_WORLD_SIZE', '1'), ('MASTER_ADDR', 'localhost')):
+            monkeypatch.setenv(name, value)
+        with pytest.raises(SystemExit, match='--launcher mpi needs GPUs.*--launcher pytorch'):
+            tool.build_config(tool.parse_args([TINY_1GPU, *extra, '--launcher', 'mpi']))
+
+
+@pytest.mark.parametrize('tool_name', ['train', 'test', 'infer', 'count_ops'])
+def test_cfg_options_item_without_equals_is_a_usage_error(tool_name, capsys):
+    """mmengine's DictAction failed with a bare 'not enough values to unpack'."""
+    tool = load_tool(tool_name)
+    with pytest.raises(SystemExit) as exc:
+        tool.parse_args([TINY_1GPU, 'x.pth', '--cfg-options', 'a.b=1', 'train_cfg.max_epochs'])
+    assert exc.value.code == 2
+    assert "--cfg-options: 'train_cfg.max_epochs' is not key=value" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize('tool_name', ['train', 'test'])

@@ -1,16 +1,20 @@
 """Checkpoints that resume under either the 1-GPU or the 2-GPU config."""
 import copy
+import logging
 import re
-from typing import Any, Dict, List, Optional
+import warnings
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
+from mmengine.optim import OptimWrapper
+from mmengine.optim.scheduler.param_scheduler import _ParamScheduler
 
 from mmdet.registry import HOOKS
 
-from ..loops import accumulative_counts_of
+from ..loops import AccumulationEpochBasedTrainLoop, accumulative_counts_of
 
 
 class IncompatibleCheckpoint(RuntimeError):
@@ -18,12 +22,17 @@ class IncompatibleCheckpoint(RuntimeError):
 
 
 def training_layout(runner) -> Dict:
-    """How the current run splits an optimizer step, as stored in checkpoints."""
+    """How the current run splits an optimizer step, as stored in checkpoints.
+
+    ``counter_unit`` is what ``iter``, ``steps_per_epoch`` and ``by_epoch=False`` schedulers
+    count: optimizer steps with :class:`AccumulationEpochBasedTrainLoop`, micro-batches with a
+    stock mmengine loop (``train_cfg.type='EpochBasedTrainLoop'``)."""
     loop = runner.train_loop
     batch = runner._train_dataloader['batch_size'] if isinstance(
         runner._train_dataloader, dict) else runner.train_dataloader.batch_size
     acc = accumulative_counts_of(runner.optim_wrapper)
-    return dict(counter_unit='optimizer_step', world_size=runner.world_size, batch_size=int(batch),
+    unit = 'optimizer_step' if isinstance(loop, AccumulationEpochBasedTrainLoop) else 'micro_batch'
+    return dict(counter_unit=unit, world_size=runner.world_size, batch_size=int(batch),
                 accumulative_counts=acc, effective_batch_size=runner.world_size * int(batch) * acc,
                 steps_per_epoch=len(loop.dataloader))
 
@@ -32,6 +41,85 @@ def _stock_accumulation(meta: Dict) -> int:
     """accumulative_counts recorded in the config text of a checkpoint written by stock mmengine."""
     match = re.search(r'accumulative_counts\s*=\s*(\d+)', meta.get('cfg', '') or '')
     return int(match.group(1)) if match else 1
+
+
+def counts_per_optimizer_step(layout: Dict) -> int:
+    """How many counter units make one optimizer step in a run of ``layout``."""
+    return layout['accumulative_counts'] if layout.get('counter_unit') == 'micro_batch' else 1
+
+
+def replay_schedule(runner, epoch: int, iteration: int) -> Tuple[List[Dict], List[Dict]]:
+    """The state of this run's LR/momentum schedulers, and each param group's scheduled values,
+    at ``epoch`` (completed) and counter ``iteration``: the config's schedulers, built on a
+    stand-in optimizer with the real groups' initial values, stepped as ``ParamSchedulerHook``
+    steps them (``by_epoch=False`` ones every iteration, the others at each epoch's end)."""
+    groups = []
+    for group in runner.optim_wrapper.optimizer.param_groups:
+        stand_in = {k: v for k, v in group.items() if k != 'params'}
+        stand_in.update({k[len('initial_'):]: v for k, v in group.items()
+                         if k.startswith('initial_')})
+        groups.append(dict(stand_in, params=[torch.zeros(1, requires_grad=True)]))
+    optim_wrapper = OptimWrapper(torch.optim.SGD(groups, lr=0.0))
+    with warnings.catch_warnings():  # stepped without optimizer steps, on purpose
+        warnings.simplefilter('ignore')
+        schedulers = runner._build_param_scheduler(
+            copy.deepcopy(runner.cfg.param_scheduler), optim_wrapper)
+        per_epoch = len(runner.train_loop.dataloader)
+        for done in range(iteration):
+            for scheduler in schedulers:
+                if not scheduler.by_epoch:
+                    scheduler.step()
+            if (done + 1) % per_epoch == 0 and (done + 1) // per_epoch <= epoch:
+                for scheduler in schedulers:
+                    if scheduler.by_epoch:
+                        scheduler.step()
+    names = {scheduler.param_name for scheduler in schedulers}
+    values = [{name: group[name] for name in names}
+              for group in optim_wrapper.optimizer.param_groups]
+    return [scheduler.state_dict() for scheduler in schedulers], values
+
+
+def convert_counters(runner, checkpoint: Dict, saved_per_step: int, current_per_step: int) -> str:
+    """Rewrite ``meta.iter`` of ``checkpoint`` from counting ``saved_per_step`` units per
+    optimizer step to ``current_per_step``, inside the checkpoint's epoch, and put its LR
+    schedulers and scheduled optimizer values where this run's schedule is at that point (the
+    saved ones count the other unit: a warm-up would take longer or shorter); returns what was
+    done."""
+    meta = checkpoint['meta']
+    saved_iter, epoch = int(meta['iter']), int(meta.get('epoch', 0))
+    per_epoch = len(runner.train_loop.dataloader)
+    new_iter = saved_iter // saved_per_step * current_per_step
+    # an epoch of n micro-batches is ceil(n / acc) windows in our loop: stay in the saved epoch
+    new_iter = min(max(new_iter, epoch * per_epoch), (epoch + 1) * per_epoch - 1)
+    meta['iter'] = new_iter
+    done = f'iter {saved_iter} -> {new_iter}'
+    if runner.param_schedulers is None or 'param_schedulers' not in checkpoint:
+        return done
+    if not (isinstance(runner.param_schedulers, list) and all(
+            type(s).step is _ParamScheduler.step for s in runner.param_schedulers)):
+        print_log('The LR schedulers of this config (several optimizers, or ReduceOnPlateau) '
+                  'cannot be replayed: their saved state is kept as it is, in the other unit',
+                  logger='current', level=logging.WARNING)
+        return done
+    states, values = replay_schedule(runner, epoch, new_iter)
+    checkpoint['param_schedulers'] = states
+    for group, scheduled in zip(checkpoint.get('optimizer', {}).get('param_groups', []), values):
+        group.update(scheduled)
+    return (done + f'; LR schedulers replayed to step {new_iter} of this config (lr '
+            f"{values[0].get('lr', float('nan')):.6g} in the first param group)")
+
+
+def _same_effective_batch_advice(effective_batch: int, current: Dict) -> str:
+    """How to give this launch the checkpoint's effective batch."""
+    per_micro_batch = current['world_size'] * current['batch_size']
+    if effective_batch % per_micro_batch:
+        return (f"{current['world_size']} GPU x {current['batch_size']} image cannot make "
+                f'{effective_batch} images per step with whole accumulation steps; resume with a '
+                'number of GPUs that divides it')
+    acc = effective_batch // per_micro_batch
+    return (f'resume with --cfg-options optim_wrapper.accumulative_counts={acc} '
+            f'effective_batch_size={effective_batch} (for the shipped schedule of 2: '
+            'configs/dino_tbx11k_1gpu.py on 1 GPU, configs/dino_tbx11k_2gpu.py on 2 GPUs)')
 
 
 def is_bare_state_dict(checkpoint: Any) -> bool:
@@ -80,7 +168,10 @@ class CheckpointInterchangeHook(Hook):
     :class:`~tbx11k.engine.loops.AccumulationEpochBasedTrainLoop`, so a checkpoint of the 1-GPU
     config (1 x 1 x acc 2) resumes under the 2-GPU config (2 x 1 x acc 1) at the same step,
     epoch, LR and EMA state, and back. Checkpoints of stock mmengine loops count micro-batches:
-    their ``iter`` is converted (divided by their accumulation). A resume is refused, with the
+    their ``iter`` is converted to optimizer steps and the config's LR schedule is replayed to
+    that step (the saved schedulers count micro-batches: a warm-up would last ``acc`` times
+    longer). A run with ``train_cfg.type='EpochBasedTrainLoop'`` counts micro-batches too and is
+    converted both ways. A resume is refused, with the
     reason, when the model's parameters or classes differ or the effective batch differs, or when
     the file holds no training state (weights only, a bare state dict, a ``best_*`` checkpoint
     without optimizer state, not a checkpoint): before mmengine reads its counters.
@@ -111,37 +202,50 @@ class CheckpointInterchangeHook(Hook):
         self._check_classes(runner, meta)
         current = training_layout(runner)
         saved: Optional[Dict] = meta.get('tbx11k')
-        if saved is None:
-            acc = _stock_accumulation(meta)
-            if acc > 1 and 'iter' in meta:
-                steps = meta['iter'] // acc
+        current_per_step = counts_per_optimizer_step(current)
+        if saved is None:  # written by stock mmengine: its loop counts micro-batches
+            saved_per_step = _stock_accumulation(meta)
+            if saved_per_step != current_per_step and 'iter' in meta:
+                saved_iter = meta['iter']
+                unfinished = saved_iter % saved_per_step
+                done = convert_counters(runner, checkpoint, saved_per_step, current_per_step)
                 print_log(
-                    f"Checkpoint from a stock mmengine loop: its iter {meta['iter']} counts "
-                    f'micro-batches of {acc}-step accumulation; resuming at optimizer step {steps}'
-                    + (f" (the last {meta['iter'] % acc} micro-batch(es) of an unfinished window "
-                       'are dropped)' if meta['iter'] % acc else ''),
+                    f'Checkpoint from a stock mmengine loop: its iter {saved_iter} counts '
+                    f'micro-batches of {saved_per_step}-step accumulation; resuming at '
+                    f"{current['counter_unit'].replace('_', ' ')} {meta['iter']}"
+                    + (f' (the last {unfinished} micro-batch(es) of an unfinished window are '
+                       'dropped)' if unfinished else '') + f'; converted: {done}',
                     logger='current')
-                meta['iter'] = steps
             return
+        saved_per_step = counts_per_optimizer_step(saved)
         if saved['effective_batch_size'] != current['effective_batch_size']:
             raise IncompatibleCheckpoint(
                 f"the checkpoint was trained with effective batch {saved['effective_batch_size']} "
                 f"({saved['world_size']} GPU x {saved['batch_size']} image x "
                 f"{saved['accumulative_counts']} accumulation), this run has "
                 f"{current['effective_batch_size']} ({current['world_size']} x "
-                f"{current['batch_size']} x {current['accumulative_counts']}): use the config "
-                'that matches the number of GPUs (1 GPU: configs/dino_tbx11k_1gpu.py, 2 GPUs: '
-                'configs/dino_tbx11k_2gpu.py)')
-        if saved['steps_per_epoch'] != current['steps_per_epoch']:
+                f"{current['batch_size']} x {current['accumulative_counts']}): "
+                + _same_effective_batch_advice(saved['effective_batch_size'], current))
+        # a stock loop's epoch of n micro-batches is ceil(n / acc) optimizer steps, as ours
+        saved_steps = -(-saved['steps_per_epoch'] // saved_per_step)
+        current_steps = -(-current['steps_per_epoch'] // current_per_step)
+        if saved_steps != current_steps:
             raise IncompatibleCheckpoint(
-                f"the checkpoint has {saved['steps_per_epoch']} optimizer steps per epoch, this "
-                f"run {current['steps_per_epoch']}: the training set is not the same")
+                f"the checkpoint has {saved_steps} optimizer steps per epoch, this "
+                f"run {current_steps}: the training set is not the same")
+        if saved_per_step != current_per_step:
+            print_log(
+                f"The checkpoint's counters count {saved.get('counter_unit')}s, this run's "
+                f"{current['counter_unit']}s; converted: "
+                + convert_counters(runner, checkpoint, saved_per_step, current_per_step),
+                logger='current')
         print_log(
             f"Resuming at epoch {meta.get('epoch')}, optimizer step {meta.get('iter')}: written by "
             f"{saved['world_size']} GPU x {saved['batch_size']} x {saved['accumulative_counts']} "
             f"accumulation, now {current['world_size']} x {current['batch_size']} x "
             f"{current['accumulative_counts']} (same effective batch "
-            f"{current['effective_batch_size']}; counters are optimizer steps)", logger='current')
+            f"{current['effective_batch_size']}; counters are {current['counter_unit']}s)",
+            logger='current')
 
     @staticmethod
     def _check_model(runner, state_dict: Dict) -> None:
