@@ -29,10 +29,10 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # this repo
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from mmengine.config import DictAction
+    from tbx11k.utils import KeyValueDictAction
     p = argparse.ArgumentParser(description='Count aten ops and host syncs of one micro-batch')
     p.add_argument('config', help='training config')
-    p.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
+    p.add_argument('--cfg-options', nargs='+', action=KeyValueDictAction, default={},
                    help="override config settings, e.g. model.bbox_head.type=DINOHead "
                    "(mmdet's head)")
     p.add_argument('--stock', action='store_true',

@@ -15,7 +15,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # this repo
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from mmengine.config import DictAction
+    from tbx11k.utils import KeyValueDictAction
     p = argparse.ArgumentParser(description='Detect TB on X-rays, draw and save the detections')
     p.add_argument('config', help='model config (e.g. configs/dino_tbx11k_1gpu.py)')
     p.add_argument('checkpoint', help='trained checkpoint')
@@ -28,7 +28,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--device', default=None, help='cuda:0, cpu, ... (default: cuda:0 if present)')
     p.add_argument('--no-draw', action='store_true', help='write the json only')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
-    p.add_argument('--cfg-options', nargs='+', action=DictAction,
+    p.add_argument('--cfg-options', nargs='+', action=KeyValueDictAction,
                    help='override settings in the config, key=value (mmengine syntax)')
     return p.parse_args(argv)
 

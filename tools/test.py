@@ -20,13 +20,13 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # this repo
 
 import torch  # noqa: E402
 from mmengine import ConfigDict  # noqa: E402
-from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.config import Config  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 from tbx11k.apis.inference import read_checkpoint, select_weights  # noqa: E402
-from tbx11k.utils import (check_data_root, check_launcher_environment,  # noqa: E402
-                          check_num_classes, check_output_paths, merge_cli_options,
+from tbx11k.utils import (KeyValueDictAction, check_data_root,  # noqa: E402
+                          check_launcher_environment, check_num_classes, check_output_paths, merge_cli_options,
                           metric_configs, read_config)
 from tbx11k.utils.dist import close_process_group  # noqa: E402
 
@@ -49,7 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         'needed; use with --test-split for the challenge test set)')
     parser.add_argument('--test-split', action='store_true',
                         help='test on annotations/json/all_test.json (the unlabelled test set)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+    parser.add_argument('--cfg-options', nargs='+', action=KeyValueDictAction,
                         help='override settings in the config, key=value (mmengine syntax)')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher')

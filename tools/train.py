@@ -48,7 +48,7 @@ EARLY_SIGNALS = EarlySignalRecorder() if __name__ == '__main__' else None
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # this repo's tbx11k
 
-from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.config import Config  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
@@ -56,8 +56,8 @@ from tbx11k.engine import IncompatibleCheckpoint, LayoutMismatch, NothingToTrain
 from tbx11k.engine.exit_codes import (EXIT_DIVERGED, EXIT_INCOMPATIBLE_CHECKPOINT,  # noqa: E402
                                       EXIT_NOTHING_TO_TRAIN, EXIT_WRONG_LAYOUT)
 from tbx11k.engine.stopping import NonFiniteTraining, stop_request  # noqa: E402
-from tbx11k.utils import (check_amp_device, check_data_root, check_num_classes,  # noqa: E402
-                          check_launcher_environment, check_output_paths,
+from tbx11k.utils import (KeyValueDictAction, check_amp_device, check_data_root,  # noqa: E402
+                          check_num_classes, check_launcher_environment, check_output_paths,
                           merge_cli_options, read_config)
 from tbx11k.utils.dist import close_process_group  # noqa: E402
 from tbx11k.utils.torch_load_compat import load_checkpoint_mmapped  # noqa: E402
@@ -76,7 +76,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         'in the work directory')
     parser.add_argument('--data-root', help='TBX11K root (holds imgs/ and annotations/); '
                         "overrides the config's data_root everywhere")
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+    parser.add_argument('--cfg-options', nargs='+', action=KeyValueDictAction,
                         help='override settings in the config, key=value (mmengine syntax)')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher')

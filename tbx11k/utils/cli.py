@@ -3,7 +3,7 @@ import os
 import os.path as osp
 from typing import Iterator, List, Optional, Tuple
 
-from mmengine.config import Config, ConfigDict
+from mmengine.config import Config, ConfigDict, DictAction
 
 SYNTHETIC_HINT = (
     'Get TBX11K from https://mmcheng.net/tb/ (or its Kaggle/Google-Drive mirrors) and unpack it so '
@@ -87,6 +87,8 @@ LAUNCHER_ENVIRONMENT = {
               'slurm/*.sbatch)'),
     'pytorch': (('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT'),
                 'start it with torchrun (tools/dist_train.sh CONFIG GPUS)'),
+    'mpi': (('OMPI_COMM_WORLD_LOCAL_RANK', 'OMPI_COMM_WORLD_RANK', 'OMPI_COMM_WORLD_SIZE',
+             'MASTER_ADDR'), 'start it with Open MPI\'s mpirun and export MASTER_ADDR'),
 }
 
 
@@ -98,6 +100,25 @@ def check_launcher_environment(launcher: str) -> None:
     if missing:
         raise SystemExit(f'error: --launcher {launcher} needs {", ".join(missing)} in the '
                          f'environment: {how}; or drop --launcher for one process')
+    import torch
+    if launcher == 'mpi' and not torch.cuda.is_available():
+        raise SystemExit('error: --launcher mpi needs GPUs (mmengine\'s MPI launcher selects a CUDA '
+                         'device per process); without GPUs use --launcher pytorch through '
+                         'tools/dist_train.sh, which runs the processes on gloo')
+
+
+class KeyValueDictAction(DictAction):
+    """mmengine's ``DictAction`` (``--cfg-options key=value ...``) that refuses an item without
+    ``=`` with a usage error naming it (mmengine fails with a bare "not enough values to
+    unpack")."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        items = values if isinstance(values, (list, tuple)) else [values]
+        bad = [item for item in items if '=' not in item]
+        if bad:
+            parser.error(f'{option_string}: {bad[0]!r} is not key=value (e.g. '
+                         'train_cfg.max_epochs=12 or optim_wrapper.optimizer.lr=2e-4)')
+        super().__call__(parser, namespace, values, option_string)
 
 
 def check_output_paths(work_dir: str, out: Optional[str] = None) -> None:
