@@ -126,20 +126,23 @@ WARMUP_2_EPOCHS = [
 ]
 
 
-@pytest.mark.parametrize('writer', ['mmengine', 'tbx11k_with_stock_loop'])
+@pytest.mark.parametrize('writer, stock_epochs', [('mmengine', 1), ('tbx11k_with_stock_loop', 1),
+                                                  ('mmengine', 2)])
 def test_micro_batch_checkpoint_resumes_on_the_optimizer_step_schedule(tmp_path, training_root,
-                                                                       writer):
+                                                                       writer, stock_epochs):
     """A checkpoint of a loop counting micro-batches (stock mmengine, or this project with
-    train_cfg.type='EpochBasedTrainLoop'), taken in the middle of an epoch-converted warm-up, at
-    acc 2: its schedulers count 26 micro-batches of warm-up where this run counts 14 optimizer
-    steps. Resumed, every later optimizer step has the LR of an uninterrupted run."""
+    train_cfg.type='EpochBasedTrainLoop') at acc 2, after 1 epoch (in the middle of an
+    epoch-converted warm-up: its schedulers count 26 micro-batches of warm-up where this run
+    counts 14 optimizer steps) or 2. Its windows run across epoch ends (13 micro-batches per
+    epoch), ours end with the epoch (7 steps). Resumed, every later optimizer step has the LR of an
+    uninterrupted run."""
     _, reference = run_schedule(tmp_path / 'ref', training_root, 2, WARMUP_2_EPOCHS)
     hooks = [dict(type='CheckpointInterchangeHook')] if writer != 'mmengine' else []
-    stock, _ = run_schedule(tmp_path / 'stock', training_root, 2, WARMUP_2_EPOCHS, max_epochs=1,
-                            loop='EpochBasedTrainLoop', custom_hooks=hooks)
-    checkpoint_file = tmp_path / 'stock' / 'acc2' / 'epoch_1.pth'
+    run_schedule(tmp_path / 'stock', training_root, 2, WARMUP_2_EPOCHS, max_epochs=stock_epochs,
+                 loop='EpochBasedTrainLoop', custom_hooks=hooks)
+    checkpoint_file = tmp_path / 'stock' / 'acc2' / f'epoch_{stock_epochs}.pth'
     saved = torch.load(checkpoint_file, map_location='cpu', weights_only=False)
-    assert saved['meta']['iter'] == 13  # micro-batches; the 13th is an unfinished window
+    assert saved['meta']['iter'] == 13 * stock_epochs  # micro-batches
     assert saved['param_schedulers'][0]['end'] == 26
     assert ('tbx11k' in saved['meta']) == (writer != 'mmengine')
     if writer != 'mmengine':
@@ -147,6 +150,6 @@ def test_micro_batch_checkpoint_resumes_on_the_optimizer_step_schedule(tmp_path,
     resumed, rec = run_schedule(tmp_path / 'resumed', training_root, 2, WARMUP_2_EPOCHS,
                                 custom_hooks=[dict(type='CheckpointInterchangeHook')],
                                 resume_from=checkpoint_file)
-    assert len(rec.lrs) == 14  # epochs 2 and 3, 7 optimizer steps each
-    assert rec.lrs == pytest.approx(reference.lrs[7:], rel=1e-12)
+    assert len(rec.lrs) == 7 * (3 - stock_epochs)  # the epochs left, 7 optimizer steps each
+    assert rec.lrs == pytest.approx(reference.lrs[7 * stock_epochs:], rel=1e-12)
     assert resumed.param_schedulers[0].end == 14

@@ -79,18 +79,35 @@ def replay_schedule(runner, epoch: int, iteration: int) -> Tuple[List[Dict], Lis
     return [scheduler.state_dict() for scheduler in schedulers], values
 
 
-def convert_counters(runner, checkpoint: Dict, saved_per_step: int, current_per_step: int) -> str:
+def _stock_epoch_length(runner) -> int:
+    """Micro-batches per process in an epoch of a stock loop with this run's GPUs and batch
+    (mmengine's ``DefaultSampler`` pads the set to a multiple of the world size)."""
+    layout = training_layout(runner)
+    per_rank = -(-len(runner.train_loop.dataloader.dataset) // layout['world_size'])
+    return -(-per_rank // layout['batch_size'])
+
+
+def convert_counters(runner, checkpoint: Dict, saved_per_step: int, current_per_step: int,
+                     saved_epoch_length: Optional[int] = None) -> str:
     """Rewrite ``meta.iter`` of ``checkpoint`` from counting ``saved_per_step`` units per
-    optimizer step to ``current_per_step``, inside the checkpoint's epoch, and put its LR
-    schedulers and scheduled optimizer values where this run's schedule is at that point (the
-    saved ones count the other unit: a warm-up would take longer or shorter); returns what was
-    done."""
+    optimizer step to ``current_per_step``, and put its LR schedulers and scheduled optimizer
+    values where this run's schedule is at that point (the saved ones count the other unit: a
+    warm-up would take longer or shorter); returns what was done.
+
+    The position is converted within the checkpoint's epoch (``saved_epoch_length`` counters
+    long; by default a stock loop's): a stock loop's accumulation windows run across epoch ends,
+    ours end with the epoch, so after e epochs the two step counts differ by up to e."""
     meta = checkpoint['meta']
     saved_iter, epoch = int(meta['iter']), int(meta.get('epoch', 0))
     per_epoch = len(runner.train_loop.dataloader)
-    new_iter = saved_iter // saved_per_step * current_per_step
-    # an epoch of n micro-batches is ceil(n / acc) windows in our loop: stay in the saved epoch
-    new_iter = min(max(new_iter, epoch * per_epoch), (epoch + 1) * per_epoch - 1)
+    if saved_epoch_length is None:
+        saved_epoch_length = _stock_epoch_length(runner)
+    within = saved_iter - epoch * saved_epoch_length
+    if 0 <= within < saved_epoch_length:
+        new_iter = epoch * per_epoch + min(within // saved_per_step * current_per_step,
+                                           per_epoch - 1)
+    else:  # not an epoch loop's checkpoint: the loop refuses it with its own message
+        new_iter = saved_iter // saved_per_step * current_per_step
     meta['iter'] = new_iter
     done = f'iter {saved_iter} -> {new_iter}'
     if runner.param_schedulers is None or 'param_schedulers' not in checkpoint:
@@ -237,7 +254,8 @@ class CheckpointInterchangeHook(Hook):
             print_log(
                 f"The checkpoint's counters count {saved.get('counter_unit')}s, this run's "
                 f"{current['counter_unit']}s; converted: "
-                + convert_counters(runner, checkpoint, saved_per_step, current_per_step),
+                + convert_counters(runner, checkpoint, saved_per_step, current_per_step,
+                                   saved['steps_per_epoch']),
                 logger='current')
         print_log(
             f"Resuming at epoch {meta.get('epoch')}, optimizer step {meta.get('iter')}: written by "
