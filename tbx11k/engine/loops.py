@@ -133,12 +133,20 @@ class AccumulationEpochBasedTrainLoop(EpochBasedTrainLoop):
                 'Raise train_cfg.max_epochs (and the schedulers) to train longer, or start a new '
                 'work dir.')
         self._skip = self._iter - self._epoch * steps_per_epoch
-        if not 0 <= self._skip < steps_per_epoch:
+        # an iteration checkpoint of an epoch's last step is written before the epoch's end hooks
+        # ran (mmengine's CheckpointHook.after_train_iter): epoch N-1, all N steps done
+        end_epoch_first = self._skip == steps_per_epoch
+        if not 0 <= self._skip <= steps_per_epoch:
             raise RuntimeError(
                 f'resumed optimizer step {self._iter} does not lie in epoch {self._epoch} '
                 f'({steps_per_epoch} steps per epoch): the checkpoint was written with another '
                 'effective batch size or dataset')
-        if self._skip:
+        if end_epoch_first:
+            self._skip = 0
+            print_log(f'The checkpoint was written after the last optimizer step of epoch '
+                      f'{self._epoch + 1}, before its end: ending that epoch first (by-epoch '
+                      'schedulers, validation when due)', logger='current')
+        elif self._skip:
             print_log(f'Resuming inside epoch {self._epoch + 1}: skipping its first {self._skip} '
                       f'of {steps_per_epoch} optimizer steps (already trained)', logger='current')
         # the optim wrapper counts micro-batches: TBX11KRunner already initialised it so; this
@@ -153,15 +161,25 @@ class AccumulationEpochBasedTrainLoop(EpochBasedTrainLoop):
         self.window_sampler.sampler.seed = shared_seed(self.runner)
 
         self.runner.call_hook('before_train')
+        if end_epoch_first:
+            self._end_epoch()
+            self._validate_if_due()
         while self._epoch < self._max_epochs and not self.stop_training:
             if not self.run_epoch() or self.stop_training:
                 break  # stopped inside the epoch (no validation of a half epoch) or at its end
-            self._decide_current_val_interval()
-            if (self.runner.val_loop is not None and self._epoch >= self.val_begin
-                    and (self._epoch % self.val_interval == 0 or self._epoch == self._max_epochs)):
-                self.runner.val_loop.run()
+            self._validate_if_due()
         self.runner.call_hook('after_train')
         return self.runner.model
+
+    def _end_epoch(self) -> None:
+        self.runner.call_hook('after_train_epoch')
+        self._epoch += 1
+
+    def _validate_if_due(self) -> None:
+        self._decide_current_val_interval()
+        if (self.runner.val_loop is not None and self._epoch >= self.val_begin
+                and (self._epoch % self.val_interval == 0 or self._epoch == self._max_epochs)):
+            self.runner.val_loop.run()
 
     def run_epoch(self) -> bool:
         """Train one epoch (or its rest after a resume); False if stopped inside it."""
@@ -174,8 +192,7 @@ class AccumulationEpochBasedTrainLoop(EpochBasedTrainLoop):
             if self.stop_training:
                 break
         else:
-            self.runner.call_hook('after_train_epoch')
-            self._epoch += 1
+            self._end_epoch()
             return True
         return False  # stopped inside the epoch (e.g. by a preemption hook)
 

@@ -34,3 +34,24 @@ def test_resumes_from_every_kind_of_checkpoint_are_bit_identical(interrupted_run
           + ', '.join(f'step {k}: {v!r}' for k, v in sorted(compared.items())))
     assert STEPS in compared and len(compared) >= 2
     assert all(v == 0.0 for v in compared.values())
+
+
+def test_iteration_checkpoint_of_an_epochs_last_step_resumes(tmp_path, training_root,
+                                                             reference_run):
+    """mmengine's CheckpointHook writes an iteration checkpoint of an epoch's last step before
+    the epoch's end (iter_7.pth: epoch 0, 7 steps done). Resuming it refused with "step 7 does not
+    lie in epoch 0"; it now ends epoch 1 first (its by-epoch LR step) and goes on, bit-identical."""
+    from tbx11k.testing import load_checkpoint
+    from reliability_helpers import compare, train
+    writer = tmp_path / 'writer'
+    rc, log = train(writer, training_root, resume=reference_run['work_dir'] / 'iter_5.pth',
+                    **{'default_hooks.checkpoint.interval': 7})
+    assert rc == 0, log[-3000:]
+    at_epoch_end = load_checkpoint(str(writer / 'iter_7.pth'))
+    assert (at_epoch_end['meta']['epoch'], at_epoch_end['meta']['iter']) == (0, 7)
+    rc, log = train(tmp_path / 'resumed', training_root, resume=writer / 'iter_7.pth')
+    assert rc == 0, log[-3000:]
+    assert 'after the last optimizer step of epoch 1, before its end: ending that epoch first' \
+        in log
+    final = load_checkpoint(str(tmp_path / 'resumed' / f'iter_{STEPS}.pth'))
+    assert compare(reference_run['final'], final) == 0.0
