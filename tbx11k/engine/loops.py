@@ -43,6 +43,14 @@ def shared_seed(runner) -> int:
     return seed
 
 
+#: why layouts of one effective batch are the same training only at equal images per micro-batch
+BATCH_ABOVE_1_NOTE = (
+    'More than 1 image per micro-batch: DINO gives every image of a batch as many denoising '
+    'queries as the image with the most boxes needs, and the extra ones count in the loss, so '
+    'this trains differently from the same effective batch made of 1-image micro-batches (e.g. '
+    '2 GPUs x 1 image); layouts with the same images per micro-batch still train identically')
+
+
 @LOOPS.register_module()
 class AccumulationEpochBasedTrainLoop(EpochBasedTrainLoop):
     """Epoch-based training where one iteration is one optimizer step.
@@ -111,6 +119,8 @@ class AccumulationEpochBasedTrainLoop(EpochBasedTrainLoop):
         normalization = getattr(model, 'loss_normalization', 'micro_batch (stock mmdet)')
         print_log(f'Effective batch size: {self.effective_batch_size} = {self._layout()}',
                   logger='current')
+        if self.window_sampler.batch_size > 1:
+            print_log(BATCH_ABOVE_1_NOTE, logger='current', level=logging.WARNING)
         print_log(
             f'Counters are optimizer steps: {len(self.dataloader)} per epoch '
             f'({self.micro_batches_per_epoch} micro-batches per process), {self._max_iters} in '

@@ -36,13 +36,14 @@ class Recorder(Hook):
 
 
 def run_schedule(tmp_path, data_root, acc, param_scheduler, max_epochs=3, loop=None,
-                 custom_hooks=(), resume_from=None):
+                 custom_hooks=(), resume_from=None, batch_size=1):
     cfg = Config.fromfile(TINY_1GPU)
     set_data_root(cfg, data_root)
     cfg.work_dir = str(tmp_path / f'acc{acc}')
     cfg.optim_wrapper.accumulative_counts = acc
-    cfg.effective_batch_size = acc
     cfg.train_cfg.max_epochs = max_epochs
+    cfg.train_dataloader.batch_size = batch_size
+    cfg.effective_batch_size = acc * batch_size
     cfg.train_cfg.val_begin = 99
     if loop is not None:
         cfg.train_cfg.type = loop
@@ -59,7 +60,7 @@ def run_schedule(tmp_path, data_root, acc, param_scheduler, max_epochs=3, loop=N
 
     def train_step(model, data, optim_wrapper):
         recorder.micro_batches += 1
-        assert len(data['inputs']) == 1  # a micro-batch, not the window
+        assert len(data['inputs']) == batch_size  # a micro-batch, not the window
         optim_wrapper.update_params(sum(p.sum() for p in model.parameters()) * 0.0)
         return {}
 
@@ -153,3 +154,17 @@ def test_micro_batch_checkpoint_resumes_on_the_optimizer_step_schedule(tmp_path,
     assert len(rec.lrs) == 7 * (3 - stock_epochs)  # the epochs left, 7 optimizer steps each
     assert rec.lrs == pytest.approx(reference.lrs[7 * stock_epochs:], rel=1e-12)
     assert resumed.param_schedulers[0].end == 14
+
+
+def test_more_than_one_image_per_micro_batch_is_warned(tmp_path, training_root, monkeypatch):
+    """2 images x acc 1 is the effective batch of 2 GPUs x 1 image, but DINO pads each image's
+    denoising queries to the batch's largest GT count: not the same training (the audit measured
+    weights 1.8e-3 apart after 14 steps); the run says so."""
+    import tbx11k.engine.loops as loops
+    said = []
+    monkeypatch.setattr(loops, 'print_log', lambda msg, **kw: said.append(msg))
+    run_schedule(tmp_path / 'b1', training_root, 2, ITER_WARMUP, max_epochs=1)
+    assert not any('More than 1 image per micro-batch' in m for m in said)
+    run_schedule(tmp_path / 'b2', training_root, 1, ITER_WARMUP, max_epochs=1, batch_size=2)
+    assert 'Effective batch size: 2 = 1 GPU x 2 image x 1 accumulation steps' in said
+    assert any(m.startswith('More than 1 image per micro-batch') for m in said)

@@ -14,7 +14,7 @@ from mmengine.optim.scheduler.param_scheduler import _ParamScheduler
 
 from mmdet.registry import HOOKS
 
-from ..loops import AccumulationEpochBasedTrainLoop, accumulative_counts_of
+from ..loops import BATCH_ABOVE_1_NOTE, AccumulationEpochBasedTrainLoop, accumulative_counts_of
 
 
 class IncompatibleCheckpoint(RuntimeError):
@@ -250,6 +250,12 @@ class CheckpointInterchangeHook(Hook):
             raise IncompatibleCheckpoint(
                 f"the checkpoint has {saved_steps} optimizer steps per epoch, this "
                 f"run {current_steps}: the training set is not the same")
+        if saved['batch_size'] != current['batch_size']:
+            print_log(
+                f"The checkpoint was trained with {saved['batch_size']} image(s) per micro-batch, "
+                f"this run has {current['batch_size']}: the same effective batch, but not the "
+                f"same training from here on. {BATCH_ABOVE_1_NOTE}.", logger='current',
+                level=logging.WARNING)
         if saved_per_step != current_per_step:
             print_log(
                 f"The checkpoint's counters count {saved.get('counter_unit')}s, this run's "
