@@ -68,8 +68,17 @@ def main(argv=None) -> int:
     if not osp.isfile(args.input):
         print(f'error: {args.input} does not exist', file=sys.stderr)
         return 2
+    if osp.exists(args.output) and osp.samefile(args.input, args.output):
+        print(f'error: the output {args.output} is the input: converting in place would replace '
+              'the COCO weights; write the converted checkpoint to another file', file=sys.stderr)
+        return 2
     # a pickle: only convert files you trust (the mmdet model zoo, your own runs)
-    checkpoint = load_local_checkpoint(args.input, map_location='cpu')
+    try:
+        checkpoint = load_local_checkpoint(args.input, map_location='cpu')
+    except Exception as error:  # not a torch file, truncated, another pickle
+        print(f'error: cannot load {args.input} as a checkpoint ({type(error).__name__}: '
+              f'{error})', file=sys.stderr)
+        return 2
     if not isinstance(checkpoint, dict):
         print(f'error: {args.input} holds a {type(checkpoint).__name__}, not a checkpoint dict',
               file=sys.stderr)

@@ -44,6 +44,10 @@ def main(argv=None) -> int:
         print(f'error: {error}', file=sys.stderr)
         return 2
     device = args.device or ('cuda:0' if torch.cuda.is_available() else 'cpu')
+    if device.startswith('cuda') and not torch.cuda.is_available():
+        print(f'error: --device {device}, but this torch sees no CUDA GPU; use --device cpu',
+              file=sys.stderr)
+        return 2
     try:
         detector = load_detector(args.config, args.checkpoint, device, args.weights,
                                  args.cfg_options)

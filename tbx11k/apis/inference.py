@@ -94,8 +94,9 @@ def _read_list(list_file: str) -> List[Tuple[str, str]]:
 def collect_images(inputs: Sequence[str]) -> List[Tuple[str, str]]:
     """(path, name) of every image in ``inputs``: image files, folders (searched recursively,
     sorted) and list files (``.txt``, one path per line). ``name`` is the path relative to its
-    folder or list (an image's file name), used for the json and the drawn file; names made
-    unique when two inputs collide."""
+    folder or list (an image's file name), used for the json and the drawn file
+    (``vis/<name without extension>.png``); a name whose drawing another input already takes
+    (same name, or same name but for the extension) gets ``_1``, ``_2``, ... """
     found: List[Tuple[str, str]] = []
     for item in inputs:
         if osp.isdir(item):
@@ -111,16 +112,17 @@ def collect_images(inputs: Sequence[str]) -> List[Tuple[str, str]]:
             found.extend(_read_list(item))
         else:
             raise FileNotFoundError(f'{item} is neither an image, a folder nor a list file')
-    seen: Dict[str, int] = {}
+    drawn = set()  # names without extension: a.jpg and a.png both draw to vis/a.png
     unique = []
     for path, name in found:
         name = name.replace(os.sep, '/')
-        if name in seen:
-            seen[name] += 1
-            stem, ext = osp.splitext(name)
-            name = f'{stem}_{seen[name]}{ext}'
-        seen.setdefault(name, 0)
-        unique.append((path, name))
+        stem, ext = osp.splitext(name)
+        candidate, k = name, 0
+        while osp.splitext(candidate)[0] in drawn:
+            k += 1
+            candidate = f'{stem}_{k}{ext}'
+        drawn.add(osp.splitext(candidate)[0])
+        unique.append((path, candidate))
     if not unique:
         raise FileNotFoundError(f'no images ({", ".join(IMAGE_EXTENSIONS)}) in {list(inputs)}')
     return unique

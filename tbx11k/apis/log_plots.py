@@ -339,10 +339,13 @@ def plot_overview(log: TrainingLog, path: str, metrics: Optional[Sequence[str]] 
 def plot_logs(work_dir: str, out_dir: Optional[str] = None,
               metrics: Optional[Sequence[str]] = None, all_layers: bool = False) -> Dict:
     """Write ``losses.png``, ``lr.png``, ``val_metrics.png`` (when there are val records) and
-    ``overview.png`` to ``out_dir`` (default ``WORK_DIR/plots``). Returns a summary dict with the
+    ``overview.png`` to ``out_dir`` (default ``WORK_DIR/plots``, next to a ``scalars.json`` given
+    instead of a folder). Returns a summary dict with the
     written paths."""
     log = load_training_log(work_dir)
-    out_dir = out_dir or osp.join(work_dir, 'plots')
+    # a scalars.json file: its folder
+    out_dir = out_dir or osp.join(work_dir if osp.isdir(work_dir) else osp.dirname(work_dir),
+                                  'plots')
     written = []
     if log.train:
         written.append(plot_losses(log, osp.join(out_dir, 'losses.png'), all_layers))

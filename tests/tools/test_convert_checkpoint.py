@@ -137,6 +137,21 @@ def test_cli_refuses_a_non_dino_checkpoint(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_cli_refuses_a_file_that_is_no_checkpoint_and_converting_in_place(tmp_path, capsys):
+    tool = load_tool('convert_coco_checkpoint')
+    text = tmp_path / 'notes.pth'
+    text.write_text('not a checkpoint')
+    assert tool.main([str(text), str(tmp_path / 'out.pth')]) == 2
+    assert f'error: cannot load {text} as a checkpoint' in capsys.readouterr().err
+    # output = input would replace the COCO weights with the converted ones
+    source = tmp_path / 'coco.pth'
+    torch.save({'state_dict': {'a': torch.zeros(1)}}, str(source))
+    before = source.read_bytes()
+    assert tool.main([str(source), str(tmp_path / '.' / 'coco.pth')]) == 2
+    assert 'is the input' in capsys.readouterr().err
+    assert source.read_bytes() == before
+
+
 def test_cli_converts_the_tiny_model(converted_tiny):
     path, stdout = converted_tiny
     # tiny: 2 decoder layers -> 3 branches, the encoder's is index 2

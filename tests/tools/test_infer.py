@@ -3,6 +3,7 @@ detections that round-trips. Uses the short real training run of conftest.py (ti
 import json
 import os
 import os.path as osp
+import shutil
 import sys
 
 import cv2
@@ -146,6 +147,14 @@ def test_collect_images(training_root, tmp_path):
     names = [n for _, n in collect_images([imgs, one, one])]
     assert 'tb/tb0001.png' in names and 'health/h0001.png' in names
     assert names[-2:] == ['tb0001.png', 'tb0001_1.png']
+    # one drawing per input: a.jpg and a.png both draw to vis/a.png, and a renamed a_1 must
+    # not take the drawing of an input already called a_1
+    for folder, name in (('u1', 'a_1.png'), ('u2', 'a.png'), ('u3', 'a.png'), ('u4', 'a.jpg')):
+        (tmp_path / folder).mkdir()
+        shutil.copy(one, tmp_path / folder / name)
+    names = [n for _, n in collect_images([str(tmp_path / f'u{k}') for k in (1, 2, 3, 4)])]
+    assert names == ['a_1.png', 'a.png', 'a_2.png', 'a_3.jpg']
+    assert len({osp.splitext(n)[0] for n in names}) == 4
     bad = tmp_path / 'list.txt'
     bad.write_text('tb/tb0001.png\nnot/there.png\n')
     with pytest.raises(FileNotFoundError, match='not/there.png'):
@@ -204,3 +213,13 @@ def test_images_deeper_than_8_bits_are_warned_about(tmp_path, capsys):
     assert warn_about_deep_images([(plain, 'plain.png'), (deep, 'deep.png')]) == [deep]
     assert f'infer: 1 images have more than 8 bits per sample (e.g. {deep})' in \
         capsys.readouterr().out
+
+
+@pytest.mark.skipif(__import__('torch').cuda.is_available(), reason='checks the CPU-only refusal')
+def test_cuda_device_without_a_gpu_is_refused_with_a_message(training_root, tmp_path, capsys):
+    from tools_test_helpers import load_tool
+    image = osp.join(training_root, 'imgs', 'tb', 'tb0001.png')
+    code = load_tool('infer').main([TINY_1GPU, str(tmp_path / 'x.pth'), image, '--out',
+                                    str(tmp_path / 'out'), '--device', 'cuda:0'])
+    assert code == 2
+    assert 'error: --device cuda:0, but this torch sees no CUDA GPU' in capsys.readouterr().err

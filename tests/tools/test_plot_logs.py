@@ -1,5 +1,6 @@
 """tools/plot_logs.py on the logs of a real tiny training run; merging of resumed sessions; the
 TensorBoard switch."""
+import glob
 import json
 import os
 import os.path as osp
@@ -51,6 +52,10 @@ def test_default_output_folder_and_all_layers(tiny_run):
     summary = plot_logs(tiny_run['work_dir'], all_layers=True)
     assert all(p.startswith(osp.join(tiny_run['work_dir'], 'plots')) for p in summary['files'])
     assert len(summary['files']) == 4
+    # a scalars.json given instead of a folder: the plots go next to it (crashed: '<file>/plots')
+    scalars = glob.glob(osp.join(tiny_run['work_dir'], '*', 'vis_data', 'scalars.json'))[0]
+    summary = plot_logs(scalars)
+    assert all(p.startswith(osp.join(osp.dirname(scalars), 'plots')) for p in summary['files'])
 
 
 def write_session(work_dir, name, records):
