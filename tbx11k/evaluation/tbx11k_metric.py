@@ -234,9 +234,14 @@ class TBX11KMetric(BaseMetric):
         with get_local_path(ann_file, backend_args=backend_args) as path:
             with open(path) as f:
                 self._gt_json = json.load(f)
-        if not format_only and 'annotations' not in self._gt_json:
+        images = self._gt_json.get('images') or []
+        unlabelled_test = (not self._gt_json.get('annotations') and bool(images) and all(
+            str(im.get('file_name', '')).replace('\\', '/').lstrip('./').startswith('test/')
+            for im in images))  # TBX11K's test split: imgs/test/, labels on the server
+        if not format_only and ('annotations' not in self._gt_json or unlabelled_test):
             raise TBX11KDataError(
-                f"{ann_file}: no 'annotations' (an image-info file such as "
+                f"{ann_file}: no 'annotations' or no box on images of test/ only (an "
+                "image-info file such as "
                 'all_test.json, whose labels the challenge server holds): '
                 'there is nothing to evaluate against. Write the submission '
                 'files instead: format_only=True (tools/test.py --format-only)')

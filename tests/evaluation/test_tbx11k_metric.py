@@ -692,6 +692,21 @@ def test_unlabelled_json_is_refused_unless_format_only(tmp_path):
     assert ann in msg and "no 'annotations'" in msg and 'format_only' in msg
     TBX11KMetric(ann_file=ann, format_only=True,
                  outfile_prefix=str(tmp_path / 'sub'))
+    # all_test.json as shipped: "annotations": [] on images of test/ only (scored as all
+    # non-TB it gave specificity and accuracy 1.0)
+    d = json.load(open(ann))
+    d['annotations'] = []
+    for im in d['images']:
+        im['file_name'] = 'test/' + im['file_name']
+    with open(ann, 'w') as f:
+        json.dump(d, f)
+    with pytest.raises(ValueError, match='test/ only .*format_only'):
+        TBX11KMetric(ann_file=ann)
+    # images without boxes elsewhere are a labelled healthy set: evaluated (with a warning)
+    d['images'][0]['file_name'] = 'health/h1.png'
+    with open(ann, 'w') as f:
+        json.dump(d, f)
+    TBX11KMetric(ann_file=ann)
 
 
 def test_labelled_json_without_boxes_warns(tmp_path, monkeypatch):
