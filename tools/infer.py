@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f'error: {error}', file=sys.stderr)
         return 2
-    print(f'{args.checkpoint}: {detector.weights} weights, classes {list(detector.classes)}, '
+    print(f'{args.checkpoint}: {detector.weights}, classes {list(detector.classes)}, '
           f'{len(images)} image(s), device {device}')
     several = len(images) > 1 or any(osp.isdir(i) for i in args.inputs)
     try:

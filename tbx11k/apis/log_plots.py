@@ -346,6 +346,9 @@ def plot_logs(work_dir: str, out_dir: Optional[str] = None,
     # a scalars.json file: its folder
     out_dir = out_dir or osp.join(work_dir if osp.isdir(work_dir) else osp.dirname(work_dir),
                                   'plots')
+    if metrics and log.val and not val_panels(log, metrics):
+        raise ValueError(f'no logged val metric matches {list(metrics)}; the logs have '
+                         f'{log.keys(val=True)}')
     written = []
     if log.train:
         written.append(plot_losses(log, osp.join(out_dir, 'losses.png'), all_layers))

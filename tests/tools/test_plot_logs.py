@@ -56,6 +56,9 @@ def test_default_output_folder_and_all_layers(tiny_run):
     scalars = glob.glob(osp.join(tiny_run['work_dir'], '*', 'vis_data', 'scalars.json'))[0]
     summary = plot_logs(scalars)
     assert all(p.startswith(osp.join(osp.dirname(scalars), 'plots')) for p in summary['files'])
+    # --metrics matching nothing: said, not an empty plot labelled "no validation records"
+    with pytest.raises(ValueError, match=r"no logged val metric matches \['nomatch\*'\]"):
+        plot_logs(tiny_run['work_dir'], metrics=['nomatch*'])
 
 
 def write_session(work_dir, name, records):
