@@ -26,8 +26,9 @@ from mmengine.runner import Runner  # noqa: E402
 
 from tbx11k.apis.inference import read_checkpoint, select_weights  # noqa: E402
 from tbx11k.utils import (KeyValueDictAction, check_data_root,  # noqa: E402
-                          check_launcher_environment, check_num_classes, check_output_paths, merge_cli_options,
-                          metric_configs, read_config)
+                          check_evaluators_read_their_loaders_json, check_launcher_environment,
+                          check_num_classes, check_output_paths, merge_cli_options, metric_configs,
+                          read_config)
 from tbx11k.utils.dist import close_process_group  # noqa: E402
 
 
@@ -174,6 +175,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     cfg = build_config(args)
     check_data_root(cfg, splits=('test_dataloader', ))
+    check_evaluators_read_their_loaders_json(cfg, splits=('test_dataloader', ))
     check_num_classes(cfg, splits=('test_dataloader', ))
     cfg.load_from, weights, state = weights_to_load(args.checkpoint, args.weights, cfg.work_dir)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)

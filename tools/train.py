@@ -57,8 +57,8 @@ from tbx11k.engine.exit_codes import (EXIT_DIVERGED, EXIT_INCOMPATIBLE_CHECKPOIN
                                       EXIT_NOTHING_TO_TRAIN, EXIT_WRONG_LAYOUT)
 from tbx11k.engine.stopping import NonFiniteTraining, stop_request  # noqa: E402
 from tbx11k.utils import (KeyValueDictAction, check_amp_device, check_data_root,  # noqa: E402
-                          check_num_classes, check_launcher_environment, check_output_paths,
-                          merge_cli_options, read_config)
+                          check_evaluators_read_their_loaders_json, check_launcher_environment,
+                          check_num_classes, check_output_paths, merge_cli_options, read_config)
 from tbx11k.utils.dist import close_process_group  # noqa: E402
 from tbx11k.utils.torch_load_compat import load_checkpoint_mmapped  # noqa: E402
 
@@ -168,6 +168,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     cfg = build_config(args)
     check_data_root(cfg)
+    check_evaluators_read_their_loaders_json(cfg, splits=('val_dataloader', ))
     check_num_classes(cfg)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     status = run_training(runner)

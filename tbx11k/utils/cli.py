@@ -1,7 +1,7 @@
 """Helpers shared by tools/train.py, tools/test.py and the other tools."""
 import os
 import os.path as osp
-from typing import Iterator, List, Optional, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 from mmengine.config import Config, ConfigDict, DictAction
 
@@ -66,6 +66,42 @@ def _loader_ann_file(cfg: Config, split: str) -> Optional[str]:
     if dataset is None or not dataset.get('ann_file'):
         return None
     return osp.join(dataset.get('data_root') or '', dataset['ann_file'])
+
+
+def check_evaluators_read_their_loaders_json(cfg: Config, splits: Sequence[str]) -> None:
+    """Exit before anything runs when a TBX11KMetric's ``ann_file`` is another json than its
+    dataloader's (ids restart at 1 in every TBX11K file, so every id may exist in both): the
+    metric refuses it only after the whole inference, or after the training's first epoch."""
+    import json
+    for split, evaluator_key in EVALUATOR_SPLITS:
+        loader_ann = _loader_ann_file(cfg, split)
+        if split not in splits or loader_ann is None or not osp.isfile(loader_ann):
+            continue
+        for metric in metric_configs(cfg.get(evaluator_key)):
+            ann = metric.get('ann_file')
+            if (metric.get('type') != 'TBX11KMetric' or not isinstance(ann, str)
+                    or not osp.isfile(ann) or osp.samefile(ann, loader_ann)):
+                continue
+            names = []
+            for path in (loader_ann, ann):
+                try:
+                    with open(path) as f:
+                        names.append({im['id']: im.get('file_name')
+                                      for im in json.load(f).get('images', [])})
+                except (OSError, ValueError, TypeError, KeyError, AttributeError):
+                    names = None  # the dataset and the metric report broken files themselves
+                    break
+            if names is None:
+                continue
+            loader_names, metric_names = names
+            wrong = [i for i, name in loader_names.items() if metric_names.get(i) != name]
+            if wrong:
+                raise SystemExit(
+                    f'error: {evaluator_key}.ann_file {ann!r} is another json than the one '
+                    f'{split} reads ({loader_ann!r}): {len(wrong)} of its {len(loader_names)} '
+                    f'images differ, e.g. image id={wrong[0]} is '
+                    f'{loader_names[wrong[0]]!r} there and {metric_names.get(wrong[0])!r} in '
+                    f'the evaluator\'s; set both to the same json')
 
 
 def read_config(path: str) -> Config:

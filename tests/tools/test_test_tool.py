@@ -280,3 +280,26 @@ def test_a_metric_follows_its_dataloader_json_through_the_options():
         [TINY_1GPU, 'x.pth', '--cfg-options', f'test_dataloader.dataset.ann_file={tb_only}',
          'test_dataloader.dataset.data_root=/data/Y/']))
     assert cfg.test_evaluator.ann_file == f'/data/Y/{tb_only}'
+
+
+@pytest.mark.parametrize('tool_name, split', [('test', 'test'), ('train', 'val')])
+def test_evaluator_reading_another_json_is_refused_before_anything_runs(tool_name, split,
+                                                                       training_root, tmp_path):
+    """TBX11KMetric found an evaluator ann_file other than its loader's json only after the whole
+    inference (test.py) or the first training epoch (train.py)."""
+    import shutil
+    from tbx11k.utils import check_evaluators_read_their_loaders_json
+    tool = load_tool(tool_name)
+    train_json = osp.join(training_root, 'annotations', 'json', 'TBX11K_train.json')
+    extra = [str(tmp_path / 'x.pth')] if tool_name == 'test' else []
+    cfg = tool.build_config(tool.parse_args(
+        [TINY_1GPU, *extra, '--data-root', training_root, '--work-dir', str(tmp_path / 'w'),
+         '--cfg-options', f'{split}_evaluator.ann_file={train_json}']))
+    with pytest.raises(SystemExit, match=rf'error: {split}_evaluator.ann_file .* is another json '
+                       rf"than the one {split}_dataloader reads .*image id=\d+ is"):
+        check_evaluators_read_their_loaders_json(cfg, splits=(f'{split}_dataloader', ))
+    # a copy of the loader's json elsewhere is the same json
+    copy = tmp_path / 'copy.json'
+    shutil.copy(osp.join(training_root, 'annotations', 'json', 'TBX11K_val.json'), copy)
+    cfg[f'{split}_evaluator'].ann_file = str(copy)
+    check_evaluators_read_their_loaders_json(cfg, splits=(f'{split}_dataloader', ))
