@@ -52,6 +52,11 @@ def main(argv=None) -> int:
         return 2
     print(json.dumps(summary, indent=2) if args.json else
           format_summary(summary))
+    made = len(summary['duplicate_pairs'])
+    if args.duplicate_pairs is not None and made < args.duplicate_pairs:
+        print(f'warning: --duplicate-pairs {args.duplicate_pairs}: made {made}, as many as there '
+              'are sick images in both train and val (raise --num-train/--num-val)',
+              file=sys.stderr)
     return 0
 
 

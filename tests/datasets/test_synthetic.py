@@ -204,6 +204,10 @@ def test_cli(tmp_path, capsys):
     assert 'train:    8 images' in out and 'TBX11K_train.json' in out
     assert len(load(tmp_path / 'd', 'TBX11K_train')['images']) == 8
     assert mod.main([str(tmp_path / 'd'), '--size', '64']) == 2  # exists
+    capsys.readouterr()
+    assert mod.main([str(tmp_path / 'e'), '--num-train', '4', '--num-val', '4', '--num-test', '0',
+                     '--num-extra', '0', '--size', '32', '--duplicate-pairs', '50']) == 0
+    assert 'warning: --duplicate-pairs 50: made ' in capsys.readouterr().err
 
 
 def test_scales_to_hundreds(tmp_path):
