@@ -75,16 +75,23 @@ class AccumulationEpochBasedTrainLoop(EpochBasedTrainLoop):
     def __init__(self, runner, dataloader: Union[DataLoader, Dict], max_epochs: int,
                  **kwargs) -> None:
         self.accumulative_counts = accumulative_counts_of(runner.optim_wrapper)
+        if self.accumulative_counts < 1:
+            raise LayoutMismatch(f'optim_wrapper.accumulative_counts={self.accumulative_counts}: '
+                                 'it must be a whole number >= 1 (1 GPU: 2, 2 GPUs: 1)')
         if isinstance(dataloader, dict):
             dataloader = dict(dataloader)
+            batch_size = dataloader.get('batch_size', 1)
+            if not isinstance(batch_size, int) or batch_size < 1:
+                raise LayoutMismatch(f'train_dataloader.batch_size={batch_size!r}: it must be a '
+                                     'whole number >= 1 (the configs use 1)')
             batch_sampler = dict(dataloader.get('batch_sampler') or {})
             if batch_sampler.get('type') not in (None, 'AccumulationWindowBatchSampler'):
-                raise ValueError(
+                raise LayoutMismatch(
                     f"{type(self).__name__} needs train_dataloader.batch_sampler="
                     f"dict(type='AccumulationWindowBatchSampler'), got {batch_sampler['type']!r}")
             declared = batch_sampler.get('accumulative_counts', self.accumulative_counts)
             if declared != self.accumulative_counts:
-                raise ValueError(
+                raise LayoutMismatch(
                     f'train_dataloader.batch_sampler.accumulative_counts={declared} contradicts '
                     f'optim_wrapper.accumulative_counts={self.accumulative_counts}; set only the '
                     'latter')

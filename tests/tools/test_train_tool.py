@@ -99,6 +99,21 @@ def test_2gpu_config_on_one_process_is_refused(tmp_path, training_root):
     assert 'effective batch of 2 images per optimizer step, but this launch gives 1' in proc.stdout
 
 
+@pytest.mark.parametrize('options, says', [
+    ({'optim_wrapper.accumulative_counts': 0}, 'optim_wrapper.accumulative_counts=0: it must be'),
+    ({'train_dataloader.batch_size': 0}, 'train_dataloader.batch_size=0: it must be'),
+    ({'train_dataloader.batch_sampler.accumulative_counts': 4},
+     'batch_sampler.accumulative_counts=4 contradicts optim_wrapper.accumulative_counts=2'),
+])
+def test_impossible_layout_settings_exit_5_with_a_message(tmp_path, training_root, options, says):
+    """They ended in bare ValueError tracebacks (exit 1)."""
+    proc = run(train_command(TINY_1GPU, str(tmp_path), 1, training_root, {**OPTIONS, **options}),
+               check=False)
+    assert proc.returncode == EXIT_WRONG_LAYOUT, proc.stderr[-2000:]
+    assert says in proc.stdout + proc.stderr
+    assert 'Traceback' not in proc.stdout + proc.stderr
+
+
 def test_missing_data_root_says_how_to_get_data(tmp_path):
     proc = run(train_command(TINY_1GPU, str(tmp_path), 1, str(tmp_path / 'nowhere')), check=False)
     assert proc.returncode != 0
