@@ -320,17 +320,23 @@ def load_detections(path: str) -> Dict:
 # ---- the whole tool ----------------------------------------------------------------------------
 def warn_about_deep_images(images: Sequence[Tuple[str, str]]) -> List[str]:
     """Warn once about input images of more than 8 bits per sample (mmcv loads them nearly
-    black); returns their paths. Files whose header cannot be read are left to the loader."""
+    black); returns their paths. Raises ``OSError`` listing every file whose header is not an
+    image's, before any inference (one bad file among thousands stopped the run halfway, with
+    the drawings so far and no json)."""
     from mmengine.logging import print_log
 
     from ..datasets.validation import TBX11KDataError, deep_images_warning, read_image_header
-    deep = []
+    deep, unreadable = [], []
     for path, _ in images:
         try:
             if read_image_header(path).bits_per_sample > 8:
                 deep.append(path)
-        except TBX11KDataError:
-            continue
+        except TBX11KDataError as error:
+            unreadable.append(str(error))
+    if unreadable:
+        raise OSError(f'{len(unreadable)} of the {len(images)} inputs are not readable images; '
+                      'remove them from the inputs: ' + '; '.join(unreadable[:5])
+                      + (' ...' if len(unreadable) > 5 else ''))
     if deep:
         print_log(deep_images_warning('infer', deep), logger='current', level=logging.WARNING)
     return deep

@@ -188,7 +188,8 @@ def test_list_lines_with_parent_folders_stay_under_vis(training_root, tmp_path):
         assert name.endswith(('tb/tb0001.png', 'tb/tb0002.png'))
 
 
-def test_unreadable_image_is_named(tmp_path):
+def test_unreadable_image_is_named(tmp_path, training_root):
+    good = osp.join(training_root, 'imgs', 'tb', 'tb0001.png')
     broken = tmp_path / 'broken.png'
     broken.write_bytes(b'not a png')
 
@@ -196,6 +197,14 @@ def test_unreadable_image_is_named(tmp_path):
         def predict(self, path):
             raise AssertionError(f'failed to load image: {path}')
 
+    # files that are no image are refused before anything is predicted or drawn
+    with pytest.raises(OSError, match=r'1 of the 2 inputs are not readable images.*broken.png'):
+        run_inference(LoaderAsserts(), [(good, 'good.png'), (str(broken), 'broken.png')],
+                      str(tmp_path / 'out'))
+    assert not (tmp_path / 'out' / 'vis').exists()
+    # a PNG truncated after a readable header fails in the loader: named too
+    with open(good, 'rb') as f:
+        broken.write_bytes(f.read(60))
     with pytest.raises(OSError, match=r'broken.png: not a readable image'):
         run_inference(LoaderAsserts(), [(str(broken), 'broken.png')], str(tmp_path / 'out'))
 
