@@ -35,6 +35,7 @@ class ImageCheck:
     dtype: Optional[str] = None
     max_value: Optional[int] = None  # decoded only
     digest: Optional[str] = None
+    exif_orientation: int = 1  # a JPEG's EXIF orientation: mmcv (cv2) rotates/flips when != 1
 
 
 @dataclass
@@ -115,6 +116,7 @@ def check_image(path: str, decode: bool = True) -> ImageCheck:
         res.ok, res.error = False, str(e)
         return res
     res.width, res.height = header.width, header.height
+    res.exif_orientation = header.exif_orientation
     if not decode:
         return res
     arr = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_UNCHANGED) \
@@ -193,6 +195,12 @@ def check_ann_file(ann_file: str,
                         + (' (nearly black)' if chk.max_value < 16384 else '')
                         + '; convert it to 8-bit, scaled to its own range')
             issues.warning('image_format', entry, msg)
+        if chk.exif_orientation != 1:
+            issues.warning(
+                'exif_orientation', entry,
+                f'JPEG with EXIF orientation {chk.exif_orientation}: mmcv decodes it rotated or '
+                'flipped, so its boxes must be in that frame (the size check catches a '
+                '90-degree turn of a non-square image only); save it upright without the tag')
     tb_empty = [
         img['file_name'] for img in val.images
         if img['file_name'].startswith('tb/')

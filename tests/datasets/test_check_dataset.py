@@ -187,6 +187,28 @@ def test_16_bit_image_warning_says_how_it_loads(copy_root):
     assert 'maximum 3744 becomes 14 (nearly black)' in msg[0]
 
 
+@pytest.mark.parametrize('decode', [True, False])
+def test_exif_oriented_jpeg_is_a_warning(copy_root, decode):
+    """A square JPEG with an EXIF rotation loads turned (cv2), and the size check cannot see it;
+    the dataset warned at load time, check_dataset said nothing."""
+    from PIL import Image
+    raw = load(copy_root / TRAIN)
+    for k, orientation in ((0, 6), (1, 1)):
+        img = raw['images'][k]
+        png = copy_root / 'imgs' / img['file_name']
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        Image.open(png).convert('RGB').save(png.with_suffix('.jpg'), exif=exif)
+        img['file_name'] = img['file_name'][:-4] + '.jpg'
+    (copy_root / TRAIN).write_text(json.dumps(raw))
+    report = check_dataset(copy_root, [TRAIN], decode=decode)
+    assert report.ok
+    warned = [w for w in report.all_warnings() if w.kind == 'exif_orientation']
+    assert len(warned) == 1, report.all_warnings()
+    assert raw['images'][0]['file_name'] in warned[0].message
+    assert 'EXIF orientation 6' in warned[0].message
+
+
 def test_within_file_duplicates(copy_root):
     raw = load(copy_root / TRAIN)
     a, b = raw['images'][0], raw['images'][1]
