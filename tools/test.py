@@ -54,7 +54,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='override settings in the config, key=value (mmengine syntax)')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher')
-    parser.add_argument('--tta', action='store_true')
+    parser.add_argument('--tta', action='store_true',
+                        help="test-time augmentation (mmdet's): the config's tta_model and "
+                        'tta_pipeline, by default the prediction on the film and on its '
+                        'horizontal flip merged by NMS (IoU 0.5)')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
     if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):

@@ -21,6 +21,7 @@ JSON written by :func:`write_detections` (and read back by :func:`load_detection
 ``bbox`` is x1, y1, x2, y2 in original image pixels (2 decimals), ``label`` the 0-based index into
 ``classes``; detections are sorted by decreasing score.
 """
+import codecs
 import json
 import logging
 import os
@@ -68,10 +69,14 @@ def _read_list(list_file: str) -> List[Tuple[str, str]]:
     kinds = f'neither an image ({", ".join(IMAGE_EXTENSIONS)}), a folder nor a text list of images'
     with open(list_file, 'rb') as f:
         raw = f.read()
-    if b'\x00' in raw:
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # PowerShell's `>` writes these
+        text = raw.decode('utf-16')
+    elif b'\x00' in raw:
         raise FileNotFoundError(f'{list_file} is {kinds} (it is not text)')
-    # file names as the file system gives them (bytes that are not UTF-8 kept, as os does)
-    lines = [line.strip() for line in raw.decode('utf-8', 'surrogateescape').splitlines()]
+    else:  # file names as the file system gives them (bytes that are not UTF-8 kept, as os does)
+        text = raw.decode('utf-8', 'surrogateescape')
+    # a byte-order mark (Notepad's UTF-8) made the first line a name that no file has
+    lines = [line.strip() for line in text.lstrip('\ufeff').splitlines()]
     entries = [line for line in lines if line and not line.startswith('#')]
     if entries and not any(_is_image(line) for line in entries):
         raise FileNotFoundError(f'{list_file} is {kinds}: none of its {len(entries)} line(s) names '
@@ -320,25 +325,34 @@ def load_detections(path: str) -> Dict:
 # ---- the whole tool ----------------------------------------------------------------------------
 def warn_about_deep_images(images: Sequence[Tuple[str, str]]) -> List[str]:
     """Warn once about input images of more than 8 bits per sample (mmcv loads them nearly
-    black); returns their paths. Raises ``OSError`` listing every file whose header is not an
-    image's, before any inference (one bad file among thousands stopped the run halfway, with
-    the drawings so far and no json)."""
+    black) and once about JPEGs with an EXIF orientation (mmcv decodes them rotated, so the
+    drawings and boxes are in the rotated frame); returns the deep images' paths. Raises
+    ``OSError`` listing every file whose header is not an image's, before any inference (one bad
+    file among thousands stopped the run halfway, with the drawings so far and no json)."""
     from mmengine.logging import print_log
 
-    from ..datasets.validation import TBX11KDataError, deep_images_warning, read_image_header
-    deep, unreadable = [], []
+    from ..datasets.validation import (TBX11KDataError, deep_images_warning,
+                                       exif_oriented_warning, read_image_header)
+    deep, oriented, unreadable = [], [], []
     for path, _ in images:
         try:
-            if read_image_header(path).bits_per_sample > 8:
-                deep.append(path)
+            header = read_image_header(path)
         except TBX11KDataError as error:
             unreadable.append(str(error))
+            continue
+        if header.bits_per_sample > 8:
+            deep.append(path)
+        if header.exif_orientation != 1:
+            oriented.append(path)
     if unreadable:
         raise OSError(f'{len(unreadable)} of the {len(images)} inputs are not readable images; '
                       'remove them from the inputs: ' + '; '.join(unreadable[:5])
                       + (' ...' if len(unreadable) > 5 else ''))
     if deep:
         print_log(deep_images_warning('infer', deep), logger='current', level=logging.WARNING)
+    if oriented:
+        print_log(exif_oriented_warning('infer', oriented), logger='current',
+                  level=logging.WARNING)
     return deep
 
 

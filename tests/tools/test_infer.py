@@ -173,6 +173,18 @@ def test_inputs_that_are_no_image_list_are_named(tmp_path):
         collect_images([str(ann)])
 
 
+@pytest.mark.parametrize('encoding', ['utf-8-sig', 'utf-16'])
+def test_list_files_with_a_byte_order_mark(training_root, tmp_path, encoding):
+    """Notepad's UTF-8 (a BOM) made the first line a name no file has; PowerShell's `>` writes
+    UTF-16, which was refused as 'not text'."""
+    lines = ['tb/tb0001.png', 'health/h0001.png']
+    (tmp_path / 'lists').mkdir()
+    listed = tmp_path / 'lists' / 'list.txt'  # names relative to ../imgs/, as TBX11K's lists
+    listed.write_text('\r\n'.join(lines) + '\r\n', encoding=encoding)
+    shutil.copytree(osp.join(training_root, 'imgs'), tmp_path / 'imgs')
+    assert [n for _, n in collect_images([str(listed)])] == lines
+
+
 def test_list_lines_with_parent_folders_stay_under_vis(training_root, tmp_path):
     """A list naming '../imgs/tb/tb0001.png' drew to OUT/vis/../imgs/... = OUT/imgs/... (with
     --out at the data root: over the X-ray itself)."""
@@ -221,6 +233,25 @@ def test_images_deeper_than_8_bits_are_warned_about(tmp_path, capsys):
     assert 'bits per sample' not in capsys.readouterr().out
     assert warn_about_deep_images([(plain, 'plain.png'), (deep, 'deep.png')]) == [deep]
     assert f'infer: 1 images have more than 8 bits per sample (e.g. {deep})' in \
+        capsys.readouterr().out
+
+
+def test_exif_oriented_jpegs_are_warned_about(tmp_path, capsys):
+    """mmcv decodes a JPEG turned by its EXIF orientation: the boxes and drawings are in that
+    frame; the dataset warned, infer did not."""
+    from PIL import Image
+    from mmengine.logging import MMLogger
+    from tbx11k.apis.inference import warn_about_deep_images
+    turned, upright = str(tmp_path / 'turned.jpg'), str(tmp_path / 'upright.jpg')
+    for path, orientation in ((turned, 6), (upright, 1)):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        Image.new('RGB', (16, 16), (90, 90, 90)).save(path, exif=exif)
+    MMLogger.get_instance('tbx11k_infer_exif_test')  # print_log's 'current' logger
+    assert warn_about_deep_images([(upright, 'upright.jpg')]) == []
+    assert 'EXIF' not in capsys.readouterr().out
+    assert warn_about_deep_images([(upright, 'upright.jpg'), (turned, 'turned.jpg')]) == []
+    assert f'infer: 1 JPEG images carry an EXIF orientation other than 1 (e.g. {turned})' in \
         capsys.readouterr().out
 
 
