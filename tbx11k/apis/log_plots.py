@@ -10,9 +10,12 @@ session, one json object per line:
   ``data_time`` and ``step`` = the epoch just finished.
 
 A work dir resumed N times holds N+1 sessions. They are merged in timestamp order and a later
-session wins: when it starts (at its first train record's step / epoch), the earlier sessions'
-records from that step (and that epoch's validation) on are dropped, since training restarted
-from a checkpoint there. A session that logged nothing (crashed at start) is ignored.
+session wins: where it starts, the earlier sessions' records from that point on are dropped,
+since training restarted from a checkpoint there. The start is the resume point its text log
+(``<timestamp>/<timestamp>.log``) gives (mmengine's ``resumed epoch: E, iter: I``), else its
+first train record's step / epoch: with another logging interval than the earlier session the
+first record lies past the resume point, and records of the retrained steps were kept. A session
+that logged nothing (crashed at start) is ignored.
 """
 import fnmatch
 import glob
@@ -40,6 +43,7 @@ class Session:
     train: List[Dict] = field(default_factory=list)
     val: List[Dict] = field(default_factory=list)
     bad_lines: int = 0
+    resumed_at: Optional[Tuple[int, int]] = None  # (epoch, iter) its text log says it resumed at
 
 
 @dataclass
@@ -83,9 +87,28 @@ def scalar_files(work_dir: str) -> List[str]:
     return sorted(glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json')))
 
 
+RESUMED = re.compile(r'resumed epoch: (\d+), iter: (\d+)')
+
+
+def resume_point(session_dir: str) -> Optional[Tuple[int, int]]:
+    """(epoch, iter) at which the session of ``session_dir`` resumed, from its text log; None
+    when it did not resume (or has no text log)."""
+    name = osp.basename(osp.normpath(session_dir))
+    path = osp.join(session_dir, f'{name}.log')
+    if not osp.isfile(path):
+        return None
+    with open(path, errors='replace') as f:
+        for line in f:
+            match = RESUMED.search(line)
+            if match:
+                return int(match.group(1)), int(match.group(2))
+    return None
+
+
 def read_session(path: str) -> Session:
-    name = osp.basename(osp.dirname(osp.dirname(path))) or path
-    session = Session(name, path)
+    session_dir = osp.dirname(osp.dirname(path))
+    name = osp.basename(session_dir) or path
+    session = Session(name, path, resumed_at=resume_point(session_dir))
     with open(path) as f:
         for line in f:
             if not line.strip():
@@ -113,11 +136,14 @@ def merge_sessions(sessions: Sequence[Session]) -> TrainingLog:
     for session in used:
         if session.train:
             first_step = min(r['step'] for r in session.train)
-            train = {k: v for k, v in train.items() if k < first_step}
             epochs = [int(r['epoch']) for r in session.train if 'epoch' in r]
             first_val = min(epochs) if epochs else min(r['step'] for r in session.train)
-        else:
-            first_val = min(r['step'] for r in session.val)
+        else:  # val records count epochs, not steps
+            first_step, first_val = float('inf'), min(r['step'] for r in session.val)
+        if session.resumed_at is not None:  # a train record's step is the iter after the step
+            first_step = min(first_step, session.resumed_at[1] + 1)
+            first_val = min(first_val, session.resumed_at[0] + 1)
+        train = {k: v for k, v in train.items() if k < first_step}
         val = {k: v for k, v in val.items() if k < first_val}
         for r in session.train:
             train[r['step']] = r

@@ -98,6 +98,27 @@ def test_resumed_sessions_merge_and_the_later_one_wins(tmp_path):
         assert_real_png(path)
 
 
+def test_a_resumed_session_with_another_logging_interval_drops_the_retrained_records(tmp_path):
+    """Resumed at step 10 with interval 5 after a session logging every step: its first record is
+    at step 15, and the earlier session's records of the retrained steps 11-14 were kept."""
+    write_session(tmp_path, '20240101_000000',
+                  [train_record(s, (s - 1) // 10 + 1, 10.0) for s in range(1, 15)]
+                  + [dict(**{'coco/bbox_mAP': 0.1}, step=1)])
+    write_session(tmp_path, '20240102_000000',
+                  [train_record(s, (s - 1) // 10 + 1, 5.0) for s in (15, 20)])
+    (tmp_path / '20240102_000000' / '20240102_000000.log').write_text(
+        '2024/01/02 00:00:01 - mmengine - INFO - resumed epoch: 1, iter: 10\n')
+    log = load_training_log(str(tmp_path))
+    assert log.sessions[1].resumed_at == (1, 10)
+    assert [r['step'] for r in log.train] == list(range(1, 11)) + [15, 20]
+    assert log.series('coco/bbox_mAP', val=True) == ([1], [0.1])  # epoch 1 finished before
+    # a session that resumed inside epoch 1 drops that epoch's validation too
+    (tmp_path / '20240102_000000' / '20240102_000000.log').write_text('resumed epoch: 0, iter: 4')
+    log = load_training_log(str(tmp_path))
+    assert [r['step'] for r in log.train] == [1, 2, 3, 4, 15, 20]
+    assert log.val == []
+
+
 def test_missing_logs_are_a_clear_error(tmp_path, capsys):
     tool = load_tool('plot_logs')
     assert tool.main([str(tmp_path)]) == 2
