@@ -9,12 +9,11 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from mmengine.evaluator import BaseMetric
-from mmengine.fileio import get_local_path
 from mmengine.logging import MessageHub, MMLogger, print_log
 
 from mmdet.registry import METRICS
 
-from ..datasets.validation import MIN_BOX_SIZE, TBX11KDataError, summarize_ids
+from ..datasets.validation import MIN_BOX_SIZE, TBX11KDataError, read_json, summarize_ids
 from . import functional as F
 from . import report as R
 
@@ -231,9 +230,12 @@ class TBX11KMetric(BaseMetric):
         self.save_plots = save_plots
         self.weights_tag = weights_tag
         self.backend_args = backend_args
-        with get_local_path(ann_file, backend_args=backend_args) as path:
-            with open(path) as f:
-                self._gt_json = json.load(f)
+        # read_json: errors name the file, and a UTF-8 byte-order mark (which the dataset reads)
+        # is read here too (json.load on text failed on it with a bare JSONDecodeError)
+        self._gt_json = read_json(ann_file, backend_args=backend_args)
+        if not isinstance(self._gt_json, dict):
+            raise TBX11KDataError(f'{ann_file}: the top level is a {type(self._gt_json).__name__}, '
+                                  "not a COCO object with 'images' and 'annotations'")
         images = self._gt_json.get('images') or []
         unlabelled_test = (not self._gt_json.get('annotations') and bool(images) and all(
             str(im.get('file_name', '')).replace('\\', '/').lstrip('./').startswith('test/')

@@ -72,7 +72,7 @@ def check_evaluators_read_their_loaders_json(cfg: Config, splits: Sequence[str])
     """Exit before anything runs when a TBX11KMetric's ``ann_file`` is another json than its
     dataloader's (ids restart at 1 in every TBX11K file, so every id may exist in both): the
     metric refuses it only after the whole inference, or after the training's first epoch."""
-    import json
+    from ..datasets.validation import TBX11KDataError, read_json
     for split, evaluator_key in EVALUATOR_SPLITS:
         loader_ann = _loader_ann_file(cfg, split)
         if split not in splits or loader_ann is None or not osp.isfile(loader_ann):
@@ -85,10 +85,9 @@ def check_evaluators_read_their_loaders_json(cfg: Config, splits: Sequence[str])
             names = []
             for path in (loader_ann, ann):
                 try:
-                    with open(path) as f:
-                        names.append({im['id']: im.get('file_name')
-                                      for im in json.load(f).get('images', [])})
-                except (OSError, ValueError, TypeError, KeyError, AttributeError):
+                    names.append({im['id']: im.get('file_name')
+                                  for im in read_json(path).get('images', [])})
+                except (TBX11KDataError, TypeError, KeyError, AttributeError):
                     names = None  # the dataset and the metric report broken files themselves
                     break
             if names is None:

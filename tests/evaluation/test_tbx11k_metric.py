@@ -6,6 +6,7 @@ Boxes and scores are multiples of 1/4 and 1/64 so that float32 tensors,
 json floats and float64 arithmetic all hold the same values (and score
 ties exercise the tie-breaking rules).
 """
+import codecs
 import contextlib
 import io
 import json
@@ -22,6 +23,7 @@ from pycocotools.cocoeval import COCOeval
 
 from mmdet.registry import METRICS
 from mmdet.structures import DetDataSample
+from tbx11k.datasets.validation import TBX11KDataError
 from tbx11k.evaluation import FastCOCOeval, TBX11KMetric, greedy_match
 
 CATS = [
@@ -707,6 +709,25 @@ def test_unlabelled_json_is_refused_unless_format_only(tmp_path):
     with open(ann, 'w') as f:
         json.dump(d, f)
     TBX11KMetric(ann_file=ann)
+
+
+def test_json_with_a_byte_order_mark_and_broken_json_are_read_as_the_dataset_does(tmp_path):
+    """A json saved with a UTF-8 BOM loads in TBX11KDataset; the metric's text-mode json.load
+    failed on it with a bare JSONDecodeError. Broken files are named."""
+    ann, samples, _, _, _ = random_case(tmp_path)
+    plain, _ = quiet(run, ann, samples)
+    bom = tmp_path / 'bom.json'
+    bom.write_bytes(codecs.BOM_UTF8 + open(ann, 'rb').read())
+    with_bom, _ = quiet(run, str(bom), samples)
+    assert with_bom == plain and plain['tbx11k/bbox_mAP'] > 0
+    bad = tmp_path / 'cut.json'
+    bad.write_text(open(ann).read()[:100])
+    with pytest.raises(TBX11KDataError, match=r'cut.json: not valid JSON'):
+        TBX11KMetric(ann_file=str(bad))
+    listed = tmp_path / 'list.json'
+    listed.write_text('[]')
+    with pytest.raises(TBX11KDataError, match=r"list.json: the top level is a list"):
+        TBX11KMetric(ann_file=str(listed))
 
 
 def test_labelled_json_without_boxes_warns(tmp_path, monkeypatch):

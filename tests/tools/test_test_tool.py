@@ -298,6 +298,13 @@ def test_evaluator_reading_another_json_is_refused_before_anything_runs(tool_nam
     with pytest.raises(SystemExit, match=rf'error: {split}_evaluator.ann_file .* is another json '
                        rf"than the one {split}_dataloader reads .*image id=\d+ is"):
         check_evaluators_read_their_loaders_json(cfg, splits=(f'{split}_dataloader', ))
+    # a copy saved with a byte-order mark is read (it was skipped as unreadable)
+    bom = tmp_path / 'bom.json'
+    with open(train_json, 'rb') as f:
+        bom.write_bytes(b'\xef\xbb\xbf' + f.read())
+    cfg[f'{split}_evaluator'].ann_file = str(bom)
+    with pytest.raises(SystemExit, match='is another json'):
+        check_evaluators_read_their_loaders_json(cfg, splits=(f'{split}_dataloader', ))
     # a copy of the loader's json elsewhere is the same json
     copy = tmp_path / 'copy.json'
     shutil.copy(osp.join(training_root, 'annotations', 'json', 'TBX11K_val.json'), copy)
