@@ -105,6 +105,29 @@ def lr_by_step(work_dir: str) -> Dict[int, float]:
     return {int(r['step']): float(r['lr']) for r in scalars(work_dir)}
 
 
+def save_jpeg_with_orientation(path: str, orientation: int, source: Optional[str] = None,
+                               size: Sequence[int] = (16, 16)) -> str:
+    """Write a JPEG carrying EXIF orientation ``orientation``: the image ``source`` (converted to
+    RGB), else a grey ``size`` (width, height) one. Returns ``path``."""
+    from PIL import Image
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    image = Image.open(source).convert('RGB') if source else Image.new('RGB', tuple(size),
+                                                                          (90, 90, 90))
+    image.save(path, exif=exif)
+    return str(path)
+
+
+def json_entries_as_oriented_jpegs(root, data: Dict, orientations: Dict[int, int]) -> None:
+    """Replace the PNG of ``data['images'][k]`` (under ``root/imgs``) by a JPEG of EXIF
+    orientation ``orientations[k]`` and point the entry at it (``data`` is changed in place)."""
+    for k, orientation in orientations.items():
+        img = data['images'][k]
+        png = osp.join(str(root), 'imgs', img['file_name'])
+        save_jpeg_with_orientation(osp.splitext(png)[0] + '.jpg', orientation, source=png)
+        img['file_name'] = osp.splitext(img['file_name'])[0] + '.jpg'
+
+
 def register_oracle_detector():
     """Register ``GTOracleDetector``: predicts the ground truth (tests of the evaluation path)."""
     from mmdet.models.detectors.base import BaseDetector

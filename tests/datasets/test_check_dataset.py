@@ -191,15 +191,9 @@ def test_16_bit_image_warning_says_how_it_loads(copy_root):
 def test_exif_oriented_jpeg_is_a_warning(copy_root, decode):
     """A square JPEG with an EXIF rotation loads turned (cv2), and the size check cannot see it;
     the dataset warned at load time, check_dataset said nothing."""
-    from PIL import Image
+    from tbx11k.testing import json_entries_as_oriented_jpegs
     raw = load(copy_root / TRAIN)
-    for k, orientation in ((0, 6), (1, 1)):
-        img = raw['images'][k]
-        png = copy_root / 'imgs' / img['file_name']
-        exif = Image.Exif()
-        exif[0x0112] = orientation
-        Image.open(png).convert('RGB').save(png.with_suffix('.jpg'), exif=exif)
-        img['file_name'] = img['file_name'][:-4] + '.jpg'
+    json_entries_as_oriented_jpegs(copy_root, raw, {0: 6, 1: 1})
     (copy_root / TRAIN).write_text(json.dumps(raw))
     report = check_dataset(copy_root, [TRAIN], decode=decode)
     assert report.ok

@@ -305,15 +305,9 @@ def test_unreadable_image_file_is_refused_at_load(broken_copy, content, expected
 def test_exif_oriented_jpegs_are_counted_and_logged(broken_copy, logs):
     """cv2 turns a JPEG by its EXIF orientation when decoding; on a square film the size check
     cannot see it, and the boxes may be in the other frame."""
-    from PIL import Image
+    from tbx11k.testing import json_entries_as_oriented_jpegs
     root, ann_file, data = broken_copy()
-    for k, orientation in ((3, 6), (5, 1)):
-        img = data['images'][k]
-        png = root / 'imgs' / img['file_name']
-        exif = Image.Exif()
-        exif[0x0112] = orientation
-        Image.open(png).convert('RGB').save(png.with_suffix('.jpg'), exif=exif)
-        img['file_name'] = img['file_name'][:-4] + '.jpg'
+    json_entries_as_oriented_jpegs(root, data, {3: 6, 5: 1})
     ann_file.write_text(json.dumps(data))
     assert len(make(root, ann_file)) == len(data['images'])  # square: sizes still match
     warned = [m for m in logs if 'EXIF orientation' in m]
@@ -631,12 +625,10 @@ def test_training_set_without_any_box_is_a_warning(broken_copy, logs):
 def test_image_header_size_is_the_size_mmcv_loads(tmp_path, orientation):
     """A JPEG's EXIF orientation 5-8 turns it by 90 degrees when cv2 (mmcv) decodes it."""
     import mmcv
-    from PIL import Image
     from tbx11k.datasets.validation import read_image_header
+    from tbx11k.testing import save_jpeg_with_orientation
     path = tmp_path / 'film.jpg'
-    exif = Image.Exif()
-    exif[0x0112] = orientation
-    Image.new('RGB', (100, 128), (90, 90, 90)).save(path, exif=exif)
+    save_jpeg_with_orientation(path, orientation, size=(100, 128))
     loaded = mmcv.imfrombytes(path.read_bytes(), flag='color', backend='cv2')
     header = read_image_header(str(path))
     assert (header.height, header.width) == loaded.shape[:2]

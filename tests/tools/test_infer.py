@@ -239,14 +239,11 @@ def test_images_deeper_than_8_bits_are_warned_about(tmp_path, capsys):
 def test_exif_oriented_jpegs_are_warned_about(tmp_path, capsys):
     """mmcv decodes a JPEG turned by its EXIF orientation: the boxes and drawings are in that
     frame; the dataset warned, infer did not."""
-    from PIL import Image
     from mmengine.logging import MMLogger
     from tbx11k.apis.inference import warn_about_deep_images
-    turned, upright = str(tmp_path / 'turned.jpg'), str(tmp_path / 'upright.jpg')
-    for path, orientation in ((turned, 6), (upright, 1)):
-        exif = Image.Exif()
-        exif[0x0112] = orientation
-        Image.new('RGB', (16, 16), (90, 90, 90)).save(path, exif=exif)
+    from tbx11k.testing import save_jpeg_with_orientation
+    turned = save_jpeg_with_orientation(tmp_path / 'turned.jpg', 6)
+    upright = save_jpeg_with_orientation(tmp_path / 'upright.jpg', 1)
     MMLogger.get_instance('tbx11k_infer_exif_test')  # print_log's 'current' logger
     assert warn_about_deep_images([(upright, 'upright.jpg')]) == []
     assert 'EXIF' not in capsys.readouterr().out
