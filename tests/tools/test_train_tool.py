@@ -59,6 +59,21 @@ def test_resume_from_checkpoint_is_bit_identical(trained, tmp_path, training_roo
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_resume_with_another_lr_says_the_checkpoints_is_kept(trained, tmp_path, training_root):
+    """mmengine restores the optimizer and schedulers as saved: a changed lr (or --auto-scale-lr)
+    in a later session did nothing, without a word (and --auto-scale-lr logged its scaling)."""
+    work_dir, _ = trained
+    options = dict(OPTIONS, **{'optim_wrapper.optimizer.lr': 0.5})
+    proc = run(train_command(TINY_1GPU, str(tmp_path), 1, training_root, options,
+                             ['--resume', str(work_dir / 'epoch_2.pth')]))
+    out = proc.stdout + proc.stderr
+    assert 'Resuming keeps the optimizer settings of the checkpoint' in out
+    assert 'in the checkpoint, 0.5 in this config' in out
+    a = raw_weights(load_checkpoint(str(work_dir / 'epoch_3.pth')))
+    b = raw_weights(load_checkpoint(str(tmp_path / 'epoch_3.pth')))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # as the message says: trained as saved
+
+
 def test_finished_run_says_nothing_to_train(trained, training_root):
     work_dir, _ = trained
     proc = run(train_command(TINY_1GPU, str(work_dir), 1, training_root, OPTIONS, ['--resume']),

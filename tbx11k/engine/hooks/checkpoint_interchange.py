@@ -263,6 +263,7 @@ class CheckpointInterchangeHook(Hook):
                 + convert_counters(runner, checkpoint, saved_per_step, current_per_step,
                                    saved['steps_per_epoch']),
                 logger='current')
+        self._note_kept_optimizer_settings(runner, checkpoint)
         print_log(
             f"Resuming at epoch {meta.get('epoch')}, optimizer step {meta.get('iter')}: written by "
             f"{saved['world_size']} GPU x {saved['batch_size']} x {saved['accumulative_counts']} "
@@ -270,6 +271,31 @@ class CheckpointInterchangeHook(Hook):
             f"{current['accumulative_counts']} (same effective batch "
             f"{current['effective_batch_size']}; counters are {current['counter_unit']}s)",
             logger='current')
+
+    @staticmethod
+    def _note_kept_optimizer_settings(runner, checkpoint: Dict) -> None:
+        """Warn when this config's base LR or weight decay differs from the checkpoint's: a
+        resume restores the optimizer and LR schedulers as saved (mmengine), so a changed
+        ``optim_wrapper.optimizer.lr`` or ``--auto-scale-lr`` in a later session does nothing
+        (mmengine still logs its scaling)."""
+        saved_groups = (checkpoint.get('optimizer') or {}).get('param_groups') or []
+        wrapper = runner.optim_wrapper
+        if not hasattr(wrapper, 'optimizer'):  # several optimizers: not compared
+            return
+        changed = []
+        for index, (saved, now) in enumerate(zip(saved_groups, wrapper.optimizer.param_groups)):
+            for key, name in (('initial_lr', 'base LR'), ('weight_decay', 'weight decay')):
+                if key in saved and key in now and float(saved[key]) != float(now[key]):
+                    changed.append(f'{name} of param group {index}: {float(saved[key]):g} in the '
+                                   f'checkpoint, {float(now[key]):g} in this config')
+        if changed:
+            print_log('Resuming keeps the optimizer settings of the checkpoint (mmengine restores '
+                      'the optimizer and LR schedulers as saved); this config differs and does '
+                      'not apply: ' + '; '.join(changed[:3])
+                      + (f' (and {len(changed) - 3} more)' if len(changed) > 3 else '')
+                      + '. To train with the new values, start a new work dir with '
+                      'load_from=<checkpoint> (weights only).', logger='current',
+                      level=logging.WARNING)
 
     @staticmethod
     def _check_model(runner, state_dict: Dict) -> None:
