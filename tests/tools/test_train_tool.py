@@ -74,6 +74,20 @@ def test_resume_with_another_lr_says_the_checkpoints_is_kept(trained, tmp_path, 
     assert all(torch.equal(a[k], b[k]) for k in a)  # as the message says: trained as saved
 
 
+def test_checkpoint_of_other_optimizer_groups_is_refused(trained, tmp_path, training_root):
+    """Without the config's paramwise_cfg the optimizer has one group, not one per parameter:
+    torch's load_state_dict failed with a traceback after the model had been loaded."""
+    work_dir, _ = trained
+    options = dict(OPTIONS, **{'optim_wrapper.paramwise_cfg': None})
+    proc = run(train_command(TINY_1GPU, str(tmp_path), 1, training_root, options,
+                             ['--resume', str(work_dir / 'epoch_1.pth')]), check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == EXIT_INCOMPATIBLE_CHECKPOINT, out[-3000:]
+    assert re.search(r"the checkpoint's optimizer has \d+ group\(s\) of \[1, 1, .* this "
+                     r"config's 1 group\(s\) of \[\d+\]: optim_wrapper.paramwise_cfg", out), out[-3000:]
+    assert 'Traceback' not in out
+
+
 def test_finished_run_says_nothing_to_train(trained, training_root):
     work_dir, _ = trained
     proc = run(train_command(TINY_1GPU, str(work_dir), 1, training_root, OPTIONS, ['--resume']),

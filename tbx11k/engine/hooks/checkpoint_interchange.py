@@ -263,6 +263,7 @@ class CheckpointInterchangeHook(Hook):
                 + convert_counters(runner, checkpoint, saved_per_step, current_per_step,
                                    saved['steps_per_epoch']),
                 logger='current')
+        self._check_optimizer_groups(runner, checkpoint)
         self._note_kept_optimizer_settings(runner, checkpoint)
         print_log(
             f"Resuming at epoch {meta.get('epoch')}, optimizer step {meta.get('iter')}: written by "
@@ -271,6 +272,25 @@ class CheckpointInterchangeHook(Hook):
             f"{current['accumulative_counts']} (same effective batch "
             f"{current['effective_batch_size']}; counters are {current['counter_unit']}s)",
             logger='current')
+
+    @staticmethod
+    def _check_optimizer_groups(runner, checkpoint: Dict) -> None:
+        """Refuse a checkpoint whose optimizer has other parameter groups than this config's
+        (e.g. another ``paramwise_cfg``): torch's load_state_dict failed with a traceback after
+        the model had been loaded."""
+        saved_groups = (checkpoint.get('optimizer') or {}).get('param_groups')
+        optimizer = getattr(runner.optim_wrapper, 'optimizer', None)
+        if saved_groups is None or optimizer is None:
+            return
+        saved_sizes = [len(group.get('params', [])) for group in saved_groups]
+        sizes = [len(group['params']) for group in optimizer.param_groups]
+        if saved_sizes != sizes:
+            show = (lambda n: f'{len(n)} group(s) of {n[:6]}' + (' ...' if len(n) > 6 else ''))
+            raise IncompatibleCheckpoint(
+                f"the checkpoint's optimizer has {show(saved_sizes)} parameters, this config's "
+                f'{show(sizes)}: optim_wrapper.paramwise_cfg (or the optimizer) differs from the '
+                'run that wrote it. Resume with the same optim_wrapper, or start a new work dir '
+                'with load_from=<checkpoint> (weights only)')
 
     @staticmethod
     def _note_kept_optimizer_settings(runner, checkpoint: Dict) -> None:
