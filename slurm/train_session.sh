@@ -43,7 +43,8 @@
 #   TBX11K_OUTPUT  --output pattern for resubmitted sessions (default: the job's log directory,
 #                  slurm-%x-%j.out)
 #   TBX11K_SIGNAL  --signal for resubmitted sessions (default: the script's #SBATCH --signal)
-# Arguments: extra tools/train.py arguments (e.g. --cfg-options ...).
+# Arguments: extra tools/train.py arguments (e.g. --cfg-options ...); a --work-dir among them is
+# taken as WORK_DIR.
 # Every session appends a line to WORK_DIR/slurm_sessions.tsv.
 set -uo pipefail
 
@@ -55,6 +56,23 @@ die() { say "error: $*"; exit 1; }
 JOB=$SLURM_JOB_ID
 GPUS=${SLURM_NTASKS:-1}
 PYTHON=${PYTHON:-python}
+# mmdet's habit `--work-dir DIR` among the extra arguments is this script's WORK_DIR (tools/train.py
+# would otherwise train there while the session bookkeeping watched another folder)
+extra_args=()
+while (($#)); do
+  case $1 in
+    --work-dir | --work_dir) (($# >= 2)) || die "--work-dir needs a folder"; arg_work_dir=$2; shift 2 ;;
+    --work-dir=* | --work_dir=*) arg_work_dir=${1#*=}; shift ;;
+    *) extra_args+=("$1"); shift ;;
+  esac
+done
+set -- ${extra_args[@]+"${extra_args[@]}"}
+if [[ -n ${arg_work_dir:-} ]]; then
+  if [[ -n ${WORK_DIR:-} && $(realpath -m "$WORK_DIR") != $(realpath -m "$arg_work_dir") ]]; then
+    die "WORK_DIR=$WORK_DIR and --work-dir $arg_work_dir name two folders: give one of them"
+  fi
+  WORK_DIR=$arg_work_dir
+fi
 WORK_DIR=$(realpath -m "${WORK_DIR:-work_dirs/dino_tbx11k}")
 CONFIG=${CONFIG:-}
 DATA_ROOT=${DATA_ROOT:-}
@@ -241,9 +259,14 @@ fi
 trap - USR1 TERM INT
 resubmit() {
   local info opts=() value script outdir
-  info=$(scontrol show job -o "$JOB" 2>/dev/null) || return 1
+  info=$(scontrol show job "$JOB" 2>/dev/null) || return 1
   field() { grep -o "\b$1=[^ ]*" <<<"$info" | head -n1 | cut -d= -f2-; }
-  script=$(field Command)
+  # Command, WorkDir, StdOut have a line of their own (scontrol's multi-line form): paths with spaces
+  path_field() { sed -n "s/^ *$1=//p" <<<"$info" | head -n1; }
+  # Command= is the script's path and its arguments joined by spaces: drop words from the end
+  # until what is left is a file
+  script=$(path_field Command)
+  while [[ -n $script && ! -f $script && $script == *" "* ]]; do script=${script% *}; done
   [[ -f $script ]] || { say "cannot resubmit: batch script '$script' not found"; return 1; }
   value=$(field Partition); [[ -n $value ]] && opts+=(--partition="$value")
   value=$(field TimeLimit); [[ -n $value && $value != UNLIMITED && $value != Partition_Limit ]] && opts+=(--time="$value")
@@ -254,11 +277,18 @@ resubmit() {
   value=$(field QOS); [[ -n $value && $value != "(null)" ]] && opts+=(--qos="$value")
   value=$(field Reservation); [[ -n $value && $value != "(null)" ]] && opts+=(--reservation="$value")
   value=$(field Features); [[ -n $value && $value != "(null)" ]] && opts+=(--constraint="$value")
+  value=$(field MinMemoryNode); [[ -n $value && $value != 0 ]] && opts+=(--mem="$value")
+  value=$(field MinMemoryCPU); [[ -n $value && $value != 0 ]] && opts+=(--mem-per-cpu="$value")
+  value=$(field ReqNodeList); [[ -n $value && $value != "(null)" ]] && opts+=(--nodelist="$value")
+  value=$(field ExcNodeList); [[ -n $value && $value != "(null)" ]] && opts+=(--exclude="$value")
+  value=$(field MailUser); [[ -n $value && $value != "(null)" ]] && opts+=(--mail-user="$value")
+  value=$(field MailType); [[ -n $value && $value != NONE && $value != "(null)" ]] && opts+=(--mail-type="$value")
   value=$(field JobName); [[ -n $value ]] && opts+=(--job-name="$value")
-  value=$(field WorkDir); [[ -n $value ]] && opts+=(--chdir="$value")
-  outdir=$(dirname "$(field StdOut)")
+  value=$(path_field WorkDir); [[ -n $value ]] && opts+=(--chdir="$value")
+  outdir=$(dirname "$(path_field StdOut)")
   opts+=(--output="${TBX11K_OUTPUT:-$outdir/slurm-%x-%j.out}" --open-mode=append)
   [[ -n ${TBX11K_SIGNAL:-} ]] && opts+=(--signal="$TBX11K_SIGNAL")
+  say "resubmitting with: ${opts[*]} $script (other sbatch options, e.g. --signal, are not visible to scontrol: set TBX11K_SIGNAL)"
   # a clean environment for the new job: none of this job's SLURM_* variables
   local unset_args=()
   for value in $(compgen -e | grep '^SLURM_' | grep -vx 'SLURM_CONF'); do unset_args+=(-u "$value"); done

@@ -8,6 +8,11 @@ fi
 CONFIG=$1
 CHECKPOINT=$2
 GPUS=$3
+if [[ ! $GPUS =~ ^[1-9][0-9]*$ ]]; then  # torch's launcher answers 0 or 'two' with a traceback
+  echo "$0: error: GPUS (the 3rd argument) must be a positive integer, got '$GPUS'" \
+    "(usage: $0 CONFIG CHECKPOINT GPUS [tools/test.py options])" >&2
+  exit 2
+fi
 NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
 PORT=${PORT:-29500}

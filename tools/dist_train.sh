@@ -19,6 +19,11 @@ if (($# < 2)); then
 fi
 CONFIG=$1
 GPUS=$2
+if [[ ! $GPUS =~ ^[1-9][0-9]*$ ]]; then  # torch's launcher answers 0 or 'two' with a traceback
+  echo "$0: error: GPUS (the 2nd argument) must be a positive integer, got '$GPUS'" \
+    "(usage: $0 CONFIG GPUS [tools/train.py options])" >&2
+  exit 2
+fi
 NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
 PORT=${PORT:-29500}

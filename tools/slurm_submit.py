@@ -15,15 +15,23 @@ job checkpoints before its time limit and requeues itself until the schedule is 
 (slurm/train_session.sh). All jobs of one work dir share a job name and ``--dependency=singleton``:
 two sessions never train the same work dir at once.
 
+Without ``-p`` it uses the cluster's default partition (the one ``sinfo`` marks with '*') and
+says so; a cluster without one needs ``-p``.
+
 It reports what it did (and with ``--report FILE`` writes it as JSON). Exit status: 0 a job was
-submitted (and started, or is queued), 1 Slurm refused or lost the job, 2 usage or cluster
-errors: no Slurm here, unknown partition, no node with the requested GPUs, a job already training
-this work dir (``--replace`` stops it: it checkpoints, then the new job continues).
+submitted (and started, or is queued), or ``--dry-run``/``--check-only`` found nothing wrong;
+1 Slurm refused a job (sbatch failed: its message says why) or a job ended without running;
+2 usage or cluster errors, all found before anything is submitted or cancelled: a bad option
+value (``--time``, ``--signal-margin`` not shorter than the time limit, ``--poll``, ...), no Slurm
+here, unknown partition, no node with the requested GPUs, a job already training this work dir
+(``--replace`` stops it: it checkpoints, then the new job continues).
 
 ``--check-only`` only checks partition and GPUs (``--gpus`` per node on ``--nodes`` nodes;
-tools/slurm_train.sh uses it). ``--dry-run`` prints each submission as a shell line that does the
-same as the real submit when pasted (its log directory, environment and sbatch options). Only the
-Python standard library is needed (run it with the login node's python3).
+tools/slurm_train.sh uses it). ``--dry-run`` changes nothing (also with ``--replace``: it says
+which jobs it would stop) and prints each submission as a shell line that does the same as the
+real submit when pasted (its log directory, environment and sbatch options). ``--background``
+runs the same checks first (errors on the terminal, exit 2), then detaches. Only the Python
+standard library is needed (run it with the login node's python3).
 """
 import argparse
 import getpass
@@ -55,6 +63,10 @@ class ClusterError(Exception):
     """A problem the user must fix (exit status 2)."""
 
 
+class SlurmRefused(Exception):
+    """sbatch refused a job (exit status 1)."""
+
+
 def say(message: str) -> None:
     print(f'slurm_submit: {message}', flush=True)
 
@@ -72,6 +84,92 @@ def parse_duration(text: str) -> Optional[float]:
         raise argparse.ArgumentTypeError(f"bad duration {text!r} (e.g. 2h, 90m, 1h30m, 30s)")
     scale = {'d': 86400, 'h': 3600, 'm': 60, 's': 1}
     return sum(float(n) * scale[u] for n, u in parts)
+
+
+def positive_duration(text: str) -> float:
+    """--poll: a duration > 0 (parse_duration's forms; not 'never')."""
+    seconds = parse_duration(text)
+    if seconds is None or seconds <= 0:
+        raise argparse.ArgumentTypeError(f'must be a positive duration (e.g. 30, 10s, 1m), not '
+                                         f'{text!r}')
+    return seconds
+
+
+def pending_timeout(text: str) -> Optional[float]:
+    """--pending-timeout: a duration > 0, or None for 'never'."""
+    seconds = parse_duration(text)
+    if seconds is not None and seconds <= 0:
+        raise argparse.ArgumentTypeError(
+            f'must be a positive duration or never (e.g. 2h, 90m, 30s), not {text!r}: the '
+            'scheduler needs a moment to start a job (to start on 1 GPU first: --prefer 1)')
+    return seconds
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f'must be a positive integer, not {text!r}')
+    return value
+
+
+def signal_margin(text: str) -> int:
+    """--signal-margin: seconds, 0 to 65535 (sbatch --signal's range)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f'must be whole seconds from 0 to 65535 (e.g. 600), '
+                                         f'not {text!r}')
+    return value
+
+
+def slurm_time_seconds(text: str) -> Optional[int]:
+    """Seconds of a Slurm time limit (sbatch --time); None for no limit (UNLIMITED, INFINITE, 0).
+
+    Forms: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS; ValueError for others."""
+    text = text.strip()
+    if text.upper() in ('UNLIMITED', 'INFINITE'):
+        return None
+    days, dash, clock = text.rpartition('-')
+    fields = clock.split(':')
+    numbers = [days] * bool(dash) + fields
+    if not 1 <= len(fields) <= 3 or not all(re.fullmatch(r'[0-9]+', n) for n in numbers):
+        raise ValueError(f'bad Slurm time {text!r}')
+    values = [int(n) for n in fields]
+    if dash:  # D-HH[:MM[:SS]]
+        h, m, s = values + [0] * (3 - len(values))
+        seconds = int(days) * 86400 + h * 3600 + m * 60 + s
+    else:  # MM, MM:SS, HH:MM:SS
+        h, m, s = ([0] * (3 - len(values)) + values) if len(values) > 1 else (0, values[0], 0)
+        seconds = h * 3600 + m * 60 + s
+    return seconds or None  # sbatch: a limit of 0 means none
+
+
+def slurm_time(text: str) -> str:
+    """--time: a Slurm time spec, checked here instead of by sbatch after the fact."""
+    try:
+        slurm_time_seconds(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f'{text!r} is not a Slurm time: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS '
+            'or UNLIMITED (e.g. 480, 8:00:00, 1-12)')
+    return text
+
+
+def script_limits(gpus: int) -> Tuple[Optional[str], Optional[int]]:
+    """(--time, --signal margin) of the #SBATCH lines of the ``gpus``-GPU script (None: unset)."""
+    try:
+        with open(SCRIPTS[gpus]) as f:
+            text = f.read()
+    except OSError:
+        return None, None
+    limit = re.search(r'^#SBATCH\s+(?:--time=|-t\s*)(\S+)', text, re.M)
+    margin = re.search(r'^#SBATCH\s+--signal=\S*@(\d+)', text, re.M)
+    return limit and limit.group(1), margin and int(margin.group(1))
 
 
 def fmt_duration(seconds: Optional[float]) -> str:
@@ -109,6 +207,24 @@ def check_slurm() -> None:
 
 def partitions() -> List[str]:
     return sorted(set(slurm('sinfo', '-h', '-o', '%R').split()))
+
+
+def default_partition() -> str:
+    """The cluster's default partition: the one ``sinfo -o %P`` marks with '*'."""
+    marked = [name[:-1] for name in slurm('sinfo', '-h', '-o', '%P').split()
+              if name.endswith('*')]
+    if not marked:
+        known = ', '.join(partitions()) or 'none'
+        raise ClusterError('no -p/--partition given and this cluster has no default partition: '
+                           f'pass -p PARTITION (this cluster has {known})')
+    return marked[0]
+
+
+def resolve_partition(args: argparse.Namespace) -> None:
+    """Without -p: the cluster's default partition, said so."""
+    if not args.partition:
+        args.partition = default_partition()
+        say(f"partition {args.partition}: the cluster's default (-p chooses another)")
 
 
 def split_gres(gres: str) -> List[str]:
@@ -298,7 +414,11 @@ class Submitter:
             self.act(f'would run: {self.shell_command(gpus)}', gpus=gpus)
             return 'DRYRUN'
         os.makedirs(self.log_dir, exist_ok=True)
-        out = slurm(*cmd, env=self.environment(gpus))
+        try:
+            out = slurm(*cmd, env=self.environment(gpus))
+        except ClusterError as error:
+            raise SlurmRefused(f'Slurm refused the {gpus}-GPU job: {error}. Fix what it names '
+                               '(an --sbatch-arg, the account, a limit) and call again')
         job_id = out.strip().split(';')[0]
         self.report['jobs'].append(dict(id=job_id, gpus=gpus, partition=self.partition(gpus)))
         self.act(f'submitted the {gpus}-GPU job {job_id} (partition {self.partition(gpus)}, log '
@@ -337,28 +457,40 @@ class Submitter:
             time.sleep(0.2)
         return state
 
-    def run(self) -> int:
+    def check(self) -> Tuple[List[int], List[Tuple[str, str]]]:
+        """Everything checked before the first sbatch (also before --background detaches): Slurm,
+        partition(s), which layouts fit, no job training the work dir (unless --replace).
+
+        Returns (the layouts to submit, in order; the active jobs of this work dir)."""
         a = self.args
         check_slurm()
-        for gpus in (1, 2):
-            check_partition(self.partition(gpus))
-        order = [2, 1] if a.prefer == 2 else [1, 2]
+        resolve_partition(a)
+        for partition in sorted({self.partition(1), self.partition(2)}):
+            check_partition(partition)
+        order = self.order()
         usable = [g for g in order if check_gpus(self.partition(g), g, a.gpu_type)]
         if not usable:
             raise gpu_error(self.partition(order[-1]), min(order), a.gpu_type)
-        for gpus in order:
-            if gpus not in usable:
-                self.act(f'{gpu_error(self.partition(gpus), gpus, a.gpu_type)}: skipping the '
-                         f'{gpus}-GPU layout', event='skipped', gpus=gpus)
-
         active = [(j, s) for j, s in jobs_named(self.job_name) if s in ACTIVE_STATES]
         if active and not a.replace:
             listed = ', '.join(f'{j} ({s})' for j, s in active)
             raise ClusterError(f'job(s) {listed} named {self.job_name} already train '
                                f'{self.work_dir}: wait for them, or pass --replace to stop them '
                                '(a running one checkpoints first) and continue under this policy')
+        return usable, active
+
+    def order(self) -> List[int]:
+        return [2, 1] if self.args.prefer == 2 else [1, 2]
+
+    def replace(self, active: List[Tuple[str, str]]) -> None:
+        """--replace: cancel the pending jobs, ask the running ones to checkpoint and stop."""
         for job_id, state in active:
-            if state == 'PENDING':
+            if self.args.dry_run:
+                what = (f'cancel pending job {job_id}' if state == 'PENDING' else
+                        f'ask {state.lower()} job {job_id} to checkpoint and stop')
+                self.act(f'would {what} (--replace; a dry run changes nothing)', job=job_id,
+                         event='would_replace')
+            elif state == 'PENDING':
                 slurm('scancel', job_id, check=False)
                 self.act(f'cancelled the pending job {job_id} of this work dir (--replace)',
                          job=job_id, event='replaced')
@@ -367,6 +499,15 @@ class Submitter:
                 self.act(f'asked the {state.lower()} job {job_id} of this work dir to checkpoint '
                          'and stop (--replace); the new job starts when it has (singleton)',
                          job=job_id, event='replaced')
+
+    def run(self) -> int:
+        a = self.args
+        usable, active = self.check()
+        for gpus in self.order():
+            if gpus not in usable:
+                self.act(f'{gpu_error(self.partition(gpus), gpus, a.gpu_type)}: skipping the '
+                         f'{gpus}-GPU layout', event='skipped', gpus=gpus)
+        self.replace(active)
 
         stopping = [j for j, state in active if state != 'PENDING']
         state = (f'continuing from the checkpoint job {", ".join(stopping)} writes as it stops'
@@ -422,7 +563,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         description=__doc__.split('\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog='Arguments after -- go to tools/train.py '
         '(e.g. -- --cfg-options train_cfg.max_epochs=60).')
-    parser.add_argument('-p', '--partition', help='partition for both layouts (required)')
+    parser.add_argument('-p', '--partition', help="partition for both layouts (default: the "
+                        "cluster's default partition, sinfo's '*')")
     parser.add_argument('--partition-1gpu', help='another partition for the 1-GPU job')
     parser.add_argument('--gpu-type', help='GPU model, as in --gres=gpu:TYPE:N (default: any)')
     parser.add_argument('--work-dir', default='work_dirs/dino_tbx11k',
@@ -434,21 +576,21 @@ def parse_args(argv=None) -> argparse.Namespace:
                         'configs/dino_tbx11k_2gpu.py); the two must train the same schedule')
     parser.add_argument('--prefer', type=int, choices=(1, 2), default=2,
                         help='layout to try first (default 2; 1 = the reverse policy)')
-    parser.add_argument('--pending-timeout', type=parse_duration, default=7200.0,
-                        help='queue wait before falling back to the other layout: 2h, 90m, 30s, '
-                        'never (default 2h). Waiting for a dependency or a begin time '
+    parser.add_argument('--pending-timeout', type=pending_timeout, default=7200.0,
+                        help='queue wait before falling back to the other layout, > 0: 2h, 90m, '
+                        '30s, never (default 2h). Waiting for a dependency or a begin time '
                         'does not count')
-    parser.add_argument('--poll', type=parse_duration, default=30.0,
-                        help='seconds between queue checks (default 30)')
-    parser.add_argument('--time', default=None,
-                        help='time limit per session, sbatch format (default: the '
-                        'scripts\' 8:00:00)')
-    parser.add_argument('--signal-margin', type=int, default=None,
-                        help='seconds before the time limit at which training checkpoints '
-                        '(default: the scripts\' 600)')
-    parser.add_argument('--cpus-per-task', type=int, help='default: the scripts\' 5')
-    parser.add_argument('--max-sessions', type=int, help='sessions per job before the chain '
-                        'stops (default 20)')
+    parser.add_argument('--poll', type=positive_duration, default=30.0,
+                        help='time between queue checks, > 0: 30, 10s, 1m (default 30 s)')
+    parser.add_argument('--time', type=slurm_time, default=None,
+                        help='time limit per session, sbatch format: minutes, MM:SS, HH:MM:SS, '
+                        'D-HH, D-HH:MM, D-HH:MM:SS, UNLIMITED (default: the scripts\' 8:00:00)')
+    parser.add_argument('--signal-margin', type=signal_margin, default=None,
+                        help='seconds before the time limit at which training checkpoints, '
+                        'shorter than --time (default: the scripts\' 600)')
+    parser.add_argument('--cpus-per-task', type=positive_int, help='default: the scripts\' 5')
+    parser.add_argument('--max-sessions', type=positive_int, help='sessions per job before the '
+                        'chain stops (default 20)')
     parser.add_argument('--chain', choices=('requeue', 'resubmit', 'none'),
                         help='how a session continues (default requeue; see '
                         'slurm/train_session.sh)')
@@ -468,9 +610,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--report', metavar='FILE', help='write what was done as JSON')
     parser.add_argument('--check-only', action='store_true',
                         help='only check Slurm, partition and GPUs (with --gpus)')
-    parser.add_argument('--gpus', type=int, default=2,
+    parser.add_argument('--gpus', type=positive_int, default=2,
                         help='GPUs per node to check with --check-only')
-    parser.add_argument('--nodes', type=int, default=1,
+    parser.add_argument('--nodes', type=positive_int, default=1,
                         help='nodes with --gpus GPUs each to check with --check-only (default 1)')
     argv = list(sys.argv[1:] if argv is None else argv)
     train_args: List[str] = []
@@ -479,9 +621,34 @@ def parse_args(argv=None) -> argparse.Namespace:
         argv, train_args = argv[:cut], argv[cut + 1:]
     args = parser.parse_args(argv)
     args.train_args = train_args
-    if not args.partition:
-        parser.error('--partition is required')
+    problem = margin_problem(args)
+    if problem:
+        parser.error(problem)
     return args
+
+
+def margin_problem(args: argparse.Namespace) -> Optional[str]:
+    """Why --signal-margin is not shorter than the --time limit (given, or the scripts')."""
+    if args.time is None and args.signal_margin is None:
+        return None  # the scripts' own pair
+    for gpus in (1, 2):
+        script_time, script_margin = script_limits(gpus)
+        script = osp.basename(SCRIPTS[gpus])
+        limit = args.time or script_time
+        margin = script_margin if args.signal_margin is None else args.signal_margin
+        try:
+            seconds = slurm_time_seconds(limit) if limit else None
+        except ValueError:
+            continue  # a script's own #SBATCH line: sbatch judges it
+        if seconds is not None and margin is not None and margin >= seconds:
+            given_margin = (f'--signal-margin {margin}' if args.signal_margin is not None else
+                            f'the signal margin {margin} s of {script}')
+            given_time = (f'--time {limit} ({seconds} s)' if args.time else
+                          f'the time limit {limit} ({seconds} s) of {script}')
+            return (f'{given_margin} is not shorter than {given_time}: every session would get '
+                    'its checkpoint warning at once. Pass a longer --time or a smaller '
+                    '--signal-margin')
+    return None
 
 
 def background(argv: List[str], work_dir: str) -> int:
@@ -503,16 +670,20 @@ def main(argv=None) -> int:
     try:
         if args.check_only:
             check_slurm()
+            resolve_partition(args)
             check_partition(args.partition)
             if not check_gpus(args.partition, args.gpus, args.gpu_type, args.nodes):
                 raise gpu_error(args.partition, args.gpus, args.gpu_type, args.nodes)
             return 0
-        if args.background:
-            check_slurm()
+        if args.background:  # the checks run here, so that their errors reach the terminal
+            Submitter(args).check()
             return background(raw, args.work_dir)
         submitter = Submitter(args)
         try:
             return submitter.run()
+        except (ClusterError, SlurmRefused) as error:
+            submitter.report['error'] = str(error)
+            raise
         finally:
             if args.report:
                 with open(args.report, 'w') as f:
@@ -520,6 +691,9 @@ def main(argv=None) -> int:
     except ClusterError as error:
         print(f'slurm_submit: error: {error}', file=sys.stderr)
         return 2
+    except SlurmRefused as error:
+        print(f'slurm_submit: error: {error}', file=sys.stderr)
+        return 1
 
 
 if __name__ == '__main__':

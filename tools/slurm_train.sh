@@ -2,6 +2,9 @@
 # mmdet's slurm_train.sh for tbx11k-dino: run tools/train.py as GPUS Slurm tasks (--launcher slurm).
 #
 #   tools/slurm_train.sh PARTITION GPUS [CONFIG] [WORK_DIR] [-- extra tools/train.py args]
+#   GPUS=N tools/slurm_train.sh PARTITION JOB_NAME CONFIG WORK_DIR [extra tools/train.py args]
+#                                       (mmdet's form; GPUS defaults to 1 for a *1gpu* config, 2
+#                                       for a *2gpu* one)
 #
 #   tools/slurm_train.sh gpu 2          # configs/dino_tbx11k_2gpu.py, 2 tasks x 1 GPU (DDP)
 #   tools/slurm_train.sh gpu 1          # configs/dino_tbx11k_1gpu.py, 1 task, accumulation 2
@@ -31,8 +34,9 @@
 # layout, 6 diverged, 75 stopped by SIGUSR1/SIGTERM after a checkpoint: resume to go on), or 2
 # for usage and cluster errors (no Slurm, unknown partition, no such GPUs).
 #
-# Differences from mmdet's script, on purpose: GPUS is the 2nd argument (mmdet: JOB_NAME, with GPUS
-# in the environment) and picks the config; srun runs with --kill-on-bad-exit=0 --wait=STOP_GRACE
+# Differences from mmdet's script, on purpose: the short form takes GPUS as the 2nd argument and
+# picks the config from it (mmdet's form, JOB_NAME 2nd and GPUS in the environment, works too;
+# mmdet's GPUS default of 8 does not fit these configs, so it follows the config's name); srun runs with --kill-on-bad-exit=0 --wait=STOP_GRACE
 # instead of --kill-on-bad-exit=1, because a preempted run exits 75 on every rank while rank 0 may
 # still be writing the checkpoint: killing the other ranks at the first non-zero exit could abort
 # a 2-rank shutdown half way. A crashed rank still brings the others down after STOP_GRACE s.
@@ -42,7 +46,7 @@ here=${BASH_SOURCE[0]%/*}
 [[ $here == "${BASH_SOURCE[0]}" ]] && here=.
 ROOT="$(cd "$here/.." && pwd)"
 usage() {
-  sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 die() { echo "slurm_train.sh: error: $*" >&2; exit 2; }
@@ -52,12 +56,28 @@ die() { echo "slurm_train.sh: error: $*" >&2; exit 2; }
 command -v srun >/dev/null || die "srun not found: Slurm is not installed on this machine or \
 not on PATH (on some clusters: module load slurm)"
 PARTITION=$1
-GPUS=$2
-shift 2
 CONFIG=""
 WORK_DIR=""
-if [[ $# -gt 0 && $1 != -* ]]; then CONFIG=$1; shift; fi
-if [[ $# -gt 0 && $1 != -* ]]; then WORK_DIR=$1; shift; fi
+if [[ ! $2 =~ ^[0-9]+$ && $# -ge 4 && $3 != -* && $4 != -* ]]; then
+  # mmdet's form: PARTITION JOB_NAME CONFIG WORK_DIR [PY_ARGS...], GPUS in the environment
+  JOB_NAME=$2 CONFIG=$3 WORK_DIR=$4
+  shift 4
+  if [[ -z ${GPUS:-} ]]; then
+    case ${CONFIG##*/} in
+      *1gpu*) GPUS=1 ;;
+      *2gpu*) GPUS=2 ;;
+      *) die "GPUS is not set: mmdet's form (PARTITION JOB_NAME CONFIG WORK_DIR) takes the number \
+of GPUs from the environment, e.g. GPUS=2 $0 $PARTITION $JOB_NAME $CONFIG $WORK_DIR" ;;
+    esac
+  fi
+else
+  GPUS=$2
+  shift 2
+  if [[ $# -gt 0 && $1 != -* ]]; then CONFIG=$1; shift; fi
+  if [[ $# -gt 0 && $1 != -* ]]; then WORK_DIR=$1; shift; fi
+  [[ $GPUS =~ ^[1-9][0-9]*$ ]] || die "GPUS must be a positive integer, got '$GPUS' (mmdet's \
+form is PARTITION JOB_NAME CONFIG WORK_DIR, with GPUS in the environment)"
+fi
 [[ ${1:-} == -- ]] && shift
 PY_ARGS=("$@")
 

@@ -92,6 +92,27 @@ def test_slurm_train_asks_gpus_per_node_on_several_nodes(fake_slurm):
     assert proc.returncode == 2 and 'GPUS_PER_NODE must be a positive integer' in proc.stderr
 
 
+def test_slurm_train_takes_mmdets_argument_form(fake_slurm, tmp_path):
+    """mmdet's `GPUS=N slurm_train.sh PARTITION JOB_NAME CONFIG WORK_DIR [PY_ARGS]` failed with
+    "GPUS must be a positive integer, got 'JOB_NAME'"."""
+    def run(*args, **extra):
+        proc = subprocess.run(['bash', SLURM_TRAIN, 'gpu', *args], env=dict(fake_slurm, **extra),
+                              capture_output=True, text=True, timeout=60)
+        return proc, [line[5:] for line in proc.stdout.splitlines() if line.startswith('SRUN ')]
+    work_dir = str(tmp_path / 'wd')
+    proc, srun = run('myjob', CONFIG_2GPU, work_dir, '--cfg-options', 'a=1', GPUS='2')
+    assert proc.returncode == 0, proc.stderr
+    assert {'--job-name=myjob', '--ntasks=2', CONFIG_2GPU, f'--work-dir={work_dir}',
+            '--cfg-options', 'a=1'} <= set(srun)
+    proc, srun = run('myjob', CONFIG_2GPU, work_dir)  # GPUS unset: the config's 2
+    assert proc.returncode == 0 and '--ntasks=2' in srun, proc.stderr
+    proc, srun = run('myjob', str(tmp_path / 'custom.py'), work_dir)
+    assert proc.returncode == 2 and 'GPUS is not set' in proc.stderr and not srun
+    proc, _ = run('myjob')  # neither form
+    assert proc.returncode == 2 and "GPUS must be a positive integer, got 'myjob' (mmdet's form" \
+        in proc.stderr
+
+
 @pytest.mark.parametrize('prefer', [2, 1])
 def test_dry_run_lines_do_what_the_submit_does(fake_slurm, tmp_path, prefer):
     """Each --dry-run line, pasted into a shell, calls sbatch with the arguments and environment

@@ -11,7 +11,8 @@ validation) and start together, side by side (OMP_NUM_THREADS=1 each):
              first session's steps are stretched so that the limit cuts it)
 - signal:    slurm/train_2gpu.sbatch, CHAIN=resubmit; the warning simulated at a known moment with
              `scancel --signal=USR1 --batch`: checkpoint, next session as a new job
-             (--dependency=afterany): bit-identical to ddp, equal to ref
+             (--dependency=afterany) with the same options, submit folder and script path
+             (spaces in both), --work-dir given as mmdet does: bit-identical to ddp, equal to ref
 - fallback:  tools/slurm_submit.py while a blocker job holds 1 of the 2 `scarce` GPUs: the 2-GPU
              job pends, is cancelled after --pending-timeout 5s, the 1-GPU job runs (1 session,
              stopped by the signal); the blocker released, a second launch runs 2 GPUs and
@@ -27,10 +28,11 @@ import sys
 import pytest
 import torch
 
-from tbx11k.testing import (TINY_1GPU, TINY_2GPU, ema_weights, global_relative_difference,
-                            load_checkpoint, raw_weights, relative_difference)
+from tbx11k.testing import (REPO_ROOT, TINY_1GPU, TINY_2GPU, ema_weights,
+                            global_relative_difference, load_checkpoint, raw_weights,
+                            relative_difference)
 
-from slurm_test_helpers import (JOB_PREFIX, SBATCH_1GPU, SBATCH_2GPU, SBATCH_TEST, SLOW_1GPU,
+from slurm_test_helpers import (JOB_PREFIX, SBATCH_1GPU, SBATCH_TEST, SLOW_1GPU,
                                 SLOW_2GPU, SLURM_SUBMIT, SLURM_TRAIN, final_checkpoint, job_env,
                                 job_state, live_processes_mentioning, sessions, sh, steps_by_run,
                                 trained_steps, wait_job_end, wait_job_running, wait_until)
@@ -95,12 +97,21 @@ def runs(slurm_cluster, slurm_jobs, tmp_path_factory, training_root):
          f'--output={work["timelimit"]}/job-%j.out', SBATCH_1GPU, *slow(6, True)],
         env=job_env(WORK_DIR=work['timelimit'], DATA_ROOT=data, CONFIG=SLOW_1GPU))
 
+    # submitted as users do: from a folder and a repository path with spaces (the script finds
+    # the repository from its own path: no TBX11K_ROOT), mmdet's --work-dir among the arguments,
+    # a DATA_ROOT relative to the submit folder, --mem: the next session must get all of them
+    submit_dir = base / 'submit dir'
+    (submit_dir / 'x').mkdir(parents=True)
+    (submit_dir / 'data').symlink_to(data)
+    (submit_dir / 'x' / 'the repo').symlink_to(REPO_ROOT)
+    signal_env = job_env(DATA_ROOT='data', CONFIG=SLOW_2GPU, CHAIN='resubmit')
+    signal_env.pop('TBX11K_ROOT')
     out['signal'] = slurm_jobs.sbatch(
-        ['-p', partition, '-J', f'{JOB_PREFIX}-signal', '--gres=gpu:shared:2',
-         '--cpus-per-task=1', '--time=30', f'--output={work["signal"]}/job-%j.out', SBATCH_2GPU,
-         *slow(1)],
-        env=job_env(WORK_DIR=work['signal'], DATA_ROOT=data, CONFIG=SLOW_2GPU, CHAIN='resubmit',
-                    TBX11K_OUTPUT=f'{work["signal"]}/job-%j.out'))
+        ['-p', partition, '-J', f'{JOB_PREFIX}-signal', '--gres=gpu:shared:2', '--mem=100M',
+         '--cpus-per-task=1', '--time=30', f'--chdir={submit_dir}',
+         f'--output={work["signal"]}/job-%j.out',
+         str(submit_dir / 'x' / 'the repo' / 'slurm' / 'train_2gpu.sbatch'),
+         '--work-dir', str(work['signal']), *slow(1)], env=signal_env)
 
     # queue pressure: 1 of the 2 scarce GPUs taken, so a 2-GPU job pends, a 1-GPU job runs
     out['blocker'] = slurm_jobs.sbatch(
@@ -237,6 +248,13 @@ def test_warning_signal_checkpoints_and_next_job_continues(runs):
     assert 'SIGUSR1: the time limit is near' in log
     assert f'saving {work}/iter_{cut}.pth after optimizer step {cut}' in log
     assert f'submitted session 2 as job {rows[1]["job"]}' in log
+    resubmitted = next(line for line in log.splitlines() if 'resubmitting with:' in line)
+    submit_dir = runs['base'] / 'submit dir'
+    for option in ('--mem=100M', f'--chdir={submit_dir}', '--ntasks=2', '--cpus-per-task=1',
+                   f'--output={work}/slurm-%x-%j.out',
+                   f'{submit_dir}/x/the repo/slurm/train_2gpu.sbatch'):
+        assert option in resubmitted, resubmitted
+    assert (work / f'slurm-{JOB_PREFIX}-signal-{rows[1]["job"]}.out').is_file()
     assert_each_step_once(work, [cut])
     final = load_checkpoint(final_checkpoint(str(work)))
     assert final['meta']['iter'] == STEPS

@@ -46,6 +46,18 @@ def test_dist_train_sh_without_enough_arguments_prints_usage():
     assert proc.returncode == 2 and 'usage:' in proc.stderr
 
 
+def test_a_gpu_count_that_is_no_positive_integer_is_a_usage_error():
+    """torch's launcher answered GPUS=0 with an AssertionError traceback, 'two' with a
+    ValueError one."""
+    for script, args in ((DIST_TRAIN, ['cfg.py']), (DIST_TEST, ['cfg.py', 'model.pth'])):
+        for gpus in ('0', 'two', '-1'):
+            proc = subprocess.run(['bash', script, *args, gpus], capture_output=True, text=True,
+                                  timeout=30)
+            assert proc.returncode == 2, proc.stderr
+            assert f"must be a positive integer, got '{gpus}'" in proc.stderr
+            assert 'Traceback' not in proc.stderr
+
+
 def start_dist_train(tmp_path, launcher_source: str):
     """dist_train.sh in its own session with PYTHON = a stand-in launcher, once that is running:
     (process, log file)."""
