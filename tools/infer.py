@@ -14,6 +14,17 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # this repo's tbx11k
 
 
+def score_threshold(text: str) -> float:
+    """--score-thr: a score in [0, 1] (30 meant as a percentage kept nothing, nan everything)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float('nan')
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f'must be a score from 0 to 1 (e.g. 0.3), not {text!r}')
+    return value
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     from tbx11k.utils import KeyValueDictAction
     p = argparse.ArgumentParser(description='Detect TB on X-rays, draw and save the detections')
@@ -21,7 +32,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('checkpoint', help='trained checkpoint')
     p.add_argument('inputs', nargs='+', metavar='INPUT', help='image, folder or list file')
     p.add_argument('--out', default='work_dirs/infer', help='output folder (default: %(default)s)')
-    p.add_argument('--score-thr', type=float, default=0.3,
+    p.add_argument('--score-thr', type=score_threshold, default=0.3,
                    help='draw and keep detections scoring at least this (default: %(default)s)')
     p.add_argument('--weights', choices=['ema', 'raw'], default='ema',
                    help='for EMA checkpoints: the EMA weights (default) or the training weights')
@@ -39,11 +50,17 @@ def main(argv=None) -> int:
 
     from tbx11k.apis.inference import collect_images, load_detector, run_inference
     try:
-        images = collect_images(args.inputs)
+        images = collect_images(args.inputs, skip=args.out)  # not the drawings of an earlier run
     except FileNotFoundError as error:
         print(f'error: {error}', file=sys.stderr)
         return 2
     device = args.device or ('cuda:0' if torch.cuda.is_available() else 'cpu')
+    try:
+        torch.device(device)
+    except RuntimeError:
+        print(f'error: --device {device} is not a torch device (cpu, cuda, cuda:1, ...)',
+              file=sys.stderr)
+        return 2
     if device.startswith('cuda') and not torch.cuda.is_available():
         print(f'error: --device {device}, but this torch sees no CUDA GPU; use --device cpu',
               file=sys.stderr)

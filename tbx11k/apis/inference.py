@@ -13,12 +13,14 @@ JSON written by :func:`write_detections` (and read back by :func:`load_detection
 
     {"config": ..., "checkpoint": ..., "weights": "ema", "score_thr": 0.3,
      "classes": ["ActiveTuberculosis", "ObsoletePulmonaryTuberculosis"],
-     "images": [{"file_name": "tb/tb0001.png", "width": 512, "height": 512,
-                 "vis": "vis/tb/tb0001.png",
+     "images": [{"file_name": "tb/tb0001.png", "path": "/data/TBX11K/imgs/tb/tb0001.png",
+                 "width": 512, "height": 512, "vis": "vis/tb/tb0001.png",
                  "detections": [{"bbox": [x1, y1, x2, y2], "score": 0.87, "label": 0,
                                  "class_name": "ActiveTuberculosis"}, ...]}, ...]}
 
-``bbox`` is x1, y1, x2, y2 in original image pixels (2 decimals), ``label`` the 0-based index into
+``file_name`` is the input's name (relative to its folder or list; two inputs may share one),
+``path`` its absolute path, ``vis`` its drawing (one per input). ``bbox`` is x1, y1, x2, y2 in
+original image pixels (2 decimals), ``label`` the 0-based index into
 ``classes``; detections are sorted by decreasing score.
 """
 import codecs
@@ -96,17 +98,19 @@ def _read_list(list_file: str) -> List[Tuple[str, str]]:
     return out
 
 
-def collect_images(inputs: Sequence[str]) -> List[Tuple[str, str]]:
+def collect_images(inputs: Sequence[str], skip: Optional[str] = None) -> List[Tuple[str, str]]:
     """(path, name) of every image in ``inputs``: image files, folders (searched recursively,
     sorted) and list files (``.txt``, one path per line). ``name`` is the path relative to its
-    folder or list (an image's file name), used for the json and the drawn file
-    (``vis/<name without extension>.png``); a name whose drawing another input already takes
-    (same name, or same name but for the extension) gets ``_1``, ``_2``, ... """
+    folder or list (an image's file name); two inputs may have the same name (their drawings
+    get distinct names, see :func:`drawing_names`). Files under the folder ``skip`` (the output
+    folder: its drawings are images too) are left out of folders searched."""
     found: List[Tuple[str, str]] = []
+    skip = osp.realpath(skip) if skip else None
     for item in inputs:
         if osp.isdir(item):
             for root, dirs, files in os.walk(item):
-                dirs.sort()
+                dirs[:] = sorted(d for d in dirs
+                                 if skip is None or osp.realpath(osp.join(root, d)) != skip)
                 for name in sorted(files):
                     if _is_image(name):
                         path = osp.join(root, name)
@@ -117,20 +121,26 @@ def collect_images(inputs: Sequence[str]) -> List[Tuple[str, str]]:
             found.extend(_read_list(item))
         else:
             raise FileNotFoundError(f'{item} is neither an image, a folder nor a list file')
-    drawn = set()  # names without extension: a.jpg and a.png both draw to vis/a.png
-    unique = []
-    for path, name in found:
-        name = name.replace(os.sep, '/')
-        stem, ext = osp.splitext(name)
-        candidate, k = name, 0
-        while osp.splitext(candidate)[0] in drawn:
-            k += 1
-            candidate = f'{stem}_{k}{ext}'
-        drawn.add(osp.splitext(candidate)[0])
-        unique.append((path, candidate))
-    if not unique:
+    if not found:
         raise FileNotFoundError(f'no images ({", ".join(IMAGE_EXTENSIONS)}) in {list(inputs)}')
-    return unique
+    return [(path, name.replace(os.sep, '/')) for path, name in found]
+
+
+def drawing_names(names: Sequence[str]) -> List[str]:
+    """``vis/`` names (without extension) of the drawings of images named ``names``, one per
+    image: a name whose drawing another image already takes (same name, or the same but for the
+    extension: a.jpg and a.png both draw to a.png) gets ``_1``, ``_2``, ... """
+    drawn: set = set()
+    out = []
+    for name in names:
+        stem = osp.splitext(name)[0]
+        candidate, k = stem, 0
+        while candidate in drawn:
+            k += 1
+            candidate = f'{stem}_{k}'
+        drawn.add(candidate)
+        out.append(candidate)
+    return out
 
 
 # ---- model -------------------------------------------------------------------------------------
@@ -359,10 +369,11 @@ def warn_about_deep_images(images: Sequence[Tuple[str, str]]) -> List[str]:
 def run_inference(detector: Detector, images: Sequence[Tuple[str, str]], out_dir: str,
                   score_thr: float = 0.3, draw: bool = True, progress: bool = False) -> Dict:
     """Predict on ``images`` ((path, name) pairs from :func:`collect_images`), draw the detections
-    scoring >= ``score_thr`` onto ``OUT/vis/<name>.png`` and write ``OUT/detections.json``.
-    Returns the json's content."""
+    scoring >= ``score_thr`` onto ``OUT/vis/<name>.png`` (names made distinct by
+    :func:`drawing_names`) and write ``OUT/detections.json``. Returns the json's content."""
     import cv2
     warn_about_deep_images(images)
+    drawings = drawing_names([name for _, name in images])
     records = []
     bar = None
     if progress:
@@ -370,7 +381,7 @@ def run_inference(detector: Detector, images: Sequence[Tuple[str, str]], out_dir
 
         from mmengine.utils import ProgressBar
         bar = ProgressBar(len(images), file=sys.stderr)
-    for path, name in images:
+    for (path, name), drawing in zip(images, drawings):
         try:
             pred = detector.predict(path)
         except Exception as error:  # mmcv's loader only asserts on a file it cannot decode
@@ -379,12 +390,13 @@ def run_inference(detector: Detector, images: Sequence[Tuple[str, str]], out_dir
                               'image file); remove it from the inputs') from error
             raise
         kept = [d for d in pred['detections'] if d['score'] >= score_thr]
-        record = dict(file_name=name, width=pred['width'], height=pred['height'])
+        record = dict(file_name=name, path=osp.abspath(path), width=pred['width'],
+                      height=pred['height'])
         if draw:
             image = cv2.imread(path, cv2.IMREAD_COLOR)
             if image is None:
                 raise OSError(f'cannot read {path}')
-            vis_name = osp.join('vis', osp.splitext(name)[0] + '.png')
+            vis_name = osp.join('vis', drawing + '.png')
             vis_path = osp.join(out_dir, vis_name)
             os.makedirs(osp.dirname(vis_path), exist_ok=True)
             if not cv2.imwrite(vis_path, draw_detections(image, kept),

@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from tbx11k.apis.inference import (collect_images, draw_detections, load_detections,
-                                   load_detector, run_inference, select_weights)
+from tbx11k.apis.inference import (collect_images, draw_detections, drawing_names,
+                                   load_detections, load_detector, run_inference, select_weights)
 from tbx11k.testing import REPO_ROOT, TINY_1GPU, load_checkpoint, run
 
 INFER = osp.join(REPO_ROOT, 'tools', 'infer.py')
@@ -143,18 +143,24 @@ def test_collect_images(training_root, tmp_path):
     assert listed and all(osp.isfile(p) for p, _ in listed)
     assert all(osp.normpath(p) == osp.normpath(osp.join(imgs, n)) for p, n in listed)
     one = osp.join(imgs, 'tb', 'tb0001.png')
-    # a folder (recursive, relative names), an image, and a collision made unique
+    # a folder (recursive, relative names), an image twice: names as they are
     names = [n for _, n in collect_images([imgs, one, one])]
     assert 'tb/tb0001.png' in names and 'health/h0001.png' in names
-    assert names[-2:] == ['tb0001.png', 'tb0001_1.png']
+    assert names[-2:] == ['tb0001.png', 'tb0001.png']
     # one drawing per input: a.jpg and a.png both draw to vis/a.png, and a renamed a_1 must
     # not take the drawing of an input already called a_1
     for folder, name in (('u1', 'a_1.png'), ('u2', 'a.png'), ('u3', 'a.png'), ('u4', 'a.jpg')):
         (tmp_path / folder).mkdir()
         shutil.copy(one, tmp_path / folder / name)
     names = [n for _, n in collect_images([str(tmp_path / f'u{k}') for k in (1, 2, 3, 4)])]
-    assert names == ['a_1.png', 'a.png', 'a_2.png', 'a_3.jpg']
-    assert len({osp.splitext(n)[0] for n in names}) == 4
+    assert names == ['a_1.png', 'a.png', 'a.png', 'a.jpg']
+    assert drawing_names(names) == ['a_1', 'a', 'a_2', 'a_3']
+    # the output folder inside an input folder: its drawings are not read back as inputs
+    (tmp_path / 'u2' / 'out' / 'vis').mkdir(parents=True)
+    shutil.copy(one, tmp_path / 'u2' / 'out' / 'vis' / 'a.png')
+    assert len(collect_images([str(tmp_path / 'u2')])) == 2
+    out = str(tmp_path / 'u2' / 'out')
+    assert [n for _, n in collect_images([str(tmp_path / 'u2')], skip=out)] == ['a.png']
     bad = tmp_path / 'list.txt'
     bad.write_text('tb/tb0001.png\nnot/there.png\n')
     with pytest.raises(FileNotFoundError, match='not/there.png'):
@@ -221,6 +227,31 @@ def test_unreadable_image_is_named(tmp_path, training_root):
         run_inference(LoaderAsserts(), [(str(broken), 'broken.png')], str(tmp_path / 'out'))
 
 
+def test_inputs_of_the_same_name_keep_their_names_and_paths_in_the_json(tmp_path, training_root):
+    """a/x.png and b/x.png: the json called the second 'x_1.png', a file that does not exist, and
+    had no path; x.jpg and x.png in one folder: the real x.png was listed as 'x_1.png'."""
+    one = osp.join(training_root, 'imgs', 'tb', 'tb0001.png')
+    for folder, name in (('a', 'x.png'), ('b', 'x.png'), ('c', 'y.jpg'), ('c', 'y.png')):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        cv2.imwrite(str(tmp_path / folder / name), cv2.imread(one))
+
+    class NoBoxes:  # a stand-in detector
+        config, checkpoint, weights, classes = 'c.py', 'w.pth', 'ema', ('A', 'B')
+
+        def predict(self, path):
+            return dict(width=512, height=512, detections=[])
+
+    images = collect_images([str(tmp_path / f) for f in 'abc'])
+    result = run_inference(NoBoxes(), images, str(tmp_path / 'out'))
+    records = result['images']
+    assert [r['file_name'] for r in records] == ['x.png', 'x.png', 'y.jpg', 'y.png']
+    assert [r['path'] for r in records] == [str(tmp_path / f / n) for f, n in
+                                            (('a', 'x.png'), ('b', 'x.png'), ('c', 'y.jpg'),
+                                             ('c', 'y.png'))]
+    assert [r['vis'] for r in records] == ['vis/x.png', 'vis/x_1.png', 'vis/y.png', 'vis/y_1.png']
+    assert all((tmp_path / 'out' / r['vis']).is_file() for r in records)
+
+
 def test_images_deeper_than_8_bits_are_warned_about(tmp_path, capsys):
     """infer ran silently on 16-bit films, which mmcv loads nearly black (the dataset warns)."""
     from mmengine.logging import MMLogger
@@ -260,3 +291,24 @@ def test_cuda_device_without_a_gpu_is_refused_with_a_message(training_root, tmp_
                                     str(tmp_path / 'out'), '--device', 'cuda:0'])
     assert code == 2
     assert 'error: --device cuda:0, but this torch sees no CUDA GPU' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('option, says', [
+    (['--device', 'foo'], 'error: --device foo is not a torch device'),
+    (['--score-thr', '30'],
+     "argument --score-thr: must be a score from 0 to 1 (e.g. 0.3), not '30'"),
+    (['--score-thr', 'nan'], 'argument --score-thr: must be a score from 0 to 1'),
+])
+def test_bad_device_and_score_threshold_are_usage_errors(training_root, tmp_path, capsys, option,
+                                                         says):
+    """--device foo ended in torch's RuntimeError traceback; --score-thr 30 (a percentage) or nan
+    was accepted and kept nothing or everything."""
+    from tools_test_helpers import load_tool
+    image = osp.join(training_root, 'imgs', 'tb', 'tb0001.png')
+    try:
+        code = load_tool('infer').main([TINY_1GPU, str(tmp_path / 'x.pth'), image, '--out',
+                                        str(tmp_path / 'out'), *option])
+    except SystemExit as exit:  # argparse
+        code = exit.code
+    assert code == 2
+    assert says in capsys.readouterr().err
