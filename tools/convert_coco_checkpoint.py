@@ -12,11 +12,23 @@ converts anyway) or does not fit the config.
 See tbx11k/apis/checkpoint_conversion.py.
 """
 import argparse
-import os
+import io
 import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # this repo's tbx11k
+
+
+def probability(text: str) -> float:
+    """--prior-prob: strictly between 0 and 1 (the bias is -log((1 - p) / p))."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float('nan')
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f'must be a probability strictly between 0 and 1 (e.g. '
+                                         f'0.01), not {text!r}')
+    return value
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -30,7 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help='copy the rows of a source class instead of re-initialising a target '
                    'class (not meaningful for TBX11K; for other data sets)')
     p.add_argument('--seed', type=int, default=0, help='seed of the re-initialisation')
-    p.add_argument('--prior-prob', type=float, default=0.01,
+    p.add_argument('--prior-prob', type=probability, default=0.01,
                    help='foreground prior of the new classifier biases (mmdet: 0.01)')
     p.add_argument('--check-config', metavar='CONFIG',
                    help='build this config\'s model and check that the result fits it exactly')
@@ -50,6 +62,7 @@ def main(argv=None) -> int:
                                                    NotADINOCheckpoint, build_model_from_config,
                                                    check_fits_model, config_classes,
                                                    convert_dino_checkpoint)
+    from tbx11k.utils.atomic_io import atomic_write_bytes
     from tbx11k.utils.torch_load_compat import load_local_checkpoint
 
     class_map = {}
@@ -67,6 +80,10 @@ def main(argv=None) -> int:
 
     if not osp.isfile(args.input):
         print(f'error: {args.input} does not exist', file=sys.stderr)
+        return 2
+    if osp.isdir(args.output):
+        print(f'error: the output {args.output} is a folder: give the file to write, e.g. '
+              f'{osp.join(args.output, "dino_tbx11k_init.pth")}', file=sys.stderr)
         return 2
     if osp.exists(args.output) and osp.samefile(args.input, args.output):
         print(f'error: the output {args.output} is the input: converting in place would replace '
@@ -111,10 +128,9 @@ def main(argv=None) -> int:
             return 2
         print(f'  fits {args.check_config}: no missing, unexpected or reshaped keys')
 
-    out_dir = osp.dirname(osp.abspath(args.output))
-    os.makedirs(out_dir, exist_ok=True)
-    torch.save(converted, args.output + '.tmp')
-    os.replace(args.output + '.tmp', args.output)
+    buffer = io.BytesIO()
+    torch.save(converted, buffer)
+    atomic_write_bytes(buffer.getvalue(), args.output)  # no half-written file, no stray .tmp
     print(f'wrote {args.output}  (use: --cfg-options load_from={args.output} '
           'model.backbone.init_cfg=None)')
     return 0

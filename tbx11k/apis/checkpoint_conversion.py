@@ -227,8 +227,9 @@ def convert_dino_checkpoint(checkpoint: Mapping,
     checkpoint, whose trained classifiers would be lost. ``force=True`` converts it anyway.
     """
     classes = tuple(classes)
-    if not classes or len(set(classes)) != len(classes):
-        raise ValueError(f'classes must be distinct and non-empty, got {classes}')
+    if not classes or len(set(classes)) != len(classes) or not all(
+            isinstance(c, str) and c.strip() for c in classes):
+        raise ValueError(f'classes must be distinct, non-empty names, got {classes}')
     state = _state_dict(checkpoint)
     src_num, embed_dims, num_layers = inspect_dino_state_dict(state)
     src_classes = _source_class_names(checkpoint, src_num)

@@ -152,6 +152,29 @@ def test_cli_refuses_a_file_that_is_no_checkpoint_and_converting_in_place(tmp_pa
     assert source.read_bytes() == before
 
 
+def test_cli_refuses_a_folder_output_and_bad_values_before_writing(tmp_path, capsys):
+    """An existing folder as output failed after the conversion with IsADirectoryError, leaving a
+    stray OUTPUT.tmp; --prior-prob 0 was a ZeroDivisionError traceback, 1.5 a 'math domain
+    error'; --classes '' was accepted as a class name."""
+    tool = load_tool('convert_coco_checkpoint')
+    source = tmp_path / 'coco.pth'
+    torch.save({'state_dict': {'a': torch.zeros(1)}}, str(source))
+    out_dir = tmp_path / 'out'
+    out_dir.mkdir()
+    assert tool.main([str(source), str(out_dir)]) == 2
+    assert f'the output {out_dir} is a folder' in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['coco.pth', 'out']
+    for value in ('0', '1.5', 'x'):
+        with pytest.raises(SystemExit) as exit:
+            tool.main([str(source), str(tmp_path / 'x.pth'), '--prior-prob', value])
+        assert exit.value.code == 2
+        assert 'argument --prior-prob: must be a probability strictly between 0 and 1' in \
+            capsys.readouterr().err
+    from tbx11k.apis.checkpoint_conversion import convert_dino_checkpoint
+    with pytest.raises(ValueError, match='distinct, non-empty names'):
+        convert_dino_checkpoint({'state_dict': {}}, ('A', ' '))
+
+
 def test_cli_converts_the_tiny_model(converted_tiny):
     path, stdout = converted_tiny
     # tiny: 2 decoder layers -> 3 branches, the encoder's is index 2
