@@ -29,9 +29,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from tbx11k.apis.log_plots import plot_logs
+    if args.out and osp.exists(args.out) and not osp.isdir(args.out):
+        print(f'error: --out {args.out} is a file: give a folder for the plots', file=sys.stderr)
+        return 2
     try:
         summary = plot_logs(args.work_dir, args.out, args.metrics, args.all_layers)
-    except (FileNotFoundError, ValueError) as error:
+    except (OSError, ValueError) as error:
         print(f'error: {error}', file=sys.stderr)
         return 2
     steps = summary['steps']

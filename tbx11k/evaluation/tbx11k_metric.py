@@ -323,6 +323,14 @@ class TBX11KMetric(BaseMetric):
                 'TBX11KMetric format_only: wrote '
                 f'{self.outfile_prefix}.bbox.json, ' + ', '.join(files),
                 logger='current')
+            if self.cls_threshold is None:
+                print_log(
+                    'TBX11KMetric format_only without cls_threshold: the '
+                    'image-level file calls an image TB when its top TB score '
+                    'is above 1/3 (p_tb = score). Pass the threshold chosen on '
+                    'val (--cfg-options test_evaluator.cls_threshold=T; '
+                    "tools/test.py on val reports it as 'threshold')",
+                    logger='current', level=logging.WARNING)
             return {}
 
         # hundreds of thousands of small dicts for COCOeval: pausing the

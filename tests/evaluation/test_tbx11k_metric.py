@@ -487,7 +487,10 @@ def test_unknown_class_name_is_a_clear_error(tmp_path):
         run(ann, [sample(1)], classes=('ActiveTuberculosis', 'Nodule'))
 
 
-def test_format_only_submission(tmp_path):
+def test_format_only_submission(tmp_path, monkeypatch):
+    import tbx11k.evaluation.tbx11k_metric as metric_module
+    logged = []
+    monkeypatch.setattr(metric_module, 'print_log', lambda msg, **kw: logged.append(msg))
     # unlabelled test json: images only, in a non-sorted order
     ann = write_gt(tmp_path / 'test.json', [3, 1, 2], [],
                    with_annotations=False)
@@ -517,9 +520,13 @@ def test_format_only_submission(tmp_path):
     csv = open(f'{prefix}.cls.csv').read().splitlines()
     assert csv[0].startswith('file_name,image_id,p_healthy')
     assert csv[1].startswith('x/0003.png,3,0.250000,0.250000,0.500000')
+    # no threshold: said (the protocol wants the one chosen on val)
+    assert sum('format_only without cls_threshold' in m for m in logged) == 1, logged
+    logged.clear()
     # with a threshold, arg-max is TB exactly when score >= threshold
     res, _ = run(ann, samples, classes=TWO, format_only=True,
                  outfile_prefix=str(prefix), cls_threshold=0.6)
+    assert not any('without cls_threshold' in m for m in logged)
     probs = np.loadtxt(f'{prefix}.cls.txt')
     np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
     assert probs.argmax(1).tolist() == [0, 2, 0]  # .5 < .6 <= .75

@@ -123,6 +123,11 @@ def test_missing_logs_are_a_clear_error(tmp_path, capsys):
     tool = load_tool('plot_logs')
     assert tool.main([str(tmp_path)]) == 2
     assert 'no <timestamp>/vis_data/scalars.json' in capsys.readouterr().err
+    # --out naming a file: a FileExistsError traceback
+    write_session(tmp_path, '20240101_000000', [train_record(1, 1, 1.0)])
+    (tmp_path / 'afile').write_text('x')
+    assert tool.main([str(tmp_path), '--out', str(tmp_path / 'afile')]) == 2
+    assert f'error: --out {tmp_path / "afile"} is a file' in capsys.readouterr().err
 
 
 def test_loss_term_names():
