@@ -17,10 +17,16 @@ from typing import Dict, List, Optional, Sequence
 import cv2
 import numpy as np
 
-from .tbx11k import EXTRA_FOLDER, TBX11KDataset, is_extra_image
-from .validation import (BBOX_TOLERANCE, Issue, IssueCollector,
-                         TBX11KDataError, image_ref, read_image_header,
-                         read_json, validate_coco)
+from .tbx11k import EXTRA_FOLDER, TBX11KDataset
+from .validation import (BBOX_TOLERANCE, Issue, IssueCollector, TBX11KDataError,
+                         background_only_warning, check_bbox_tolerance, image_folder,
+                         image_ref, norm_file_name, read_image_header, read_json,
+                         summarize_ids, validate_coco)
+
+#: An annotation ``area`` outside [w*h / AREA_FACTOR, w*h * AREA_FACTOR] of its bbox (or above
+#: MAX_AREA) is warned about: COCOeval takes the json's area for its area ranges.
+AREA_FACTOR = 4.0
+MAX_AREA = 1e10  # COCOeval's 'all' range ends here
 
 
 @dataclass
@@ -161,7 +167,7 @@ def check_ann_file(ann_file: str,
     by_digest: Dict[str, List[str]] = defaultdict(list)
     for img in val.images:
         fn = img['file_name']
-        folders[fn.split('/')[0] if '/' in fn else '.'] += 1
+        folders[image_folder(fn, img_prefix)] += 1
         anns = val.anns_by_image[img['id']]
         if not anns:
             report.num_empty_images += 1
@@ -176,7 +182,7 @@ def check_ann_file(ann_file: str,
             issues.error('undecodable_image', entry, chk.error)
             continue
         if chk.digest:
-            report.digests[fn] = chk.digest
+            report.digests[norm_file_name(fn, img_prefix)] = chk.digest
             by_digest[chk.digest].append(fn)
         if chk.width is not None and (chk.width, chk.height) != (
                 img['width'], img['height']):
@@ -203,7 +209,7 @@ def check_ann_file(ann_file: str,
                 '90-degree turn of a non-square image only); save it upright without the tag')
     tb_empty = [
         img['file_name'] for img in val.images
-        if img['file_name'].startswith('tb/')
+        if norm_file_name(img['file_name'], img_prefix).startswith('tb/')
         and not val.anns_by_image[img['id']]
     ]
     if tb_empty:
@@ -213,7 +219,7 @@ def check_ann_file(ann_file: str,
             f'has tb/tb1199.png): {", ".join(tb_empty[:5])}')
     extra = [
         img['file_name'] for img in val.images
-        if is_extra_image(img['file_name']) and not val.anns_by_image[img['id']]
+        if image_folder(img['file_name'], img_prefix) == EXTRA_FOLDER and not val.anns_by_image[img['id']]
     ]
     if extra:
         issues.warning(
@@ -226,6 +232,15 @@ def check_ann_file(ann_file: str,
     if val.top_level_ok and not val.num_raw_images:
         issues.error('no_images', None, "'images' is empty")
     _check_default_classes(val.categories, issues)
+    _check_areas(val.anns_by_image, issues)
+    if is_training_file(ann_file):
+        background_only = background_only_warning(
+            issues.source, DEFAULT_CLASSES, len(val.images),
+            sum(1 for anns in val.anns_by_image.values() for a in anns
+                if cat_name[a['category_id']] in DEFAULT_CLASSES
+                and not a.get('ignore', False)))
+        if background_only:
+            issues.warnings.append(Issue('warning', 'no_training_boxes', background_only))
     report.duplicate_groups = [sorted(v) for v in by_digest.values()
                                if len(v) > 1]
     if report.duplicate_groups:
@@ -273,6 +288,35 @@ def _check_default_classes(categories: List[dict], issues: IssueCollector) -> No
             'metainfo classes')
 
 
+def is_training_file(ann_file: str) -> bool:
+    """Whether a json is trained on by its name: train or trainval."""
+    stem = osp.splitext(osp.basename(ann_file))[0].lower()
+    return split_of(ann_file) == 'train' or 'trainval' in stem
+
+
+def _check_areas(anns_by_image: Dict[int, List[dict]], issues: IssueCollector) -> None:
+    """Warn about annotations whose ``area`` is far from their (json) bbox's w*h."""
+    bad = []
+    for anns in anns_by_image.values():
+        for a in anns:
+            _, _, w, h = a.get('bbox_orig', a['bbox'])
+            wh, area = float(w) * float(h), float(a['area'])
+            if area > MAX_AREA or (wh >= 1 and not wh / AREA_FACTOR <= area
+                                   <= wh * AREA_FACTOR):
+                bad.append((a['id'], area, w, h))
+    if not bad:
+        return
+    ann_id, area, w, h = bad[0]
+    issues.warning(
+        'area_mismatch', None,
+        f"{len(bad)} annotation(s) have an 'area' outside [w*h/{AREA_FACTOR:g}, "
+        f'{AREA_FACTOR:g}*w*h] of their bbox or above {MAX_AREA:g} (annotation ids '
+        f'{summarize_ids([b[0] for b in bad])}; e.g. id={ann_id}: area {area:g}, bbox '
+        f'{w:g}x{h:g}): COCO AP uses the json\'s area, not the box, for its area ranges '
+        f'(a box of area > {MAX_AREA:g} is outside even "all", so its AP is n/a while the box is '
+        'counted here); set area to w*h')
+
+
 def default_ann_files(data_root: str) -> List[str]:
     """The TBX11K_*.json files under DATA_ROOT/annotations/json."""
     return sorted(
@@ -286,9 +330,10 @@ def check_dataset(data_root: str,
                   decode: bool = True,
                   bbox_tolerance: float = BBOX_TOLERANCE) -> CheckReport:
     """Check json files (default :func:`default_ann_files`) of a TBX11K
-    root; relative ``ann_files`` are taken relative to ``data_root`` when
-    they do not exist as given."""
+    root; a relative ``ann_files`` entry is ``data_root/entry`` when that
+    exists, else taken as given (relative to the current folder)."""
     data_root = str(data_root)
+    bbox_tolerance = check_bbox_tolerance(bbox_tolerance)
     report = CheckReport(data_root=data_root)
     if not osp.isdir(data_root):
         report.errors.append(
@@ -305,9 +350,9 @@ def check_dataset(data_root: str,
     resolved = []
     for f in ann_files:
         f = str(f)
-        if not osp.isabs(f) and not osp.exists(f):
+        if not osp.isabs(f) and osp.exists(osp.join(data_root, f)):
             f = osp.join(data_root, f)
-        resolved.append(f)
+        resolved.append(osp.abspath(f))
     img_prefix = osp.join(data_root, img_dir)
     cache: Dict[str, ImageCheck] = {}
     for f in resolved:
@@ -350,21 +395,13 @@ def _cross_split(report: CheckReport) -> None:
             report.warnings.append(Issue('warning', 'split_overlap', msg))
 
 
-def _rel(path: str, root: str) -> str:
-    try:
-        rel = osp.relpath(path, root)
-    except ValueError:
-        return path
-    return path if rel.startswith('..') else rel
-
-
 def format_report(report: CheckReport, max_list: int = 20) -> str:
     """Text report with counts per file, then errors and warnings."""
     root = report.data_root
     lines = [f'TBX11K data check: {root}']
     for fr in report.files:
         lines.append('')
-        lines.append(f'{_rel(fr.ann_file, root)}' +
+        lines.append(osp.abspath(fr.ann_file) +
                      (f'  [{fr.split}]' if fr.split else ''))
         folders = ', '.join(f'{k} {v}'
                             for k, v in fr.images_per_folder.items())
@@ -404,6 +441,16 @@ def format_report(report: CheckReport, max_list: int = 20) -> str:
     return '\n'.join(lines)
 
 
+def _tolerance_arg(text: str) -> float:
+    """argparse type of --bbox-tolerance: a finite number >= 0."""
+    import argparse
+    try:
+        return check_bbox_tolerance(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f'must be a finite number >= 0 (pixels), got {text!r}') from None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry point: exit status 1 on errors, 0 with warnings only."""
     import argparse
@@ -414,13 +461,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument('data_root', help='TBX11K root (holds imgs/, annotations/)')
     p.add_argument('ann_files', nargs='*',
                    help='json files (default: annotations/json/TBX11K_*.json);'
-                   ' relative paths may be relative to DATA_ROOT')
+                   ' a relative path is under DATA_ROOT when it exists there, '
+                   'else relative to the current folder')
     p.add_argument('--img-dir', default='imgs',
                    help='image folder under DATA_ROOT that file_name is '
                    'relative to (default: imgs)')
     p.add_argument('--no-decode', action='store_true',
                    help='do not decode images (existence and hashes only)')
-    p.add_argument('--bbox-tolerance', type=float, default=BBOX_TOLERANCE,
+    p.add_argument('--bbox-tolerance', type=_tolerance_arg, default=BBOX_TOLERANCE,
                    help='pixels a box may reach outside the image before it '
                    'is an error (default: %(default)s)')
     p.add_argument('--max-list', type=int, default=20,

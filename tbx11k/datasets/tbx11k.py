@@ -10,9 +10,9 @@ from mmdet.datasets import CocoDataset
 from mmdet.registry import DATASETS
 from .seeded import SeededSampleMixin
 from .validation import (BBOX_TOLERANCE, MIN_BOX_SIZE, ImageHeader, TBX11KDataError,
-                         deep_images_warning, exif_oriented_warning, read_image_header,
-                         read_json, summarize_ids,
-                         validate_coco)
+                         background_only_warning, check_bbox_tolerance, deep_images_warning,
+                         exif_oriented_warning, image_folder, read_image_header, read_json,
+                         summarize_ids, validate_coco)
 
 ACTIVE_TB = 'ActiveTuberculosis'
 LATENT_TB = 'ObsoletePulmonaryTuberculosis'
@@ -34,7 +34,7 @@ EXTRA_FOLDER = 'extra'
 
 def is_extra_image(file_name: str) -> bool:
     """Whether a json ``file_name`` (relative to ``imgs/``) is in the extra sets."""
-    return file_name.replace('\\', '/').lstrip('./').split('/')[0] == EXTRA_FOLDER
+    return image_folder(file_name.replace('\\', '/')) == EXTRA_FOLDER
 
 
 @DATASETS.register_module()
@@ -94,7 +94,8 @@ class TBX11KDataset(SeededSampleMixin, CocoDataset):
                  check_image_size: Optional[bool] = None,
                  **kwargs) -> None:
         self.tb_only = tb_only
-        self.bbox_clip_tolerance = bbox_clip_tolerance
+        self.bbox_clip_tolerance = check_bbox_tolerance(bbox_clip_tolerance,
+                                                        'bbox_clip_tolerance')
         self.check_files = check_files
         self.check_image_size = check_image_size
         self.load_stats: dict = {}
@@ -315,13 +316,11 @@ class TBX11KDataset(SeededSampleMixin, CocoDataset):
             msg += (f'; tb_only: {s["num_images_dropped_not_tb"]} images '
                     'without TB boxes left out')
         print_log(msg, logger='current', level=logging.INFO)
-        if not self.test_mode and s['num_images'] and not s['num_instances']:
-            print_log(
-                f'TBX11KDataset {s["ann_file"]}: no box of the classes '
-                f'{tuple(self.metainfo["classes"])} in this training set: the detector '
-                'would learn background only (an image-info or extra-set json?)',
-                logger='current',
-                level=logging.WARNING)
+        background_only = None if self.test_mode else background_only_warning(
+            f'TBX11KDataset {s["ann_file"]}', self.metainfo['classes'], s['num_images'],
+            s['num_instances'])
+        if background_only:
+            print_log(background_only, logger='current', level=logging.WARNING)
         if val.clipped_ann_ids:
             print_log(
                 f'TBX11KDataset {s["ann_file"]}: {s["num_clipped"]} boxes '

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import os.path as osp
+import posixpath
 import stat
 from dataclasses import dataclass, field
 from numbers import Real
@@ -98,6 +99,38 @@ def _as_positive_int(v: Any) -> Optional[int]:
     if _is_number(v) and math.isfinite(v) and float(v).is_integer() and v > 0:
         return int(v)
     return None
+
+
+def check_bbox_tolerance(value: Any, name: str = 'bbox_tolerance') -> float:
+    """``value`` as a float; ValueError naming ``name`` unless it is a finite number >= 0 (NaN
+    would clip a box lying wholly outside the image to nothing and drop it silently; a negative
+    value flags boxes inside the image)."""
+    if _is_number(value) and math.isfinite(value) and value >= 0:
+        return float(value)
+    raise ValueError(f'{name} must be a finite number >= 0 (pixels a box may reach outside the '
+                     f'image), got {value!r}')
+
+
+def norm_file_name(file_name: str, img_prefix: Optional[str] = None) -> str:
+    """A json ``file_name`` normalised for comparisons and folder counts: ``./tb/x.png`` and
+    ``tb//x.png`` -> ``tb/x.png``; an absolute one under ``img_prefix`` -> relative to it. The
+    path used to read the file stays ``img_prefix/file_name``."""
+    name = posixpath.normpath(file_name)
+    if posixpath.isabs(name) and img_prefix:
+        prefix = posixpath.normpath(osp.abspath(img_prefix))
+        if name.startswith(prefix.rstrip('/') + '/'):
+            name = posixpath.relpath(name, prefix)
+    return name
+
+
+def image_folder(file_name: str, img_prefix: Optional[str] = None) -> str:
+    """Top folder of a json ``file_name`` under the image root (see :func:`norm_file_name`):
+    'tb' for ``./tb/x.png``; '.' for a file directly in it; the folder of an absolute
+    ``file_name`` outside it."""
+    name = norm_file_name(file_name, img_prefix)
+    if posixpath.isabs(name):
+        return posixpath.dirname(name)
+    return name.split('/')[0] if '/' in name else '.'
 
 
 def image_ref(img: Any, index: Optional[int] = None) -> str:
@@ -219,6 +252,11 @@ def _file_checker(img_prefix: str, backend_args: Optional[dict]):
     return check_backend
 
 
+def _missing_folder(img_prefix: Optional[str], backend_args: Optional[dict]) -> bool:
+    """Whether a local image folder is given and does not exist."""
+    return backend_args is None and bool(img_prefix) and not osp.isdir(img_prefix)
+
+
 @dataclass
 class ImageHeader:
     """What an image file's header says (see :func:`read_image_header`)."""
@@ -299,6 +337,16 @@ def deep_images_warning(where: str, deep_images: Sequence[str]) -> str:
             'value range, before training or testing.')
 
 
+def background_only_warning(where: str, classes: Sequence[str], num_images: int,
+                            num_boxes: int) -> Optional[str]:
+    """The warning for a training set with images but no box of ``classes`` (dataset, check
+    tool); None when there is a box or no image."""
+    if not num_images or num_boxes:
+        return None
+    return (f'{where}: no box of the classes {tuple(classes)} in this training set: the detector '
+            'would learn background only (an image-info or extra-set json?)')
+
+
 def validate_coco(data: Any,
                   source: str,
                   *,
@@ -326,6 +374,7 @@ def validate_coco(data: Any,
             (check tool).
         backend_args: mmengine file backend arguments for the file checks.
     """
+    tol = check_bbox_tolerance(bbox_tolerance)
     issues = IssueCollector(source, raise_errors=raise_errors)
     result = ValidatedCoco(source=str(source), issues=issues)
 
@@ -405,7 +454,9 @@ def validate_coco(data: Any,
             raise ValueError('validate_coco: check_files needs img_prefix')
         check_file = _file_checker(img_prefix, backend_args)
     images_by_id: Dict[int, dict] = {}
+    raw_image_ids = set()  # every id of 'images', also of entries refused below
     file_names: Dict[str, Any] = {}
+    num_checked = num_missing = 0
     for i, img in enumerate(raw_images):
         entry = image_ref(img, i)
         if not isinstance(img, dict):
@@ -413,6 +464,10 @@ def validate_coco(data: Any,
                          f'must be an object, got {type(img).__name__}')
             continue
         img_id = img.get('id')
+        try:
+            raw_image_ids.add(img_id)
+        except TypeError:  # unhashable, refused below
+            pass
         if not _is_int(img_id):
             issues.error('bad_image', entry,
                          f"'id' must be an integer, got {img_id!r}")
@@ -437,14 +492,21 @@ def validate_coco(data: Any,
                 size_ok = False
         if not size_ok:
             continue
-        if file_name in file_names:
+        name_key = norm_file_name(file_name, img_prefix)
+        if name_key in file_names:
             issues.warning('duplicate_file_name', entry,
                            f'file_name also used by image id '
-                           f'{file_names[file_name]}')
+                           f'{file_names[name_key]}'
+                           + (f' (both are {name_key})' if name_key != file_name else ''))
         if check_file is not None:
             problem = check_file(osp.join(img_prefix, file_name))
+            num_checked += 1
             if problem is not None:
                 kind, msg = problem
+                if kind == 'missing_image':
+                    num_missing += 1
+                    if raise_errors and _missing_folder(img_prefix, backend_args):
+                        msg += f' (the image folder {img_prefix} does not exist)'
                 issues.error(kind, entry, msg,
                              exc_type=TBX11KMissingFileError
                              if kind == 'missing_image' else TBX11KDataError)
@@ -453,13 +515,20 @@ def validate_coco(data: Any,
         img['width'] = _as_positive_int(img['width'])
         img['height'] = _as_positive_int(img['height'])
         images_by_id[img_id] = img
-        file_names[file_name] = img_id
+        file_names[name_key] = img_id
         result.images.append(img)
         result.anns_by_image[img_id] = []
+    if num_missing > 1 and _missing_folder(img_prefix, backend_args):
+        issues.errors.insert(0, Issue('error', 'missing_image_folder', issues._format(
+            None, f'image folder {img_prefix} does not exist: none of the {num_missing} '
+            'images below can be found')))
+    elif num_missing == num_checked > 1:
+        issues.errors.insert(0, Issue('error', 'no_image_found', issues._format(
+            None, f'none of the {num_missing} images exists under {img_prefix} (a wrong image '
+            'folder?)')))
 
     # ---- annotations ----------------------------------------------------
     ann_ids: Dict[Any, int] = {}
-    tol = float(bbox_tolerance)
     for i, ann in enumerate(raw_anns):
         entry = ann_ref(ann, i, images_by_id)
         if not isinstance(ann, dict):
@@ -484,8 +553,7 @@ def validate_coco(data: Any,
             continue
         img = images_by_id.get(image_id)
         if img is None:
-            if any(isinstance(m, dict) and m.get('id') == image_id
-                   for m in raw_images):
+            if image_id in raw_image_ids:
                 continue  # the image itself was reported already
             issues.error('unknown_image_id', entry,
                          f"refers to image_id={image_id}, which is not in "

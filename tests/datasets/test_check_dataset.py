@@ -250,3 +250,164 @@ def test_categories_the_default_classes_refuse_are_a_warning(copy_root, change, 
     warnings = [w for w in report.all_warnings() if w.kind == 'default_classes']
     assert len(warnings) == 1 and expected in warnings[0].message
     assert warnings[0].message.startswith(str(copy_root / TRAIN))
+
+
+class _CountingList(list):
+    """A list that counts how often it is iterated over."""
+    iterations = 0
+
+    def __iter__(self):
+        type(self).iterations += 1
+        return super().__iter__()
+
+
+def test_annotations_of_missing_images_do_not_rescan_the_images(copy_root):
+    """Each annotation of an image that failed rescanned all images: 57 s for 20k images."""
+    from tbx11k.datasets.validation import validate_coco
+    raw = load(copy_root / TRAIN)
+    raw['images'] = _CountingList(raw['images'])
+    _CountingList.iterations = 0
+    val = validate_coco(raw, 'x.json', img_prefix=str(copy_root / 'nope'),
+                        raise_errors=False)
+    assert val.issues.count()['missing_image'] == len(raw['images'])
+    assert 'unknown_image_id' not in val.issues.count()
+    assert len(raw['annotations']) > 2 and _CountingList.iterations <= 2
+
+
+@pytest.mark.parametrize('img_dir, kind, expected', [
+    ('nope', 'missing_image_folder', 'does not exist: none of the 16 images'),
+    ('imgs/health', 'no_image_found', 'none of the 16 images exists under')])
+def test_wrong_image_folder_is_said_in_one_line_first(copy_root, img_dir, kind, expected):
+    report = check_dataset(copy_root, [TRAIN], img_dir=img_dir)
+    errs = report.all_errors()
+    assert errs[0].kind == kind, errs[:2]
+    assert errs[0].message.startswith(str(copy_root / TRAIN))
+    assert expected in errs[0].message and str(copy_root / img_dir) in errs[0].message
+    assert [e.kind for e in errs[1:]] == ['missing_image'] * 16
+    assert sum(e.kind == kind for e in errs) == 1
+
+
+def test_one_missing_image_gives_no_folder_line(copy_root):
+    raw = load(copy_root / TRAIN)
+    (copy_root / 'imgs' / raw['images'][0]['file_name']).unlink()
+    assert [e.kind for e in check_dataset(copy_root, [TRAIN]).all_errors()] == [
+        'missing_image']
+
+
+def test_relative_ann_file_is_under_data_root_first(copy_root, tmp_path, monkeypatch, capsys):
+    """A json of the same relative name in the current folder was checked instead, and the
+    report printed only the relative name."""
+    cwd = tmp_path / 'cwd'
+    (cwd / 'annotations/json').mkdir(parents=True)
+    raw = load(copy_root / TRAIN)
+    (cwd / TRAIN).write_text(json.dumps(dict(raw, images=[], annotations=[])))
+    monkeypatch.chdir(cwd)
+    report = check_dataset(copy_root, [TRAIN])
+    assert report.ok, report.format()
+    assert report.files[0].ann_file == str(copy_root / TRAIN)
+    assert main([str(copy_root), TRAIN]) == 0
+    assert f'\n{copy_root / TRAIN}  [train]\n' in capsys.readouterr().out
+    # a json only in the current folder is still found, and printed absolute
+    (cwd / 'mine_train.json').write_text(json.dumps(raw))
+    report = check_dataset(copy_root, ['mine_train.json'])
+    assert report.ok and report.files[0].ann_file == str(cwd / 'mine_train.json')
+    assert f'\n{cwd / "mine_train.json"}  [train]\n' in report.format()
+
+
+@pytest.mark.parametrize('value', ['nan', '-1', 'inf'])
+def test_bbox_tolerance_must_be_finite_and_not_negative(copy_root, value, capsys):
+    """NaN clipped a box wholly outside the image to nothing and dropped it silently."""
+    with pytest.raises(SystemExit) as exc:
+        main([str(copy_root), TRAIN, '--bbox-tolerance', value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert '--bbox-tolerance' in err and 'finite number >= 0' in err
+    with pytest.raises(ValueError, match='bbox_tolerance must be a finite number >= 0'):
+        check_dataset(copy_root, [TRAIN], bbox_tolerance=float(value))
+    assert main([str(copy_root), TRAIN, '--bbox-tolerance', '0', '--no-decode']) == 1
+    assert 'bbox_outside' in capsys.readouterr().out  # the box at -1
+
+
+def test_dotted_and_absolute_file_names_count_in_their_folder(copy_root):
+    """./tb/x.png counted under '.', an absolute name under '', and the tb/ warning missed
+    them; the files are still read from the names as given."""
+    raw = load(copy_root / TRAIN)
+    with_boxes = {a['image_id'] for a in raw['annotations']}
+    tb_empty = next(i for i in raw['images']
+                    if i['file_name'].startswith('tb/') and i['id'] not in with_boxes)
+    tb_empty['file_name'] = './' + tb_empty['file_name']
+    health = next(i for i in raw['images'] if i['file_name'].startswith('health/'))
+    health['file_name'] = str(copy_root / 'imgs' / health['file_name'])
+    (copy_root / TRAIN).write_text(json.dumps(raw))
+    report = check_dataset(copy_root, [TRAIN])
+    assert report.ok, report.format()
+    assert report.files[0].images_per_folder == {'health': 4, 'sick': 4, 'tb': 8}
+    warned = [w for w in report.all_warnings() if w.kind == 'tb_image_without_boxes']
+    assert len(warned) == 1 and tb_empty['file_name'] in warned[0].message
+
+
+def test_dotted_file_name_of_another_image_is_a_duplicate(copy_root):
+    raw = load(copy_root / TRAIN)
+    first = raw['images'][0]
+    raw['images'].append(dict(first, id=9999, file_name='./' + first['file_name']))
+    (copy_root / TRAIN).write_text(json.dumps(raw))
+    report = check_dataset(copy_root, [TRAIN])
+    warned = [w for w in report.all_warnings() if w.kind == 'duplicate_file_name']
+    assert len(warned) == 1, report.all_warnings()
+    assert 'id=9999' in warned[0].message and f"image id {first['id']}" in warned[0].message
+
+
+def test_dotted_extra_file_names_are_warned_about(synthetic_root, tmp_path):
+    raw = load(synthetic_root / 'annotations/json/all_train.json')
+    for img in raw['images']:
+        if img['file_name'].startswith('extra/'):
+            img['file_name'] = './' + img['file_name']
+    ann_file = tmp_path / 'all_train.json'
+    ann_file.write_text(json.dumps(raw))
+    report = check_dataset(synthetic_root, [str(ann_file)])
+    assert report.ok, report.format()
+    assert 'extra_images_without_boxes' in {w.kind for w in report.all_warnings()}
+    assert '.' not in report.files[0].images_per_folder
+    assert report.files[0].images_per_folder['extra'] > 0
+
+
+def test_training_json_without_boxes_is_a_warning(copy_root):
+    """TBX11KDataset warned that the detector would learn background only; the check did not."""
+    from tbx11k.datasets.check import DEFAULT_CLASSES
+    from tbx11k.datasets.validation import background_only_warning
+    for name in ('TBX11K_train.json', 'TBX11K_val.json'):
+        path = copy_root / 'annotations/json' / name
+        raw = load(path)
+        path.write_text(json.dumps(dict(raw, annotations=[])))
+    report = check_dataset(copy_root)
+    assert report.ok
+    train, val = report.files
+    warned = [w for w in train.warnings if w.kind == 'no_training_boxes']
+    assert [w.message for w in warned] == [background_only_warning(
+        str(copy_root / TRAIN), DEFAULT_CLASSES, train.num_images, 0)]
+    assert 'would learn background only' in warned[0].message
+    assert 'no_training_boxes' not in {w.kind for w in val.warnings}
+
+
+def test_area_far_from_the_box_is_a_warning(copy_root):
+    """area > 1e10 puts a box outside COCOeval's 'all' range: every AP n/a, check said OK."""
+    raw = load(copy_root / TRAIN)
+    a, b = raw['annotations'][0], raw['annotations'][1]
+    a['area'] = 1e11
+    b['area'] = b['bbox'][2] * b['bbox'][3] / 10
+    (copy_root / TRAIN).write_text(json.dumps(raw))
+    report = check_dataset(copy_root, [TRAIN])
+    assert report.ok
+    warned = [w for w in report.all_warnings() if w.kind == 'area_mismatch']
+    assert len(warned) == 1, report.all_warnings()
+    msg = warned[0].message
+    assert msg.startswith(str(copy_root / TRAIN)) and '2 annotation(s)' in msg
+    assert f"annotation ids {a['id']}, {b['id']}" in msg
+    assert "COCO AP uses the json's area" in msg
+
+
+def test_synthetic_areas_give_no_warning(synthetic_root):
+    files = sorted(str(p) for p in (synthetic_root / 'annotations/json').glob('*.json'))
+    report = check_dataset(synthetic_root, files, decode=False)
+    assert report.files and not [w for w in report.all_warnings()
+                                 if w.kind == 'area_mismatch']

@@ -633,3 +633,24 @@ def test_image_header_size_is_the_size_mmcv_loads(tmp_path, orientation):
     header = read_image_header(str(path))
     assert (header.height, header.width) == loaded.shape[:2]
     assert (header.width, header.height) == ((128, 100) if orientation >= 5 else (100, 128))
+
+
+@pytest.mark.parametrize('value', [float('nan'), -1.0, float('inf')])
+def test_bbox_clip_tolerance_must_be_finite_and_not_negative(synthetic_root, value):
+    """NaN clipped a box wholly outside the image to nothing and dropped it silently."""
+    with pytest.raises(ValueError, match='bbox_clip_tolerance must be a finite number >= 0'):
+        make(synthetic_root, bbox_clip_tolerance=value)
+
+
+def test_missing_image_folder_is_named(broken_copy):
+    root, ann_file, data = broken_copy()
+    ann_file.write_text(json.dumps(data))
+    with pytest.raises(TBX11KMissingFileError, match=r'\(the image folder .*nope/ does not exist'):
+        TBX11KDataset(data_root=str(root), ann_file=str(ann_file), pipeline=[],
+                      data_prefix=dict(img='nope/'))
+
+
+def test_is_extra_image_normalises_the_path():
+    assert tbx11k_module.is_extra_image('./extra/da/a.png')
+    assert tbx11k_module.is_extra_image('tb/../extra/da/a.png')
+    assert not tbx11k_module.is_extra_image('extra_tb/a.png')
