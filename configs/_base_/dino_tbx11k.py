@@ -111,7 +111,9 @@ default_hooks = dict(
     logger=dict(type='LoggerHook', interval=50),
     # CheckpointHook + atomic last_checkpoint, old checkpoints deleted only after the new one
     checkpoint=dict(type='AtomicCheckpointHook', interval=1, max_keep_ckpts=3,
-                    save_best='tbx11k/TB_AP_all', rule='greater'))
+                    save_best='tbx11k/TB_AP_all', rule='greater'),
+    # --show-dir drawings named by their path in the data set (mmdet: basename, which collides)
+    visualization=dict(type='TBX11KVisualizationHook'))
 custom_hooks = [
     dict(type='CheckpointInterchangeHook'),
     # mmengine's EMA with the update as one multi-tensor lerp (bit-identical weights; a GPU step

@@ -65,6 +65,30 @@ def test_metrics_equal_the_hand_computed_ap(oracle, tmp_path, training_root):
     assert 'model weights (the checkpoint has no EMA)' in log
 
 
+def test_show_dir_drawings_keep_the_folders_of_films_of_the_same_name(oracle, tmp_path,
+                                                                      training_root):
+    """mmdet names --show-dir drawings by basename: a film named like one in another folder
+    overwrote its drawing without a word (10 images, 9 drawings)."""
+    import shutil
+    config, checkpoint, val, _ = oracle
+    root = tmp_path / 'data'
+    shutil.copytree(osp.join(training_root, 'imgs'), root / 'imgs')
+    (root / 'annotations' / 'json').mkdir(parents=True)
+    first = val['images'][0]
+    name = osp.basename(first['file_name'])
+    (root / 'imgs' / 'other').mkdir()
+    shutil.copy(root / 'imgs' / first['file_name'], root / 'imgs' / 'other' / name)
+    val = dict(val, images=val['images'] + [dict(first, id=max(i['id'] for i in val['images']) + 1,
+                                                 file_name=f'other/{name}')])
+    (root / 'annotations' / 'json' / 'TBX11K_val.json').write_text(json.dumps(val))
+    run([sys.executable, osp.join(REPO_ROOT, 'tools', 'test.py'), str(config), str(checkpoint),
+         '--data-root', str(root), '--work-dir', str(tmp_path / 'w'), '--show-dir', 'vis'])
+    drawn = sorted(osp.relpath(p, d) for d in (tmp_path / 'w').glob('*/vis')
+                   for p in d.rglob('*.png'))
+    assert drawn == sorted(i['file_name'] for i in val['images'])
+    assert first['file_name'] in drawn and f'other/{name}' in drawn
+
+
 def test_challenge_submission_on_the_unlabelled_test_split(tiny_run, tmp_path, training_root):
     """--test-split --format-only: all_test.json has no annotations; the official two files."""
     run([sys.executable, osp.join(REPO_ROOT, 'tools', 'test.py'), TINY_1GPU, tiny_run['checkpoint'],
