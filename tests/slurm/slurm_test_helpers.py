@@ -76,6 +76,20 @@ def job_env(**extra) -> Dict[str, str]:
     return env
 
 
+def fake_slurm_env(folder, tools: Dict[str, str], drop: Tuple[str, ...] = ()) -> Dict[str, str]:
+    """Environment with fake Slurm commands (name -> script text) written to ``folder`` first on
+    PATH, outside any allocation (no SLURM_* variables, nor those starting with ``drop``)."""
+    os.makedirs(folder, exist_ok=True)
+    for name, text in tools.items():
+        path = osp.join(folder, name)
+        with open(path, 'w') as f:
+            f.write(text)
+        os.chmod(path, 0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(('SLURM_',) + tuple(drop))}
+    env['PATH'] = f'{folder}{os.pathsep}{os.environ["PATH"]}'
+    return env
+
+
 def sh(cmd: Sequence[str], env: Optional[Dict] = None, timeout: float = 120,
        check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run(list(cmd), capture_output=True, text=True, env=env, timeout=timeout,

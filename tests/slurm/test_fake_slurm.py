@@ -11,7 +11,7 @@ import pytest
 
 from tbx11k.testing import REPO_ROOT
 
-from slurm_test_helpers import SLURM_SUBMIT, SLURM_TRAIN
+from slurm_test_helpers import SLURM_SUBMIT, SLURM_TRAIN, fake_slurm_env
 
 CONFIG_2GPU = osp.join(REPO_ROOT, 'configs', 'dino_tbx11k_2gpu.py')
 SHELL_VARS = {'_', 'SHLVL', 'PWD', 'OLDPWD'}  # what the shell itself sets on the way
@@ -44,16 +44,12 @@ print(4242 + n)
 @pytest.fixture
 def fake_slurm(tmp_path):
     """Environment with the fake tools first on PATH, outside any allocation."""
-    bin_dir = tmp_path / 'fakeslurm'
-    bin_dir.mkdir()
-    for name, text in FAKE_TOOLS.items():
-        (bin_dir / name).write_text(text)
-        (bin_dir / name).chmod(0o755)
     calls = tmp_path / 'sbatch_calls'
     calls.mkdir()
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith('SLURM_') and k not in ('TBX11K_SKIP_SLURM_CHECKS', 'GPU_TYPE')}
-    env.update(PATH=f'{bin_dir}{os.pathsep}{os.environ["PATH"]}', FAKE_SBATCH_CALLS=str(calls))
+    env = fake_slurm_env(str(tmp_path / 'fakeslurm'), FAKE_TOOLS)
+    for name in ('TBX11K_SKIP_SLURM_CHECKS', 'GPU_TYPE'):
+        env.pop(name, None)
+    env['FAKE_SBATCH_CALLS'] = str(calls)
     return env
 
 

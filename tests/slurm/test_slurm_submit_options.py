@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from slurm_test_helpers import SLURM_SUBMIT
+from slurm_test_helpers import SLURM_SUBMIT, fake_slurm_env
 
 # partition 'gpu' (node1: 2 x a100, node2: 1 untyped GPU), 'debug'; the default partition is
 # $FAKE_DEFAULT; squeue -n lists $FAKE_JOBS ('ID|STATE,...'), any job asked for by id runs;
@@ -52,14 +52,8 @@ submit_module = load_module()
 
 @pytest.fixture
 def fake_slurm(tmp_path):
-    bin_dir = tmp_path / 'fakeslurm'
-    bin_dir.mkdir()
-    for name, text in FAKE_TOOLS.items():
-        (bin_dir / name).write_text(text)
-        (bin_dir / name).chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(('SLURM_', 'FAKE_'))}
-    env.update(PATH=f'{bin_dir}{os.pathsep}{os.environ["PATH"]}',
-               FAKE_CALLS=str(tmp_path / 'calls.txt'))
+    env = fake_slurm_env(str(tmp_path / 'fakeslurm'), FAKE_TOOLS, drop=('FAKE_',))
+    env['FAKE_CALLS'] = str(tmp_path / 'calls.txt')
     return env
 
 
