@@ -333,7 +333,7 @@ def load_detections(path: str) -> Dict:
 
 
 # ---- the whole tool ----------------------------------------------------------------------------
-def warn_about_deep_images(images: Sequence[Tuple[str, str]]) -> List[str]:
+def check_input_images(images: Sequence[Tuple[str, str]]) -> List[str]:
     """Warn once about input images of more than 8 bits per sample (mmcv loads them nearly
     black) and once about JPEGs with an EXIF orientation (mmcv decodes them rotated, so the
     drawings and boxes are in the rotated frame); returns the deep images' paths. Raises
@@ -372,7 +372,7 @@ def run_inference(detector: Detector, images: Sequence[Tuple[str, str]], out_dir
     scoring >= ``score_thr`` onto ``OUT/vis/<name>.png`` (names made distinct by
     :func:`drawing_names`) and write ``OUT/detections.json``. Returns the json's content."""
     import cv2
-    warn_about_deep_images(images)
+    check_input_images(images)
     drawings = drawing_names([name for _, name in images])
     records = []
     bar = None

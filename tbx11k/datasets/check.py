@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence
 import cv2
 import numpy as np
 
-from .tbx11k import EXTRA_FOLDER, TBX11KDataset
+from .tbx11k import EXTRA_FOLDER, TBX11KDataset, is_extra_image
 from .validation import (BBOX_TOLERANCE, Issue, IssueCollector, TBX11KDataError,
                          background_only_warning, check_bbox_tolerance, image_folder,
                          image_ref, norm_file_name, read_image_header, read_json,
@@ -219,7 +219,7 @@ def check_ann_file(ann_file: str,
             f'has tb/tb1199.png): {", ".join(tb_empty[:5])}')
     extra = [
         img['file_name'] for img in val.images
-        if image_folder(img['file_name'], img_prefix) == EXTRA_FOLDER and not val.anns_by_image[img['id']]
+        if is_extra_image(img['file_name'], img_prefix) and not val.anns_by_image[img['id']]
     ]
     if extra:
         issues.warning(

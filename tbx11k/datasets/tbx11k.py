@@ -32,9 +32,10 @@ _FALLBACK_COLOR = (128, 128, 128)
 EXTRA_FOLDER = 'extra'
 
 
-def is_extra_image(file_name: str) -> bool:
-    """Whether a json ``file_name`` (relative to ``imgs/``) is in the extra sets."""
-    return image_folder(file_name.replace('\\', '/')) == EXTRA_FOLDER
+def is_extra_image(file_name: str, img_prefix: Optional[str] = None) -> bool:
+    """Whether a json ``file_name`` (relative to ``imgs/``, or absolute under ``img_prefix``) is
+    in the extra sets."""
+    return image_folder(file_name.replace('\\', '/'), img_prefix) == EXTRA_FOLDER
 
 
 @DATASETS.register_module()

@@ -255,14 +255,14 @@ def test_inputs_of_the_same_name_keep_their_names_and_paths_in_the_json(tmp_path
 def test_images_deeper_than_8_bits_are_warned_about(tmp_path, capsys):
     """infer ran silently on 16-bit films, which mmcv loads nearly black (the dataset warns)."""
     from mmengine.logging import MMLogger
-    from tbx11k.apis.inference import warn_about_deep_images
+    from tbx11k.apis.inference import check_input_images
     deep, plain = str(tmp_path / 'deep.png'), str(tmp_path / 'plain.png')
     cv2.imwrite(deep, np.full((16, 16), 3000, np.uint16))
     cv2.imwrite(plain, np.full((16, 16), 200, np.uint8))
     MMLogger.get_instance('tbx11k_infer_test')  # print_log's 'current' logger
-    assert warn_about_deep_images([(plain, 'plain.png')]) == []
+    assert check_input_images([(plain, 'plain.png')]) == []
     assert 'bits per sample' not in capsys.readouterr().out
-    assert warn_about_deep_images([(plain, 'plain.png'), (deep, 'deep.png')]) == [deep]
+    assert check_input_images([(plain, 'plain.png'), (deep, 'deep.png')]) == [deep]
     assert f'infer: 1 images have more than 8 bits per sample (e.g. {deep})' in \
         capsys.readouterr().out
 
@@ -271,14 +271,14 @@ def test_exif_oriented_jpegs_are_warned_about(tmp_path, capsys):
     """mmcv decodes a JPEG turned by its EXIF orientation: the boxes and drawings are in that
     frame; the dataset warned, infer did not."""
     from mmengine.logging import MMLogger
-    from tbx11k.apis.inference import warn_about_deep_images
+    from tbx11k.apis.inference import check_input_images
     from tbx11k.testing import save_jpeg_with_orientation
     turned = save_jpeg_with_orientation(tmp_path / 'turned.jpg', 6)
     upright = save_jpeg_with_orientation(tmp_path / 'upright.jpg', 1)
     MMLogger.get_instance('tbx11k_infer_exif_test')  # print_log's 'current' logger
-    assert warn_about_deep_images([(upright, 'upright.jpg')]) == []
+    assert check_input_images([(upright, 'upright.jpg')]) == []
     assert 'EXIF' not in capsys.readouterr().out
-    assert warn_about_deep_images([(upright, 'upright.jpg'), (turned, 'turned.jpg')]) == []
+    assert check_input_images([(upright, 'upright.jpg'), (turned, 'turned.jpg')]) == []
     assert f'infer: 1 JPEG images carry an EXIF orientation other than 1 (e.g. {turned})' in \
         capsys.readouterr().out
 
