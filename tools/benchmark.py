@@ -4,7 +4,7 @@
     python tools/benchmark.py configs/dino_tbx11k_tiny_1gpu.py --device cpu --steps 3 --warmup 2
 
 Prints img/s, seconds per optimizer step and per micro-batch, peak memory and the ratio to stock
-mmdet for every case; --json writes every figure. See tbx11k/benchmark.py.
+mmdet for every case; --json writes every figure. See tbx11k/benchmark/.
 """
 import os
 import os.path as osp
@@ -16,5 +16,5 @@ if __name__ == '__main__':
                                      for i, a in enumerate(argv)):
         os.environ['CUDA_VISIBLE_DEVICES'] = ''  # before torch is imported
     sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # this repo's tbx11k
-    from tbx11k.benchmark import main
+    from tbx11k.benchmark.cli import main
     sys.exit(main(argv))

@@ -13,7 +13,7 @@ backward) and the ops that make the host wait for a GPU (``.item()``-like reads,
 ``.cpu()``, tensors made from host data). A load-independent measurement of host overhead: on a
 GPU every dispatched op costs host time and every sync drains the queue. Counted on the CPU (the
 CPU paths of MSDA and focal loss: the same op counts as on a GPU up to those two ops' internals).
-See tbx11k/op_count.py.
+See tbx11k/benchmark/op_count.py.
 """
 import argparse
 import contextlib
@@ -77,7 +77,7 @@ def build(args, data_root: str):
     cfg = Config.fromfile(args.config)
     cfg.merge_from_dict(args.cfg_options)
     if args.stock:
-        from tbx11k.benchmark import to_stock_mmdet
+        from tbx11k.benchmark.cases import to_stock_mmdet
         to_stock_mmdet(cfg)
     if cfg.model.get('torch_compile') and not args.launches:
         print('aten op counts are of eager code: model.torch_compile ignored (use --launches)',
@@ -115,11 +115,11 @@ def measure(args, model, data, passes: int, counted):
 
 
 def count_launches(args, data_root: str) -> dict:
-    """Kernel launches of one micro-batch (see ``tbx11k.op_count.count_launches``)."""
+    """Kernel launches of one micro-batch (see ``tbx11k.benchmark.op_count.count_launches``)."""
     import torch
     import torch._inductor.config
     from tbx11k.models.compiled_dino import make_attention_traceable
-    from tbx11k.op_count import count_launches as count_micro_batch_launches
+    from tbx11k.benchmark.op_count import count_launches as count_micro_batch_launches
 
     torch._inductor.config.cpp.enable_kernel_profile = True  # fused kernels in the profile
     _, model, data = build(args, data_root)
@@ -145,7 +145,7 @@ def format_launches(report: dict) -> str:
 
 
 def count(args, data_root: str) -> dict:
-    from tbx11k.op_count import count_micro_batch
+    from tbx11k.benchmark.op_count import count_micro_batch
 
     cfg, model, data = build(args, data_root)
     header, counter = measure(args, model, data, 2,
@@ -169,7 +169,7 @@ def count_optimizer_step(cfg, model) -> dict:
     from mmengine.optim import build_optim_wrapper
     from mmengine.registry import DefaultScope
 
-    from tbx11k.op_count import OpCounter
+    from tbx11k.benchmark.op_count import OpCounter
     from tbx11k.utils import current_logger_level
 
     optim_cfg = copy.deepcopy(cfg.optim_wrapper.to_dict())

@@ -108,7 +108,7 @@ DATA=/tmp/tbx11k_bench_data_${IMAGES}_${SIZE}
 say "synthetic TBX11K: $DATA"
 "$PYTHON" - "$DATA" "$IMAGES" "$SIZE" <<'EOF' || exit 3
 import sys
-from tbx11k.benchmark import prepare_data
+from tbx11k.benchmark.cases import prepare_data
 prepare_data(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
 EOF
 

@@ -14,7 +14,8 @@ class ForeachExponentialMovingAverage(ExponentialMovingAverage):
     mmengine updates every parameter (and with ``update_buffers=True`` every floating buffer) with
     its own ``lerp_``: for DINO-R50 ~330 kernel launches per optimizer step on a GPU. The same
     ``lerp`` in one multi-tensor op per (device, dtype) group gives the same values (the CPU test
-    checks equality with mmengine's class; ``tools/benchmark.py`` checks it on the GPU). Use it
+    checks equality with mmengine's class;
+    ``tbx11k.benchmark.ema_check`` checks it on the GPU). Use it
     with ``dict(type='EMAHook', ema_type='ForeachExponentialMovingAverage', ...)``; the
     checkpoints are the same as with ``ExponentialMovingAverage``.
     """
@@ -35,28 +36,3 @@ class ForeachExponentialMovingAverage(ExponentialMovingAverage):
             for b_avg, b_src in zip(self.module.buffers(), model.buffers()):
                 b_avg.data.copy_(b_src.data.to(b_avg.device))
         self.steps += 1
-
-
-def compare_with_mmengine_ema(device='cuda', steps: int = 3, seed: int = 0) -> dict:
-    """Whether the foreach update equals mmengine's per-tensor update bit for bit on ``device``
-    (a small conv net with BN buffers, ``update_buffers=True``)."""
-    torch.manual_seed(seed)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8),
-                              torch.nn.Flatten(), torch.nn.LazyLinear(4))
-    net(torch.randn(2, 3, 8, 8))
-    net = net.to(device)
-    ours = ForeachExponentialMovingAverage(net, momentum=0.0002, update_buffers=True)
-    ref = ExponentialMovingAverage(net, momentum=0.0002, update_buffers=True)
-    for _ in range(steps):
-        with torch.no_grad():
-            for p in net.parameters():
-                p.add_(torch.randn_like(p))
-            for b in net.buffers():
-                if b.dtype.is_floating_point:
-                    b.add_(torch.rand_like(b))
-        ours.update_parameters(net)
-        ref.update_parameters(net)
-    a, b = ours.module.state_dict(), ref.module.state_dict()
-    return dict(equal=all(torch.equal(a[k], b[k]) for k in a),
-                max_abs_difference=max(float((a[k].double() - b[k].double()).abs().max())
-                                       for k in a if a[k].dtype.is_floating_point))

@@ -1,5 +1,5 @@
 """Fixtures of the reliability tests: an uninterrupted reference run, and one run interrupted
-in every way we support that must end bit-identical to it (see reliability_helpers)."""
+in every way we support that must end bit-identical to it (see tbx11k.testing.reliability_runs)."""
 import glob
 import os
 import random
@@ -8,10 +8,10 @@ import time
 import pytest
 
 from tbx11k.testing import TINY_1GPU, TINY_2GPU, load_checkpoint
-from tbx11k.testing_reliability import all_finite, derived_config
+from tbx11k.testing.reliability import all_finite, derived_config
 from tbx11k.utils.atomic_io import stale_temporaries
 
-from reliability_helpers import STEPS, compare, last_checkpoint, signal_segment, start, train
+from tbx11k.testing.reliability_runs import STEPS, compare, last_checkpoint, signal_segment, start, train
 
 SEED = 20241126
 
@@ -25,7 +25,7 @@ def _drop_checkpoints(*dirs):
 
 @pytest.fixture(scope='session')
 def reference_run(tmp_path_factory, training_root):
-    """The uninterrupted tiny 1-GPU run (reliability_helpers.OPTIONS): dict(work_dir, final)."""
+    """The uninterrupted tiny 1-GPU run (tbx11k.testing.reliability_runs.OPTIONS): dict(work_dir, final)."""
     work_dir = tmp_path_factory.mktemp('reliability') / 'reference'
     rc, log = train(work_dir, training_root)
     assert rc == 0, log[-5000:]

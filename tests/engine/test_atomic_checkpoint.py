@@ -18,17 +18,17 @@ from mmengine.fileio import get_file_backend
 from tbx11k.engine.hooks.atomic_checkpoint import (PREEMPTION_CHECKPOINTS, AtomicCheckpointHook,
                                                    find_resumable_checkpoint)
 from tbx11k.testing import run
-from tbx11k.testing_reliability import _FakeRunner
+from tbx11k.testing.reliability import _FakeRunner
 from tbx11k.utils.atomic_io import AtomicLocalBackend, atomic_write_bytes
 
-from reliability_helpers import compare
+from tbx11k.testing.reliability_runs import compare
 
 KILL_TRIALS = 6
 STOCK_TRIALS = 3
 
 
 def kill_trials(root, trials, seed, stock=False):
-    code = ('import sys; from tbx11k.testing_reliability import main; sys.argv = ["x", "kill", '
+    code = ('import sys; from tbx11k.testing.reliability import main; sys.argv = ["x", "kill", '
             f'{str(root)!r}, "{trials}", "{seed}"{", " + repr("--stock") if stock else ""}]; main()')
     proc = run([sys.executable, '-c', code], timeout=300)
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -9,7 +9,7 @@ checkpoint it shares with the uninterrupted reference run (regular ones at steps
 be bit-identical to the reference's: raw weights, EMA weights and EMA step count, optimizer
 state and LR scheduler state, max |difference| == 0.
 """
-from reliability_helpers import STEPS
+from tbx11k.testing.reliability_runs import STEPS
 
 
 def test_resumes_from_every_kind_of_checkpoint_are_bit_identical(interrupted_run):
@@ -42,7 +42,7 @@ def test_iteration_checkpoint_of_an_epochs_last_step_resumes(tmp_path, training_
     the epoch's end (iter_7.pth: epoch 0, 7 steps done). Resuming it refused with "step 7 does not
     lie in epoch 0"; it now ends epoch 1 first (its by-epoch LR step) and goes on, bit-identical."""
     from tbx11k.testing import load_checkpoint
-    from reliability_helpers import compare, train
+    from tbx11k.testing.reliability_runs import compare, train
     writer = tmp_path / 'writer'
     rc, log = train(writer, training_root, resume=reference_run['work_dir'] / 'iter_5.pth',
                     **{'default_hooks.checkpoint.interval': 7})

@@ -18,9 +18,9 @@ from tbx11k.engine.exit_codes import EXIT_PREEMPTED
 from tbx11k.engine.hooks.preemption import PreemptionCheckpointHook
 from tbx11k.engine.stopping import stop_request
 from tbx11k.testing import REPO_ROOT, free_port, load_checkpoint
-from tbx11k.testing_reliability import TrainProcess
+from tbx11k.testing.reliability import TrainProcess
 
-from reliability_helpers import (STEPS_PER_EPOCH, command, compare, signal_segment,
+from tbx11k.testing.reliability_runs import (STEPS_PER_EPOCH, command, compare, signal_segment,
                                  train)
 
 DDP_SEED = 7

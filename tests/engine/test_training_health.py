@@ -19,9 +19,9 @@ from tbx11k.engine.hooks.training_health import (CollapseWatch, NonFiniteGuard,
                                                  TrainingHealthHook)
 from tbx11k.engine.stopping import NonFiniteTraining
 from tbx11k.testing import TINY_1GPU, load_checkpoint, raw_weights
-from tbx11k.testing_reliability import all_finite, derived_config
+from tbx11k.testing.reliability import all_finite, derived_config
 
-from reliability_helpers import last_checkpoint, train
+from tbx11k.testing.reliability_runs import last_checkpoint, train
 
 NAN_STEPS = [3, 5, 6]
 

@@ -6,7 +6,7 @@ computation per image, so every query's scores and boxes agree to float rounding
 """
 import torch
 
-from tbx11k.models.batched_loss_check import build_tiny_dino, random_batch
+from tbx11k.testing import build_tiny_dino, random_batch
 
 
 def _head_outputs(model, inputs, samples):

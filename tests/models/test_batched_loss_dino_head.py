@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from tbx11k.models.batched_loss_check import build_tiny_dino, random_batch
+from tbx11k.testing import build_tiny_dino, random_batch
 
 LOSS_RTOL = 1e-5
 GRAD_RTOL = 1e-5
@@ -22,7 +22,7 @@ def models():
     return _pair()
 
 
-def _losses_and_grads(model, inputs, samples, window=None):
+def losses_and_grads(model, inputs, samples, window=None):
     model.zero_grad(set_to_none=True)
     if window is not None:
         model.set_loss_window(*window)
@@ -71,7 +71,7 @@ BATCHES = [[0], [1], [5], [3, 0], [2, 7], [0, 0]]
 def test_same_losses_and_gradients_as_stock(models, num_boxes):
     stock, batched = models
     inputs, samples = random_batch(num_boxes)
-    results = [_losses_and_grads(m, inputs, samples) for m in (stock, batched)]
+    results = [losses_and_grads(m, inputs, samples) for m in (stock, batched)]
     _assert_same(*results)
     keys = list(results[0][0])
     assert {'loss_cls', 'd0.loss_iou', 'enc_loss_bbox', 'dn_loss_cls', 'd0.dn_loss_iou'} <= \
@@ -94,7 +94,7 @@ def test_configured_weights_and_costs_are_honoured():
     assert batched.bbox_head.unsupported_reason() is None
     for num_boxes in ([4, 1], [0]):
         inputs, samples = random_batch(num_boxes, seed=3)
-        _assert_same(*[_losses_and_grads(m, inputs, samples) for m in (stock, batched)])
+        _assert_same(*[losses_and_grads(m, inputs, samples) for m in (stock, batched)])
 
 
 def test_matching_equals_hungarian_assigner_with_ties(models):
@@ -134,9 +134,9 @@ def test_same_under_window_loss_normalization(models, num_boxes, scale):
     local = stock.loss_counts(samples)
     window = ([c * scale + (0.5 if scale == 0 else 0) for c in local], local)
     assert stock.verify_loss_counts and batched.verify_loss_counts
-    results = [_losses_and_grads(m, inputs, samples, window) for m in (stock, batched)]
+    results = [losses_and_grads(m, inputs, samples, window) for m in (stock, batched)]
     _assert_same(*results)
-    micro = _losses_and_grads(batched, inputs, samples)
+    micro = losses_and_grads(batched, inputs, samples)
     if sum(num_boxes):  # the window normaliser changes the numbers
         assert not torch.allclose(micro[0]['dn_loss_bbox'], results[1][0]['dn_loss_bbox'])
 
@@ -199,7 +199,7 @@ def _head_loss_inputs(model, inputs, samples):
 
 
 def _count_head(head, args, kwargs):
-    from tbx11k.op_count import OpCounter, counting_assignments
+    from tbx11k.benchmark.op_count import OpCounter, counting_assignments
     counter = OpCounter()
     with counter, counter.counting_cpu_calls(), counting_assignments(counter):
         with counter.in_phase('head_loss'):
@@ -242,7 +242,7 @@ def test_unsupported_config_falls_back_with_one_warning(monkeypatch):
     assert 'SmoothL1Loss' in batched.bbox_head.unsupported_reason()
     for num_boxes in ([2, 1], [3]):
         inputs, samples = random_batch(num_boxes, seed=11)
-        (la, ga), (lb, gb) = [_losses_and_grads(m, inputs, samples) for m in (stock, batched)]
+        (la, ga), (lb, gb) = [losses_and_grads(m, inputs, samples) for m in (stock, batched)]
         assert list(la) == list(lb)
         assert all(torch.equal(la[k], lb[k]) for k in la)  # the stock computation itself
         assert all((ga[n] is None and gb[n] is None) or torch.equal(ga[n], gb[n]) for n in ga)
@@ -266,21 +266,6 @@ def test_unsupported_reasons(models):
     finally:
         head.bg_cls_weight = 0
     assert np.isclose(head.loss_cls.alpha, 0.75)  # the project's focal alpha reaches the head
-
-
-def test_device_check_used_by_the_gpu_benchmark_passes_on_cpu(monkeypatch):
-    """``compare_with_stock_head`` is what tools/benchmark.py runs on the GPU; on the CPU it must
-    find the heads equal, and a broken head must make it say so."""
-    from tbx11k.models.batched_loss_check import compare_with_stock_head
-    result = compare_with_stock_head('cpu', batches=((0, ), (2, 5)))
-    assert result['equal'] and result['same_keys'], result
-    assert result['max_loss_rel_difference'] < 1e-5 and result['max_grad_rel_difference'] < 1e-5
-    # the CPU is deterministic: the stock head run twice gives the same numbers
-    assert result['stock_rerun_loss_rel_difference'] == result['stock_rerun_grad_rel_difference'] == 0
-    import tbx11k.models.batched_loss_dino_head as head_module
-    monkeypatch.setattr(head_module, '_EPS', 0.5)  # normalisers off by half a box
-    broken = compare_with_stock_head('cpu', batches=((2, 5), ))
-    assert not broken['equal'] and broken['max_loss_rel_difference'] > 1e-3, broken
 
 
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16], ids=['bf16', 'fp16'])

@@ -10,11 +10,11 @@ from mmcv.ops.multi_scale_deform_attn import (MultiScaleDeformableAttention,
                                               multi_scale_deformable_attn_pytorch)
 
 from tbx11k.models import compiled_dino
-from tbx11k.models.batched_loss_check import build_tiny_dino, random_batch
+from tbx11k.testing import build_tiny_dino, random_batch
 from tbx11k.models.compiled_dino import (COMPILE_PARTS, TraceableMultiScaleDeformableAttention,
                                          compile_dino, make_attention_traceable, ms_deform_attn,
                                          without_cudagraphs)
-from tbx11k.op_count import count_launches
+from tbx11k.benchmark.op_count import count_launches
 
 SHAPES = torch.tensor([[6, 8], [3, 4], [2, 2]])
 START = torch.cat([SHAPES.new_zeros(1), (SHAPES[:, 0] * SHAPES[:, 1]).cumsum(0)[:-1]])
@@ -146,7 +146,7 @@ def test_config_settings_and_bad_ones():
     assert type(model).compiled_methods == ('masked_memory_and_proposals', )
 
 
-def _losses_and_grads(model, inputs, samples):
+def losses_and_grads(model, inputs, samples):
     model.zero_grad(set_to_none=True)
     torch.manual_seed(1)  # the denoising noise
     losses = model.loss(inputs, samples)
@@ -196,7 +196,7 @@ def test_compiled_dino_equals_eager(fused_kernels_profiled):
     assert type(compiled).compiled_methods == ('masked_memory_and_proposals', )
     for boxes in ([3, 1], [2, 5, 4]):
         inputs, samples = random_batch(boxes)
-        (ref_logs, ref_grads), (logs, grads) = (_losses_and_grads(m, inputs, samples)
+        (ref_logs, ref_grads), (logs, grads) = (losses_and_grads(m, inputs, samples)
                                                 for m in (eager, compiled))
         assert ref_logs.keys() == logs.keys()
         for key in ref_logs:
@@ -299,7 +299,7 @@ def test_padded_denoising_queries_compile_decoder_and_head_once():
         model = build_tiny_dino(pad_denoising_queries=pad, torch_compile=dict(
             parts=['decoder', 'bbox_head'], backend='eager', dynamic=False))
         for boxes in ([1], [3], [0], [7]):  # 40, 36, 0 and 28 denoising queries
-            _losses_and_grads(model, *random_batch(boxes))
+            losses_and_grads(model, *random_batch(boxes))
         graphs[pad] = counters['stats']['unique_graphs']
     torch._dynamo.reset()
     assert graphs == {False: 8, True: 2}

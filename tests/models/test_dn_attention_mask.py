@@ -10,7 +10,7 @@ from mmdet.models.layers import CdnQueryGenerator
 from tbx11k.models.dn_attention_mask import (VectorizedDnMaskQueryGenerator,
                                              denoising_attention_mask, denoising_query_index,
                                              max_denoising_queries, padded_attention_mask)
-from tbx11k.op_count import OpCounter
+from tbx11k.benchmark.op_count import OpCounter
 
 
 def _generators(num_matching_queries):
@@ -73,7 +73,7 @@ def test_the_most_denoising_queries_dynamic_groups_make():
 
 
 def test_window_normalized_dino_uses_it():
-    from tbx11k.models.batched_loss_check import build_tiny_dino
+    from tbx11k.testing import build_tiny_dino
     model = build_tiny_dino('BatchedLossDINOHead')
     assert type(model).__name__ == 'WindowNormalizedDINO'
     assert type(model.dn_query_generator) is VectorizedDnMaskQueryGenerator

@@ -4,7 +4,7 @@ import torch
 from mmengine.config import Config
 
 from tbx11k.models import LossCountMismatch, LossWindow, window_reduce_mean
-from tbx11k.models.batched_loss_check import build_tiny_dino
+from tbx11k.testing import build_tiny_dino
 from tbx11k.models.window_loss_normalization import KIND_MODULES
 from tbx11k.testing import TINY_1GPU
 

@@ -9,8 +9,8 @@ from mmengine.model import BaseModel
 
 from tbx11k.models import window_normalized_dino
 
-from tbx11k.models.batched_loss_check import _losses_and_grads, build_tiny_dino, random_batch
-from tbx11k.op_count import OpCounter
+from tbx11k.testing import build_tiny_dino, losses_and_grads, random_batch
+from tbx11k.benchmark.op_count import OpCounter
 
 
 @pytest.fixture(scope='module')
@@ -101,7 +101,7 @@ def test_padded_denoising_queries_train_as_unpadded(monkeypatch):
     num_dn = []
     for boxes in ([0], [3], [2, 5], [0, 4], [7], [1]):
         inputs, samples = random_batch(boxes)
-        (ref_logs, ref_grads), (logs, grads) = (_losses_and_grads(m, inputs, samples)
+        (ref_logs, ref_grads), (logs, grads) = (losses_and_grads(m, inputs, samples)
                                                 for m in (plain, padded))
         num_dn.append(plain.dn_query_generator.get_num_groups(max(boxes)) * 2 * max(boxes))
         assert list(logs) == list(ref_logs)
@@ -134,7 +134,7 @@ def test_padded_denoising_queries_train_as_unpadded(monkeypatch):
                         lambda message, **kwargs: logged.append((message, kwargs['level'])))
     for boxes in ([5], [7], [1]):  # 40, 28 and 40 denoising queries (20 per 2 x targets)
         inputs, samples = random_batch(boxes)
-        (ref_logs, _), (logs, _) = (_losses_and_grads(m, inputs, samples)
+        (ref_logs, _), (logs, _) = (losses_and_grads(m, inputs, samples)
                                     for m in (plain, small))
         for key, value in ref_logs.items():
             assert float(logs[key]) == pytest.approx(float(value), rel=1e-5, abs=1e-7), key

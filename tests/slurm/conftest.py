@@ -2,7 +2,7 @@
 tracker that cancels every job and stops every process the tests started, also on failure."""
 import pytest
 
-from slurm_test_helpers import PARTITION, Jobs, cluster_problem, in_ci
+from tbx11k.testing.slurm import PARTITION, Jobs, cluster_problem, in_ci
 
 
 @pytest.fixture(scope='session')

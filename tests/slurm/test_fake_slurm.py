@@ -11,7 +11,7 @@ import pytest
 
 from tbx11k.testing import REPO_ROOT
 
-from slurm_test_helpers import SLURM_SUBMIT, SLURM_TRAIN, fake_slurm_env
+from tbx11k.testing.slurm import SLURM_SUBMIT, SLURM_TRAIN, fake_slurm_env
 
 CONFIG_2GPU = osp.join(REPO_ROOT, 'configs', 'dino_tbx11k_2gpu.py')
 SHELL_VARS = {'_', 'SHLVL', 'PWD', 'OLDPWD'}  # what the shell itself sets on the way

@@ -3,7 +3,7 @@ a work dir already being trained; and what the launcher would submit (--dry-run)
 import os
 import sys
 
-from slurm_test_helpers import (JOB_PREFIX, SBATCH_1GPU, SLURM_SUBMIT, SLURM_TRAIN, job_env, sh)
+from tbx11k.testing.slurm import (JOB_PREFIX, SBATCH_1GPU, SLURM_SUBMIT, SLURM_TRAIN, job_env, sh)
 
 
 def test_no_slurm_on_this_machine(tmp_path):

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from slurm_test_helpers import SLURM_SUBMIT, fake_slurm_env
+from tbx11k.testing.slurm import SLURM_SUBMIT, fake_slurm_env
 
 # partition 'gpu' (node1: 2 x a100, node2: 1 untyped GPU), 'debug'; the default partition is
 # $FAKE_DEFAULT; squeue -n lists $FAKE_JOBS ('ID|STATE,...'), any job asked for by id runs;

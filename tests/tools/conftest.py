@@ -7,7 +7,7 @@ import torch
 
 from tbx11k.testing import TINY_1GPU, run, train_command
 
-from tools_test_helpers import CONVERT, RUN_EPOCHS, coco_like_checkpoint
+from tbx11k.testing.tools import CONVERT, RUN_EPOCHS, coco_like_checkpoint
 
 
 @pytest.fixture(scope='session')

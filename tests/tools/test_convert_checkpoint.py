@@ -20,7 +20,7 @@ from tbx11k.apis.checkpoint_conversion import (LABEL_EMBEDDING, TBX11K_CLASSES,
                                                convert_dino_checkpoint)
 from tbx11k.testing import REPO_ROOT, TINY_1GPU, load_checkpoint, raw_weights
 
-from tools_test_helpers import (CONVERT, RUN_EPOCHS, build_model, coco_like_checkpoint,
+from tbx11k.testing.tools import (CONVERT, RUN_EPOCHS, build_model, coco_like_checkpoint,
                                 load_tool)
 
 FULL_1GPU = osp.join(REPO_ROOT, 'configs', 'dino_tbx11k_1gpu.py')

@@ -3,7 +3,7 @@ import json
 import os.path as osp
 import sys
 
-from tbx11k.op_count import PHASES, SYNC_KINDS
+from tbx11k.benchmark.op_count import PHASES, SYNC_KINDS
 from tbx11k.testing import REPO_ROOT, TINY_1GPU, run
 
 COUNT_OPS = osp.join(REPO_ROOT, 'tools', 'count_ops.py')

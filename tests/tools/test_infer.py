@@ -285,7 +285,7 @@ def test_exif_oriented_jpegs_are_warned_about(tmp_path, capsys):
 
 @pytest.mark.skipif(__import__('torch').cuda.is_available(), reason='checks the CPU-only refusal')
 def test_cuda_device_without_a_gpu_is_refused_with_a_message(training_root, tmp_path, capsys):
-    from tools_test_helpers import load_tool
+    from tbx11k.testing.tools import load_tool
     image = osp.join(training_root, 'imgs', 'tb', 'tb0001.png')
     code = load_tool('infer').main([TINY_1GPU, str(tmp_path / 'x.pth'), image, '--out',
                                     str(tmp_path / 'out'), '--device', 'cuda:0'])
@@ -303,7 +303,7 @@ def test_bad_device_and_score_threshold_are_usage_errors(training_root, tmp_path
                                                          says):
     """--device foo ended in torch's RuntimeError traceback; --score-thr 30 (a percentage) or nan
     was accepted and kept nothing or everything."""
-    from tools_test_helpers import load_tool
+    from tbx11k.testing.tools import load_tool
     image = osp.join(training_root, 'imgs', 'tb', 'tb0001.png')
     try:
         code = load_tool('infer').main([TINY_1GPU, str(tmp_path / 'x.pth'), image, '--out',

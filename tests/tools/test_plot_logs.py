@@ -14,7 +14,7 @@ import pytest
 from tbx11k.apis.log_plots import load_training_log, loss_term, plot_logs
 from tbx11k.testing import REPO_ROOT, TINY_1GPU, run
 
-from tools_test_helpers import RUN_EPOCHS, load_tool
+from tbx11k.testing.tools import RUN_EPOCHS, load_tool
 
 PLOT = osp.join(REPO_ROOT, 'tools', 'plot_logs.py')
 STEPS = 7 * RUN_EPOCHS  # 13 images, windows of 2 -> 7 optimizer steps per epoch

@@ -9,7 +9,7 @@ import torch
 
 from tbx11k.testing import TINY_1GPU, run, REPO_ROOT
 
-from tools_test_helpers import load_tool
+from tbx11k.testing.tools import load_tool
 
 
 @pytest.fixture(scope='module')
@@ -25,7 +25,7 @@ def oracle(tmp_path_factory, training_root):
     config = tmp / 'oracle.py'
     config.write_text(textwrap.dedent(f'''
         _base_ = {TINY_1GPU!r}
-        custom_imports = dict(imports=['tbx11k', 'tbx11k.testing_oracle'],
+        custom_imports = dict(imports=['tbx11k', 'tbx11k.testing.oracle'],
                               allow_failed_imports=False)
         model = dict(_delete_=True, type='GTOracleDetector',
                      skip_files=[{osp.basename(skipped['file_name'])!r}],
@@ -251,7 +251,7 @@ def test_raw_weights_written_by_two_ranks_at_once(tmp_path):
     script = textwrap.dedent(f'''
         import os, sys, time
         sys.path.insert(0, {osp.join(REPO_ROOT, 'tests', 'tools')!r})
-        from tools_test_helpers import load_tool
+        from tbx11k.testing.tools import load_tool
         tool = load_tool('test')
         open(os.path.join({str(tmp_path)!r}, 'ready_' + sys.argv[1]), 'w').close()
         while len([n for n in os.listdir({str(tmp_path)!r}) if n.startswith('ready_')]) < 2:

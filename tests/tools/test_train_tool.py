@@ -12,7 +12,7 @@ from tbx11k.engine.exit_codes import (EXIT_INCOMPATIBLE_CHECKPOINT, EXIT_NOTHING
 from tbx11k.testing import (TINY_1GPU, TINY_2GPU, load_checkpoint, raw_weights, run, scalars,
                             train_command)
 
-from tools_test_helpers import load_tool
+from tbx11k.testing.tools import load_tool
 
 OPTIONS = {
     'train_cfg.max_epochs': 3,

@@ -1,4 +1,4 @@
 """Import to register the test-only ``GTOracleDetector`` (used via ``custom_imports``)."""
-from .testing import register_oracle_detector
+from ._utils import register_oracle_detector
 
 register_oracle_detector()

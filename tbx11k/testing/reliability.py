@@ -28,7 +28,7 @@ from mmengine.model import is_model_wrapper
 
 from mmdet.registry import HOOKS
 
-from .testing import REPO_ROOT
+from ._utils import REPO_ROOT
 
 STEP_LINE = re.compile(r'Epoch\(train\)\s*\[(\d+)\]\[\s*(\d+)/(\d+)\]')
 
@@ -103,7 +103,7 @@ def derived_config(config: str, out_path: str, hooks: Sequence[Dict] = (),
     A hook of a type already in ``custom_hooks`` replaces it; others are appended.
     """
     cfg = Config.fromfile(config)
-    cfg.custom_imports = dict(imports=['tbx11k', 'tbx11k.testing_reliability'],
+    cfg.custom_imports = dict(imports=['tbx11k', 'tbx11k.testing.reliability'],
                               allow_failed_imports=False)
     custom_hooks = [dict(h) for h in cfg.custom_hooks]
     for hook in hooks:
@@ -257,7 +257,7 @@ def _writer(work_dir: str, numel: int, max_keep: int, stock: bool) -> None:
     from mmengine.fileio import LocalBackend, register_backend
     from mmengine.hooks import CheckpointHook
 
-    from .engine.hooks.atomic_checkpoint import AtomicCheckpointHook
+    from ..engine.hooks.atomic_checkpoint import AtomicCheckpointHook
     if stock:
         register_backend('local', LocalBackend, force=True, prefixes='')
     hook = (CheckpointHook if stock else AtomicCheckpointHook)(
@@ -291,7 +291,7 @@ def kill_during_writes(root: str, trials: int, seed: int, size_mb: float = 64,
     right as a checkpoint write starts (atomic: a ``*.tmp-<pid>`` appears; stock: the previous
     checkpoint is deleted or a new one appears) plus a random 0-50 ms.
     """
-    from .engine.hooks.atomic_checkpoint import find_resumable_checkpoint
+    from ..engine.hooks.atomic_checkpoint import find_resumable_checkpoint
     rng = random.Random(seed)
     numel = int(size_mb * 2**20 / 4)
     results = []
@@ -343,7 +343,7 @@ def kill_during_writes(root: str, trials: int, seed: int, size_mb: float = 64,
     return results
 
 
-def main() -> None:  # python -m tbx11k.testing_reliability kill ROOT TRIALS SEED [--stock]
+def main() -> None:  # python -m tbx11k.testing.reliability kill ROOT TRIALS SEED [--stock]
     import sys
     _, command, root, trials, seed, *rest = sys.argv
     assert command == 'kill'

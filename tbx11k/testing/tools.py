@@ -3,7 +3,7 @@ import os.path as osp
 
 import torch
 
-from tbx11k.testing import REPO_ROOT
+from ._utils import REPO_ROOT
 
 CONVERT = osp.join(REPO_ROOT, 'tools', 'convert_coco_checkpoint.py')
 RUN_EPOCHS = 2  # 2 x 7 optimizer steps on the 13-image training set, validation after each

@@ -9,7 +9,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 import torch
 
-REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TINY_1GPU = osp.join(REPO_ROOT, 'configs', 'dino_tbx11k_tiny_1gpu.py')
 TINY_2GPU = osp.join(REPO_ROOT, 'configs', 'dino_tbx11k_tiny_2gpu.py')
 
@@ -59,7 +59,7 @@ def load_checkpoint(path: str) -> Dict:
 
 def raw_weights(checkpoint: Dict) -> Dict[str, torch.Tensor]:
     """The training (non-EMA) weights: mmengine's EMAHook swaps them into ``ema_state_dict``."""
-    from .apis.inference import select_weights
+    from ..apis.inference import select_weights
     return select_weights(checkpoint, 'raw')[0]
 
 

@@ -123,7 +123,7 @@ def _phase_hooks(module: torch.nn.Module, counter: OpCounter, phase: str) -> Lis
 def counting_assignments(counter: OpCounter) -> Iterator[None]:
     """Count ``linear_sum_assignment`` calls (mmdet's HungarianAssigner and the batched head)."""
     import mmdet.models.task_modules.assigners.hungarian_assigner as hungarian
-    from .models import batched_loss_dino_head as batched
+    from ..models import batched_loss_dino_head as batched
     modules = [m for m in (hungarian, batched) if getattr(m, 'linear_sum_assignment', None)]
     originals = [m.linear_sum_assignment for m in modules]
 

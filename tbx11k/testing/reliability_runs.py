@@ -1,5 +1,5 @@
-"""Shared settings of the reliability tests (test_preemption, test_atomic_checkpoint,
-test_training_health, test_deterministic_resume).
+"""Runs and comparisons shared by the reliability tests of tests/engine (preemption, atomic
+checkpoints, training health, deterministic resume).
 
 Every run uses the tiny config on the 13-image ``training_root`` for 2 epochs (7 optimizer steps
 each) unless a test says otherwise, validation off, every step logged, a regular checkpoint every
@@ -11,8 +11,8 @@ import os.path as osp
 import signal
 import time
 
-from tbx11k.testing import TINY_1GPU, load_checkpoint, train_command
-from tbx11k.testing_reliability import TrainProcess, all_finite, max_abs_difference, rank_pids
+from ._utils import TINY_1GPU, load_checkpoint, train_command
+from .reliability import TrainProcess, all_finite, max_abs_difference, rank_pids
 
 STEPS_PER_EPOCH = 7
 EPOCHS = 2

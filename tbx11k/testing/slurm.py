@@ -17,16 +17,17 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from tbx11k.testing import REPO_ROOT
+from ._utils import REPO_ROOT
 
-HERE = osp.dirname(osp.abspath(__file__))
+#: tests/slurm: its test configs and ``slow_steps`` (SlowStepsHook, imported by those configs)
+SLURM_TESTS = osp.join(REPO_ROOT, 'tests', 'slurm')
 SLURM_TRAIN = osp.join(REPO_ROOT, 'tools', 'slurm_train.sh')
 SLURM_SUBMIT = osp.join(REPO_ROOT, 'tools', 'slurm_submit.py')
 SBATCH_1GPU = osp.join(REPO_ROOT, 'slurm', 'train_1gpu.sbatch')
 SBATCH_2GPU = osp.join(REPO_ROOT, 'slurm', 'train_2gpu.sbatch')
 SBATCH_TEST = osp.join(REPO_ROOT, 'slurm', 'test.sbatch')
-SLOW_1GPU = osp.join(HERE, 'configs', 'slow_tiny_1gpu.py')
-SLOW_2GPU = osp.join(HERE, 'configs', 'slow_tiny_2gpu.py')
+SLOW_1GPU = osp.join(SLURM_TESTS, 'configs', 'slow_tiny_1gpu.py')
+SLOW_2GPU = osp.join(SLURM_TESTS, 'configs', 'slow_tiny_2gpu.py')
 PARTITION = os.environ.get('SLURM_TEST_PARTITION', 'debug')
 JOB_PREFIX = 'tbx11k-pytest'  # every job the tests submit is named so: teardown cancels them
 START_HINT = 'start one with `bash slurm/local/start_slurm.sh` (as root; .ci/run does it)'
@@ -68,7 +69,7 @@ def job_env(**extra) -> Dict[str, str]:
     env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PYTHONUNBUFFERED='1',
                PYTHON=sys.executable, TBX11K_ROOT=REPO_ROOT)
     env['PYTHONPATH'] = os.pathsep.join(
-        filter(None, [REPO_ROOT, HERE, os.environ.get('PYTHONPATH')]))
+        filter(None, [REPO_ROOT, SLURM_TESTS, os.environ.get('PYTHONPATH')]))
     for key in ('WORK_DIR', 'DATA_ROOT', 'CONFIG', 'CHAIN', 'MAX_SESSIONS', 'TBX11K_SESSION',
                 'TBX11K_OUTPUT', 'TBX11K_SIGNAL', 'GPU_TYPE'):
         env.pop(key, None)
