@@ -63,7 +63,7 @@ def main(argv=None) -> int:
                                                    check_fits_model, config_classes,
                                                    convert_dino_checkpoint)
     from tbx11k.utils.atomic_io import atomic_write_bytes
-    from tbx11k.utils.torch_load_compat import load_local_checkpoint
+    from tbx11k.compat.torch_load import load_local_checkpoint
 
     class_map = {}
     for item in args.map:

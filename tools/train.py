@@ -60,7 +60,7 @@ from tbx11k.utils import (KeyValueDictAction, check_amp_device, check_data_root,
                           check_evaluators_read_their_loaders_json, check_launcher_environment,
                           check_num_classes, check_output_paths, merge_cli_options, read_config)
 from tbx11k.utils.dist import close_process_group  # noqa: E402
-from tbx11k.utils.torch_load_compat import load_checkpoint_mmapped  # noqa: E402
+from tbx11k.compat.torch_load import load_checkpoint_mmapped  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -152,7 +152,7 @@ def read_checkpoint(path: str) -> Dict:
     or a file that is not a torch checkpoint (truncated, another format)."""
     from mmengine.runner.checkpoint import CheckpointLoader
 
-    import tbx11k.utils.torch_load_compat  # noqa: F401  the local loader, fixed for torch >= 2.6
+    import tbx11k  # noqa: F401  (tbx11k.compat: the local loader, fixed for torch >= 2.6)
     from tbx11k.engine.hooks.checkpoint_interchange import is_bare_state_dict
     if '://' not in path:
         path = osp.expanduser(path)

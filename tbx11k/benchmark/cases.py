@@ -333,7 +333,7 @@ VARIANTS: Dict[str, Variant] = {v.name: v for v in [
 @contextlib.contextmanager
 def mmcv_kernels(mode: str):
     """mmcv's CUDA kernels 'auto' (used when they work) or 'off' during a case."""
-    from tbx11k.models import mmcv_cuda_fallback
+    from tbx11k.compat import mmcv_cuda_fallback
     previous = mmcv_cuda_fallback.kernel_mode()
     mmcv_cuda_fallback.set_kernel_mode(mode)
     try:

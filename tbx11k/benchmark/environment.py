@@ -21,7 +21,7 @@ def environment(device: str) -> Dict:
     import mmdet
     import mmengine
 
-    from tbx11k.models import mmcv_cuda_fallback
+    from tbx11k.compat import mmcv_cuda_fallback
     env = dict(python=platform.python_version(), torch=torch.__version__,
                torch_cuda=torch.version.cuda, mmcv=mmcv.__version__, mmdet=mmdet.__version__,
                mmengine=mmengine.__version__, device=device, host=platform.node(),

@@ -5,7 +5,7 @@ import torch
 
 from mmcv.ops.multi_scale_deform_attn import multi_scale_deformable_attn_pytorch
 
-from ..models import mmcv_cuda_fallback as fb
+from ..compat import mmcv_cuda_fallback as fb
 from ..models.compiled_dino import ms_deform_attn
 
 

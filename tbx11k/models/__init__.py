@@ -1,4 +1,3 @@
-from . import mmcv_cuda_fallback  # noqa: F401  (mmcv CUDA kernels: PyTorch fallback, bf16)
 from .batched_loss_dino_head import BatchedLossDINOHead
 from .foreach_ema import ForeachExponentialMovingAverage
 from .window_loss_normalization import KINDS, LossCountMismatch, LossWindow, window_reduce_mean

@@ -47,7 +47,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from .host_copy import host_to_device
-from .mmcv_cuda_fallback import kernel_dtype
+from ..compat.mmcv_cuda_fallback import kernel_dtype
 from .window_loss_normalization import KIND_MODULES
 
 #: match costs whose (num_preds, num_gts) matrix is computed row by row (a row depends only on

@@ -15,7 +15,7 @@ inductor fuses (and, with ``mode='reduce-overhead'``, replays as CUDA graphs). T
 
 :func:`ms_deform_attn` is the attention core as a ``torch.library`` custom op (opaque to dynamo,
 with a fake implementation for tracing and a registered backward): mmcv's CUDA kernel where
-:mod:`~tbx11k.models.mmcv_cuda_fallback` finds it usable, mmcv's PyTorch implementation
+:mod:`~tbx11k.compat.mmcv_cuda_fallback` finds it usable, mmcv's PyTorch implementation
 otherwise, in float32 for dtypes the kernel lacks (bf16), as that module does.
 :class:`TraceableMultiScaleDeformableAttention` is mmcv's forward with that op and without the
 assert (the level shapes come from DINO's own ``pre_transformer``; same parameters, same results).
@@ -44,7 +44,7 @@ from torch._C import DispatchKey
 import mmcv.ops.multi_scale_deform_attn as _msda_module
 from mmcv.ops.multi_scale_deform_attn import MultiScaleDeformableAttention
 
-from . import mmcv_cuda_fallback
+from ..compat import mmcv_cuda_fallback
 from .token_grid import TokenGridDeformableDetrTransformerEncoder
 
 def _ext():

@@ -4,13 +4,14 @@ mmengine writes checkpoints (``mmengine.runner.save_checkpoint``), ``mmengine.du
 other files through the storage backend registered for local paths, whose ``put`` opens the final
 path and writes into it: a process killed while writing (``kill -9``, the node losing power, a
 Slurm job running out of its grace time) leaves a truncated file under the final name.
-:class:`AtomicLocalBackend` writes to ``PATH.tmp-<pid>`` in the same directory, flushes and
+:func:`atomic_write_bytes` writes to ``PATH.tmp-<pid>`` in the same directory, flushes and
 fsyncs it, and renames it over ``PATH`` (``os.replace`` is atomic on POSIX file systems), then
 fsyncs the directory. A killed write leaves at most a ``*.tmp-<pid>`` file, never a partial
 ``PATH``.
 
-Importing :mod:`tbx11k` registers the backend for local paths (the ``''`` prefix) in place of
-mmengine's ``LocalBackend``; every ``get_file_backend(local_path)`` then returns it.
+Importing :mod:`tbx11k` registers :class:`tbx11k.compat.file_backend.AtomicLocalBackend` (whose
+writes go through :func:`atomic_write_bytes`) for local paths in place of mmengine's
+``LocalBackend``; every ``get_file_backend(local_path)`` then returns it.
 """
 import glob
 import os
@@ -18,8 +19,6 @@ import os.path as osp
 from pathlib import Path
 from typing import List, Union
 
-from mmengine.fileio import LocalBackend, register_backend
-from mmengine.fileio import io as _mmengine_io
 
 TMP_MARK = '.tmp-'
 
@@ -68,25 +67,3 @@ def stale_temporaries(directory: Union[str, Path]) -> List[str]:
     """``*.tmp-<pid>`` files left in ``directory`` by writes that were killed."""
     return sorted(p for p in glob.glob(osp.join(os.fspath(directory), f'*{TMP_MARK}*'))
                   if p.rsplit(TMP_MARK, 1)[-1].isdigit())
-
-
-class AtomicLocalBackend(LocalBackend):
-    """mmengine's ``LocalBackend`` whose ``put``/``put_text`` replace files atomically."""
-
-    def put(self, obj: bytes, filepath: Union[str, Path]) -> None:
-        atomic_write_bytes(obj, filepath)
-
-    def put_text(self, obj: str, filepath: Union[str, Path], encoding: str = 'utf-8') -> None:
-        atomic_write_text(obj, filepath, encoding)
-
-
-def register_atomic_local_backend() -> None:
-    """Make :class:`AtomicLocalBackend` the backend of local paths (idempotent)."""
-    register_backend('local', AtomicLocalBackend, force=True, prefixes='')
-    # get_file_backend(..., enable_singleton=True) caches instances: drop stock local ones
-    for key, backend in list(_mmengine_io.backend_instances.items()):
-        if type(backend) is LocalBackend:
-            del _mmengine_io.backend_instances[key]
-
-
-register_atomic_local_backend()

@@ -19,7 +19,8 @@ from tbx11k.engine.hooks.atomic_checkpoint import (PREEMPTION_CHECKPOINTS, Atomi
                                                    find_resumable_checkpoint)
 from tbx11k.testing import run
 from tbx11k.testing.reliability import _FakeRunner
-from tbx11k.utils.atomic_io import AtomicLocalBackend, atomic_write_bytes
+from tbx11k.compat.file_backend import AtomicLocalBackend
+from tbx11k.utils.atomic_io import atomic_write_bytes
 
 from tbx11k.testing.reliability_runs import compare
 

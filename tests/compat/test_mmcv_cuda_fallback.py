@@ -1,4 +1,4 @@
-"""The mmcv CUDA-kernel fallback (tbx11k/models/mmcv_cuda_fallback.py), on the CPU with mocks."""
+"""The mmcv CUDA-kernel fallback (tbx11k/compat/mmcv_cuda_fallback.py), on the CPU with mocks."""
 import inspect
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 
 import mmcv.ops.multi_scale_deform_attn as msda_module
 import mmdet.models.losses.focal_loss as focal_module
-from tbx11k.models import mmcv_cuda_fallback as fb
+from tbx11k.compat import mmcv_cuda_fallback as fb
 
 CUDA = torch.device('cuda', 0)
 

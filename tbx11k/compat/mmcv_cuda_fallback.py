@@ -1,5 +1,11 @@
 """Upstream fix: DINO's two mmcv CUDA kernels on a GPU whose mmcv cannot run them (and in bf16).
 
+Upstream: open-mmlab/mmcv#2878 (``ms_deform_attn`` has no bf16 kernel; open); mmcv has no PyTorch
+fallback on a GPU for a build without CUDA or for other GPU architectures (no upstream issue).
+Applies to: mmcv 2.1.0 with mmdet 3.3.0 (``FocalLoss`` calls mmcv's ``sigmoid_focal_loss`` for CUDA
+predictions). Remove when the lowest supported mmcv falls back to PyTorch on such GPUs and
+computes bf16 inputs itself.
+
 mmcv 2.1.0 calls a compiled CUDA kernel for two things DINO does on the GPU, and has no fallback:
 
 - ``MultiScaleDeformableAttention.forward`` calls ``MultiScaleDeformableAttnFunction.apply`` (the
@@ -10,7 +16,7 @@ With an mmcv built without CUDA (``get_compiling_cuda_version() == 'not availabl
 a GPU machine), or built for other GPU architectures, both raise. Both kernels are compiled for
 float32 and float16 only, so bf16 autocast raises too.
 
-:func:`install` (run when ``tbx11k`` is imported) replaces the two names that those functions look
+:func:`install` (run by ``tbx11k.compat.install`` when ``tbx11k`` is imported) replaces the two names that those functions look
 up at call time, ``mmcv.ops.multi_scale_deform_attn.MultiScaleDeformableAttnFunction`` and
 ``mmdet.models.losses.focal_loss.sigmoid_focal_loss``, by dispatchers. On their first CUDA call
 the dispatchers check the kernels once (compiled with CUDA? a tiny call on the device); when a
@@ -244,6 +250,3 @@ def kernel_report(device: Optional[torch.device] = None) -> Dict[str, str]:
     return {KERNEL_MSDA: describe_msda_path(device),
             KERNEL_FOCAL: 'mmcv CUDA kernel' if ok else
             f'PyTorch (py_sigmoid_focal_loss): {reason}'}
-
-
-install()

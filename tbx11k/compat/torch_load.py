@@ -1,5 +1,9 @@
 """Upstream fix: resuming mmengine 0.10.7 checkpoints on torch >= 2.6.
 
+Upstream: open-mmlab/mmengine#1655 (the bug), open-mmlab/mmengine#1650 (the fix, not in a release).
+Applies to: mmengine <= 0.10.7 with torch >= 2.6. Remove when the lowest supported mmengine passes
+``weights_only`` to ``torch.load`` itself.
+
 torch 2.6 made ``torch.load(weights_only=True)`` the default, and mmengine 0.10.7 calls
 ``torch.load`` without the argument, so loading a checkpoint that holds a ``MessageHub``
 (``HistoryBuffer``, numpy scalars) fails with "Unsupported global" (open-mmlab/mmengine#1655, fixed
@@ -39,4 +43,6 @@ def load_checkpoint_mmapped(filename: str) -> dict:
         return torch.load(filename, map_location='cpu', **kwargs)
 
 
-CheckpointLoader.register_scheme(prefixes='', loader=load_local_checkpoint, force=True)
+def install() -> None:
+    """Register :func:`load_local_checkpoint` as mmengine's loader of local paths (idempotent)."""
+    CheckpointLoader.register_scheme(prefixes='', loader=load_local_checkpoint, force=True)
