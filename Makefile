@@ -6,20 +6,20 @@ export WHEELHOUSE
 
 .PHONY: setup demo test bench clean-demo
 
-.venv/.installed: tools/setup_env.sh requirements.txt pyproject.toml
-	bash tools/setup_env.sh
+.venv/.installed: tools/misc/setup_env.sh requirements.txt pyproject.toml
+	bash tools/misc/setup_env.sh
 	touch $@
 
 setup: .venv/.installed
 
 demo: .venv/.installed
-	bash tools/demo.sh
+	bash tools/misc/demo.sh
 
 test: .venv/.installed
 	$(PYTHON_VENV) -m pytest -q
 
 bench: .venv/.installed
-	$(PYTHON_VENV) tools/benchmark.py configs/dino_tbx11k_tiny_1gpu.py
+	$(PYTHON_VENV) tools/analysis_tools/benchmark.py configs/dino_tbx11k_tiny_1gpu.py
 
 clean-demo:
 	rm -rf data/tbx11k_synthetic work_dirs/demo

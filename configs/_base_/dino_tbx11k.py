@@ -80,7 +80,7 @@ model = dict(
         checkpoint='https://download.pytorch.org/models/resnet50-0676ba61.pth')),
     bbox_head=dict(
         # DINOHead with the same losses computed for all decoder layers at once: 35 % fewer ops
-        # and 1 host sync instead of ~200 per micro-batch (tools/count_ops.py); equal losses and
+        # and 1 host sync instead of ~200 per micro-batch (tools/analysis_tools/count_ops.py); equal losses and
         # gradients (tests/models/test_batched_loss_dino_head.py). model.bbox_head.type=DINOHead
         # gives the stock head back.
         type='BatchedLossDINOHead',

@@ -261,7 +261,7 @@ def load_detector(config: str, checkpoint: str, device: str = 'cpu', weights: st
     misfit = weights_misfit(state, model, checkpoint, config)
     if misfit:
         raise ValueError(misfit + '\nA COCO checkpoint must be converted first '
-                         '(tools/convert_coco_checkpoint.py) and trained.')
+                         '(tools/model_converters/convert_coco_checkpoint.py) and trained.')
     model.load_state_dict(state, strict=True)
     model.to(device).eval()
 

@@ -12,7 +12,7 @@ the host on a GPU:
 - ``from_host``: tensors made from host data (``torch.tensor``, ``new_tensor``, ``from_numpy``;
   ``aten.lift_fresh``): a blocking host-to-device copy on a GPU unless pinned and non-blocking.
 
-Used by ``tools/count_ops.py`` and by tests that bound the ops of the project's model parts.
+Used by ``tools/analysis_tools/count_ops.py`` and by tests that bound the ops of the project's model parts.
 """
 import collections
 import contextlib

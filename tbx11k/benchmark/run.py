@@ -31,7 +31,7 @@ def run_benchmark(opts: BenchmarkOptions, log: Callable[[str], None] = print,
         raise SystemExit('error: --device cuda, but torch sees no GPU')
     if device == 'cpu' and torch.cuda.is_available():
         raise SystemExit('error: --device cpu on a machine with a GPU: run with '
-                         'CUDA_VISIBLE_DEVICES= (tools/benchmark.py --device cpu does this)')
+                         'CUDA_VISIBLE_DEVICES= (tools/analysis_tools/benchmark.py --device cpu does this)')
     if opts.amp and device != 'cuda':
         raise SystemExit('error: --amp needs a GPU (mmengine AmpOptimWrapper refuses the CPU)')
     if opts.warmup < 1 or opts.steps < 1:

@@ -27,7 +27,7 @@ bf16 inputs of a working kernel are computed in float32 and cast back. Nothing c
 
 ``TBX11K_MMCV_KERNELS=off`` (or :func:`set_kernel_mode`) makes a GPU behave as one without the
 kernels (PyTorch paths, the same single warning): to measure what the kernels bring
-(``tools/benchmark.py --variants no_mmcv_kernels``) and to check the fallback on a GPU.
+(``tools/analysis_tools/benchmark.py --variants no_mmcv_kernels``) and to check the fallback on a GPU.
 ``tbx11k.benchmark.kernel_check.compare_with_kernels`` compares both paths (outputs and gradients)
 on a GPU that has them.
 """

@@ -5,14 +5,15 @@ import torch
 
 from ._utils import REPO_ROOT
 
-CONVERT = osp.join(REPO_ROOT, 'tools', 'convert_coco_checkpoint.py')
+CONVERT = osp.join(REPO_ROOT, 'tools', 'model_converters', 'convert_coco_checkpoint.py')
 RUN_EPOCHS = 2  # 2 x 7 optimizer steps on the 13-image training set, validation after each
 
 
 def load_tool(name: str):
-    """``tools/<name>.py`` as a module (its functions, without running it)."""
+    """``tools/<name>.py`` as a module (its functions, without running it); ``name`` may name a
+    sub-folder, e.g. ``'analysis_tools/plot_logs'``."""
     import importlib.util
-    spec = importlib.util.spec_from_file_location(f'{name}_tool',
+    spec = importlib.util.spec_from_file_location(f"{name.replace('/', '_')}_tool",
                                                   osp.join(REPO_ROOT, 'tools', f'{name}.py'))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

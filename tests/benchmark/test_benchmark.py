@@ -1,4 +1,4 @@
-"""tools/benchmark.py on the tiny config, CPU: CI runs the whole path (timings not asserted)."""
+"""tools/analysis_tools/benchmark.py on the tiny config, CPU: CI runs the whole path (timings not asserted)."""
 import dataclasses
 import json
 import math
@@ -21,7 +21,7 @@ FIGURES = ('seconds', 'img_per_s', 's_per_step', 's_per_step_median', 's_per_mic
 def bench(tmp_path, data_root, *extra):
     out = tmp_path / 'bench.json'
     cmd = [sys.executable,
-           f'{REPO_ROOT}/tools/benchmark.py', TINY_1GPU, '--device', 'cpu', '--steps', '3',
+           f'{REPO_ROOT}/tools/analysis_tools/benchmark.py', TINY_1GPU, '--device', 'cpu', '--steps', '3',
            '--warmup', '2', '--data-root', str(data_root), '--json', str(out), *extra]
     proc = run(cmd, timeout=300)
     return json.loads(out.read_text()), proc.stdout

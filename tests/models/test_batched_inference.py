@@ -1,6 +1,6 @@
 """Inference at batch N equals batch 1 on equal-size films (TBX11K's are all 512 x 512).
 
-What makes ``--cfg-options test_dataloader.batch_size=8`` (and ``tools/benchmark.py
+What makes ``--cfg-options test_dataloader.batch_size=8`` (and ``tools/analysis_tools/benchmark.py
 --infer-batch-size``) safe for TBX11K: with no padding the batched forward is the same
 computation per image, so every query's scores and boxes agree to float rounding.
 """

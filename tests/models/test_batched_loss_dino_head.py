@@ -214,7 +214,7 @@ def _count_head(head, args, kwargs):
 def test_fewer_ops_and_host_syncs(models, num_boxes):
     """Head loss forward + backward (head-only, from the decoder outputs): at most 45% of stock's
     aten ops and 15% of its host syncs (measured on the tiny model, 2 decoder layers: 35% and
-    9%; the full 6-layer config: see tools/count_ops.py); one device-to-host copy in all."""
+    9%; the full 6-layer config: see tools/analysis_tools/count_ops.py); one device-to-host copy in all."""
     stock, batched = models
     inputs, samples = random_batch(num_boxes, seed=9)
     args, kwargs = _head_loss_inputs(stock, inputs, samples)

@@ -1,4 +1,4 @@
-"""tools/convert_coco_checkpoint.py: COCO DINO checkpoint -> TBX11K classes, and backbone weights
+"""tools/model_converters/convert_coco_checkpoint.py: COCO DINO checkpoint -> TBX11K classes, and backbone weights
 from a local file.
 
 No download is possible here: "COCO checkpoints" are built locally with mmdet's DINO of the same
@@ -132,13 +132,13 @@ def test_cli_refuses_a_non_dino_checkpoint(tmp_path, capsys):
     torch.save({'conv1.weight': torch.zeros(64, 3, 7, 7), 'fc.weight': torch.zeros(10, 512)},
                str(path))
     out = tmp_path / 'out.pth'
-    assert load_tool('convert_coco_checkpoint').main([str(path), str(out)]) == 2
+    assert load_tool('model_converters/convert_coco_checkpoint').main([str(path), str(out)]) == 2
     assert 'not an mmdet DINO checkpoint' in capsys.readouterr().err
     assert not out.exists()
 
 
 def test_cli_refuses_a_file_that_is_no_checkpoint_and_converting_in_place(tmp_path, capsys):
-    tool = load_tool('convert_coco_checkpoint')
+    tool = load_tool('model_converters/convert_coco_checkpoint')
     text = tmp_path / 'notes.pth'
     text.write_text('not a checkpoint')
     assert tool.main([str(text), str(tmp_path / 'out.pth')]) == 2
@@ -156,7 +156,7 @@ def test_cli_refuses_a_folder_output_and_bad_values_before_writing(tmp_path, cap
     """An existing folder as output failed after the conversion with IsADirectoryError, leaving a
     stray OUTPUT.tmp; --prior-prob 0 was a ZeroDivisionError traceback, 1.5 a 'math domain
     error'; --classes '' was accepted as a class name."""
-    tool = load_tool('convert_coco_checkpoint')
+    tool = load_tool('model_converters/convert_coco_checkpoint')
     source = tmp_path / 'coco.pth'
     torch.save({'state_dict': {'a': torch.zeros(1)}}, str(source))
     out_dir = tmp_path / 'out'
@@ -210,7 +210,7 @@ def test_cli_refuses_a_checkpoint_that_already_has_the_target_classes(tiny_run, 
                                                                       capsys):
     """A trained TBX11K checkpoint given again to the converter had all its trained classifiers
     and its label embedding re-initialised, listed as changed, and exit status 0."""
-    tool = load_tool('convert_coco_checkpoint')
+    tool = load_tool('model_converters/convert_coco_checkpoint')
     out = tmp_path / 'again.pth'
     assert tool.main([tiny_run['checkpoint'], str(out)]) == 2
     err = capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""tools/count_ops.py: aten ops and host syncs per phase of one micro-batch (tiny config, CPU)."""
+"""tools/analysis_tools/count_ops.py: aten ops and host syncs per phase of one micro-batch (tiny config, CPU)."""
 import json
 import os.path as osp
 import sys
@@ -6,7 +6,7 @@ import sys
 from tbx11k.benchmark.op_count import PHASES, SYNC_KINDS
 from tbx11k.testing import REPO_ROOT, TINY_1GPU, run
 
-COUNT_OPS = osp.join(REPO_ROOT, 'tools', 'count_ops.py')
+COUNT_OPS = osp.join(REPO_ROOT, 'tools', 'analysis_tools', 'count_ops.py')
 
 
 def test_counts_of_stock_mmdet_the_stock_head_and_the_batched_head(tmp_path, synthetic_root):

@@ -1,4 +1,4 @@
-"""tools/plot_logs.py on the logs of a real tiny training run; merging of resumed sessions; the
+"""tools/analysis_tools/plot_logs.py on the logs of a real tiny training run; merging of resumed sessions; the
 TensorBoard switch."""
 import glob
 import json
@@ -16,7 +16,7 @@ from tbx11k.testing import REPO_ROOT, TINY_1GPU, run
 
 from tbx11k.testing.tools import RUN_EPOCHS, load_tool
 
-PLOT = osp.join(REPO_ROOT, 'tools', 'plot_logs.py')
+PLOT = osp.join(REPO_ROOT, 'tools', 'analysis_tools', 'plot_logs.py')
 STEPS = 7 * RUN_EPOCHS  # 13 images, windows of 2 -> 7 optimizer steps per epoch
 
 
@@ -120,7 +120,7 @@ def test_a_resumed_session_with_another_logging_interval_drops_the_retrained_rec
 
 
 def test_missing_logs_are_a_clear_error(tmp_path, capsys):
-    tool = load_tool('plot_logs')
+    tool = load_tool('analysis_tools/plot_logs')
     assert tool.main([str(tmp_path)]) == 2
     assert 'no <timestamp>/vis_data/scalars.json' in capsys.readouterr().err
     # --out naming a file: a FileExistsError traceback

@@ -250,7 +250,6 @@ def test_raw_weights_written_by_two_ranks_at_once(tmp_path):
                checkpoint)
     script = textwrap.dedent(f'''
         import os, sys, time
-        sys.path.insert(0, {osp.join(REPO_ROOT, 'tests', 'tools')!r})
         from tbx11k.testing.tools import load_tool
         tool = load_tool('test')
         open(os.path.join({str(tmp_path)!r}, 'ready_' + sys.argv[1]), 'w').close()

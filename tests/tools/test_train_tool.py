@@ -373,7 +373,7 @@ def test_data_root_option_reaches_every_dataset_and_evaluator(flags):
 # ---- --resume with something that is not a training checkpoint ----------------------------------
 def _not_a_training_checkpoint(kind, trained_checkpoint):
     state = trained_checkpoint['state_dict']
-    if kind == 'weights_only':  # what tools/convert_coco_checkpoint.py writes
+    if kind == 'weights_only':  # what tools/model_converters/convert_coco_checkpoint.py writes
         return dict(meta=dict(dataset_meta=trained_checkpoint['meta']['dataset_meta']),
                     state_dict=state)
     if kind == 'bare_state_dict':  # torch.save(model.state_dict())

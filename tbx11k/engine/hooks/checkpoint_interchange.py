@@ -167,7 +167,7 @@ def not_resumable(checkpoint: Any, name: str) -> Optional[str]:
     if counters or 'message_hub' not in checkpoint:
         missing = counters + [k for k in ('message_hub', 'optimizer') if k not in checkpoint]
         return (f'holds weights only (no {", ".join(missing)}; e.g. the output of '
-                "tools/convert_coco_checkpoint.py or tools/test.py's raw_weights.pth): there is "
+                "tools/model_converters/convert_coco_checkpoint.py or tools/test.py's raw_weights.pth): there is "
                 f'no training state to resume; {use_weights}')
     if 'optimizer' not in checkpoint:
         return ('holds no optimizer state (best_* checkpoints are saved without it, and so is '

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Issue 6 on the GPU machine, one call each (H100: at most ~8.5 min --compile, ~5 min eager):
-#   bash tools/gpu_benchmark.sh              # eager: configs/dino_tbx11k_1gpu.py beside stock mmdet
+#   bash .dev_scripts/gpu_benchmark.sh              # eager: configs/dino_tbx11k_1gpu.py beside stock mmdet
 #                                            # DINO (batch 1 x acc 2, batch 2 x acc 1, inference
 #                                            # batch 1 and 8), the PyTorch-fallback check, and each
 #                                            # eager speed-up switch on its own (PROFILE=1: also a
 #                                            # profile of 2 steps: launches, syncs, GPU busy)
-#   bash tools/gpu_benchmark.sh --compile    # ours and stock, then the torch.compile variants (each
+#   bash .dev_scripts/gpu_benchmark.sh --compile    # ours and stock, then the torch.compile variants (each
 #                                            # compiles the full model afresh: minutes; the first H100
 #                                            # run gave one 150 s and it had not finished)
-#   bash tools/gpu_benchmark.sh --dry-run    # CPU, tiny config, few steps: checks this script
+#   bash .dev_scripts/gpu_benchmark.sh --dry-run    # CPU, tiny config, few steps: checks this script
 # Each: installs the wheels of .whl/ into /tmp/site when mmdet is not importable (gpu-device.md),
 # makes one synthetic TBX11K (64 train images, 512 px), prints every figure (tables, then the json
 # files) and leaves them in $OUT.
@@ -26,7 +26,7 @@ case "$#:${1:-}" in
   1:--dry-run) DRY_RUN=1 ;;
   1:--compile) COMPILE=1 ;;
   0:) ;;
-  *) echo "usage: bash tools/gpu_benchmark.sh [--compile | --dry-run]"; exit 2 ;;
+  *) echo "usage: bash .dev_scripts/gpu_benchmark.sh [--compile | --dry-run]"; exit 2 ;;
 esac
 OUT=${OUT:-/tmp/tbx11k_gpu_benchmark}
 mkdir -p "$OUT"
@@ -121,7 +121,7 @@ say "fp32 run (budget ${BUDGET} s): $VARIANTS"
 # past budget + slack: SIGTERM, then SIGKILL 15 s later (during an `ours` training case the config's
 # PreemptionHook takes SIGTERM as "checkpoint at the next step and exit"; timeout signals inductor's
 # compiler processes too); cases already measured stay in the json, rewritten atomically after each
-timeout -k 15 $(( BUDGET + SLACK )) "$PYTHON" tools/benchmark.py "${COMMON[@]}" ${EXTRA[@]+"${EXTRA[@]}"} \
+timeout -k 15 $(( BUDGET + SLACK )) "$PYTHON" tools/analysis_tools/benchmark.py "${COMMON[@]}" ${EXTRA[@]+"${EXTRA[@]}"} \
   --variants "$VARIANTS" --time-budget "$BUDGET" --json "$OUT/bench.json" \
   2> >(tee "$OUT/bench.stderr" >&2) | tee "$OUT/bench.txt"
 (( ${PIPESTATUS[0]} )) && STATUS=1
@@ -129,12 +129,12 @@ timeout -k 15 $(( BUDGET + SLACK )) "$PYTHON" tools/benchmark.py "${COMMON[@]}" 
 # ---- 4. AMP: ours vs stock, inference ------------------------------------------------------
 if (( ${#AMP[@]} )); then
   say "AMP run (fp16)"
-  timeout -k 15 120 "$PYTHON" tools/benchmark.py "${COMMON[@]}" "${AMP[@]}" --infer --time-budget 60 \
+  timeout -k 15 120 "$PYTHON" tools/analysis_tools/benchmark.py "${COMMON[@]}" "${AMP[@]}" --infer --time-budget 60 \
     --json "$OUT/bench_amp.json" 2> >(tee "$OUT/bench_amp.stderr" >&2) | tee "$OUT/bench_amp.txt"
   (( ${PIPESTATUS[0]} )) && STATUS=1
 elif (( DRY_RUN )); then
   say "AMP run skipped (CPU dry run); a second run without stock instead"
-  timeout -k 15 200 "$PYTHON" tools/benchmark.py "${COMMON[@]}" --no-stock \
+  timeout -k 15 200 "$PYTHON" tools/analysis_tools/benchmark.py "${COMMON[@]}" --no-stock \
     --json "$OUT/bench_amp.json" 2> >(tee "$OUT/bench_amp.stderr" >&2) | tee "$OUT/bench_amp.txt"
   (( ${PIPESTATUS[0]} )) && STATUS=1
 fi

@@ -1,8 +1,8 @@
 """Dispatched aten ops and host syncs of one training micro-batch of a config, per phase (CPU).
 
-    python tools/count_ops.py configs/dino_tbx11k_1gpu.py
-    python tools/count_ops.py configs/dino_tbx11k_1gpu.py --stock   # stock mmdet DINO
-    python tools/count_ops.py configs/dino_tbx11k_1gpu.py \\
+    python tools/analysis_tools/count_ops.py configs/dino_tbx11k_1gpu.py
+    python tools/analysis_tools/count_ops.py configs/dino_tbx11k_1gpu.py --stock   # stock mmdet DINO
+    python tools/analysis_tools/count_ops.py configs/dino_tbx11k_1gpu.py \\
         --cfg-options model.bbox_head.type=DINOHead --num-images 2 --json ops.json
 
 Builds the config's model (backbone init_cfg removed: no download), takes --num-images training
@@ -25,7 +25,8 @@ import tempfile
 
 if __name__ == '__main__':
     os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')  # count on the CPU, before torch loads
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # this repo's tbx11k
+# this repo's tbx11k: tools/<folder>/<tool>.py is three levels below the repo root
+sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 
 def parse_args(argv=None) -> argparse.Namespace:

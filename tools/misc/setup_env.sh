@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Create .venv in the repository root and install everything tbx11k-dino needs.
 #
-#   bash tools/setup_env.sh                      # builds mmcv 2.1.0 from source (~40 min on 2 cores)
-#   WHEELHOUSE=../shared/wheels bash tools/setup_env.sh   # takes a prebuilt mmcv wheel from that folder
+#   bash tools/misc/setup_env.sh                      # builds mmcv 2.1.0 from source (~40 min on 2 cores)
+#   WHEELHOUSE=../shared/wheels bash tools/misc/setup_env.sh   # takes a prebuilt mmcv wheel from that folder
 #
 # The wheelhouse is passed to pip as `--find-links DIR` on the command line. Never export
 # PIP_FIND_LINKS for this: it replaces the machine's own find-links and pip then downloads a CUDA torch.
 # Re-running is cheap: installed, importable pieces are kept.
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 VENV="${VENV:-$ROOT/.venv}"
 PYTHON="${PYTHON:-python3}"
 TORCH_VERSION="${TORCH_VERSION:-2.13.0}"

@@ -7,7 +7,7 @@ per image, as DINO outputs them (a few boxes near the lesions on TB images,
 the rest random with low scores), then runs ``TBX11KMetric.process`` +
 ``evaluate`` and prints the time. Target: < 10 s on 2 CPU cores.
 
-    python tools/benchmark_eval.py [--out-dir DIR] [--no-plots] [--repeat N]
+    python tools/analysis_tools/benchmark_eval.py [--out-dir DIR] [--no-plots] [--repeat N]
 """
 import argparse
 import json
@@ -20,7 +20,8 @@ import time
 import numpy as np
 import torch
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+# this repo's tbx11k: tools/<folder>/<tool>.py is three levels below the repo root
+sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 CLASSES = ('ActiveTuberculosis', 'ObsoletePulmonaryTuberculosis')
 CATEGORIES = [

@@ -3,7 +3,7 @@
 # on the CPU for a short run, evaluate it with the TBX11K protocol and print the AP table.
 #   DEMO_DATA (data/tbx11k_synthetic)  DEMO_WORK_DIR (work_dirs/demo)  DEMO_EPOCHS (12)
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
 PY="${PYTHON:-$ROOT/.venv/bin/python}"
 DATA="${DEMO_DATA:-data/tbx11k_synthetic}"

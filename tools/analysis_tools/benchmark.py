@@ -1,7 +1,7 @@
 """Training / inference speed of a config beside stock mmdet DINO (synthetic TBX11K, one process).
 
-    python tools/benchmark.py configs/dino_tbx11k_1gpu.py --batch2 --infer --json bench.json
-    python tools/benchmark.py configs/dino_tbx11k_tiny_1gpu.py --device cpu --steps 3 --warmup 2
+    python tools/analysis_tools/benchmark.py configs/dino_tbx11k_1gpu.py --batch2 --infer --json bench.json
+    python tools/analysis_tools/benchmark.py configs/dino_tbx11k_tiny_1gpu.py --device cpu --steps 3 --warmup 2
 
 Prints img/s, seconds per optimizer step and per micro-batch, peak memory and the ratio to stock
 mmdet for every case; --json writes every figure. See tbx11k/benchmark/.
@@ -15,6 +15,7 @@ if __name__ == '__main__':
     if '--device=cpu' in argv or any(a == '--device' and argv[i + 1:i + 2] == ['cpu']
                                      for i, a in enumerate(argv)):
         os.environ['CUDA_VISIBLE_DEVICES'] = ''  # before torch is imported
-    sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # this repo's tbx11k
+    # this repo's tbx11k: tools/<folder>/<tool>.py is three levels below the repo root
+    sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
     from tbx11k.benchmark.cli import main
     sys.exit(main(argv))

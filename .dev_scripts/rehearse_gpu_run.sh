@@ -2,11 +2,11 @@
 # Rehearse the GPU run on a CPU machine with the GPU machine's software (../shared/docs/gpu-device.md):
 # CPython 3.12, torch 2.11.0+cu130 (PyPI's CUDA build, which runs on the CPU) and the wheels of
 # ../shared/gpu/ (mmcv 2.1.0 built against that torch, mmdet 3.3.0, mmengine 0.10.7, ...), in a
-# virtual environment outside the repo; then `tools/gpu_benchmark.sh --dry-run` with that Python and,
+# virtual environment outside the repo; then `.dev_scripts/gpu_benchmark.sh --dry-run` with that Python and,
 # with --tests, the test suite. What differs from the development stack (torch 2.13, Python 3.11:
 # APIs, dynamo / inductor behaviour, mmcv's build) shows up here instead of in the one GPU call.
 #
-#   bash tools/rehearse_gpu_run.sh [--tests] [WHEELS_DIR]     # WHEELS_DIR: default ../shared/gpu
+#   bash .dev_scripts/rehearse_gpu_run.sh [--tests] [WHEELS_DIR]     # WHEELS_DIR: default ../shared/gpu
 #
 # Environment: VENV (default /tmp/tbx11k_device_venv; ~5.5 GB, torch's CUDA libraries), PY312 (a
 # Python 3.12), OUT (the dry run's files, default /tmp/tbx11k_gpu_rehearsal). Needs PyPI.
@@ -49,7 +49,7 @@ EOF
 # (its precompiled header)
 export TORCHINDUCTOR_CACHE_DIR=$VENV/inductor_cache
 STATUS=0
-OUT=$OUT PYTHON=$VENV/bin/python bash tools/gpu_benchmark.sh --dry-run || STATUS=$?
+OUT=$OUT PYTHON=$VENV/bin/python bash .dev_scripts/gpu_benchmark.sh --dry-run || STATUS=$?
 if (( TESTS )); then
   PYTHONPATH=$PWD "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests || STATUS=$?
 fi

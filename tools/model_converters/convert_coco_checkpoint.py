@@ -1,6 +1,6 @@
 """Adapt mmdet's COCO DINO checkpoint (80 classes) to the TBX11K classes, for ``load_from``.
 
-    python tools/convert_coco_checkpoint.py \\
+    python tools/model_converters/convert_coco_checkpoint.py \\
         checkpoints/dino-4scale_r50_8xb2-12e_coco_20221202_182705-55b2bba2.pth \\
         checkpoints/dino-4scale_r50_coco_tbx11k.pth --check-config configs/dino_tbx11k_1gpu.py
 
@@ -16,7 +16,8 @@ import io
 import os.path as osp
 import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # this repo's tbx11k
+# this repo's tbx11k: tools/<folder>/<tool>.py is three levels below the repo root
+sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 
 def probability(text: str) -> float:

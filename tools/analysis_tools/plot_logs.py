@@ -1,6 +1,6 @@
 """PNG plots of a training run from its mmengine logs (all sessions of a work dir, merged).
 
-    python tools/plot_logs.py WORK_DIR [--out DIR] [--metrics 'tbx11k/*AP50*' ...] [--all-layers]
+    python tools/analysis_tools/plot_logs.py WORK_DIR [--out DIR] [--metrics 'tbx11k/*AP50*' ...] [--all-layers]
 
 Writes losses.png (loss terms vs optimizer step), lr.png (LR vs optimizer step),
 val_metrics.png (val metrics vs epoch, when the run validated) and overview.png to
@@ -11,7 +11,8 @@ import argparse
 import os.path as osp
 import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # this repo's tbx11k
+# this repo's tbx11k: tools/<folder>/<tool>.py is three levels below the repo root
+sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
