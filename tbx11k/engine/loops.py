@@ -1,6 +1,6 @@
 """A training loop whose iteration is one optimizer step, however the step's batch is split."""
 import logging
-from typing import Dict, List, Sequence, Union
+from typing import Dict, List, Sequence, Tuple, Union
 
 import torch
 from mmengine.dist import all_reduce, get_dist_info
@@ -139,6 +139,23 @@ class AccumulationEpochBasedTrainLoop(EpochBasedTrainLoop):
     def micro_batches_per_epoch(self) -> int:
         return len(self.dataloader) * self.accumulative_counts
 
+    def micro_batch_counts(self, optimizer_steps: int,
+                           max_optimizer_steps: int) -> Tuple[int, int]:
+        """The optim wrapper's accumulation counter for counts of this loop.
+
+        The loop counts optimizer steps (``iter``, ``max_iters``); the optim wrapper's
+        ``initialize_count_status`` counts micro-batches. This is the one place that converts.
+
+        Args:
+            optimizer_steps (int): Optimizer steps done (e.g. the resumed ``iter``).
+            max_optimizer_steps (int): Optimizer steps of the whole training (``max_iters``).
+
+        Returns:
+            Tuple[int, int]: ``(init_counts, max_counts)`` in micro-batches.
+        """
+        return (optimizer_steps * self.accumulative_counts,
+                max_optimizer_steps * self.accumulative_counts)
+
     def run(self) -> torch.nn.Module:
         """Check what is left after a resume, align counters, then train."""
         self._report()
@@ -169,8 +186,7 @@ class AccumulationEpochBasedTrainLoop(EpochBasedTrainLoop):
         # the optim wrapper counts micro-batches: TBX11KRunner already initialised it so; this
         # re-initialisation is for a stock Runner (e.g. the benchmark), which counts optimizer steps
         optim_wrapper = self.runner.optim_wrapper
-        counts = (self._iter * self.accumulative_counts,
-                  self._max_iters * self.accumulative_counts)
+        counts = self.micro_batch_counts(self._iter, self._max_iters)
         if (getattr(optim_wrapper, '_inner_count', None),
                 getattr(optim_wrapper, '_max_counts', None)) != counts:
             type(optim_wrapper).initialize_count_status(optim_wrapper, self.runner.model, *counts)

@@ -109,12 +109,12 @@ class TBX11KRunner(Runner):
         if not (isinstance(getattr(self, '_train_loop', None), AccumulationEpochBasedTrainLoop)
                 and isinstance(optim_wrapper, OptimWrapper)):
             return
-        acc = self._train_loop.accumulative_counts
+        to_micro_batches = self._train_loop.micro_batch_counts
         original = type(optim_wrapper).initialize_count_status
 
         def initialize_count_status(model, init_counts: int, max_counts: int) -> None:
             del optim_wrapper.initialize_count_status  # one call only
-            original(optim_wrapper, model, init_counts * acc, max_counts * acc)
+            original(optim_wrapper, model, *to_micro_batches(init_counts, max_counts))
 
         optim_wrapper.initialize_count_status = initialize_count_status
 

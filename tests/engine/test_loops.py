@@ -44,3 +44,14 @@ def test_every_rank_shuffles_and_draws_noise_with_the_runs_seed(monkeypatch, dif
     runner = types.SimpleNamespace(seed=2024 + (1 if diff_rank_seed else 0),
                                    _randomness_cfg=dict(seed=2024, diff_rank_seed=diff_rank_seed))
     assert loops.shared_seed(runner) == 2024
+
+
+def test_micro_batch_counts_convert_optimizer_steps_for_the_optim_wrapper():
+    """The loop counts optimizer steps, the optim wrapper's accumulation counter micro-batches:
+    TBX11KRunner (resume) and the loop (a stock Runner) both convert through this one method."""
+    from types import SimpleNamespace
+
+    from tbx11k.engine.loops import AccumulationEpochBasedTrainLoop
+    loop = SimpleNamespace(accumulative_counts=4)
+    assert AccumulationEpochBasedTrainLoop.micro_batch_counts(loop, 3, 10) == (12, 40)
+    assert AccumulationEpochBasedTrainLoop.micro_batch_counts(loop, 0, 7) == (0, 28)
