@@ -1,10 +1,11 @@
 # tbx11k-dino: `make demo` and `make test` set up .venv first when needed.
-# WHEELHOUSE=DIR hands a folder of prebuilt wheels (e.g. ../shared/wheels) to pip as --find-links.
+# WHEELHOUSE=DIR hands a folder of prebuilt wheels (e.g. an mmcv 2.1.0 wheel) to pip as
+# --find-links.
 PYTHON_VENV := .venv/bin/python
 WHEELHOUSE ?=
 export WHEELHOUSE
 
-.PHONY: setup demo test bench clean-demo
+.PHONY: setup demo lint test bench clean-demo
 
 .venv/.installed: tools/misc/setup_env.sh requirements.txt pyproject.toml
 	bash tools/misc/setup_env.sh
@@ -15,7 +16,10 @@ setup: .venv/.installed
 demo: .venv/.installed
 	bash tools/misc/demo.sh
 
-test: .venv/.installed
+lint: .venv/.installed
+	$(PYTHON_VENV) -m ruff check .
+
+test: lint
 	$(PYTHON_VENV) -m pytest -q
 
 bench: .venv/.installed

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 6 on the GPU machine, one call each (H100: at most ~8.5 min --compile, ~5 min eager):
+# The speed benchmark on a GPU machine, one call each (H100: at most ~8.5 min --compile, ~5 min eager):
 #   bash .dev_scripts/gpu_benchmark.sh              # eager: configs/dino_tbx11k_1gpu.py beside stock mmdet
 #                                            # DINO (batch 1 x acc 2, batch 2 x acc 1, inference
 #                                            # batch 1 and 8), the PyTorch-fallback check, and each
@@ -73,13 +73,13 @@ fi
 # ---- 1. packages --------------------------------------------------------------------------
 if ! PYTHONPATH=$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH} "$PYTHON" -c 'import mmdet.models' 2>/dev/null; then
   say "installing the wheels of .whl/ into /tmp/site"
-  ls .whl/*.whl >/dev/null 2>&1 || { echo "no .whl/*.whl: copy ../shared/gpu/*.whl to .whl/ and carry it"; exit 2; }
+  ls .whl/*.whl >/dev/null 2>&1 || { echo "no .whl/*.whl: copy the GPU machine's wheels (rehearse_gpu_run.sh) to .whl/"; exit 2; }
   "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 2
 fi
 export PYTHONPATH=$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
 if ! "$PYTHON" -c 'import mmdet.models'; then
-  # mmdet 3.3.0 imports six (mmdet/models/utils/misc.py), which ../shared/gpu/ lacks
+  # mmdet 3.3.0 imports six (mmdet/models/utils/misc.py), which the GPU machine's wheels may lack
   "$PYTHON" -c 'import six' 2>/dev/null || echo "no six here: pip download six --no-deps -d .whl" \
     "on the CPU machine, and carry .whl again"
   echo "import mmdet.models failed (above)"; exit 2

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Rehearse the GPU run on a CPU machine with the GPU machine's software (../shared/docs/gpu-device.md):
+# Rehearse the GPU run on a CPU machine with the GPU machine's software:
 # CPython 3.12, torch 2.11.0+cu130 (PyPI's CUDA build, which runs on the CPU) and the wheels of
-# ../shared/gpu/ (mmcv 2.1.0 built against that torch, mmdet 3.3.0, mmengine 0.10.7, ...), in a
+# WHEELS_DIR (mmcv 2.1.0 built against that torch, mmdet 3.3.0, mmengine 0.10.7, ...), in a
 # virtual environment outside the repo; then `.dev_scripts/gpu_benchmark.sh --dry-run` with that Python and,
 # with --tests, the test suite. What differs from the development stack (torch 2.13, Python 3.11:
 # APIs, dynamo / inductor behaviour, mmcv's build) shows up here instead of in the one GPU call.
 #
-#   bash .dev_scripts/rehearse_gpu_run.sh [--tests] [WHEELS_DIR]     # WHEELS_DIR: default ../shared/gpu
+#   bash .dev_scripts/rehearse_gpu_run.sh [--tests] WHEELS_DIR     # WHEELS_DIR: the GPU machine's wheels
 #
 # Environment: VENV (default /tmp/tbx11k_device_venv; ~5.5 GB, torch's CUDA libraries), PY312 (a
 # Python 3.12), OUT (the dry run's files, default /tmp/tbx11k_gpu_rehearsal). Needs PyPI.
@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 
 TESTS=0
 [[ ${1:-} == --tests ]] && { TESTS=1; shift; }
-WHEELS=${1:-../shared/gpu}
+WHEELS=${1:?usage: rehearse_gpu_run.sh [--tests] WHEELS_DIR (the GPU machine's wheels)}
 VENV=${VENV:-/tmp/tbx11k_device_venv}
 OUT=${OUT:-/tmp/tbx11k_gpu_rehearsal}
 ls "$WHEELS"/mmcv-*cp312*.whl >/dev/null 2>&1 || { echo "no cp312 mmcv wheel in $WHEELS"; exit 2; }

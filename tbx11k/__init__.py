@@ -8,7 +8,7 @@ from . import compat
 
 compat.install()  # first: checkpoint loading on torch >= 2.6, atomic writes, mmcv kernel fallback
 
-from . import datasets, engine, evaluation, models  # noqa: E402, F401
-from . import visualization  # noqa: E402, F401  (LocalAndTensorboardVisBackend)
+# registers the components (visualization: LocalAndTensorboardVisBackend)
+from . import datasets, engine, evaluation, models, visualization  # noqa: E402, F401
 
 __version__ = '0.1.0'

@@ -45,7 +45,8 @@ def test_1gpu_and_2gpu_differ_only_in_the_split(one, two):
 def test_tiny_overrides_sizes_only():
     full, tiny = load('dino_tbx11k_1gpu.py'), load('dino_tbx11k_tiny_1gpu.py')
     allowed_prefixes = (
-        'model.num_queries', 'model.backbone.depth', 'model.backbone.init_cfg', 'model.neck.in_channels',
+        'model.num_queries', 'model.backbone.depth', 'model.backbone.init_cfg',
+        'model.neck.in_channels',
         'model.encoder.num_layers', 'model.decoder.num_layers', 'model.encoder.layer_cfg.ffn_cfg',
         'model.decoder.layer_cfg.ffn_cfg', 'model.dn_cfg.group_cfg.num_dn_queries',
         'model.test_cfg.max_per_img', 'data_root', 'train_scales', 'test_scale', 'train_pipeline',

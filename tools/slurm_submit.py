@@ -298,7 +298,8 @@ def gpu_error(partition: str, count: int, gpu_type: Optional[str],
     kind = f'{count} GPU{"s" if count > 1 else ""}' + (f' of type {gpu_type!r}' if gpu_type else '')
     if nodes > 1:
         return ClusterError(f'{nodes} nodes with {kind} each are needed, but partition '
-                            f'{partition!r} has {fitting_nodes(partition, count, gpu_type)} (nodes: {describe_gpus(partition)})')
+                            f'{partition!r} has {fitting_nodes(partition, count, gpu_type)} '
+                            f'(nodes: {describe_gpus(partition)})')
     return ClusterError(f'no node of partition {partition!r} has {kind} (nodes: '
                         f'{describe_gpus(partition)})')
 

@@ -25,10 +25,17 @@ from mmengine.registry import RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 from tbx11k.apis.inference import read_checkpoint, select_weights  # noqa: E402
-from tbx11k.utils import (KeyValueDictAction, check_data_root,  # noqa: E402
-                          check_evaluators_read_their_loaders_json, check_launcher_environment,
-                          check_num_classes, check_output_paths, merge_cli_options, metric_configs,
-                          read_config)
+from tbx11k.utils import (  # noqa: E402
+    KeyValueDictAction,
+    check_data_root,
+    check_evaluators_read_their_loaders_json,
+    check_launcher_environment,
+    check_num_classes,
+    check_output_paths,
+    merge_cli_options,
+    metric_configs,
+    read_config,
+)
 from tbx11k.utils.dist import close_process_group  # noqa: E402
 
 

@@ -52,15 +52,27 @@ from mmengine.config import Config  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
-from tbx11k.engine import IncompatibleCheckpoint, LayoutMismatch, NothingToTrain  # noqa: E402
-from tbx11k.engine.exit_codes import (EXIT_DIVERGED, EXIT_INCOMPATIBLE_CHECKPOINT,  # noqa: E402
-                                      EXIT_NOTHING_TO_TRAIN, EXIT_WRONG_LAYOUT)
-from tbx11k.engine.stopping import NonFiniteTraining, stop_request  # noqa: E402
-from tbx11k.utils import (KeyValueDictAction, check_amp_device, check_data_root,  # noqa: E402
-                          check_evaluators_read_their_loaders_json, check_launcher_environment,
-                          check_num_classes, check_output_paths, merge_cli_options, read_config)
-from tbx11k.utils.dist import close_process_group  # noqa: E402
 from tbx11k.compat.torch_load import load_checkpoint_mmapped  # noqa: E402
+from tbx11k.engine import IncompatibleCheckpoint, LayoutMismatch, NothingToTrain  # noqa: E402
+from tbx11k.engine.exit_codes import (  # noqa: E402
+    EXIT_DIVERGED,
+    EXIT_INCOMPATIBLE_CHECKPOINT,
+    EXIT_NOTHING_TO_TRAIN,
+    EXIT_WRONG_LAYOUT,
+)
+from tbx11k.engine.stopping import NonFiniteTraining, stop_request  # noqa: E402
+from tbx11k.utils import (  # noqa: E402
+    KeyValueDictAction,
+    check_amp_device,
+    check_data_root,
+    check_evaluators_read_their_loaders_json,
+    check_launcher_environment,
+    check_num_classes,
+    check_output_paths,
+    merge_cli_options,
+    read_config,
+)
+from tbx11k.utils.dist import close_process_group  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -80,9 +80,9 @@ model = dict(
         checkpoint='https://download.pytorch.org/models/resnet50-0676ba61.pth')),
     bbox_head=dict(
         # DINOHead with the same losses computed for all decoder layers at once: 35 % fewer ops
-        # and 1 host sync instead of ~200 per micro-batch (tools/analysis_tools/count_ops.py); equal losses and
-        # gradients (tests/models/test_batched_loss_dino_head.py). model.bbox_head.type=DINOHead
-        # gives the stock head back.
+        # and 1 host sync instead of ~200 per micro-batch (tools/analysis_tools/count_ops.py);
+        # equal losses and gradients (tests/models/test_batched_loss_dino_head.py).
+        # model.bbox_head.type=DINOHead gives the stock head back.
         type='BatchedLossDINOHead',
         num_classes=len(classes),
         # alpha 0.25 collapsed to "predict nothing" on TBX11K in the community runs
@@ -93,7 +93,8 @@ max_epochs = 50
 train_cfg = dict(type='AccumulationEpochBasedTrainLoop', max_epochs=max_epochs, val_interval=1)
 optim_wrapper = dict(
     # backbone x0.1 and clip 0.1 from the base; torch's AdamW (same state, same update) stepping
-    # the two learning rates' parameters in two calls instead of one per tensor (tbx11k/engine/optim.py)
+    # the two learning rates' parameters in two calls instead of one per tensor
+    # (tbx11k/engine/optim.py)
     optimizer=dict(type='MergedGroupsAdamW', lr=1e-4, weight_decay=1e-4),
 )
 param_scheduler = [

@@ -238,10 +238,10 @@ def load_detector(config: str, checkpoint: str, device: str = 'cpu', weights: st
     config's. Raises ValueError when the weights do not fit the model (e.g. an unconverted COCO
     checkpoint).
     """
-    from mmcv.transforms import Compose
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
 
+    from mmcv.transforms import Compose
     from mmdet.registry import MODELS
     from mmdet.utils import get_test_pipeline_cfg
 
@@ -341,8 +341,12 @@ def check_input_images(images: Sequence[Tuple[str, str]]) -> List[str]:
     file among thousands stopped the run halfway, with the drawings so far and no json)."""
     from mmengine.logging import print_log
 
-    from ..datasets.validation import (TBX11KDataError, deep_images_warning,
-                                       exif_oriented_warning, read_image_header)
+    from ..datasets.validation import (
+        TBX11KDataError,
+        deep_images_warning,
+        exif_oriented_warning,
+        read_image_header,
+    )
     deep, oriented, unreadable = [], [], []
     for path, _ in images:
         try:

@@ -5,9 +5,7 @@ import os.path as osp
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
-
-
-#: issue 6 targets (one H100, configs/dino_tbx11k_1gpu.py)
+#: the speed targets (one H100, configs/dino_tbx11k_1gpu.py)
 TARGETS = dict(train_img_per_s=25.0, accumulation_overhead=1.1, infer_img_per_s=60.0)
 
 
@@ -382,8 +380,9 @@ def plan_cases(opts: BenchmarkOptions, device: str):
             skip=None, extra_warmup=0):
         result = CaseResult(name=name, kind=kind, implementation=impl, config=opts.config,
                             batch_size=bs, accumulative_counts=ac, images_per_step=bs * ac,
-                            warmup=opts.warmup + extra_warmup, steps={'infer': infer_steps, 'profile': 2}.get(
-                                kind, opts.steps), amp=amp, variant=variant)
+                            warmup=opts.warmup + extra_warmup,
+                            steps={'infer': infer_steps, 'profile': 2}.get(kind, opts.steps),
+                            amp=amp, variant=variant)
         if skip:
             result.status = f'skipped: {skip}'
         kwargs = dict(stock=impl == 'stock', batch_size=bs, accumulative_counts=ac, amp=amp,

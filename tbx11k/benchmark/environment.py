@@ -17,9 +17,10 @@ def default_device() -> str:
 
 
 def environment(device: str) -> Dict:
+    import mmengine
+
     import mmcv
     import mmdet
-    import mmengine
 
     from tbx11k.compat import mmcv_cuda_fallback
     env = dict(python=platform.python_version(), torch=torch.__version__,

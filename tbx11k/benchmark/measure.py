@@ -13,7 +13,6 @@ import torch._dynamo
 
 from .cases import BenchmarkDone, CaseResult
 
-
 #: warnings every DINO run logs: kept out of the benchmark's output (other warnings stay)
 NOISE = ('is skipped since its requires_grad=False',
          'Gradient accumulative may slightly decrease performance')

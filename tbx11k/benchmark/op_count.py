@@ -12,7 +12,8 @@ the host on a GPU:
 - ``from_host``: tensors made from host data (``torch.tensor``, ``new_tensor``, ``from_numpy``;
   ``aten.lift_fresh``): a blocking host-to-device copy on a GPU unless pinned and non-blocking.
 
-Used by ``tools/analysis_tools/count_ops.py`` and by tests that bound the ops of the project's model parts.
+Used by ``tools/analysis_tools/count_ops.py`` and by tests that bound the ops of the project's
+model parts.
 """
 import collections
 import contextlib
@@ -123,6 +124,7 @@ def _phase_hooks(module: torch.nn.Module, counter: OpCounter, phase: str) -> Lis
 def counting_assignments(counter: OpCounter) -> Iterator[None]:
     """Count ``linear_sum_assignment`` calls (mmdet's HungarianAssigner and the batched head)."""
     import mmdet.models.task_modules.assigners.hungarian_assigner as hungarian
+
     from ..models import batched_loss_dino_head as batched
     modules = [m for m in (hungarian, batched) if getattr(m, 'linear_sum_assignment', None)]
     originals = [m.linear_sum_assignment for m in modules]

@@ -5,7 +5,6 @@ import os.path as osp
 from dataclasses import asdict
 from typing import Dict, List, Optional, Sequence
 
-
 from .cases import TARGETS, BenchmarkOptions, CaseResult
 
 

@@ -9,11 +9,23 @@ from typing import Callable, Dict, List, Optional
 import torch
 import torch._dynamo
 
-from .cases import (TRAIN_ANN, BenchmarkOptions, CaseResult, benchmark_config, mmcv_kernels,
-                    plan_cases, prepare_data)
+from .cases import (
+    TRAIN_ANN,
+    BenchmarkOptions,
+    CaseResult,
+    benchmark_config,
+    mmcv_kernels,
+    plan_cases,
+    prepare_data,
+)
 from .environment import default_device, environment
-from .measure import (cudagraph_skips_recorded, profile_training, release_memory, time_inference,
-                      time_training)
+from .measure import (
+    cudagraph_skips_recorded,
+    profile_training,
+    release_memory,
+    time_inference,
+    time_training,
+)
 from .report import make_report, profile_line, write_json
 
 
@@ -31,7 +43,8 @@ def run_benchmark(opts: BenchmarkOptions, log: Callable[[str], None] = print,
         raise SystemExit('error: --device cuda, but torch sees no GPU')
     if device == 'cpu' and torch.cuda.is_available():
         raise SystemExit('error: --device cpu on a machine with a GPU: run with '
-                         'CUDA_VISIBLE_DEVICES= (tools/analysis_tools/benchmark.py --device cpu does this)')
+                         'CUDA_VISIBLE_DEVICES= (tools/analysis_tools/benchmark.py --device cpu '
+                         'does this)')
     if opts.amp and device != 'cuda':
         raise SystemExit('error: --amp needs a GPU (mmengine AmpOptimWrapper refuses the CPU)')
     if opts.warmup < 1 or opts.steps < 1:

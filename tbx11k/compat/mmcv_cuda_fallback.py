@@ -16,7 +16,8 @@ With an mmcv built without CUDA (``get_compiling_cuda_version() == 'not availabl
 a GPU machine), or built for other GPU architectures, both raise. Both kernels are compiled for
 float32 and float16 only, so bf16 autocast raises too.
 
-:func:`install` (run by ``tbx11k.compat.install`` when ``tbx11k`` is imported) replaces the two names that those functions look
+:func:`install` (run by ``tbx11k.compat.install`` when ``tbx11k`` is imported) replaces the two
+names that those functions look
 up at call time, ``mmcv.ops.multi_scale_deform_attn.MultiScaleDeformableAttnFunction`` and
 ``mmdet.models.losses.focal_loss.sigmoid_focal_loss``, by dispatchers. On their first CUDA call
 the dispatchers check the kernels once (compiled with CUDA? a tiny call on the device); when a
@@ -27,7 +28,8 @@ bf16 inputs of a working kernel are computed in float32 and cast back. Nothing c
 
 ``TBX11K_MMCV_KERNELS=off`` (or :func:`set_kernel_mode`) makes a GPU behave as one without the
 kernels (PyTorch paths, the same single warning): to measure what the kernels bring
-(``tools/analysis_tools/benchmark.py --variants no_mmcv_kernels``) and to check the fallback on a GPU.
+(``tools/analysis_tools/benchmark.py --variants no_mmcv_kernels``) and to check the fallback on a
+GPU.
 ``tbx11k.benchmark.kernel_check.compare_with_kernels`` compares both paths (outputs and gradients)
 on a GPU that has them.
 """

@@ -18,10 +18,21 @@ import cv2
 import numpy as np
 
 from .tbx11k import EXTRA_FOLDER, TBX11KDataset, is_extra_image
-from .validation import (BBOX_TOLERANCE, Issue, IssueCollector, TBX11KDataError,
-                         background_only_warning, check_bbox_tolerance, image_folder,
-                         image_ref, norm_file_name, read_image_header, read_json,
-                         summarize_ids, validate_coco)
+from .validation import (
+    BBOX_TOLERANCE,
+    Issue,
+    IssueCollector,
+    TBX11KDataError,
+    background_only_warning,
+    check_bbox_tolerance,
+    image_folder,
+    image_ref,
+    norm_file_name,
+    read_image_header,
+    read_json,
+    summarize_ids,
+    validate_coco,
+)
 
 #: An annotation ``area`` outside [w*h / AREA_FACTOR, w*h * AREA_FACTOR] of its bbox (or above
 #: MAX_AREA) is warned about: COCOeval takes the json's area for its area ranges.

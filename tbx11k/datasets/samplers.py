@@ -4,7 +4,8 @@ One optimizer step consumes a *window* of ``E = world_size * batch_size * accumu
 images. :class:`GlobalOrderSampler` yields the same epoch order on every rank;
 :class:`AccumulationWindowBatchSampler` cuts that order into windows and gives each rank its share.
 Window ``k`` holds positions ``k*E ... k*E+E-1`` of the epoch order, and micro-batch ``j`` of rank
-``r`` holds positions ``k*E + j*W*b + r*b + (0..b-1)``. So 1 GPU x 1 image x 2 accumulation steps and
+``r`` holds positions ``k*E + j*W*b + r*b + (0..b-1)``. So 1 GPU x 1 image x 2 accumulation steps
+and
 2 GPUs x 1 image see the same image pairs in the same optimizer steps. The order is padded to a
 multiple of ``E`` by repeating its start (as ``DefaultSampler`` pads for DDP), so windows never
 straddle an epoch end and no image is dropped.
@@ -13,7 +14,7 @@ Every index is yielded as ``(dataset_index, sample_seed)``: the seed is a functi
 (seed, epoch, position) only, and :class:`~tbx11k.datasets.seeded.SeededSampleMixin` runs the
 pipeline under it, so augmentation does not depend on worker ids or ranks either.
 """
-from typing import Iterator, List, Optional, Sequence, Sized, Tuple
+from typing import Iterator, List, Optional, Sized, Tuple
 
 import numpy as np
 import torch

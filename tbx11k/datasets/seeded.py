@@ -10,7 +10,8 @@ import torch
 @contextmanager
 def isolated_rng(seed: int) -> Iterator[None]:
     """Seed ``random``, ``numpy`` and torch's CPU generator, restoring their state afterwards."""
-    py_state, np_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    py_state, np_state = random.getstate(), np.random.get_state()
+    torch_state = torch.get_rng_state()
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

@@ -8,11 +8,23 @@ from mmengine.logging import print_log
 
 from mmdet.datasets import CocoDataset
 from mmdet.registry import DATASETS
+
 from .seeded import SeededSampleMixin
-from .validation import (BBOX_TOLERANCE, MIN_BOX_SIZE, ImageHeader, TBX11KDataError,
-                         background_only_warning, check_bbox_tolerance, deep_images_warning,
-                         exif_oriented_warning, image_folder, read_image_header, read_json,
-                         summarize_ids, validate_coco)
+from .validation import (
+    BBOX_TOLERANCE,
+    MIN_BOX_SIZE,
+    ImageHeader,
+    TBX11KDataError,
+    background_only_warning,
+    check_bbox_tolerance,
+    deep_images_warning,
+    exif_oriented_warning,
+    image_folder,
+    read_image_header,
+    read_json,
+    summarize_ids,
+    validate_coco,
+)
 
 ACTIVE_TB = 'ActiveTuberculosis'
 LATENT_TB = 'ObsoletePulmonaryTuberculosis'

@@ -1,6 +1,6 @@
 from .hooks import CheckpointInterchangeHook, IncompatibleCheckpoint
-from .optim import CUDAFusedOptimWrapperConstructor
 from .loops import AccumulationEpochBasedTrainLoop, LayoutMismatch, NothingToTrain
+from .optim import CUDAFusedOptimWrapperConstructor
 from .runner import TBX11KRunner
 
 __all__ = ['AccumulationEpochBasedTrainLoop', 'CheckpointInterchangeHook',

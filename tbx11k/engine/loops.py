@@ -33,7 +33,8 @@ def shared_seed(runner) -> int:
     """The run's seed, the same on every rank.
 
     With ``randomness.diff_rank_seed=True`` mmengine's ``set_random_seed`` adds the rank to
-    ``runner.seed``: each rank would shuffle the epoch differently (DDP then trains some images twice
+    ``runner.seed``: each rank would shuffle the epoch differently (DDP then trains some images
+    twice
     and others never) and draw other denoising noise than the 1-GPU run. The window order and the
     per-sample and per-micro-batch seeds must be the run's, so the rank is taken off again.
     """
@@ -122,7 +123,8 @@ class AccumulationEpochBasedTrainLoop(EpochBasedTrainLoop):
                 f'{sampler.accumulative_counts} accumulation steps')
 
     def _report(self) -> None:
-        model = self.runner.model.module if is_model_wrapper(self.runner.model) else self.runner.model
+        model = self.runner.model
+        model = model.module if is_model_wrapper(model) else model
         normalization = getattr(model, 'loss_normalization', 'micro_batch (stock mmdet)')
         print_log(f'Effective batch size: {self.effective_batch_size} = {self._layout()}',
                   logger='current')
@@ -162,7 +164,8 @@ class AccumulationEpochBasedTrainLoop(EpochBasedTrainLoop):
         steps_per_epoch = len(self.dataloader)
         if self._iter >= self._max_iters or self._epoch >= self._max_epochs:
             raise NothingToTrain(
-                f'Nothing to train: the run is at epoch {self._epoch}, optimizer step {self._iter}, '
+                f'Nothing to train: the run is at epoch {self._epoch}, optimizer step '
+                f'{self._iter}, '
                 f'and the schedule ends at epoch {self._max_epochs} (step {self._max_iters}). '
                 'Raise train_cfg.max_epochs (and the schedulers) to train longer, or start a new '
                 'work dir.')
@@ -240,12 +243,13 @@ class AccumulationEpochBasedTrainLoop(EpochBasedTrainLoop):
             window_mean = self._window_mean(local_counts)
         outputs: List[Dict] = []
         for j, micro_batch in enumerate(micro_batches):
-            torch.manual_seed(micro_batch_seed(shared_seed(runner), self._epoch, self.window_sampler,
-                                               idx, j))
+            torch.manual_seed(micro_batch_seed(shared_seed(runner), self._epoch,
+                                               self.window_sampler, idx, j))
             if window_normalized:
                 model.set_loss_window(window_mean, local_counts[j])
             try:
-                outputs.append(runner.model.train_step(micro_batch, optim_wrapper=runner.optim_wrapper))
+                outputs.append(runner.model.train_step(micro_batch,
+                                                       optim_wrapper=runner.optim_wrapper))
             finally:
                 if window_normalized:
                     model.set_loss_window(None)

@@ -4,9 +4,10 @@
 ``DefaultOptimWrapperConstructor`` gives every parameter its own param group as soon as a
 ``paramwise_cfg`` is set (DINO's backbone ``lr_mult=0.1``): torch then runs its multi-tensor
 (foreach) or fused update once per group, i.e. once per tensor (351 for R50 DINO: 3,161 of the
-ops that launch a GPU kernel per step, 20 merged; ``tools/analysis_tools/count_ops.py``). On an H100 that was
-39-47 ms of host time per optimizer step of 0.30 s (profiler self time of
-``Optimizer.step#AdamW.step``). These optimizers take the update over the groups whose hyperparameters are
+ops that launch a GPU kernel per step, 20 merged; ``tools/analysis_tools/count_ops.py``). On an
+H100 that was 39-47 ms of host time per optimizer step of 0.30 s (profiler self time of
+``Optimizer.step#AdamW.step``). These optimizers take the update over the groups whose
+hyperparameters are
 equal (two here: backbone and the rest) in one call; their param groups, state and
 ``state_dict`` stay torch's, per parameter, so checkpoints, LR schedulers and ``paramwise_cfg``
 work unchanged, and the update is bit-identical (the same element-wise arithmetic).

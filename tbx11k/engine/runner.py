@@ -37,7 +37,8 @@ class TBX11KRunner(Runner):
     """mmengine's Runner with what the 1-GPU / 2-GPU interchange and Slurm sessions need.
 
     - ``--auto-scale-lr`` counts the effective batch, ``world_size x batch_size x
-      accumulative_counts`` (stock mmengine ignores accumulation; mmengine PR #1080, unmerged).
+      accumulative_counts`` (stock mmengine ignores accumulation; open-mmlab/mmengine#1080,
+      unmerged).
     - Without CUDA, distributed runs use gloo and DDP without ``device_ids``, so the 2-process
       logic runs on CPU machines (tests, CI).
     - Auto-resume takes a checkpoint completed after ``last_checkpoint`` was written, and falls
@@ -56,7 +57,8 @@ class TBX11KRunner(Runner):
 
     def setup_env(self, env_cfg: Dict) -> None:
         if self.distributed and not is_distributed() and not torch.cuda.is_available():
-            init_cpu_process_group(self.launcher, int(env_cfg.get('dist_cfg', {}).get('timeout', 1800)))
+            timeout = int(env_cfg.get('dist_cfg', {}).get('timeout', 1800))
+            init_cpu_process_group(self.launcher, timeout)
         super().setup_env(env_cfg)
 
     def wrap_model(self, model_wrapper_cfg: Optional[Dict], model: torch.nn.Module):

@@ -34,20 +34,26 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from mmdet.models.dense_heads import DINOHead
-from mmdet.models.losses import FocalLoss, GIoULoss, L1Loss
-from mmdet.models.task_modules.assigners import (BBoxL1Cost, ClassificationCost,
-                                                 FocalLossCost, HungarianAssigner, IoUCost)
-from mmdet.registry import MODELS
-from mmdet.structures.bbox import bbox_cxcywh_to_xyxy, bbox_xyxy_to_cxcywh
-from mmdet.utils import InstanceList, OptInstanceList
 from mmengine.logging import print_log
 from mmengine.structures import InstanceData
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-from .host_copy import host_to_device
+from mmdet.models.dense_heads import DINOHead
+from mmdet.models.losses import FocalLoss, GIoULoss, L1Loss
+from mmdet.models.task_modules.assigners import (
+    BBoxL1Cost,
+    ClassificationCost,
+    FocalLossCost,
+    HungarianAssigner,
+    IoUCost,
+)
+from mmdet.registry import MODELS
+from mmdet.structures.bbox import bbox_cxcywh_to_xyxy, bbox_xyxy_to_cxcywh
+from mmdet.utils import InstanceList, OptInstanceList
+
 from ..compat.mmcv_cuda_fallback import kernel_dtype
+from .host_copy import host_to_device
 from .window_loss_normalization import KIND_MODULES
 
 #: match costs whose (num_preds, num_gts) matrix is computed row by row (a row depends only on

@@ -1,7 +1,7 @@
 """``torch.compile`` for DINO: fewer kernel launches and less Python per training step.
 
-On a GPU, stock DINO is host-bound (issue 6: the same 0.234 s per micro-batch for one image or
-two, ~8,500 kernel launches). Most launches are small ops of the backbone (frozen BN, ReLU,
+On a GPU, stock DINO is host-bound (measured on an H100: the same 0.234 s per micro-batch for one
+image or two, ~8,500 kernel launches). Most launches are small ops of the backbone (frozen BN, ReLU,
 residual adds), the encoder and decoder (projections, softmax, sampling-location arithmetic,
 norms, FFNs, the decoder's reference-point updates) and the head's per-layer branches, which
 inductor fuses (and, with ``mode='reduce-overhead'``, replays as CUDA graphs). Two things stop
@@ -46,6 +46,7 @@ from mmcv.ops.multi_scale_deform_attn import MultiScaleDeformableAttention
 
 from ..compat import mmcv_cuda_fallback
 from .token_grid import TokenGridDeformableDetrTransformerEncoder
+
 
 def _ext():
     """mmcv's compiled ops (the kernels' Python bindings)."""
@@ -161,8 +162,9 @@ class TraceableMultiScaleDeformableAttention(MultiScaleDeformableAttention):
                 level_start_index: Optional[Tensor] = None, **kwargs) -> Tensor:
         # Upstream fix (kept to this one method): mmcv 2.1.0's MultiScaleDeformableAttention.forward
         # with the core through the traceable op and without the shape assert, which dynamo cannot
-        # trace (open-mmlab/mmcv#3290 "Did mmcv support torch.compile?"; the assert: mmcv PR
-        # #3126, unmerged). A subclass cannot reuse the parent's forward around those two lines.
+        # trace (open-mmlab/mmcv#3290 "Did mmcv support torch.compile?"; the assert:
+        # open-mmlab/mmcv#3126, unmerged). A subclass cannot reuse the parent's forward around
+        # those two lines.
         if value is None:
             value = query
         if identity is None:

@@ -4,7 +4,8 @@ per-level loops or host reads.
 mmdet builds both grids level by level from the level shapes, which it reads from the
 ``spatial_shapes`` tensor on the host (``torch.linspace(0, H - 1, H)``, ``memory_mask[:, cur:cur +
 H * W]``): for 4 levels ~320 dispatched ops and ~30 host syncs per micro-batch on a GPU (each
-one drains the queue), and code ``torch.compile`` cannot trace. Here every token's level, row and column come
+one drains the queue), and code ``torch.compile`` cannot trace. Here every token's level, row and
+column come
 from tensor ops on ``spatial_shapes`` and the token count (a shape, known on the host), so the
 grids take a constant number of ops, no host read, and are traceable. The values are mmdet's
 bit for bit (the same float operations on the same integers; tests/models/test_token_grid.py).
@@ -17,8 +18,9 @@ bit for bit (the same float operations on the same integers; tests/models/test_t
 from typing import Optional, Tuple
 
 import torch
-from mmdet.models.layers import DeformableDetrTransformerEncoder
 from torch import Tensor
+
+from mmdet.models.layers import DeformableDetrTransformerEncoder
 
 
 def token_grid(spatial_shapes: Tensor, num_tokens: int) -> Tuple[Tensor, Tensor, Tensor]:

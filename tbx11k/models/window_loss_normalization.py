@@ -4,7 +4,7 @@ mmdet 3.3.0's ``DETRHead.loss_by_feat_single`` and ``DINOHead._loss_dn_single`` 
 loss term by ``reduce_mean(num_total_pos)``: the positive count averaged over the DDP ranks of *one*
 forward pass. With 2 GPUs x 1 image that is ``(n_a + n_b) / 2``; with 1 GPU x 1 image x 2
 accumulation steps it is ``n_a`` then ``n_b``, so the two trainings weight boxes differently
-(per-box vs per-image; see ../shared/docs/mmlab-internals.md, the DETR paper's note on
+(per-box vs per-image; see the DETR paper's note on
 distributed normalisation, facebookresearch/detr#354, and the same bug for token losses in
 huggingface/transformers#34191). Exact equality needs the mean over the whole optimizer-step
 *window*: all micro-batches on all ranks.
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Dict, Iterator
 
 import torch
+
 from mmdet.models.dense_heads import detr_head as _detr_head_module
 from mmdet.models.dense_heads import dino_head as _dino_head_module
 

@@ -4,16 +4,20 @@ from collections import OrderedDict
 from typing import Dict, List, Optional, Tuple, Union
 
 import torch
+from mmengine.logging import print_log
+from mmengine.utils import is_list_of
+
 from mmdet.models.detectors import DINO
 from mmdet.models.layers import DeformableDetrTransformerEncoder
 from mmdet.registry import MODELS
 from mmdet.structures import SampleList
-from mmengine.logging import print_log
-from mmengine.utils import is_list_of
 
 from .cached_positional_encoding import CachedSinePositionalEncoding
-from .dn_attention_mask import (VectorizedDnMaskQueryGenerator, max_denoising_queries,
-                                padded_attention_mask)
+from .dn_attention_mask import (
+    VectorizedDnMaskQueryGenerator,
+    max_denoising_queries,
+    padded_attention_mask,
+)
 from .token_grid import TokenGridDeformableDetrTransformerEncoder, encoder_output_proposals
 from .window_loss_normalization import KINDS, LossWindow, window_reduce_mean
 

@@ -8,10 +8,25 @@ compare their results, and the tiny-model factories. The submodules hold the res
 scripts as modules, COCO-like checkpoints) and :mod:`.oracle` (registers ``GTOracleDetector``
 when imported).
 """
-from ._utils import (REPO_ROOT, TINY_1GPU, TINY_2GPU, cfg_options, ema_weights, free_port,
-                     global_relative_difference, json_entries_as_oriented_jpegs, load_checkpoint,
-                     lr_by_step, raw_weights, register_oracle_detector, relative_difference, run,
-                     save_jpeg_with_orientation, scalars, train_command)
+from ._utils import (
+                     REPO_ROOT,
+                     TINY_1GPU,
+                     TINY_2GPU,
+                     cfg_options,
+                     ema_weights,
+                     free_port,
+                     global_relative_difference,
+                     json_entries_as_oriented_jpegs,
+                     load_checkpoint,
+                     lr_by_step,
+                     raw_weights,
+                     register_oracle_detector,
+                     relative_difference,
+                     run,
+                     save_jpeg_with_orientation,
+                     scalars,
+                     train_command,
+)
 from .models import build_tiny_dino, losses_and_grads, random_batch
 
 __all__ = ['REPO_ROOT', 'TINY_1GPU', 'TINY_2GPU', 'build_tiny_dino', 'cfg_options', 'ema_weights',

@@ -130,9 +130,10 @@ def json_entries_as_oriented_jpegs(root, data: Dict, orientations: Dict[int, int
 
 def register_oracle_detector():
     """Register ``GTOracleDetector``: predicts the ground truth (tests of the evaluation path)."""
+    from mmengine.structures import InstanceData
+
     from mmdet.models.detectors.base import BaseDetector
     from mmdet.registry import MODELS
-    from mmengine.structures import InstanceData
 
     if MODELS.get('GTOracleDetector') is not None:
         return

@@ -7,14 +7,16 @@ import torch
 from ..utils import current_logger_level
 
 
-def build_tiny_dino(head_type: Optional[str] = None, device: str = 'cpu', head: Optional[Dict] = None,
-                    **overrides):
+def build_tiny_dino(head_type: Optional[str] = None, device: str = 'cpu',
+                    head: Optional[Dict] = None, **overrides):
     """The tiny config's model (seed 0, mmdet's initialisation) with ``head_type`` as
-    ``bbox_head`` (None: the config's), in train mode; ``head`` updates ``model.bbox_head``, ``overrides`` ``model``.
+    ``bbox_head`` (None: the config's), in train mode; ``head`` updates ``model.bbox_head``,
+    ``overrides`` ``model``.
 
     ``init_weights`` is needed: some DINO parameters (e.g. the level embedding) are created
     uninitialised and only filled there. Its per-tensor report is not logged."""
     from mmengine.config import Config
+
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
 
@@ -36,8 +38,9 @@ def build_tiny_dino(head_type: Optional[str] = None, device: str = 'cpu', head: 
 def random_batch(num_boxes: Sequence[int], device: str = 'cpu',
                  seed: int = 0) -> Tuple[torch.Tensor, List]:
     """Random 96 px images and DetDataSamples with ``num_boxes[i]`` boxes (unequal shapes)."""
-    from mmdet.structures import DetDataSample
     from mmengine.structures import InstanceData
+
+    from mmdet.structures import DetDataSample
     g = torch.Generator().manual_seed(seed + 100 * len(num_boxes) + sum(num_boxes))
     samples = []
     for i, n in enumerate(num_boxes):

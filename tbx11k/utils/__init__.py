@@ -1,8 +1,17 @@
 from .atomic_io import atomic_write_bytes, atomic_write_text
-from .cli import (KeyValueDictAction, check_amp_device, check_data_root,
-                  check_evaluators_read_their_loaders_json, check_launcher_environment,
-                  check_num_classes, check_output_paths, merge_cli_options, metric_configs,
-                  read_config, set_data_root)
+from .cli import (
+                  KeyValueDictAction,
+                  check_amp_device,
+                  check_data_root,
+                  check_evaluators_read_their_loaders_json,
+                  check_launcher_environment,
+                  check_num_classes,
+                  check_output_paths,
+                  merge_cli_options,
+                  metric_configs,
+                  read_config,
+                  set_data_root,
+)
 from .dist import init_cpu_process_group
 from .log_level import current_logger_level
 

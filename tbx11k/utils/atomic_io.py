@@ -19,7 +19,6 @@ import os.path as osp
 from pathlib import Path
 from typing import List, Union
 
-
 TMP_MARK = '.tmp-'
 
 

@@ -137,8 +137,8 @@ def check_launcher_environment(launcher: str) -> None:
                          f'environment: {how}; or drop --launcher for one process')
     import torch
     if launcher == 'mpi' and not torch.cuda.is_available():
-        raise SystemExit('error: --launcher mpi needs GPUs (mmengine\'s MPI launcher selects a CUDA '
-                         'device per process); without GPUs use --launcher pytorch through '
+        raise SystemExit('error: --launcher mpi needs GPUs (mmengine\'s MPI launcher selects a '
+                         'CUDA device per process); without GPUs use --launcher pytorch through '
                          'tools/dist_train.sh, which runs the processes on gloo')
 
 
@@ -264,8 +264,12 @@ def check_num_classes(cfg: Config, splits=('train_dataloader', 'val_dataloader')
 
 def check_amp_device() -> None:
     """``--amp`` on a machine without an accelerator: say so instead of mmengine's assertion."""
-    from mmengine.device import (is_cuda_available, is_mlu_available, is_musa_available,
-                                 is_npu_available)
+    from mmengine.device import (
+        is_cuda_available,
+        is_mlu_available,
+        is_musa_available,
+        is_npu_available,
+    )
     if not (is_cuda_available() or is_npu_available() or is_mlu_available()
             or is_musa_available()):
         raise SystemExit('error: --amp needs a GPU (CUDA, NPU, MLU or MUSA): mmengine\'s '

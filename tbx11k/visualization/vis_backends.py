@@ -2,7 +2,8 @@
 
 mmengine's ``--cfg-options`` cannot append a dict to a list (``visualizer.vis_backends=[dict(...),
 ...]`` arrives as a list of strings), but it can change a list element's field. So this backend
-is mmengine's ``LocalVisBackend`` (``vis_data/scalars.json``, which ``tools/analysis_tools/plot_logs.py``
+is mmengine's ``LocalVisBackend`` (``vis_data/scalars.json``, which
+``tools/analysis_tools/plot_logs.py``
 reads) that also writes TensorBoard event files into the same ``vis_data/`` folder::
 
     python tools/train.py CONFIG \

@@ -1,4 +1,5 @@
-"""tools/analysis_tools/benchmark.py on the tiny config, CPU: CI runs the whole path (timings not asserted)."""
+"""tools/analysis_tools/benchmark.py on the tiny config, CPU: CI runs the whole path (timings
+not asserted)."""
 import dataclasses
 import json
 import math
@@ -7,13 +8,19 @@ import sys
 import pytest
 from mmengine.config import Config
 
-from tbx11k.benchmark import cases as bm_cases
-from tbx11k.benchmark import measure as bm_measure
-from tbx11k.benchmark import report as bm_report
-from tbx11k.benchmark import run as bm_run
+from tbx11k.benchmark import measure
+from tbx11k.benchmark.cases import BenchmarkDone, BenchmarkOptions, CaseResult, benchmark_config
+from tbx11k.benchmark.measure import (
+    _fill_times,
+    cudagraph_skips_recorded,
+    make_step_timer,
+    summarize_profile,
+)
+from tbx11k.benchmark.report import check_targets, compute_ratios, format_table
+from tbx11k.benchmark.run import run_benchmark
 from tbx11k.testing import REPO_ROOT, TINY_1GPU, run
 
-CASE_FIELDS = {f.name for f in dataclasses.fields(bm_cases.CaseResult)}
+CASE_FIELDS = {f.name for f in dataclasses.fields(CaseResult)}
 FIGURES = ('seconds', 'img_per_s', 's_per_step', 's_per_step_median', 's_per_micro_batch',
            's_per_image', 'cpu_s_per_step', 'peak_mem_mib')
 
@@ -21,7 +28,8 @@ FIGURES = ('seconds', 'img_per_s', 's_per_step', 's_per_step_median', 's_per_mic
 def bench(tmp_path, data_root, *extra):
     out = tmp_path / 'bench.json'
     cmd = [sys.executable,
-           f'{REPO_ROOT}/tools/analysis_tools/benchmark.py', TINY_1GPU, '--device', 'cpu', '--steps', '3',
+           f'{REPO_ROOT}/tools/analysis_tools/benchmark.py', TINY_1GPU, '--device', 'cpu',
+           '--steps', '3',
            '--warmup', '2', '--data-root', str(data_root), '--json', str(out), *extra]
     proc = run(cmd, timeout=300)
     return json.loads(out.read_text()), proc.stdout
@@ -101,13 +109,13 @@ def test_cpu_refuses_amp(monkeypatch):
     import torch
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
     with pytest.raises(SystemExit, match='--amp needs a GPU'):
-        bm_run.run_benchmark(bm_cases.BenchmarkOptions(TINY_1GPU, amp='float16'))
+        run_benchmark(BenchmarkOptions(TINY_1GPU, amp='float16'))
 
 
 # ---- pieces, without training -------------------------------------------------------------
 def test_stock_config_is_stock_mmdet_with_the_same_model_and_data(tmp_path):
-    ours = bm_cases.benchmark_config(TINY_1GPU, str(tmp_path), str(tmp_path / 'w'))
-    stock = bm_cases.benchmark_config(TINY_1GPU, str(tmp_path), str(tmp_path / 'w'), stock=True)
+    ours = benchmark_config(TINY_1GPU, str(tmp_path), str(tmp_path / 'w'))
+    stock = benchmark_config(TINY_1GPU, str(tmp_path), str(tmp_path / 'w'), stock=True)
     assert stock.model.type == 'DINO' and 'loss_normalization' not in stock.model
     assert ours.model.type == 'WindowNormalizedDINO'
     assert ours.model.bbox_head.type == 'BatchedLossDINOHead'
@@ -144,14 +152,14 @@ def test_stock_config_is_stock_mmdet_with_the_same_model_and_data(tmp_path):
 
 def test_benchmark_config_leaves_the_training_settings_alone(tmp_path):
     cfg = Config.fromfile(TINY_1GPU)
-    ours = bm_cases.benchmark_config(TINY_1GPU, str(tmp_path), str(tmp_path / 'w'))
+    ours = benchmark_config(TINY_1GPU, str(tmp_path), str(tmp_path / 'w'))
     assert ours.optim_wrapper == cfg.optim_wrapper
     assert ours.model.bbox_head == cfg.model.bbox_head and ours.model.dn_cfg == cfg.model.dn_cfg
     assert ours.param_scheduler == cfg.param_scheduler
     assert ours.custom_hooks == cfg.custom_hooks
     assert ours.train_dataloader.sampler == cfg.train_dataloader.sampler
-    b2 = bm_cases.benchmark_config(TINY_1GPU, str(tmp_path), str(tmp_path / 'w'), batch_size=2,
-                             accumulative_counts=1)
+    b2 = benchmark_config(TINY_1GPU, str(tmp_path), str(tmp_path / 'w'), batch_size=2,
+                          accumulative_counts=1)
     assert (b2.train_dataloader.batch_size, b2.optim_wrapper.accumulative_counts,
             b2.effective_batch_size) == (2, 1, 2)
 
@@ -162,10 +170,10 @@ def test_benchmark_config_leaves_the_training_settings_alone(tmp_path):
     (1, 1, 5, 4),  # no accumulation
 ])
 def test_step_timer_counts_optimizer_steps(per_iter, acc, iters, marks):
-    timer = bm_measure.make_step_timer(warmup=2, steps=3, micro_batches_per_iter=per_iter,
-                               accumulative_counts=acc, device='cpu')
+    timer = make_step_timer(warmup=2, steps=3, micro_batches_per_iter=per_iter,
+                            accumulative_counts=acc, device='cpu')
     done = 0
-    with pytest.raises(bm_cases.BenchmarkDone):
+    with pytest.raises(BenchmarkDone):
         for done in range(1, 100):
             timer.after_train_iter(None, done - 1, outputs=dict(loss=float(done)))
     assert done == iters and timer.optimizer_steps == 5 and len(timer.marks) == marks
@@ -175,32 +183,32 @@ def test_step_timer_counts_optimizer_steps(per_iter, acc, iters, marks):
 
 def test_steady_img_per_s_leaves_out_the_steps_that_compiled():
     def case(name):  # 2 images x 2 micro-batches per optimizer step: 4 images per step
-        return bm_cases.CaseResult(name=name, kind='train', implementation='ours', config='c',
-                             batch_size=2, accumulative_counts=2, images_per_step=4, warmup=1,
-                             steps=4)
+        return CaseResult(name=name, kind='train', implementation='ours', config='c',
+                          batch_size=2, accumulative_counts=2, images_per_step=4, warmup=1,
+                          steps=4)
 
     result = case('torch_compile')
     # 4 steps of 0.2 s, the third 10 s: it made 3 graphs (a recompile in the timed steps)
     marks, graphs = [0.0, 0.2, 0.4, 10.4, 10.6], [7, 7, 7, 10, 10]
-    bm_measure._fill_times(result, marks, 2, graph_marks=graphs)
+    _fill_times(result, marks, 2, graph_marks=graphs)
     assert result.compiles_in_timed_steps == 3 and result.compiling_steps == 1
     assert result.img_per_s == pytest.approx(16 / 10.6)
     assert result.s_per_micro_batch == pytest.approx(10.6 / 4 / 2)
     assert result.steady_img_per_s == pytest.approx(20.0)
-    bm_measure._fill_times(result, marks[:3], 2, graph_marks=graphs[:3])  # no compiling: the mean
+    _fill_times(result, marks[:3], 2, graph_marks=graphs[:3])  # no compiling: the mean
     assert result.compiling_steps == 0 and result.img_per_s == pytest.approx(20.0)
     assert result.steady_img_per_s == result.img_per_s
-    bm_measure._fill_times(result, marks, 2)  # no graph marks (stock): all steps count
+    _fill_times(result, marks, 2)  # no graph marks (stock): all steps count
     assert result.compiling_steps == 0 and result.steady_img_per_s == result.img_per_s
     # every step compiled: no steady figure
-    bm_measure._fill_times(result, marks[:3], 2, graph_marks=[1, 2, 3])
+    _fill_times(result, marks[:3], 2, graph_marks=[1, 2, 3])
     assert result.steady_img_per_s is None and result.compiling_steps == 2
 
     ours = case('ours')
-    bm_measure._fill_times(ours, [0.0, 0.4, 0.8, 1.2, 1.6], 2, graph_marks=[0] * 5)
-    bm_measure._fill_times(result, marks, 2, graph_marks=graphs)
+    _fill_times(ours, [0.0, 0.4, 0.8, 1.2, 1.6], 2, graph_marks=[0] * 5)
+    _fill_times(result, marks, 2, graph_marks=graphs)
     result.variant = 'torch_compile'
-    targets = bm_report.check_targets([ours, result], {}, dict(gpu='NVIDIA H100 80GB HBM3'))
+    targets = check_targets([ours, result], {}, dict(gpu='NVIDIA H100 80GB HBM3'))
     assert targets['best_train_case'] == 'ours' and not targets['train_met']  # 10 > 1.5 img/s
     assert targets['best_train_steady_case'] == 'torch_compile'
     assert targets['best_train_steady_img_per_s'] == pytest.approx(20.0)
@@ -209,25 +217,25 @@ def test_steady_img_per_s_leaves_out_the_steps_that_compiled():
                   options=dict(config='c'),
                   cases=[dataclasses.asdict(c) for c in (ours, result)], ratios={},
                   targets=targets)
-    table = bm_report.format_table(report)
+    table = format_table(report)
     assert 'torch_compile: 3 torch.compile graph(s) made during 1 of the 4 timed steps (in the ' \
         'mean); over the others: 20 img/s' in table
     assert 'train 10.00 (ours) (20.00 (torch_compile) over the steps without compiling)' in table
     # an eager best case: its steady figure is its mean, not repeated
-    targets = bm_report.check_targets([ours], {}, dict(gpu=None))
+    targets = check_targets([ours], {}, dict(gpu=None))
     assert targets['best_train_steady_case'] == 'ours'
     report.update(cases=[dataclasses.asdict(ours)], targets=targets)
-    assert 'train 10.00 (ours), infer' in bm_report.format_table(report)
+    assert 'train 10.00 (ours), infer' in format_table(report)
 
 
 def test_timed_steps_record_torch_compile_graphs(monkeypatch, synthetic_root):
     """Training and inference cases mark dynamo's graph count at every timed step."""
     calls = iter(range(1000))
-    monkeypatch.setattr(bm_measure, 'compiled_graphs', lambda: next(calls))  # a graph every step
-    opts = bm_cases.BenchmarkOptions(config=TINY_1GPU, steps=2, warmup=1, num_images=8, image_size=128,
-                               data_root=str(synthetic_root), stock=False, infer=True,
-                               device='cpu')
-    report = bm_run.run_benchmark(opts, log=lambda message: None)
+    monkeypatch.setattr(measure, 'compiled_graphs', lambda: next(calls))  # a graph every step
+    opts = BenchmarkOptions(config=TINY_1GPU, steps=2, warmup=1, num_images=8, image_size=128,
+                            data_root=str(synthetic_root), stock=False, infer=True,
+                            device='cpu')
+    report = run_benchmark(opts, log=lambda message: None)
     cases = {c['name']: c for c in report['cases']}
     for name in ('ours', 'ours_infer'):
         assert cases[name]['status'] == 'ok', cases[name]['status']
@@ -237,9 +245,9 @@ def test_timed_steps_record_torch_compile_graphs(monkeypatch, synthetic_root):
 
 def test_ratios_and_targets():
     def case(name, impl, bs, acc, ips, kind='train', variant=None, baseline=None):
-        c = bm_cases.CaseResult(name=name, kind=kind, implementation=impl, config='c', batch_size=bs,
-                          accumulative_counts=acc, images_per_step=bs * acc, warmup=1, steps=1,
-                          variant=variant, baseline=baseline)
+        c = CaseResult(name=name, kind=kind, implementation=impl, config='c', batch_size=bs,
+                       accumulative_counts=acc, images_per_step=bs * acc, warmup=1, steps=1,
+                       variant=variant, baseline=baseline)
         c.img_per_s, c.s_per_image = ips, 1 / ips
         return c
 
@@ -253,23 +261,23 @@ def test_ratios_and_targets():
              case('compiled_infer', 'ours', 8, 1, 150.0, 'infer', 'y', 'ours_infer_b8')]
     cases[0].warmup_losses, cases[1].warmup_losses = [8.0, 1.0], [9.0, 9.0]
     cases[6].warmup_losses = [8.5, 1.0, 7.0]  # more warm-up steps: the first 2 compared
-    ratios = bm_report.compute_ratios(cases)
+    ratios = compute_ratios(cases)
     assert ratios['train_vs_stock'] == pytest.approx(26 / 4.3)
     assert ratios['accumulation_overhead'] == pytest.approx(28 / 26)
     assert ratios['stock_accumulation_overhead'] == pytest.approx(8.5 / 4.3)
     assert ratios['safe_all_vs_ours'] == pytest.approx(30 / 26)
     assert ratios['infer_b8_vs_stock'] == pytest.approx(1.2)
     assert ratios['compiled_infer_vs_ours_infer_b8'] == pytest.approx(1.25)
-    targets = bm_report.check_targets(cases, ratios, dict(gpu='NVIDIA H100 80GB HBM3'))
+    targets = check_targets(cases, ratios, dict(gpu='NVIDIA H100 80GB HBM3'))
     assert targets['applies'] and targets['train_met'] and targets['infer_met']
     assert targets['accumulation_overhead_met'] and targets['best_train_case'] == 'safe_all'
     assert targets['best_infer_case'] == 'compiled_infer' and targets['best_infer_met']
-    targets = bm_report.check_targets(cases[:2], bm_report.compute_ratios(cases[:2]), dict(gpu=None))
+    targets = check_targets(cases[:2], compute_ratios(cases[:2]), dict(gpu=None))
     assert not targets['applies'] and not targets['accumulation_overhead_met']
     report = dict(environment=dict(gpu=None, torch='t', msda_path='PyTorch'),
                   options=dict(config='c'), cases=[dataclasses.asdict(c) for c in cases],
                   ratios=ratios, targets=targets)
-    table = bm_report.format_table(report)
+    table = format_table(report)
     assert '6.05x vs stock' in table and '1.15x vs ours' in table
     assert '1.25x vs ours_infer_b8' in table
     # stock normalises its loss otherwise: only ours and its variants are compared
@@ -294,14 +302,14 @@ def test_profile_summary_counts_launches_syncs_and_gpu_time():
               ev('sm90_gemm_kernel', 400, cuda, self_device=30e3),
               ev('elementwise_kernel', 3000, cuda, self_device=20e3)]
     prof = types.SimpleNamespace(key_averages=lambda: events)
-    p = bm_measure.summarize_profile(prof, wall=0.5, micro_batches=2, top=3)
+    p = summarize_profile(prof, wall=0.5, micro_batches=2, top=3)
     assert p['kernel_launches_per_micro_batch'] == 4250 and p['aten_ops_per_micro_batch'] == 200
     assert p['syncs_per_micro_batch'] == 30 and p['memcpy_calls_per_micro_batch'] == 45
     assert p['gpu_kernel_s'] == pytest.approx(0.05)
     assert p['gpu_busy_fraction'] == pytest.approx(0.1)
     assert [o['name'] for o in p['top_host_ops']] == ['cudaLaunchKernel', 'aten::mm',
                                                       'cudaStreamSynchronize']
-    assert bm_measure.summarize_profile(prof, 0.5, 2, device='cpu')['gpu_busy_fraction'] is None
+    assert summarize_profile(prof, 0.5, 2, device='cpu')['gpu_busy_fraction'] is None
 
 
 def test_cudagraph_skips_are_recorded_with_their_reasons():
@@ -312,12 +320,12 @@ def test_cudagraph_skips_are_recorded_with_their_reasons():
     counted."""
     import torch
     from torch._inductor.cudagraph_utils import log_cudagraph_skip_and_bump_counter
-    result = bm_cases.CaseResult(name='torch_compile_cudagraphs', kind='train', implementation='ours',
-                           config='c', batch_size=1, accumulative_counts=2, images_per_step=2,
-                           warmup=1, steps=1, variant='torch_compile_cudagraphs')
+    result = CaseResult(name='torch_compile_cudagraphs', kind='train', implementation='ours',
+                        config='c', batch_size=1, accumulative_counts=2, images_per_step=2,
+                        warmup=1, steps=1, variant='torch_compile_cudagraphs')
     counter = torch._dynamo.utils.counters['inductor']
     counter['cudagraph_skips'] += 5  # earlier ones: not this case's
-    with bm_measure.cudagraph_skips_recorded(result):
+    with cudagraph_skips_recorded(result):
         compiled = torch.compile(lambda x: torch.sin(x) * 2 + 1, mode='reduce-overhead')
         assert torch.allclose(compiled(torch.ones(3)), torch.sin(torch.ones(3)) * 2 + 1)
         for reason in ('mutated inputs (2 instances)', 'mutated inputs (2 instances)',
@@ -331,7 +339,7 @@ def test_cudagraph_skips_are_recorded_with_their_reasons():
                                              'instances)', 'skipping cudagraphs due to CPU '
                                              'device (primals_1)']
     untouched = dataclasses.replace(result, cudagraph_skips=0, cudagraph_skip_reasons=[])
-    with bm_measure.cudagraph_skips_recorded(untouched, enabled=False):
+    with cudagraph_skips_recorded(untouched, enabled=False):
         log_cudagraph_skip_and_bump_counter('skipping cudagraphs due to something else')
     assert untouched.cudagraph_skips == 0 and untouched.cudagraph_skip_reasons == []
     # a reason logged without a skip (e.g. many distinct sizes recorded) is still reported
@@ -340,11 +348,11 @@ def test_cudagraph_skips_are_recorded_with_their_reasons():
     report = dict(environment=dict(gpu=None, torch='t', msda_path='PyTorch'),
                   options=dict(config='c'), cases=[dataclasses.asdict(result),
                                                    dataclasses.asdict(warned)],
-                  ratios=bm_report.compute_ratios([result]),
-                  targets=bm_report.check_targets([result], bm_report.compute_ratios([result]), dict(gpu=None)))
+                  ratios=compute_ratios([result]),
+                  targets=check_targets([result], compute_ratios([result]), dict(gpu=None)))
     assert (f'torch_compile_cudagraphs: {result.cudagraph_skips} compiled graph(s) ran without '
             'CUDA graphs; inductor logged: skipping cudagraphs due to mutated inputs (2 '
             'instances) | skipping '
-            'cudagraphs due to CPU device (primals_1)') in bm_report.format_table(report)
+            'cudagraphs due to CPU device (primals_1)') in format_table(report)
     assert ('w: 0 compiled graph(s) ran without CUDA graphs; inductor logged: many distinct sizes'
-            in bm_report.format_table(report))
+            in format_table(report))

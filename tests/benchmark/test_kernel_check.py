@@ -2,6 +2,7 @@
 import pytest
 
 import mmcv.ops.multi_scale_deform_attn as msda_module
+
 from tbx11k.benchmark.kernel_check import compare_with_kernels
 from tbx11k.compat import mmcv_cuda_fallback as fb
 

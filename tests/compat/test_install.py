@@ -1,9 +1,10 @@
 """tbx11k.compat.install: every upstream patch applied from one place, idempotently."""
-import mmcv.ops.multi_scale_deform_attn as msda_module
-import mmdet.models.losses.focal_loss as focal_module
 from mmengine.fileio import LocalBackend, get_file_backend, register_backend
 from mmengine.runner import checkpoint as mmengine_checkpoint
 from mmengine.runner.checkpoint import CheckpointLoader
+
+import mmcv.ops.multi_scale_deform_attn as msda_module
+import mmdet.models.losses.focal_loss as focal_module
 
 from tbx11k import compat
 from tbx11k.compat import mmcv_cuda_fallback
@@ -14,8 +15,9 @@ from tbx11k.compat.torch_load import load_local_checkpoint
 def patched(tmp_path) -> dict:
     return dict(torch_load=CheckpointLoader._schemes[''] is load_local_checkpoint,
                 file_backend=type(get_file_backend(str(tmp_path / 'a.pth'))) is AtomicLocalBackend,
-                mmcv_cuda_fallback=mmcv_cuda_fallback.installed()
-                and focal_module.sigmoid_focal_loss is mmcv_cuda_fallback.sigmoid_focal_loss_dispatch)
+                mmcv_cuda_fallback=mmcv_cuda_fallback.installed() and (
+                    focal_module.sigmoid_focal_loss is
+                    mmcv_cuda_fallback.sigmoid_focal_loss_dispatch))
 
 
 def test_import_tbx11k_applies_every_patch(tmp_path):

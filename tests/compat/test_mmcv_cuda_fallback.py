@@ -6,6 +6,7 @@ import torch
 
 import mmcv.ops.multi_scale_deform_attn as msda_module
 import mmdet.models.losses.focal_loss as focal_module
+
 from tbx11k.compat import mmcv_cuda_fallback as fb
 
 CUDA = torch.device('cuda', 0)

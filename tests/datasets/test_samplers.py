@@ -1,8 +1,11 @@
 """The data of an optimizer step does not depend on how the effective batch is split."""
 import pytest
 
-from tbx11k.datasets.samplers import (AccumulationWindowBatchSampler, GlobalOrderSampler,
-                                      split_window)
+from tbx11k.datasets.samplers import (
+    AccumulationWindowBatchSampler,
+    GlobalOrderSampler,
+    split_window,
+)
 
 
 def steps(num_images, world_size, batch_size, acc, epoch=0, seed=7, skip=0):
@@ -61,7 +64,8 @@ def test_skip_resumes_mid_epoch():
     rest, _ = steps(10, 1, 1, 2, skip=3)
     assert rest == full[3:]
     with pytest.raises(ValueError):
-        AccumulationWindowBatchSampler(GlobalOrderSampler(range(4), seed=0), 1, 2, 1, 0).skip_next(9)
+        sampler = AccumulationWindowBatchSampler(GlobalOrderSampler(range(4), seed=0), 1, 2, 1, 0)
+        sampler.skip_next(9)
 
 
 def test_sharding_sampler_is_refused():

@@ -10,8 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tbx11k.datasets.synthetic import (CATEGORIES, make_synthetic_tbx11k,
-                                       xml_box_to_json)
+from tbx11k.datasets.synthetic import CATEGORIES, make_synthetic_tbx11k, xml_box_to_json
 
 REPO = Path(__file__).resolve().parents[2]
 JSONS = [

@@ -7,8 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from tbx11k.datasets import (TBX11KDataError, TBX11KDataset,
-                             TBX11KMissingFileError)
+from tbx11k.datasets import TBX11KDataError, TBX11KDataset, TBX11KMissingFileError
 from tbx11k.datasets import tbx11k as tbx11k_module
 
 TRAIN = 'annotations/json/TBX11K_train.json'
@@ -213,6 +212,7 @@ def test_all_train_extra_images_are_negatives(synthetic_root):
 
 def test_mmdet_pipeline_and_registry_build(synthetic_root):
     from mmengine.registry import DefaultScope
+
     from mmdet.registry import DATASETS
     from mmdet.structures import DetDataSample
     with DefaultScope.overwrite_default_scope('mmdet'):
@@ -625,6 +625,7 @@ def test_training_set_without_any_box_is_a_warning(broken_copy, logs):
 def test_image_header_size_is_the_size_mmcv_loads(tmp_path, orientation):
     """A JPEG's EXIF orientation 5-8 turns it by 90 degrees when cv2 (mmcv) decodes it."""
     import mmcv
+
     from tbx11k.datasets.validation import read_image_header
     from tbx11k.testing import save_jpeg_with_orientation
     path = tmp_path / 'film.jpg'

@@ -9,9 +9,15 @@ import pytest
 
 from tbx11k.testing import TINY_1GPU, TINY_2GPU, load_checkpoint
 from tbx11k.testing.reliability import all_finite, derived_config
+from tbx11k.testing.reliability_runs import (
+    STEPS,
+    compare,
+    last_checkpoint,
+    signal_segment,
+    start,
+    train,
+)
 from tbx11k.utils.atomic_io import stale_temporaries
-
-from tbx11k.testing.reliability_runs import STEPS, compare, last_checkpoint, signal_segment, start, train
 
 SEED = 20241126
 
@@ -25,7 +31,8 @@ def _drop_checkpoints(*dirs):
 
 @pytest.fixture(scope='session')
 def reference_run(tmp_path_factory, training_root):
-    """The uninterrupted tiny 1-GPU run (tbx11k.testing.reliability_runs.OPTIONS): dict(work_dir, final)."""
+    """The uninterrupted tiny 1-GPU run (tbx11k.testing.reliability_runs.OPTIONS): dict(work_dir,
+    final)."""
     work_dir = tmp_path_factory.mktemp('reliability') / 'reference'
     rc, log = train(work_dir, training_root)
     assert rc == 0, log[-5000:]

@@ -15,22 +15,25 @@ import pytest
 import torch
 from mmengine.fileio import get_file_backend
 
-from tbx11k.engine.hooks.atomic_checkpoint import (PREEMPTION_CHECKPOINTS, AtomicCheckpointHook,
-                                                   find_resumable_checkpoint)
+from tbx11k.compat.file_backend import AtomicLocalBackend
+from tbx11k.engine.hooks.atomic_checkpoint import (
+    PREEMPTION_CHECKPOINTS,
+    AtomicCheckpointHook,
+    find_resumable_checkpoint,
+)
 from tbx11k.testing import run
 from tbx11k.testing.reliability import _FakeRunner
-from tbx11k.compat.file_backend import AtomicLocalBackend
-from tbx11k.utils.atomic_io import atomic_write_bytes
-
 from tbx11k.testing.reliability_runs import compare
+from tbx11k.utils.atomic_io import atomic_write_bytes
 
 KILL_TRIALS = 6
 STOCK_TRIALS = 3
 
 
 def kill_trials(root, trials, seed, stock=False):
-    code = ('import sys; from tbx11k.testing.reliability import main; sys.argv = ["x", "kill", '
-            f'{str(root)!r}, "{trials}", "{seed}"{", " + repr("--stock") if stock else ""}]; main()')
+    stock_flag = ', ' + repr('--stock') if stock else ''
+    code = ('import sys; from tbx11k.testing.reliability import main; sys.argv = ["x", '
+            f'"kill", {str(root)!r}, "{trials}", "{seed}"{stock_flag}]; main()')
     proc = run([sys.executable, '-c', code], timeout=300)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -56,7 +59,8 @@ def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
 
 
 def _save(path, step, weights_only=False):
-    checkpoint = dict(meta=dict(epoch=0, iter=step), state_dict={'w': torch.full((4,), float(step))})
+    checkpoint = dict(meta=dict(epoch=0, iter=step),
+                      state_dict={'w': torch.full((4,), float(step))})
     if not weights_only:  # what Runner.save_checkpoint always writes besides
         checkpoint['message_hub'] = dict(log_scalars={}, runtime_info=dict(iter=step))
         checkpoint['optimizer'] = dict(state={}, param_groups=[])

@@ -11,14 +11,21 @@ Tolerances (float32 on CPU): the two layouts differ only in the order of float s
 the worst single tensor (a query bias whose true gradient is 0, so Adam amplifies rounding noise).
 Stock per-micro-batch normalisation differs by ~1e-3 overall and ~0.5 for the worst tensor.
 """
-import json
-import os.path as osp
 
 import pytest
 
-from tbx11k.testing import (TINY_1GPU, TINY_2GPU, ema_weights, global_relative_difference,
-                            load_checkpoint, lr_by_step, raw_weights, relative_difference, run,
-                            train_command)
+from tbx11k.testing import (
+    TINY_1GPU,
+    TINY_2GPU,
+    ema_weights,
+    global_relative_difference,
+    load_checkpoint,
+    lr_by_step,
+    raw_weights,
+    relative_difference,
+    run,
+    train_command,
+)
 
 GLOBAL_TOL = 1e-6
 TENSOR_TOL = 1e-3

@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from tbx11k.engine.loops import _mean_log_vars
 from tbx11k.benchmark.op_count import OpCounter
+from tbx11k.engine.loops import _mean_log_vars
 
 
 def test_log_vars_are_read_from_the_device_once_and_averaged_as_floats():

@@ -19,9 +19,7 @@ from tbx11k.engine.hooks.preemption import PreemptionCheckpointHook
 from tbx11k.engine.stopping import stop_request
 from tbx11k.testing import REPO_ROOT, free_port, load_checkpoint
 from tbx11k.testing.reliability import TrainProcess
-
-from tbx11k.testing.reliability_runs import (STEPS_PER_EPOCH, command, compare, signal_segment,
-                                 train)
+from tbx11k.testing.reliability_runs import STEPS_PER_EPOCH, command, compare, signal_segment, train
 
 DDP_SEED = 7
 

@@ -1,4 +1,5 @@
-"""Schedulers advance once per optimizer step, whatever the accumulation (mmengine #1308 fixed).
+"""Schedulers advance once per optimizer step, whatever the accumulation
+(open-mmlab/mmengine#1308 fixed).
 
 These run the real TBX11KRunner, AccumulationEpochBasedTrainLoop, ParamSchedulerHook and optim
 wrapper on the tiny config with a trivial model step (the detector's forward is not what is under

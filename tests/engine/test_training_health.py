@@ -10,17 +10,14 @@ import math
 
 import pytest
 import torch
+from mmengine.optim import OptimWrapper
 from torch import nn
 
-from mmengine.optim import OptimWrapper
-
 from tbx11k.engine.exit_codes import EXIT_DIVERGED
-from tbx11k.engine.hooks.training_health import (CollapseWatch, NonFiniteGuard,
-                                                 TrainingHealthHook)
+from tbx11k.engine.hooks.training_health import CollapseWatch, NonFiniteGuard, TrainingHealthHook
 from tbx11k.engine.stopping import NonFiniteTraining
 from tbx11k.testing import TINY_1GPU, load_checkpoint, raw_weights
 from tbx11k.testing.reliability import all_finite, derived_config
-
 from tbx11k.testing.reliability_runs import last_checkpoint, train
 
 NAN_STEPS = [3, 5, 6]

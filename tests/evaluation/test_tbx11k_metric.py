@@ -23,6 +23,7 @@ from pycocotools.cocoeval import COCOeval
 
 from mmdet.registry import METRICS
 from mmdet.structures import DetDataSample
+
 from tbx11k.datasets.validation import TBX11KDataError
 from tbx11k.evaluation import FastCOCOeval, TBX11KMetric, greedy_match
 

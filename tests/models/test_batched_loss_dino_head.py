@@ -100,8 +100,9 @@ def test_configured_weights_and_costs_are_honoured():
 def test_matching_equals_hungarian_assigner_with_ties(models):
     """match_all_layers == HungarianAssigner per layer and image, also for exactly tied
     queries (where any bit of difference in the costs would change the result)."""
-    from mmdet.structures.bbox import bbox_cxcywh_to_xyxy
     from mmengine.structures import InstanceData
+
+    from mmdet.structures.bbox import bbox_cxcywh_to_xyxy
     head = models[1].bbox_head
     _, samples = random_batch([4, 0, 7, 30, 40], seed=5)  # more boxes than queries (30) too
     gts = [s.gt_instances for s in samples]
@@ -214,7 +215,8 @@ def _count_head(head, args, kwargs):
 def test_fewer_ops_and_host_syncs(models, num_boxes):
     """Head loss forward + backward (head-only, from the decoder outputs): at most 45% of stock's
     aten ops and 15% of its host syncs (measured on the tiny model, 2 decoder layers: 35% and
-    9%; the full 6-layer config: see tools/analysis_tools/count_ops.py); one device-to-host copy in all."""
+    9%; the full 6-layer config: see tools/analysis_tools/count_ops.py); one device-to-host copy in
+    all."""
     stock, batched = models
     inputs, samples = random_batch(num_boxes, seed=9)
     args, kwargs = _head_loss_inputs(stock, inputs, samples)

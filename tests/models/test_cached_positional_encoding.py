@@ -3,9 +3,9 @@ import torch
 
 from mmdet.models.layers import SinePositionalEncoding
 
-from tbx11k.testing import build_tiny_dino, random_batch
-from tbx11k.models.cached_positional_encoding import CACHE_SIZE, CachedSinePositionalEncoding
 from tbx11k.benchmark.op_count import OpCounter
+from tbx11k.models.cached_positional_encoding import CACHE_SIZE, CachedSinePositionalEncoding
+from tbx11k.testing import build_tiny_dino, random_batch
 
 CFG = dict(num_feats=16, normalize=True, offset=0.0, temperature=20)
 

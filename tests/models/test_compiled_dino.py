@@ -6,15 +6,22 @@ import pytest
 import torch
 import torch._inductor.config
 
-from mmcv.ops.multi_scale_deform_attn import (MultiScaleDeformableAttention,
-                                              multi_scale_deformable_attn_pytorch)
+from mmcv.ops.multi_scale_deform_attn import (
+    MultiScaleDeformableAttention,
+    multi_scale_deformable_attn_pytorch,
+)
 
-from tbx11k.models import compiled_dino
-from tbx11k.testing import build_tiny_dino, random_batch
-from tbx11k.models.compiled_dino import (COMPILE_PARTS, TraceableMultiScaleDeformableAttention,
-                                         compile_dino, make_attention_traceable, ms_deform_attn,
-                                         without_cudagraphs)
 from tbx11k.benchmark.op_count import count_launches
+from tbx11k.models import compiled_dino
+from tbx11k.models.compiled_dino import (
+    COMPILE_PARTS,
+    TraceableMultiScaleDeformableAttention,
+    compile_dino,
+    make_attention_traceable,
+    ms_deform_attn,
+    without_cudagraphs,
+)
+from tbx11k.testing import build_tiny_dino, random_batch
 
 SHAPES = torch.tensor([[6, 8], [3, 4], [2, 2]])
 START = torch.cat([SHAPES.new_zeros(1), (SHAPES[:, 0] * SHAPES[:, 1]).cumsum(0)[:-1]])

@@ -2,15 +2,19 @@
 of ops."""
 import pytest
 import torch
-from mmdet.structures import DetDataSample
 from mmengine.structures import InstanceData
 
 from mmdet.models.layers import CdnQueryGenerator
+from mmdet.structures import DetDataSample
 
-from tbx11k.models.dn_attention_mask import (VectorizedDnMaskQueryGenerator,
-                                             denoising_attention_mask, denoising_query_index,
-                                             max_denoising_queries, padded_attention_mask)
 from tbx11k.benchmark.op_count import OpCounter
+from tbx11k.models.dn_attention_mask import (
+    VectorizedDnMaskQueryGenerator,
+    denoising_attention_mask,
+    denoising_query_index,
+    max_denoising_queries,
+    padded_attention_mask,
+)
 
 
 def _generators(num_matching_queries):

@@ -22,9 +22,10 @@ def test_parameters_only_and_interval():
 
 
 def test_ema_hook_builds_it_by_name():
-    import tbx11k  # noqa: F401
     from mmengine.hooks import EMAHook
     from mmengine.registry import DefaultScope
+
+    import tbx11k  # noqa: F401
     hook = EMAHook(ema_type='ForeachExponentialMovingAverage', momentum=0.0002,
                    update_buffers=True)
     net = torch.nn.Linear(2, 2)

@@ -1,15 +1,19 @@
 """The vectorised token grids equal mmdet's bit for bit, without host reads."""
 import pytest
 import torch
+
 from mmdet.models.detectors import DeformableDETR
 from mmdet.models.layers import DeformableDetrTransformerEncoder
 
-from tbx11k.testing import build_tiny_dino
-from tbx11k.models.compiled_dino import make_attention_traceable
-from tbx11k.models.token_grid import (TokenGridDeformableDetrTransformerEncoder,
-                                      encoder_output_proposals, encoder_reference_points,
-                                      token_grid)
 from tbx11k.benchmark.op_count import OpCounter
+from tbx11k.models.compiled_dino import make_attention_traceable
+from tbx11k.models.token_grid import (
+    TokenGridDeformableDetrTransformerEncoder,
+    encoder_output_proposals,
+    encoder_reference_points,
+    token_grid,
+)
+from tbx11k.testing import build_tiny_dino
 
 SHAPES = [[(12, 9), (6, 5), (3, 3), (2, 2)], [(1, 1)], [(7, 1), (1, 6), (4, 4)],
           [(80, 64), (40, 32), (20, 16), (10, 8)]]

@@ -4,9 +4,8 @@ import torch
 from mmengine.config import Config
 
 from tbx11k.models import LossCountMismatch, LossWindow, window_reduce_mean
-from tbx11k.testing import build_tiny_dino
 from tbx11k.models.window_loss_normalization import KIND_MODULES
-from tbx11k.testing import TINY_1GPU
+from tbx11k.testing import TINY_1GPU, build_tiny_dino
 
 
 def test_unverified_reduce_mean_skips_only_the_check():
@@ -22,8 +21,9 @@ def test_unverified_reduce_mean_skips_only_the_check():
 
 
 def _batch(num_boxes):
-    from mmdet.structures import DetDataSample
     from mmengine.structures import InstanceData
+
+    from mmdet.structures import DetDataSample
     g = torch.Generator().manual_seed(num_boxes)
     samples = []
     for n in num_boxes if isinstance(num_boxes, list) else [num_boxes]:

@@ -7,10 +7,9 @@ import pytest
 import torch
 from mmengine.model import BaseModel
 
-from tbx11k.models import window_normalized_dino
-
-from tbx11k.testing import build_tiny_dino, losses_and_grads, random_batch
 from tbx11k.benchmark.op_count import OpCounter
+from tbx11k.models import window_normalized_dino
+from tbx11k.testing import build_tiny_dino, losses_and_grads, random_batch
 
 
 @pytest.fixture(scope='module')

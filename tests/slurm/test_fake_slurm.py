@@ -10,7 +10,6 @@ import sys
 import pytest
 
 from tbx11k.testing import REPO_ROOT
-
 from tbx11k.testing.slurm import SLURM_SUBMIT, SLURM_TRAIN, fake_slurm_env
 
 CONFIG_2GPU = osp.join(REPO_ROOT, 'configs', 'dino_tbx11k_2gpu.py')

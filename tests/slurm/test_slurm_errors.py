@@ -3,7 +3,7 @@ a work dir already being trained; and what the launcher would submit (--dry-run)
 import os
 import sys
 
-from tbx11k.testing.slurm import (JOB_PREFIX, SBATCH_1GPU, SLURM_SUBMIT, SLURM_TRAIN, job_env, sh)
+from tbx11k.testing.slurm import JOB_PREFIX, SBATCH_1GPU, SLURM_SUBMIT, SLURM_TRAIN, job_env, sh
 
 
 def test_no_slurm_on_this_machine(tmp_path):
@@ -50,7 +50,7 @@ def test_dry_run_shows_the_policy(slurm_cluster, tmp_path):
     proc = sh([sys.executable, SLURM_SUBMIT, '-p', slurm_cluster, '--work-dir', str(tmp_path),
                '--dry-run', '--time', '8:00:00', '--signal-margin', '600', '--', '--cfg-options',
                'train_cfg.max_epochs=60'])
-    lines = [l for l in proc.stdout.splitlines() if 'would run' in l]
+    lines = [line for line in proc.stdout.splitlines() if 'would run' in line]
     assert len(lines) == 2
     assert 'train_2gpu.sbatch' in lines[0] and 'train_1gpu.sbatch' in lines[1]  # 2 GPUs first
     for line in lines:
@@ -59,7 +59,7 @@ def test_dry_run_shows_the_policy(slurm_cluster, tmp_path):
     assert 'no checkpoint yet: a new run starts' in proc.stdout
     proc = sh([sys.executable, SLURM_SUBMIT, '-p', slurm_cluster, '--work-dir', str(tmp_path),
                '--dry-run', '--prefer', '1'])
-    lines = [l for l in proc.stdout.splitlines() if 'would run' in l]
+    lines = [line for line in proc.stdout.splitlines() if 'would run' in line]
     assert 'train_1gpu.sbatch' in lines[0] and 'train_2gpu.sbatch' in lines[1]
 
 

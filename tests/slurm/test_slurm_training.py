@@ -28,14 +28,36 @@ import sys
 import pytest
 import torch
 
-from tbx11k.testing import (REPO_ROOT, TINY_1GPU, TINY_2GPU, ema_weights,
-                            global_relative_difference, load_checkpoint, raw_weights,
-                            relative_difference)
-
-from tbx11k.testing.slurm import (JOB_PREFIX, SBATCH_1GPU, SBATCH_TEST, SLOW_1GPU,
-                                SLOW_2GPU, SLURM_SUBMIT, SLURM_TRAIN, final_checkpoint, job_env,
-                                job_state, live_processes_mentioning, sessions, sh, steps_by_run,
-                                trained_steps, wait_job_end, wait_job_running, wait_until)
+from tbx11k.testing import (
+    REPO_ROOT,
+    TINY_1GPU,
+    TINY_2GPU,
+    ema_weights,
+    global_relative_difference,
+    load_checkpoint,
+    raw_weights,
+    relative_difference,
+)
+from tbx11k.testing.slurm import (
+    JOB_PREFIX,
+    SBATCH_1GPU,
+    SBATCH_TEST,
+    SLOW_1GPU,
+    SLOW_2GPU,
+    SLURM_SUBMIT,
+    SLURM_TRAIN,
+    final_checkpoint,
+    job_env,
+    job_state,
+    live_processes_mentioning,
+    sessions,
+    sh,
+    steps_by_run,
+    trained_steps,
+    wait_job_end,
+    wait_job_running,
+    wait_until,
+)
 
 STEPS = 14
 GLOBAL_TOL = 1e-6  # as tests/engine/test_equivalence.py: 1 GPU x acc 2 vs 2 GPUs, float32

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from tbx11k.testing import TINY_1GPU, run, train_command
-
 from tbx11k.testing.tools import CONVERT, RUN_EPOCHS, coco_like_checkpoint
 
 

@@ -1,5 +1,5 @@
-"""tools/model_converters/convert_coco_checkpoint.py: COCO DINO checkpoint -> TBX11K classes, and backbone weights
-from a local file.
+"""tools/model_converters/convert_coco_checkpoint.py: COCO DINO checkpoint -> TBX11K classes, and
+backbone weights from a local file.
 
 No download is possible here: "COCO checkpoints" are built locally with mmdet's DINO of the same
 structure (80 classes, the release's key names: ``bbox_head.cls_branches.{0..L-1}``,
@@ -8,20 +8,22 @@ Documented key differences after conversion: none (the converted state dict matc
 model key for key and shape for shape).
 """
 import math
-import re
 import os.path as osp
+import re
 import socket
 
 import pytest
 import torch
 
-from tbx11k.apis.checkpoint_conversion import (LABEL_EMBEDDING, TBX11K_CLASSES,
-                                               NotADINOCheckpoint, check_fits_model,
-                                               convert_dino_checkpoint)
+from tbx11k.apis.checkpoint_conversion import (
+    LABEL_EMBEDDING,
+    TBX11K_CLASSES,
+    NotADINOCheckpoint,
+    check_fits_model,
+    convert_dino_checkpoint,
+)
 from tbx11k.testing import REPO_ROOT, TINY_1GPU, load_checkpoint, raw_weights
-
-from tbx11k.testing.tools import (CONVERT, RUN_EPOCHS, build_model, coco_like_checkpoint,
-                                load_tool)
+from tbx11k.testing.tools import CONVERT, RUN_EPOCHS, build_model, coco_like_checkpoint, load_tool
 
 FULL_1GPU = osp.join(REPO_ROOT, 'configs', 'dino_tbx11k_1gpu.py')
 PRIOR_BIAS = -math.log((1 - 0.01) / 0.01)  # mmengine's bias_init_with_prob(0.01)

@@ -1,4 +1,5 @@
-"""tools/analysis_tools/count_ops.py: aten ops and host syncs per phase of one micro-batch (tiny config, CPU)."""
+"""tools/analysis_tools/count_ops.py: aten ops and host syncs per phase of one micro-batch (tiny
+config, CPU)."""
 import json
 import os.path as osp
 import sys

@@ -10,8 +10,15 @@ import cv2
 import numpy as np
 import pytest
 
-from tbx11k.apis.inference import (collect_images, draw_detections, drawing_names,
-                                   load_detections, load_detector, run_inference, select_weights)
+from tbx11k.apis.inference import (
+    collect_images,
+    draw_detections,
+    drawing_names,
+    load_detections,
+    load_detector,
+    run_inference,
+    select_weights,
+)
 from tbx11k.testing import REPO_ROOT, TINY_1GPU, load_checkpoint, run
 
 INFER = osp.join(REPO_ROOT, 'tools', 'infer.py')
@@ -175,7 +182,8 @@ def test_inputs_that_are_no_image_list_are_named(tmp_path):
     ann = tmp_path / 'TBX11K_val.json'
     ann.write_text('{"images": [{"id": 1, "file_name": "tb/tb0001.png"}]}\n')
     with pytest.raises(FileNotFoundError,
-                       match=r'TBX11K_val.json is neither .*none of its 1 line\(s\) names an image'):
+                       match=r'TBX11K_val.json is neither .*none of its 1 line\(s\) names an '
+                             r'image'):
         collect_images([str(ann)])
 
 
@@ -255,6 +263,7 @@ def test_inputs_of_the_same_name_keep_their_names_and_paths_in_the_json(tmp_path
 def test_images_deeper_than_8_bits_are_warned_about(tmp_path, capsys):
     """infer ran silently on 16-bit films, which mmcv loads nearly black (the dataset warns)."""
     from mmengine.logging import MMLogger
+
     from tbx11k.apis.inference import check_input_images
     deep, plain = str(tmp_path / 'deep.png'), str(tmp_path / 'plain.png')
     cv2.imwrite(deep, np.full((16, 16), 3000, np.uint16))
@@ -271,6 +280,7 @@ def test_exif_oriented_jpegs_are_warned_about(tmp_path, capsys):
     """mmcv decodes a JPEG turned by its EXIF orientation: the boxes and drawings are in that
     frame; the dataset warned, infer did not."""
     from mmengine.logging import MMLogger
+
     from tbx11k.apis.inference import check_input_images
     from tbx11k.testing import save_jpeg_with_orientation
     turned = save_jpeg_with_orientation(tmp_path / 'turned.jpg', 6)

@@ -1,5 +1,5 @@
-"""tools/analysis_tools/plot_logs.py on the logs of a real tiny training run; merging of resumed sessions; the
-TensorBoard switch."""
+"""tools/analysis_tools/plot_logs.py on the logs of a real tiny training run; merging of resumed
+sessions; the TensorBoard switch."""
 import glob
 import json
 import os
@@ -13,7 +13,6 @@ import pytest
 
 from tbx11k.apis.log_plots import load_training_log, loss_term, plot_logs
 from tbx11k.testing import REPO_ROOT, TINY_1GPU, run
-
 from tbx11k.testing.tools import RUN_EPOCHS, load_tool
 
 PLOT = osp.join(REPO_ROOT, 'tools', 'analysis_tools', 'plot_logs.py')

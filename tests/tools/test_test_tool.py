@@ -7,8 +7,7 @@ import textwrap
 import pytest
 import torch
 
-from tbx11k.testing import TINY_1GPU, run, REPO_ROOT
-
+from tbx11k.testing import REPO_ROOT, TINY_1GPU, run
 from tbx11k.testing.tools import load_tool
 
 
@@ -311,6 +310,7 @@ def test_evaluator_reading_another_json_is_refused_before_anything_runs(tool_nam
     """TBX11KMetric found an evaluator ann_file other than its loader's json only after the whole
     inference (test.py) or the first training epoch (train.py)."""
     import shutil
+
     from tbx11k.utils import check_evaluators_read_their_loaders_json
     tool = load_tool(tool_name)
     train_json = osp.join(training_root, 'annotations', 'json', 'TBX11K_train.json')

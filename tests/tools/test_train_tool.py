@@ -1,5 +1,4 @@
 """tools/train.py end to end on the tiny configs (CPU): training, resume, refusals, LR scaling."""
-import json
 import os.path as osp
 import re
 import types
@@ -7,11 +6,20 @@ import types
 import pytest
 import torch
 
-from tbx11k.engine.exit_codes import (EXIT_INCOMPATIBLE_CHECKPOINT, EXIT_NOTHING_TO_TRAIN,
-                                      EXIT_WRONG_LAYOUT)
-from tbx11k.testing import (TINY_1GPU, TINY_2GPU, load_checkpoint, raw_weights, run, scalars,
-                            train_command)
-
+from tbx11k.engine.exit_codes import (
+    EXIT_INCOMPATIBLE_CHECKPOINT,
+    EXIT_NOTHING_TO_TRAIN,
+    EXIT_WRONG_LAYOUT,
+)
+from tbx11k.testing import (
+    TINY_1GPU,
+    TINY_2GPU,
+    load_checkpoint,
+    raw_weights,
+    run,
+    scalars,
+    train_command,
+)
 from tbx11k.testing.tools import load_tool
 
 OPTIONS = {
@@ -84,7 +92,8 @@ def test_checkpoint_of_other_optimizer_groups_is_refused(trained, tmp_path, trai
     out = proc.stdout + proc.stderr
     assert proc.returncode == EXIT_INCOMPATIBLE_CHECKPOINT, out[-3000:]
     assert re.search(r"the checkpoint's optimizer has \d+ group\(s\) of \[1, 1, .* this "
-                     r"config's 1 group\(s\) of \[\d+\]: optim_wrapper.paramwise_cfg", out), out[-3000:]
+                     r"config's 1 group\(s\) of \[\d+\]: optim_wrapper.paramwise_cfg",
+                     out), out[-3000:]
     assert 'Traceback' not in out
 
 
@@ -182,6 +191,7 @@ def test_auto_scale_lr_flag_gives_both_configs_the_same_lr():
 
 def test_dist_train_sh_runs_two_gloo_processes(tmp_path, training_root):
     import sys
+
     from tbx11k.testing import REPO_ROOT, free_port
     options = ['--cfg-options', 'train_cfg.max_epochs=1', 'train_cfg.val_begin=99']
     proc = run(['bash', osp.join(REPO_ROOT, 'tools', 'dist_train.sh'), TINY_2GPU, '2',
@@ -206,7 +216,8 @@ def test_stock_micro_batch_checkpoint_is_converted(trained, tmp_path, training_r
     proc = run(train_command(TINY_1GPU, str(tmp_path / 'run'), 1, training_root, options,
                              ['--resume', str(stock)]), check=False)
     log = proc.stdout + proc.stderr
-    assert 'its iter 14 counts micro-batches of 2-step accumulation; resuming at optimizer step 7' in log
+    assert ('its iter 14 counts micro-batches of 2-step accumulation; resuming at optimizer '
+            'step 7') in log
     assert proc.returncode == EXIT_NOTHING_TO_TRAIN
 
 

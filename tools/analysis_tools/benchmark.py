@@ -1,7 +1,9 @@
 """Training / inference speed of a config beside stock mmdet DINO (synthetic TBX11K, one process).
 
-    python tools/analysis_tools/benchmark.py configs/dino_tbx11k_1gpu.py --batch2 --infer --json bench.json
-    python tools/analysis_tools/benchmark.py configs/dino_tbx11k_tiny_1gpu.py --device cpu --steps 3 --warmup 2
+    python tools/analysis_tools/benchmark.py configs/dino_tbx11k_1gpu.py --batch2 --infer \\
+        --json bench.json
+    python tools/analysis_tools/benchmark.py configs/dino_tbx11k_tiny_1gpu.py --device cpu \\
+        --steps 3 --warmup 2
 
 Prints img/s, seconds per optimizer step and per micro-batch, peak memory and the ratio to stock
 mmdet for every case; --json writes every figure. See tbx11k/benchmark/.

@@ -1,7 +1,7 @@
 """Dispatched aten ops and host syncs of one training micro-batch of a config, per phase (CPU).
 
     python tools/analysis_tools/count_ops.py configs/dino_tbx11k_1gpu.py
-    python tools/analysis_tools/count_ops.py configs/dino_tbx11k_1gpu.py --stock   # stock mmdet DINO
+    python tools/analysis_tools/count_ops.py configs/dino_tbx11k_1gpu.py --stock  # stock DINO
     python tools/analysis_tools/count_ops.py configs/dino_tbx11k_1gpu.py \\
         --cfg-options model.bbox_head.type=DINOHead --num-images 2 --json ops.json
 
@@ -69,6 +69,7 @@ def build(args, data_root: str):
     from mmengine.config import Config
     from mmengine.dataset import pseudo_collate
     from mmengine.runner import set_random_seed
+
     from mmdet.registry import DATASETS, MODELS
     from mmdet.utils import register_all_modules
 
@@ -119,8 +120,9 @@ def count_launches(args, data_root: str) -> dict:
     """Kernel launches of one micro-batch (see ``tbx11k.benchmark.op_count.count_launches``)."""
     import torch
     import torch._inductor.config
-    from tbx11k.models.compiled_dino import make_attention_traceable
+
     from tbx11k.benchmark.op_count import count_launches as count_micro_batch_launches
+    from tbx11k.models.compiled_dino import make_attention_traceable
 
     torch._inductor.config.cpp.enable_kernel_profile = True  # fused kernels in the profile
     _, model, data = build(args, data_root)

@@ -1,6 +1,7 @@
 """PNG plots of a training run from its mmengine logs (all sessions of a work dir, merged).
 
-    python tools/analysis_tools/plot_logs.py WORK_DIR [--out DIR] [--metrics 'tbx11k/*AP50*' ...] [--all-layers]
+    python tools/analysis_tools/plot_logs.py WORK_DIR [--out DIR] \\
+        [--metrics 'tbx11k/*AP50*' ...] [--all-layers]
 
 Writes losses.png (loss terms vs optimizer step), lr.png (LR vs optimizer step),
 val_metrics.png (val metrics vs epoch, when the run validated) and overview.png to

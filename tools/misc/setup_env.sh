@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv in the repository root and install everything tbx11k-dino needs.
 #
-#   bash tools/misc/setup_env.sh                      # builds mmcv 2.1.0 from source (~40 min on 2 cores)
-#   WHEELHOUSE=../shared/wheels bash tools/misc/setup_env.sh   # takes a prebuilt mmcv wheel from that folder
+#   bash tools/misc/setup_env.sh                  # builds mmcv 2.1.0 from source (~40 min on 2 cores)
+#   WHEELHOUSE=DIR bash tools/misc/setup_env.sh   # takes a prebuilt mmcv wheel from folder DIR
 #
 # The wheelhouse is passed to pip as `--find-links DIR` on the command line. Never export
 # PIP_FIND_LINKS for this: it replaces the machine's own find-links and pip then downloads a CUDA torch.
@@ -61,7 +61,7 @@ else
     || die "mmcv installed but its compiled ops do not load (a wheel built for another torch?). Remove it ($PY -m pip uninstall mmcv) and rerun without WHEELHOUSE to build from source."
 fi
 
-step "mmengine 0.10.7, mmdet 3.3.0, pycocotools, pytest (requirements.txt)"
+step "mmengine 0.10.7, mmdet 3.3.0, pycocotools, pytest, ruff (requirements.txt)"
 "${PIP[@]}" -q -r "$ROOT/requirements.txt" \
   || die "could not install requirements.txt: check that PyPI is reachable"
 step "this package (editable)"

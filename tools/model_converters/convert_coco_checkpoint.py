@@ -59,12 +59,17 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
-    from tbx11k.apis.checkpoint_conversion import (TBX11K_CLASSES, AlreadyConverted,
-                                                   NotADINOCheckpoint, build_model_from_config,
-                                                   check_fits_model, config_classes,
-                                                   convert_dino_checkpoint)
-    from tbx11k.utils.atomic_io import atomic_write_bytes
+    from tbx11k.apis.checkpoint_conversion import (
+        TBX11K_CLASSES,
+        AlreadyConverted,
+        NotADINOCheckpoint,
+        build_model_from_config,
+        check_fits_model,
+        config_classes,
+        convert_dino_checkpoint,
+    )
     from tbx11k.compat.torch_load import load_local_checkpoint
+    from tbx11k.utils.atomic_io import atomic_write_bytes
 
     class_map = {}
     for item in args.map:

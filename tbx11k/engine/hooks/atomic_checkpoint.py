@@ -28,8 +28,8 @@ from mmengine.logging import print_log
 
 from mmdet.registry import HOOKS
 
-from ...utils.atomic_io import atomic_write_text, stale_temporaries
 from ...compat.torch_load import load_checkpoint_mmapped
+from ...utils.atomic_io import atomic_write_text, stale_temporaries
 from .checkpoint_interchange import not_resumable
 
 #: message-hub key listing checkpoints written by PreemptionCheckpointHook (not kept by N)

@@ -167,8 +167,8 @@ def not_resumable(checkpoint: Any, name: str) -> Optional[str]:
     if counters or 'message_hub' not in checkpoint:
         missing = counters + [k for k in ('message_hub', 'optimizer') if k not in checkpoint]
         return (f'holds weights only (no {", ".join(missing)}; e.g. the output of '
-                "tools/model_converters/convert_coco_checkpoint.py or tools/test.py's raw_weights.pth): there is "
-                f'no training state to resume; {use_weights}')
+                "tools/model_converters/convert_coco_checkpoint.py or tools/test.py's "
+                f'raw_weights.pth): there is no training state to resume; {use_weights}')
     if 'optimizer' not in checkpoint:
         return ('holds no optimizer state (best_* checkpoints are saved without it, and so is '
                 'every checkpoint of a run with default_hooks.checkpoint.save_optimizer=False): '
@@ -285,7 +285,9 @@ class CheckpointInterchangeHook(Hook):
         saved_sizes = [len(group.get('params', [])) for group in saved_groups]
         sizes = [len(group['params']) for group in optimizer.param_groups]
         if saved_sizes != sizes:
-            show = (lambda n: f'{len(n)} group(s) of {n[:6]}' + (' ...' if len(n) > 6 else ''))
+            def show(n):
+                return f'{len(n)} group(s) of {n[:6]}' + (' ...' if len(n) > 6 else '')
+
             raise IncompatibleCheckpoint(
                 f"the checkpoint's optimizer has {show(saved_sizes)} parameters, this config's "
                 f'{show(sizes)}: optim_wrapper.paramwise_cfg (or the optimizer) differs from the '

@@ -21,12 +21,12 @@ Non-finite losses and gradients
     After each applied step the weights are checked (one fused reduction); if they are
     non-finite anyway (e.g. an overflow inside the optimizer) the run raises
     :class:`~tbx11k.engine.stopping.NonFiniteTraining` before any hook can save them, and
-    ``tools/train.py`` exits with ``EXIT_DIVERGED`` (5). ``before_save_checkpoint`` refuses to
+    ``tools/train.py`` exits with ``EXIT_DIVERGED`` (6). ``before_save_checkpoint`` refuses to
     write a checkpoint with a non-finite weight or EMA weight as a last line of defence.
 
     The hook names the optimizer step, epoch and the non-finite loss terms (all ranks) and the
     first parameters with non-finite gradients. ``max_skipped_steps`` steps are skipped (counted
-    over the whole run, resumes included); the next one stops the run (status 5) with what to
+    over the whole run, resumes included); the next one stops the run (status 6) with what to
     check.
 
 Loss-collapse watch (``collapse_watch``, ``None`` to disable)
@@ -222,7 +222,7 @@ class TrainingHealthHook(Hook):
 
     Args:
         max_skipped_steps: non-finite optimizer steps to skip over the whole run; the next one
-            stops training with ``EXIT_DIVERGED`` (5). 0 stops at the first.
+            stops training with ``EXIT_DIVERGED`` (6). 0 stops at the first.
         check_grads: also check the accumulated gradients (not only the losses).
         check_weights: check the weights after every applied step and before every save.
         collapse_watch: ``dict(interval, begin, patience, score_thr, loss_thr)`` or None.
@@ -258,7 +258,8 @@ class TrainingHealthHook(Hook):
             self._report_skip(runner, batch_idx, skipped, outputs or {})
             return  # a skipped step says nothing about collapse
         if self.collapse is not None and outputs and 'loss' in outputs:
-            self.collapse.add_loss(runner.iter + 1, float(torch.as_tensor(outputs['loss']).detach()))
+            loss = float(torch.as_tensor(outputs['loss']).detach())
+            self.collapse.add_loss(runner.iter + 1, loss)
             if self.collapse.probe_due and data_batch is not None:
                 self._probe(runner, data_batch)
 
@@ -301,7 +302,8 @@ class TrainingHealthHook(Hook):
         request_stop(runner, EXIT_DIVERGED,
                      f'Stopped at optimizer step {step} after {self.skipped_steps} non-finite '
                      f'optimizer steps (max_skipped_steps={self.max_skipped_steps}; see the error '
-                     f'above); exit status {EXIT_DIVERGED}. No checkpoint holds non-finite weights.')
+                     f'above); exit status {EXIT_DIVERGED}. No checkpoint holds non-finite '
+                     'weights.')
 
     def before_save_checkpoint(self, runner, checkpoint: Dict) -> None:
         if not self.check_weights:
