@@ -23,9 +23,22 @@ class AtomicLocalBackend(LocalBackend):
     """mmengine's ``LocalBackend`` whose ``put``/``put_text`` replace files atomically."""
 
     def put(self, obj: bytes, filepath: Union[str, Path]) -> None:
+        """Write ``obj`` to ``filepath`` atomically.
+
+        Args:
+            obj (bytes): The data.
+            filepath (str | Path): The file to write.
+        """
         atomic_write_bytes(obj, filepath)
 
     def put_text(self, obj: str, filepath: Union[str, Path], encoding: str = 'utf-8') -> None:
+        """Write ``obj`` to ``filepath`` atomically.
+
+        Args:
+            obj (str): The text.
+            filepath (str | Path): The file to write.
+            encoding (str): The text encoding. Defaults to 'utf-8'.
+        """
         atomic_write_text(obj, filepath, encoding)
 
 

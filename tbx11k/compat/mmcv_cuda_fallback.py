@@ -55,7 +55,14 @@ KERNEL_DTYPES = (torch.float32, torch.float64, torch.float16)
 
 
 def kernel_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype mmcv's kernels compute ``dtype`` inputs in: as is, or float32 (bf16)."""
+    """The dtype mmcv's kernels compute ``dtype`` inputs in: as is, or float32 (bf16).
+
+    Args:
+        dtype (torch.dtype): The dtype of the inputs.
+
+    Returns:
+        torch.dtype: ``dtype`` when the kernels are compiled for it, else ``torch.float32``.
+    """
     return dtype if dtype in KERNEL_DTYPES else torch.float32
 
 
@@ -68,7 +75,12 @@ class _State:
 
 
 def set_kernel_mode(mode: str) -> None:
-    """'auto': mmcv's CUDA kernels when they work, else PyTorch; 'off': always PyTorch."""
+    """Choose how DINO's two mmcv CUDA kernels are used from now on.
+
+    Args:
+        mode (str): 'auto': mmcv's CUDA kernels when they work, else PyTorch; 'off': always
+            PyTorch.
+    """
     if mode not in KERNEL_MODES:
         raise ValueError(f'kernel mode must be one of {KERNEL_MODES}, got {mode!r}')
     _State.mode = mode
@@ -115,8 +127,16 @@ _SWITCHED_OFF = {name: (False, 'switched off (TBX11K_MMCV_KERNELS=off)') for nam
 
 
 def check_kernels(device: torch.device) -> Dict[str, Tuple[bool, str]]:
-    """{kernel: (usable, reason)} for mmcv's CUDA kernels on ``device``, checked once per process
-    (on the first call; a warning names the unusable ones)."""
+    """Check mmcv's CUDA kernels on ``device``, once per process.
+
+    The check runs on the first call; a warning names the unusable kernels.
+
+    Args:
+        device (torch.device): The CUDA device to check on.
+
+    Returns:
+        Dict[str, Tuple[bool, str]]: ``{kernel: (usable, reason)}``.
+    """
     if _State.mode == 'off':
         if not _State.warned_off:
             _State.warned_off = True
@@ -144,7 +164,15 @@ def check_kernels(device: torch.device) -> Dict[str, Tuple[bool, str]]:
 
 
 def check_kernel(name: str, device: torch.device) -> Tuple[bool, str]:
-    """(usable, reason) of mmcv's CUDA kernel ``name`` on ``device``."""
+    """Whether mmcv's CUDA kernel ``name`` is usable on ``device``.
+
+    Args:
+        name (str): ``'ms_deform_attn'`` or ``'sigmoid_focal_loss'``.
+        device (torch.device): The CUDA device.
+
+    Returns:
+        Tuple[bool, str]: ``(usable, reason)``.
+    """
     return check_kernels(device)[name]
 
 
@@ -162,12 +190,26 @@ def _warn(device: torch.device, kernels: Dict[str, Tuple[bool, str]]) -> None:
 
 
 def msda_uses_kernel(device: torch.device) -> bool:
-    """Whether MultiScaleDeformableAttention on ``device`` runs mmcv's CUDA kernel."""
+    """Whether MultiScaleDeformableAttention on ``device`` runs mmcv's CUDA kernel.
+
+    Args:
+        device (torch.device): The device of the attention's inputs.
+
+    Returns:
+        bool: True when the kernel runs, False when the PyTorch implementation does.
+    """
     return device.type == 'cuda' and check_kernels(device)[KERNEL_MSDA][0]
 
 
 def describe_msda_path(device) -> str:
-    """One line for reports: which MultiScaleDeformableAttention implementation runs."""
+    """One line for reports: which MultiScaleDeformableAttention implementation runs.
+
+    Args:
+        device (torch.device | str): The device of the attention's inputs.
+
+    Returns:
+        str: The implementation and, for a fallback, the reason.
+    """
     device = torch.device(device)
     if device.type != 'cuda':
         return f'PyTorch (multi_scale_deformable_attn_pytorch; {device.type}, as mmcv does there)'
@@ -178,8 +220,20 @@ def describe_msda_path(device) -> str:
 
 def msda_pytorch(value: torch.Tensor, spatial_shapes: torch.Tensor,
                  sampling_locations: torch.Tensor, attention_weights: torch.Tensor) -> torch.Tensor:
-    """mmcv's PyTorch MSDA in float32, returned in the value's dtype as the kernel does (AMP:
-    half-precision sampling locations are off by up to 1/4 pixel on a 64-pixel level in bf16)."""
+    """mmcv's PyTorch MSDA in float32, returned in the value's dtype as the kernel does.
+
+    Under AMP, half-precision sampling locations would be off by up to 1/4 pixel on a 64-pixel
+    level in bf16: the computation is done in float32.
+
+    Args:
+        value (torch.Tensor): ``(bs, num_value, heads, dim)``.
+        spatial_shapes (torch.Tensor): ``(levels, 2)``, each level's (height, width).
+        sampling_locations (torch.Tensor): ``(bs, queries, heads, levels, points, 2)``.
+        attention_weights (torch.Tensor): ``(bs, queries, heads, levels, points)``.
+
+    Returns:
+        torch.Tensor: ``(bs, queries, heads * dim)`` in ``value``'s dtype.
+    """
     return _msda_module.multi_scale_deformable_attn_pytorch(
         value.float(), spatial_shapes, sampling_locations.float(),
         attention_weights.float()).to(value.dtype)
@@ -203,13 +257,35 @@ class MultiScaleDeformableAttnDispatch:
 
 
 def focal_uses_kernel(pred: torch.Tensor) -> bool:
-    """Whether mmcv's sigmoid_focal_loss kernel can take ``pred`` (mmdet calls it for CUDA only)."""
+    """Whether mmcv's sigmoid_focal_loss kernel can take ``pred``.
+
+    mmdet calls the kernel for CUDA predictions only.
+
+    Args:
+        pred (torch.Tensor): The classification scores.
+
+    Returns:
+        bool: True when the kernel is used.
+    """
     return not pred.is_cuda or check_kernels(pred.device)[KERNEL_FOCAL][0]
 
 
 def sigmoid_focal_loss_pytorch(pred, target, weight=None, gamma=2.0, alpha=0.25,
                                reduction='mean', avg_factor=None):
-    """mmdet's CPU branch of ``FocalLoss.forward`` (class-index targets, background = C)."""
+    """mmdet's CPU branch of ``FocalLoss.forward`` (class-index targets, background = C).
+
+    Args:
+        pred (torch.Tensor): ``(N, C)`` scores.
+        target (torch.Tensor): ``(N,)`` class indices, ``C`` for the background.
+        weight (torch.Tensor, optional): Per-sample weights. Defaults to None.
+        gamma (float): The focusing parameter. Defaults to 2.0.
+        alpha (float): The positive-class weight. Defaults to 0.25.
+        reduction (str): 'none', 'mean' or 'sum'. Defaults to 'mean'.
+        avg_factor (float, optional): The divisor of the mean. Defaults to None.
+
+    Returns:
+        torch.Tensor: The loss.
+    """
     num_classes = pred.size(1)
     one_hot = F.one_hot(target, num_classes=num_classes + 1)[:, :num_classes]
     return _focal_module.py_sigmoid_focal_loss(pred, one_hot, weight, gamma=gamma, alpha=alpha,
@@ -218,7 +294,22 @@ def sigmoid_focal_loss_pytorch(pred, target, weight=None, gamma=2.0, alpha=0.25,
 
 def sigmoid_focal_loss_dispatch(pred, target, weight=None, gamma=2.0, alpha=0.25,
                                 reduction='mean', avg_factor=None):
-    """Stands in for mmdet's ``sigmoid_focal_loss`` (mmcv kernel), with a PyTorch fallback."""
+    """Stands in for mmdet's ``sigmoid_focal_loss`` (mmcv kernel), with a PyTorch fallback.
+
+    bf16 predictions of a working kernel are computed in float32.
+
+    Args:
+        pred (torch.Tensor): ``(N, C)`` scores.
+        target (torch.Tensor): ``(N,)`` class indices, ``C`` for the background.
+        weight (torch.Tensor, optional): Per-sample weights. Defaults to None.
+        gamma (float): The focusing parameter. Defaults to 2.0.
+        alpha (float): The positive-class weight. Defaults to 0.25.
+        reduction (str): 'none', 'mean' or 'sum'. Defaults to 'mean'.
+        avg_factor (float, optional): The divisor of the mean. Defaults to None.
+
+    Returns:
+        torch.Tensor: The loss.
+    """
     if not focal_uses_kernel(pred):
         return sigmoid_focal_loss_pytorch(pred, target, weight, gamma=gamma, alpha=alpha,
                                           reduction=reduction, avg_factor=avg_factor)
@@ -244,7 +335,17 @@ def installed() -> bool:
 
 
 def kernel_report(device: Optional[torch.device] = None) -> Dict[str, str]:
-    """{'ms_deform_attn': ..., 'sigmoid_focal_loss': ...} for reports (checks CUDA kernels)."""
+    """Which implementation each of the two kernels' callers uses, for reports.
+
+    Checks the CUDA kernels when ``device`` is a GPU.
+
+    Args:
+        device (torch.device, optional): The device the model runs on. Defaults to None (the
+            CPU).
+
+    Returns:
+        Dict[str, str]: ``{'ms_deform_attn': ..., 'sigmoid_focal_loss': ...}``.
+    """
     if device is None or torch.device(device).type != 'cuda':
         return {KERNEL_MSDA: describe_msda_path(device or 'cpu'),
                 KERNEL_FOCAL: 'PyTorch (py_sigmoid_focal_loss; CPU, as mmdet does there)'}

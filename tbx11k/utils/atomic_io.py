@@ -37,7 +37,12 @@ def _fsync_dir(directory: str) -> None:
 
 
 def atomic_write_bytes(data: bytes, filepath: Union[str, Path]) -> None:
-    """Write ``data`` to ``filepath`` through ``filepath.tmp-<pid>`` + fsync + ``os.replace``."""
+    """Write ``data`` to ``filepath`` through ``filepath.tmp-<pid>`` + fsync + ``os.replace``.
+
+    Args:
+        data (bytes): The content.
+        filepath (str | Path): The file to write; its folder is made when missing.
+    """
     filepath = os.fspath(filepath)
     directory = osp.dirname(osp.abspath(filepath))
     os.makedirs(directory, exist_ok=True)
@@ -58,11 +63,24 @@ def atomic_write_bytes(data: bytes, filepath: Union[str, Path]) -> None:
 
 
 def atomic_write_text(text: str, filepath: Union[str, Path], encoding: str = 'utf-8') -> None:
-    """:func:`atomic_write_bytes` for text."""
+    """:func:`atomic_write_bytes` for text.
+
+    Args:
+        text (str): The content.
+        filepath (str | Path): The file to write; its folder is made when missing.
+        encoding (str): The text encoding. Defaults to 'utf-8'.
+    """
     atomic_write_bytes(text.encode(encoding), filepath)
 
 
 def stale_temporaries(directory: Union[str, Path]) -> List[str]:
-    """``*.tmp-<pid>`` files left in ``directory`` by writes that were killed."""
+    """``*.tmp-<pid>`` files left in ``directory`` by writes that were killed.
+
+    Args:
+        directory (str | Path): The folder to look in.
+
+    Returns:
+        List[str]: Their paths, sorted.
+    """
     return sorted(p for p in glob.glob(osp.join(os.fspath(directory), f'*{TMP_MARK}*'))
                   if p.rsplit(TMP_MARK, 1)[-1].isdigit())

@@ -11,6 +11,11 @@ def init_cpu_process_group(launcher: str, timeout_s: int = 1800) -> None:
 
     mmengine's ``init_dist`` calls ``torch.cuda.set_device`` first, which fails on a CPU-only
     torch; when a group exists the Runner skips its own initialisation.
+
+    Args:
+        launcher (str): 'pytorch' or 'slurm': whose environment variables give the rank,
+            the world size and the master address.
+        timeout_s (int): The process group's timeout in seconds. Defaults to 1800.
     """
     if launcher == 'slurm':
         os.environ.setdefault('RANK', os.environ['SLURM_PROCID'])
