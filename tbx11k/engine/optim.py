@@ -40,8 +40,15 @@ def _hashable(value: Any) -> Hashable:
 
 
 def merge_param_groups(param_groups: List[Dict]) -> List[Dict]:
-    """The groups whose hyperparameters (every key but ``params``) are equal, merged into one
-    (first-seen order; parameters keep their order within a hyperparameter set)."""
+    """Merge the param groups whose hyperparameters (every key but ``params``) are equal.
+
+    Args:
+        param_groups (List[Dict]): torch param groups.
+
+    Returns:
+        List[Dict]: One group per hyperparameter set, in first-seen order; parameters keep their
+        order within a set.
+    """
     merged: Dict[Hashable, Dict] = {}
     for group in param_groups:
         key = tuple(sorted((k, _hashable(v)) for k, v in group.items() if k != 'params'))
@@ -76,8 +83,14 @@ class MergedGroupsStepMixin:
 
 
 def torch_optimizer_type(optimizer_type: str) -> str:
-    """The torch optimizer a ``MergedGroups*`` type steps like (``'MergedGroupsAdamW'`` ->
-    ``'AdamW'``); other types unchanged."""
+    """The torch optimizer a ``MergedGroups*`` type steps like.
+
+    Args:
+        optimizer_type (str): An optimizer type, e.g. ``'MergedGroupsAdamW'``.
+
+    Returns:
+        str: ``'AdamW'`` for ``'MergedGroupsAdamW'``; other types unchanged.
+    """
     return optimizer_type[len('MergedGroups'):] if optimizer_type.startswith('MergedGroups') \
         else optimizer_type
 

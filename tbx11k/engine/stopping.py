@@ -20,6 +20,15 @@ class NonFiniteTraining(RuntimeError):
 
 
 def request_stop(runner, exit_code: int, reason: str) -> None:
+    """Ask the training loop to stop after this optimizer step with ``exit_code``.
+
+    The first request wins; a later one with another status is logged.
+
+    Args:
+        runner (Runner): The runner.
+        exit_code (int): The exit status of tools/train.py (``tbx11k.engine.exit_codes``).
+        reason (str): Why, for the log.
+    """
     loop = runner.train_loop
     current: Optional[StopRequest] = getattr(loop, 'stop_request', None)
     if current is None:
@@ -30,6 +39,13 @@ def request_stop(runner, exit_code: int, reason: str) -> None:
 
 
 def stop_request(runner) -> Optional[StopRequest]:
-    """The run's stop request, None if it ran to its end."""
+    """The run's stop request.
+
+    Args:
+        runner (Runner): The runner.
+
+    Returns:
+        StopRequest | None: The request, None if the run went to its end.
+    """
     loop = getattr(runner, '_train_loop', None)
     return getattr(loop, 'stop_request', None)

@@ -27,8 +27,15 @@ EVALUATOR_SPLITS = (('val_dataloader', 'val_evaluator'), ('test_dataloader', 'te
 
 
 def metric_configs(evaluator) -> List[ConfigDict]:
-    """The metric configs of an evaluator config: one metric, a list of them, or an
-    ``Evaluator`` dict with ``metrics``."""
+    """The metric configs of an evaluator config.
+
+    Args:
+        evaluator (dict | list | None): One metric, a list of them, or an ``Evaluator`` dict
+            with ``metrics``.
+
+    Returns:
+        List[ConfigDict]: The metric configs (empty for None).
+    """
     if isinstance(evaluator, dict):
         if 'metrics' in evaluator:
             return metric_configs(evaluator['metrics'])
@@ -47,7 +54,12 @@ def _rebased(path: str, old_root: str, new_root: str) -> str:
 
 def set_data_root(cfg: Config, data_root: str) -> None:
     """Point every dataset of ``cfg``, and every evaluator ``ann_file`` under a dataset's old
-    root, at ``data_root``."""
+    root, at ``data_root``.
+
+    Args:
+        cfg (Config): The config, changed in place.
+        data_root (str): The new data root.
+    """
     data_root = osp.join(data_root, '')
     old_roots = {split: dataset.get('data_root') or '' for split, dataset in _datasets(cfg)}
     cfg.data_root = data_root
@@ -70,8 +82,19 @@ def _loader_ann_file(cfg: Config, split: str) -> Optional[str]:
 
 def check_evaluators_read_their_loaders_json(cfg: Config, splits: Sequence[str]) -> None:
     """Exit before anything runs when a TBX11KMetric's ``ann_file`` is another json than its
-    dataloader's (ids restart at 1 in every TBX11K file, so every id may exist in both): the
-    metric refuses it only after the whole inference, or after the training's first epoch."""
+    dataloader's.
+
+    Ids restart at 1 in every TBX11K file, so every id may exist in both: the metric refuses
+    it only after the whole inference, or after the training's first epoch.
+
+    Args:
+        cfg (Config): The config.
+        splits (Sequence[str]): The dataloaders whose evaluators to check, e.g.
+            ``('val_dataloader', )``.
+
+    Raises:
+        SystemExit: With a message naming the evaluator and both files.
+    """
     from ..datasets.validation import TBX11KDataError, read_json
     for split, evaluator_key in EVALUATOR_SPLITS:
         loader_ann = _loader_ann_file(cfg, split)
@@ -104,8 +127,17 @@ def check_evaluators_read_their_loaders_json(cfg: Config, splits: Sequence[str])
 
 
 def read_config(path: str) -> Config:
-    """``Config.fromfile`` with a one-line error for a config that is not a file or does not
-    parse (tools/train.py, tools/test.py)."""
+    """``Config.fromfile`` with a one-line error (tools/train.py, tools/test.py).
+
+    Args:
+        path (str): The config file.
+
+    Returns:
+        Config: The config.
+
+    Raises:
+        SystemExit: When ``path`` is not a file or does not parse.
+    """
     if not osp.isfile(path):
         what = 'is a folder, not a config file' if osp.isdir(path) else 'does not exist'
         raise SystemExit(f'error: config {path!r} {what} (the configs are in configs/, e.g. '
@@ -129,7 +161,14 @@ LAUNCHER_ENVIRONMENT = {
 
 def check_launcher_environment(launcher: str) -> None:
     """Exit with what to do when ``--launcher`` is given outside the launcher that sets its
-    environment (a bare ``KeyError: 'SLURM_PROCID'`` or torch's ``RANK expected`` otherwise)."""
+    environment (a bare ``KeyError: 'SLURM_PROCID'`` or torch's ``RANK expected`` otherwise).
+
+    Args:
+        launcher (str): The ``--launcher`` value.
+
+    Raises:
+        SystemExit: When the launcher's environment variables are missing.
+    """
     needed, how = LAUNCHER_ENVIRONMENT.get(launcher, ((), ''))
     missing = [name for name in needed if name not in os.environ]
     if missing:
@@ -157,8 +196,17 @@ class KeyValueDictAction(DictAction):
 
 
 def check_output_paths(work_dir: str, out: Optional[str] = None) -> None:
-    """Exit before anything runs when the work dir or ``--out``'s folder cannot be made (a file
-    in the way), instead of failing after training steps or after all inference."""
+    """Exit before anything runs when the work dir or ``--out``'s folder cannot be made.
+
+    A file in the way would otherwise fail the run after training steps or after all inference.
+
+    Args:
+        work_dir (str): The work dir.
+        out (str, optional): The ``--out`` file. Defaults to None.
+
+    Raises:
+        SystemExit: When a file is in the way of a folder to make.
+    """
     for what, folder in (('--work-dir', work_dir),
                          ('--out', osp.dirname(osp.abspath(out)) if out else None)):
         path = folder
@@ -176,7 +224,13 @@ def merge_cli_options(cfg: Config, cfg_options: Optional[dict], data_root: Optio
     ``--data-root`` (which wins when both are given). The data root is applied first, then the
     options, so explicit keys (e.g. ``val_evaluator.ann_file=...``) win, as in mmdet. A metric
     that reads its dataloader's json keeps reading it when the options change the dataloader's
-    ``ann_file`` or ``data_root``, unless they name the evaluator's ``ann_file`` too."""
+    ``ann_file`` or ``data_root``, unless they name the evaluator's ``ann_file`` too.
+
+    Args:
+        cfg (Config): The config, changed in place.
+        cfg_options (dict, optional): The ``--cfg-options``.
+        data_root (str, optional): The ``--data-root``.
+    """
     cfg_options = dict(cfg_options or {})
     data_root = data_root or cfg_options.get('data_root')
     cfg_options.pop('data_root', None)
@@ -200,7 +254,16 @@ def merge_cli_options(cfg: Config, cfg_options: Optional[dict], data_root: Optio
 
 
 def check_data_root(cfg: Config, splits=('train_dataloader', 'val_dataloader')) -> None:
-    """Fail early, with what to do, when a dataset's files are not there."""
+    """Fail early, with what to do, when a dataset's files are not there.
+
+    Args:
+        cfg (Config): The config.
+        splits (Sequence[str]): The dataloaders to check. Defaults to
+            ``('train_dataloader', 'val_dataloader')``.
+
+    Raises:
+        SystemExit: Naming the missing data root or annotation file.
+    """
     for split, dataset in _datasets(cfg):
         if split not in splits:
             continue
@@ -242,6 +305,14 @@ def check_num_classes(cfg: Config, splits=('train_dataloader', 'val_dataloader')
     mmdet does not check it: with more classes than ``num_classes`` a box of the extra class
     crashes the denoising label embedding (IndexError) or, without such a box in a batch, trains
     and evaluates silently with a label space that does not fit.
+
+    Args:
+        cfg (Config): The config.
+        splits (Sequence[str]): The dataloaders to check. Defaults to
+            ``('train_dataloader', 'val_dataloader')``.
+
+    Raises:
+        SystemExit: Naming the dataset's classes and the model's ``num_classes``.
     """
     model = cfg.get('model') or {}
     while isinstance(model, dict) and 'module' in model:  # test-time-augmentation wrapper
