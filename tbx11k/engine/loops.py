@@ -23,7 +23,14 @@ class LayoutMismatch(ValueError):
 
 
 def accumulative_counts_of(optim_wrapper) -> int:
-    """``accumulative_counts`` of a built optim wrapper or of its config."""
+    """``accumulative_counts`` of a built optim wrapper or of its config.
+
+    Args:
+        optim_wrapper (OptimWrapper | dict): The optim wrapper or its config.
+
+    Returns:
+        int: The micro-batches per optimizer step (1 when not set).
+    """
     if isinstance(optim_wrapper, dict):
         return int(optim_wrapper.get('accumulative_counts', 1))
     return int(getattr(optim_wrapper, '_accumulative_counts', 1))
@@ -34,9 +41,14 @@ def shared_seed(runner) -> int:
 
     With ``randomness.diff_rank_seed=True`` mmengine's ``set_random_seed`` adds the rank to
     ``runner.seed``: each rank would shuffle the epoch differently (DDP then trains some images
-    twice
-    and others never) and draw other denoising noise than the 1-GPU run. The window order and the
-    per-sample and per-micro-batch seeds must be the run's, so the rank is taken off again.
+    twice and others never) and draw other denoising noise than the 1-GPU run. The window order
+    and the per-sample and per-micro-batch seeds must be the run's, so the rank is taken off again.
+
+    Args:
+        runner (Runner): The runner.
+
+    Returns:
+        int: The seed.
     """
     seed = runner.seed
     if (getattr(runner, '_randomness_cfg', None) or {}).get('diff_rank_seed', False):
@@ -69,8 +81,17 @@ class AccumulationEpochBasedTrainLoop(EpochBasedTrainLoop):
     order) and gives a window-normalised model the window's positive counts.
 
     Args:
-        runner, dataloader, max_epochs, val_begin, val_interval, dynamic_intervals: as
+        runner (Runner): The runner; its ``optim_wrapper.accumulative_counts`` gives the
+            micro-batches per optimizer step.
+        dataloader (DataLoader | dict): The training dataloader or its config; its batch sampler
+            becomes an ``AccumulationWindowBatchSampler``.
+        max_epochs (int): Total training epochs.
+        **kwargs: ``val_begin``, ``val_interval``, ``dynamic_intervals``, as
             ``EpochBasedTrainLoop``.
+
+    Raises:
+        LayoutMismatch: When the accumulation, batch size or batch sampler cannot give the
+            config's windows.
     """
 
     def __init__(self, runner, dataloader: Union[DataLoader, Dict], max_epochs: int,

@@ -47,6 +47,11 @@ class TBX11KRunner(Runner):
       to resume it loads ``load_from`` (kept by tools/train.py as
       ``load_from_if_nothing_to_resume``: mmdet's ``--resume`` drops it).
     - The config text stored in every checkpoint is formatted once, not per save.
+
+    Args:
+        *args: As mmengine's ``Runner``.
+        cfg (Config, optional): The whole config, as mmengine's ``Runner``. Defaults to None.
+        **kwargs: As mmengine's ``Runner``.
     """
 
     def __init__(self, *args, cfg: Optional[Config] = None, **kwargs) -> None:
@@ -127,12 +132,26 @@ class TBX11KRunner(Runner):
         return int(loader['batch_size'] if isinstance(loader, dict) else loader.batch_size)
 
     def effective_batch_size(self, optim_wrapper=None) -> int:
-        """Images per optimizer step: world size x batch per process x accumulation."""
+        """Images per optimizer step: world size x batch per process x accumulation.
+
+        Args:
+            optim_wrapper (OptimWrapper | dict, optional): The optim wrapper or its config.
+                Defaults to None (the runner's).
+
+        Returns:
+            int: The effective batch size.
+        """
         optim_wrapper = self.optim_wrapper if optim_wrapper is None else optim_wrapper
         return self.world_size * self.train_batch_size * accumulative_counts_of(optim_wrapper)
 
     def scale_lr(self, optim_wrapper: OptimWrapper, auto_scale_lr: Optional[Dict] = None) -> None:
-        """Linear LR scaling by the effective batch (accumulation included)."""
+        """Linear LR scaling by the effective batch (accumulation included).
+
+        Args:
+            optim_wrapper (OptimWrapper): The optim wrapper whose LRs to scale.
+            auto_scale_lr (dict, optional): ``dict(enable=..., base_batch_size=...)`` as in
+                mmengine. Defaults to None (no scaling).
+        """
         if auto_scale_lr is None or not auto_scale_lr.get('enable', False):
             return
         if 'base_batch_size' not in auto_scale_lr:

@@ -76,6 +76,14 @@ def find_resumable_checkpoint(work_dir: str,
     of ``work_dir`` furthest into training (``meta['iter']``, then the newest) is taken instead:
     modification times alone can go back (``cp -r``, ``touch``). Only files a Runner wrote are
     candidates: ``best_*`` checkpoints (no optimizer state) and weights-only files are skipped.
+
+    Args:
+        work_dir (str): The run's work dir.
+        warn (Callable[[str], None], optional): Called with a message for each checkpoint
+            passed over. Defaults to None.
+
+    Returns:
+        str | None: The checkpoint's path, or None when there is nothing to resume.
     """
     warn = warn or (lambda msg: print_log(msg, logger='current', level=30))
     pointer = osp.join(work_dir, LAST_CHECKPOINT)

@@ -26,7 +26,14 @@ def training_layout(runner) -> Dict:
 
     ``counter_unit`` is what ``iter``, ``steps_per_epoch`` and ``by_epoch=False`` schedulers
     count: optimizer steps with :class:`AccumulationEpochBasedTrainLoop`, micro-batches with a
-    stock mmengine loop (``train_cfg.type='EpochBasedTrainLoop'``)."""
+    stock mmengine loop (``train_cfg.type='EpochBasedTrainLoop'``).
+
+    Args:
+        runner (Runner): The runner.
+
+    Returns:
+        Dict: The layout (world size, batch size, accumulation, counter unit, steps per epoch).
+    """
     loop = runner.train_loop
     batch = runner._train_dataloader['batch_size'] if isinstance(
         runner._train_dataloader, dict) else runner.train_dataloader.batch_size
@@ -44,15 +51,34 @@ def _stock_accumulation(meta: Dict) -> int:
 
 
 def counts_per_optimizer_step(layout: Dict) -> int:
-    """How many counter units make one optimizer step in a run of ``layout``."""
+    """How many counter units make one optimizer step in a run of ``layout``.
+
+    Args:
+        layout (Dict): A layout of :func:`training_layout`.
+
+    Returns:
+        int: 1 when the counter counts optimizer steps, else the accumulation.
+    """
     return layout['accumulative_counts'] if layout.get('counter_unit') == 'micro_batch' else 1
 
 
 def replay_schedule(runner, epoch: int, iteration: int) -> Tuple[List[Dict], List[Dict]]:
     """The state of this run's LR/momentum schedulers, and each param group's scheduled values,
-    at ``epoch`` (completed) and counter ``iteration``: the config's schedulers, built on a
-    stand-in optimizer with the real groups' initial values, stepped as ``ParamSchedulerHook``
-    steps them (``by_epoch=False`` ones every iteration, the others at each epoch's end)."""
+    at ``epoch`` (completed) and counter ``iteration``.
+
+    The config's schedulers are built on a stand-in optimizer with the real groups' initial
+    values and stepped as ``ParamSchedulerHook`` steps them (``by_epoch=False`` ones every
+    iteration, the others at each epoch's end).
+
+    Args:
+        runner (Runner): The runner.
+        epoch (int): Completed epochs.
+        iteration (int): The counter (in this run's unit).
+
+    Returns:
+        Tuple[List[Dict], List[Dict]]: The schedulers' state dicts and the param groups'
+        scheduled values.
+    """
     groups = []
     for group in runner.optim_wrapper.optimizer.param_groups:
         stand_in = {k: v for k, v in group.items() if k != 'params'}
@@ -89,14 +115,28 @@ def _stock_epoch_length(runner) -> int:
 
 def convert_counters(runner, checkpoint: Dict, saved_per_step: int, current_per_step: int,
                      saved_epoch_length: Optional[int] = None) -> str:
-    """Rewrite ``meta.iter`` of ``checkpoint`` from counting ``saved_per_step`` units per
-    optimizer step to ``current_per_step``, and put its LR schedulers and scheduled optimizer
+    """Convert ``checkpoint``'s counters from another layout to this run's.
+
+    Rewrites ``meta.iter`` of ``checkpoint`` from counting ``saved_per_step`` units per
+    optimizer step to ``current_per_step``, and puts its LR schedulers and scheduled optimizer
     values where this run's schedule is at that point (the saved ones count the other unit: a
-    warm-up would take longer or shorter); returns what was done.
+    warm-up would take longer or shorter).
 
     The position is converted within the checkpoint's epoch (``saved_epoch_length`` counters
     long; by default a stock loop's): a stock loop's accumulation windows run across epoch ends,
-    ours end with the epoch, so after e epochs the two step counts differ by up to e."""
+    ours end with the epoch, so after e epochs the two step counts differ by up to e.
+
+    Args:
+        runner (Runner): The runner.
+        checkpoint (Dict): The loaded checkpoint, changed in place.
+        saved_per_step (int): Counter units per optimizer step where it was saved.
+        current_per_step (int): Counter units per optimizer step in this run.
+        saved_epoch_length (int, optional): Counters per epoch where it was saved. Defaults to
+            None (a stock loop's).
+
+    Returns:
+        str: What was done, for the log.
+    """
     meta = checkpoint['meta']
     saved_iter, epoch = int(meta['iter']), int(meta.get('epoch', 0))
     per_epoch = len(runner.train_loop.dataloader)
@@ -140,15 +180,32 @@ def _same_effective_batch_advice(effective_batch: int, current: Dict) -> str:
 
 
 def is_bare_state_dict(checkpoint: Any) -> bool:
-    """``torch.save(model.state_dict())``: tensors only, no ``state_dict`` entry."""
+    """Whether ``checkpoint`` is ``torch.save(model.state_dict())``: tensors only, no
+    ``state_dict`` entry.
+
+    Args:
+        checkpoint (Any): A loaded checkpoint.
+
+    Returns:
+        bool: True for a bare state dict.
+    """
     return (isinstance(checkpoint, dict) and bool(checkpoint) and 'state_dict' not in checkpoint
             and all(isinstance(v, torch.Tensor) for v in checkpoint.values()))
 
 
 def not_resumable(checkpoint: Any, name: str) -> Optional[str]:
-    """None if ``checkpoint`` holds what resuming a training needs (the weights, the epoch and
-    optimizer-step counters, the message hub, the optimizer state), else why it cannot be resumed
-    and what to do instead (``name``: the file, for the advice)."""
+    """Why ``checkpoint`` cannot be resumed, if it cannot.
+
+    Resuming a training needs the weights, the epoch and optimizer-step counters, the message
+    hub and the optimizer state.
+
+    Args:
+        checkpoint (Any): A loaded checkpoint.
+        name (str): The file, for the advice.
+
+    Returns:
+        str | None: None when it can be resumed, else why not and what to do instead.
+    """
     use_weights = (f'to start a new training from these weights, use --cfg-options '
                    f'load_from={name} model.backbone.init_cfg=None instead of --resume')
     use_a_checkpoint = ('give --resume a checkpoint that tools/train.py wrote (or --resume '

@@ -53,7 +53,11 @@ class PreemptionCheckpointHook(Hook):
     """On SIGUSR1/SIGTERM: checkpoint at the next optimizer-step boundary and exit with 75.
 
     Args:
-        signals: names of the signals to handle (``'SIGUSR1'``, ``'SIGTERM'``, ...).
+        signals (Sequence[str]): Names of the signals to handle. Defaults to
+            ``('SIGUSR1', 'SIGTERM')``.
+
+    Raises:
+        ValueError: For a name that is not a signal.
     """
 
     priority = 'LOWEST'  # after EMA, LR schedulers, logging and regular checkpoints of the step

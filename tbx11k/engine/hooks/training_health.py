@@ -84,7 +84,15 @@ def _maybe_finite_flags(tensors: List[torch.Tensor]) -> torch.Tensor:
 
 
 class NonFiniteGuard:
-    """Wraps ``backward``/``step`` of one optim wrapper instance (see the module docstring)."""
+    """Wraps ``backward``/``step`` of one optim wrapper instance (see the module docstring).
+
+    Args:
+        optim_wrapper (OptimWrapper): The optim wrapper whose ``backward`` and ``step`` to wrap.
+        model (nn.Module): The model (DDP-wrapped or not), for parameter names in messages.
+        check_grads (bool): Also check the accumulated gradients (not with AMP, whose loss
+            scaler does). Defaults to True.
+        check_weights (bool): Check the weights after every applied step. Defaults to True.
+    """
 
     def __init__(self, optim_wrapper, model, check_grads: bool = True,
                  check_weights: bool = True) -> None:
@@ -127,6 +135,12 @@ class NonFiniteGuard:
         return [p for group in self.optim_wrapper.optimizer.param_groups for p in group['params']]
 
     def backward(self, loss: torch.Tensor, **kwargs) -> None:
+        """Record whether ``loss`` is finite, then back-propagate it as the optim wrapper does.
+
+        Args:
+            loss (torch.Tensor): The micro-batch's loss.
+            **kwargs: Passed to the optim wrapper's ``backward``.
+        """
         bad = ~torch.isfinite(loss.detach()).all()
         self._loss_bad = bad if self._loss_bad is None else self._loss_bad | bad
         return self._backward(loss, **kwargs)
@@ -177,7 +191,18 @@ class NonFiniteGuard:
 
 
 class CollapseWatch:
-    """Decides, from probes and losses, when to warn of a loss collapse (see module docstring)."""
+    """Decides, from probes and losses, when to warn of a loss collapse (see module docstring).
+
+    Args:
+        interval (int): Optimizer steps between probes. Defaults to 50.
+        begin (int): The first optimizer step probed. Defaults to 500.
+        patience (int): Probes in a row that must look collapsed before the warning.
+            Defaults to 3.
+        score_thr (float): A probe looks collapsed when no box scores this much on images
+            with lesions. Defaults to 0.05.
+        loss_thr (float, optional): The warning also needs the mean total loss of the last
+            ``interval`` steps below this (None: not required). Defaults to 1.0.
+    """
 
     def __init__(self, interval: int = 50, begin: int = 500, patience: int = 3,
                  score_thr: float = 0.05, loss_thr: Optional[float] = 1.0) -> None:
@@ -190,13 +215,26 @@ class CollapseWatch:
         self.probe_due = False
 
     def add_loss(self, step: int, loss: float) -> None:
-        """Record the total loss of optimizer step ``step`` (1-based); schedule probes."""
+        """Record the total loss of an optimizer step; schedule probes.
+
+        Args:
+            step (int): The optimizer step (1-based).
+            loss (float): Its total loss.
+        """
         self.losses.append(loss)
         if step >= self.begin and step % self.interval == 0:
             self.probe_due = True
 
     def add_probe(self, step: int, max_score: float) -> Optional[str]:
-        """Record a probe; return the warning to log, if the run looks collapsed."""
+        """Record a probe.
+
+        Args:
+            step (int): The optimizer step probed (1-based).
+            max_score (float): The highest score the model gave on the probe batch.
+
+        Returns:
+            str | None: The warning to log when the run looks collapsed, else None.
+        """
         self.probe_due = False
         self.probes.append((step, max_score))
         if len(self.probes) < self.patience or any(s >= self.score_thr for _, s in self.probes):
@@ -221,11 +259,16 @@ class TrainingHealthHook(Hook):
     """Skip non-finite optimizer steps (up to a count, then stop), watch for loss collapse.
 
     Args:
-        max_skipped_steps: non-finite optimizer steps to skip over the whole run; the next one
-            stops training with ``EXIT_DIVERGED`` (6). 0 stops at the first.
-        check_grads: also check the accumulated gradients (not only the losses).
-        check_weights: check the weights after every applied step and before every save.
-        collapse_watch: ``dict(interval, begin, patience, score_thr, loss_thr)`` or None.
+        max_skipped_steps (int): Non-finite optimizer steps to skip over the whole run; the
+            next one stops training with ``EXIT_DIVERGED`` (6). 0 stops at the first.
+            Defaults to 3.
+        check_grads (bool): Also check the accumulated gradients (not only the losses).
+            Defaults to True.
+        check_weights (bool): Check the weights after every applied step and before every
+            save. Defaults to True.
+        collapse_watch (dict, optional): ``dict(interval, begin, patience, score_thr,
+            loss_thr)`` (see :class:`CollapseWatch`), or None for no watch. Defaults to
+            ``dict()`` (the defaults).
     """
 
     priority = 'LOW'  # after EMAHook (49): before_save_checkpoint sees the EMA weights too

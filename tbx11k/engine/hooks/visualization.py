@@ -24,7 +24,15 @@ class TBX11KVisualizationHook(DetVisualizationHook):
 
     @staticmethod
     def relative_folder(runner, img_path: str) -> str:
-        """The folder of ``img_path`` relative to the test set's image folder ('' outside it)."""
+        """The folder of ``img_path`` relative to the test set's image folder.
+
+        Args:
+            runner (Runner): The runner (its test dataloader gives the image folder).
+            img_path (str): An image's path.
+
+        Returns:
+            str: The relative folder, '' for an image outside the image folder.
+        """
         dataset = getattr(runner.test_dataloader, 'dataset', None)
         prefix = (getattr(dataset, 'data_prefix', None) or {}).get('img')
         if not prefix:
