@@ -42,9 +42,11 @@ class GlobalOrderSampler(Sampler):
     """The epoch's global sample order, identical on every rank (not sharded).
 
     Args:
-        dataset: the dataset (only its length is used).
-        shuffle: shuffle with ``seed + epoch`` like ``DefaultSampler``.
-        seed: base seed; ``None`` draws one and syncs it across ranks.
+        dataset (Sized): The dataset (only its length is used).
+        shuffle (bool): Shuffle with ``seed + epoch`` like ``DefaultSampler``. Defaults to
+            True.
+        seed (int, optional): The base seed; None draws one and syncs it across ranks.
+            Defaults to None.
     """
 
     def __init__(self, dataset: Sized, shuffle: bool = True, seed: Optional[int] = None) -> None:
@@ -77,10 +79,12 @@ class AccumulationWindowBatchSampler(BatchSampler):
     ``optim_wrapper.accumulative_counts`` (one source of truth).
 
     Args:
-        sampler: a :class:`GlobalOrderSampler` (or any sampler giving the same order on all ranks).
-        batch_size: images per micro-batch per rank.
-        accumulative_counts: micro-batches per optimizer step.
-        world_size, rank: default to the current process group.
+        sampler (Sampler): A :class:`GlobalOrderSampler` (or any sampler giving the same order
+            on all ranks).
+        batch_size (int): Images per micro-batch per rank.
+        accumulative_counts (int): Micro-batches per optimizer step. Defaults to 1.
+        world_size (int, optional): Defaults to None (the current process group's).
+        rank (int, optional): Defaults to None (this process's rank).
     """
 
     def __init__(self,
@@ -112,7 +116,14 @@ class AccumulationWindowBatchSampler(BatchSampler):
         return self.world_size * self.batch_size * self.accumulative_counts
 
     def skip_next(self, windows: int) -> None:
-        """Start the next pass ``windows`` optimizer steps into the epoch (mid-epoch resume)."""
+        """Start the next pass ``windows`` optimizer steps into the epoch (mid-epoch resume).
+
+        Args:
+            windows (int): Windows to skip, 0 to ``len(self)``.
+
+        Raises:
+            ValueError: For a number outside that range.
+        """
         if not 0 <= windows <= len(self):
             raise ValueError(f'cannot skip {windows} of {len(self)} windows')
         self._skip_windows = int(windows)
@@ -128,7 +139,15 @@ class AccumulationWindowBatchSampler(BatchSampler):
         return order
 
     def positions_of(self, window: int, micro_batch: int) -> range:
-        """Epoch-order positions of this rank's micro-batch ``micro_batch`` in ``window``."""
+        """Epoch-order positions of this rank's micro-batch ``micro_batch`` in ``window``.
+
+        Args:
+            window (int): The window (optimizer step) within the epoch.
+            micro_batch (int): The micro-batch within the window.
+
+        Returns:
+            range: The positions.
+        """
         first = (window * self.window_size + micro_batch * self.world_size * self.batch_size
                  + self.rank * self.batch_size)
         return range(first, first + self.batch_size)
@@ -150,7 +169,15 @@ class AccumulationWindowBatchSampler(BatchSampler):
 
 
 def split_window(data_batch: dict, accumulative_counts: int) -> List[dict]:
-    """Cut a collated window (``inputs``/``data_samples`` lists) into its micro-batches."""
+    """Cut a collated window into its micro-batches.
+
+    Args:
+        data_batch (dict): The window (``inputs``/``data_samples`` lists).
+        accumulative_counts (int): Micro-batches per window.
+
+    Returns:
+        List[dict]: The micro-batches, in order.
+    """
     size = len(data_batch['inputs'])
     if size % accumulative_counts:
         raise ValueError(f'a window of {size} samples cannot be split into '
@@ -166,5 +193,15 @@ def micro_batch_seed(base_seed: int, epoch: int, sampler: AccumulationWindowBatc
 
     It depends on the micro-batch's first epoch-order position, so a micro-batch gets the same
     noise whether it runs as an accumulation step or on another rank.
+
+    Args:
+        base_seed (int): The run's seed.
+        epoch (int): The epoch.
+        sampler (AccumulationWindowBatchSampler): The training batch sampler.
+        window (int): The window (optimizer step) within the epoch.
+        micro_batch (int): The micro-batch within the window.
+
+    Returns:
+        int: A 31-bit seed.
     """
     return derive_seed(base_seed, epoch, sampler.positions_of(window, micro_batch)[0], MODEL_STREAM)

@@ -495,10 +495,10 @@ def make_synthetic_tbx11k(root: str,
     """Write a synthetic TBX11K under ``root`` and return a summary.
 
     Args:
-        root: output folder (created). If it already holds ``imgs``,
+        root (str): Output folder (created). If it already holds ``imgs``,
             ``annotations`` or ``lists``, ``overwrite=True`` is needed; they
             are then removed first.
-        num_train, num_val, num_test: images per TBX11K split. Each split
+        num_train, num_val, num_test (int): Images per TBX11K split (defaults 24, 12, 8). Each split
             gets healthy (``healthy_fraction``), sick non-TB and TB
             (``tb_fraction``) images; TB images cycle through 1 active box,
             1-2 latent boxes, both classes (2-5 boxes) and 2-5 active boxes.
@@ -506,17 +506,22 @@ def make_synthetic_tbx11k(root: str,
             (json x = -1); the last TB image of train has no box at all
             (like ``tb/tb1199.png``); about one TB image in six also has an
             unannotated faint ``difficult`` lesion (dropped by the converter).
-        num_extra: images of the extra public sets (``imgs/extra/``), shared
+        num_extra (int): Images of the extra public sets (``imgs/extra/``), shared
             out to all_train / all_val / all_test (half, quarter, quarter);
             half of them show lesions although they never have boxes.
-        seed: everything is a function of the seed and these arguments.
-        image_size: square image side (the real data is 512).
-        num_duplicate_pairs: val sick images that are byte-identical copies
+        seed (int): Everything is a function of the seed and these arguments. Defaults to 0.
+        image_size (int): Square image side (the real data is 512). Defaults to 512.
+        tb_fraction (float): Fraction of TB images per split. Defaults to 0.5.
+        healthy_fraction (float): Fraction of healthy images per split. Defaults to 0.25.
+        num_duplicate_pairs (int, optional): Val sick images that are byte-identical copies
             of train sick images (the real data has 38). Default: about 5 %
             of the val sick images, at least 1 when both splits have some.
 
+        overwrite (bool): Replace existing ``imgs``, ``annotations`` and ``lists`` folders.
+            Defaults to False.
+
     Returns:
-        dict with 'root', 'seed', 'image_size', per-split counts in
+        dict: 'root', 'seed', 'image_size', per-split counts in
         'splits' (images, health, sick, tb, tb_without_boxes, boxes per
         class, edge_boxes, difficult_dropped), 'extra', 'duplicate_pairs'
         and per-json 'json_files' counts.

@@ -359,20 +359,20 @@ def validate_coco(data: Any,
     """Validate a parsed COCO-style detection json (TBX11K flavour).
 
     Args:
-        data: the parsed json.
-        source: the json's path, used in every message.
-        img_prefix: folder that ``file_name`` is relative to (``imgs/``);
+        data (Any): The parsed json.
+        source (str): The json's path, used in every message.
+        img_prefix (str, optional): Folder that ``file_name`` is relative to (``imgs/``);
             needed for ``check_files``.
-        check_files: check that every image file exists (and, for local
+        check_files (bool): Check that every image file exists (and, for local
             files, is not empty).
-        bbox_tolerance: boxes reaching up to this many pixels outside the
+        bbox_tolerance (float): Boxes reaching up to this many pixels outside the
             image are clipped (and counted); farther is an error.
-        allow_missing_annotations: accept a json without an 'annotations'
+        allow_missing_annotations (bool): Accept a json without an 'annotations'
             key (image-info files for testing); otherwise it is an error.
-        raise_errors: raise :class:`TBX11KDataError` on the first error
+        raise_errors (bool): Raise :class:`TBX11KDataError` on the first error
             (dataset loading) or collect all of them in ``result.issues``
             (check tool).
-        backend_args: mmengine file backend arguments for the file checks.
+        backend_args (dict, optional): mmengine file backend arguments for the file checks.
     """
     tol = check_bbox_tolerance(bbox_tolerance)
     issues = IssueCollector(source, raise_errors=raise_errors)

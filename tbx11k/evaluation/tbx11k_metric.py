@@ -192,7 +192,9 @@ class TBX11KMetric(BaseMetric):
         weights_tag (str, optional): free text recorded in the report (e.g.
             "EMA"); can also be set as an attribute before evaluation.
         backend_args (dict, optional): for reading ``ann_file``.
-        collect_device, prefix, collect_dir: see ``BaseMetric``.
+        collect_device (str): See ``BaseMetric``. Defaults to 'cpu'.
+        prefix (str, optional): See ``BaseMetric``.
+        collect_dir (str, optional): See ``BaseMetric``.
     """
     default_prefix: Optional[str] = 'tbx11k'
 

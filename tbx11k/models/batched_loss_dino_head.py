@@ -154,13 +154,19 @@ class BatchedLossDINOHead(DINOHead):
         """Hungarian matching of every layer (set) and image, one device-to-host copy in all.
 
         Args:
-            matching_cls_scores: (num_sets, bs, num_queries, cls_out_channels) logits.
-            matching_bbox_preds: (num_sets, bs, num_queries, 4) normalised cxcywh boxes.
-            factors: (bs, 4) ``[img_w, img_h, img_w, img_h]`` (made from the metas if None).
+            matching_cls_scores (Tensor): ``(num_sets, bs, num_queries, cls_out_channels)``
+                logits.
+            matching_bbox_preds (Tensor): ``(num_sets, bs, num_queries, 4)`` normalised cxcywh
+                boxes.
+            batch_gt_instances (InstanceList): Each image's GT boxes and labels.
+            batch_img_metas (List[dict]): Each image's meta information.
+            factors (Tensor, optional): ``(bs, 4)`` ``[img_w, img_h, img_w, img_h]`` (made from
+                the metas if None). Defaults to None.
 
         Returns:
-            ``result[s][b] = (query_inds, gt_inds)``: ``HungarianAssigner``'s matches for set
-            ``s`` and image ``b`` (query indices ascending, as ``linear_sum_assignment`` gives).
+            List[List[Tuple[np.ndarray, np.ndarray]]]: ``result[s][b] = (query_inds, gt_inds)``:
+            ``HungarianAssigner``'s matches for set ``s`` and image ``b`` (query indices
+            ascending, as ``linear_sum_assignment`` gives).
         """
         num_sets, num_imgs, num_queries, channels = matching_cls_scores.shape
         empty = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))

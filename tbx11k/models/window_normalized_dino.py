@@ -64,6 +64,16 @@ class WindowNormalizedDINO(DINO):
     the head's branches and losses with ``torch.compile``: True, or a dict of :func:`compile_dino`
     arguments (``parts``, and ``torch.compile``'s, e.g. ``mode='reduce-overhead'``), see
     :mod:`tbx11k.models.compiled_dino`; parameters and state dicts are unchanged.
+
+    Args:
+        *args: As mmdet's ``DINO``.
+        loss_normalization (str): 'window' or 'micro_batch'. Defaults to 'window'.
+        verify_loss_counts (bool): Check the local counts. Defaults to True.
+        pad_denoising_queries (bool | int): False, True or a number of denoising queries.
+            Defaults to False.
+        torch_compile (bool | dict, optional): None/False (off), True, or :func:`compile_dino`
+            arguments. Defaults to None.
+        **kwargs: As mmdet's ``DINO``.
     """
 
     def __init__(self, *args, loss_normalization: str = 'window', verify_loss_counts: bool = True,
@@ -170,6 +180,12 @@ class WindowNormalizedDINO(DINO):
         'match': one-to-one Hungarian matching assigns every GT box once (capped by the queries);
         'dn': every GT box is a positive in each of the denoising groups, whose number mmdet's
         ``CdnQueryGenerator`` derives from the largest GT count in the micro-batch.
+
+        Args:
+            batch_data_samples (SampleList): The micro-batch's data samples (their GT boxes).
+
+        Returns:
+            List[float]: One count per kind of ``KINDS``.
         """
         num_gts = [len(sample.gt_instances) for sample in batch_data_samples]
         match = sum(min(n, self.num_queries) for n in num_gts)
@@ -179,7 +195,14 @@ class WindowNormalizedDINO(DINO):
 
     def set_loss_window(self, window_mean: Optional[List[float]],
                         local: Optional[List[float]] = None) -> None:
-        """Set (or clear with ``None``) the normalisers for the next ``loss()`` call."""
+        """Set (or clear with ``None``) the normalisers for the next ``loss()`` call.
+
+        Args:
+            window_mean (List[float], optional): The window's mean counts per kind (``KINDS``
+                order); None clears them.
+            local (List[float], optional): This micro-batch's counts, checked against mmdet's when
+                ``verify_loss_counts``. Defaults to None.
+        """
         if window_mean is None:
             self._loss_window = None
         else:
@@ -205,14 +228,25 @@ class WindowNormalizedDINO(DINO):
                                     memory_mask: Optional[torch.Tensor],
                                     spatial_shapes: torch.Tensor
                                     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The proposals (inverse-sigmoid cxcywh, ``inf`` where padded or invalid) and the memory
+        """The proposals and the memory zeroed where they are invalid, as mmdet computes them.
+
+        The proposals (inverse-sigmoid cxcywh, ``inf`` where padded or invalid) and the memory
         zeroed there, as mmdet computes them before its memory transform, with the proposal grid
         from :func:`~tbx11k.models.token_grid.encoder_output_proposals` (no per-level loop, no host
         read). Tensor ops only: ``model.torch_compile`` part 'proposals' compiles it (compiled,
         the masked memory, which the top-k query selection's scores come from, stays
         bit-identical, the proposals' coordinates within float32 eps; the transform's LayerNorm
         would not, and the top-k selection after it turns last-bit differences into other
-        queries)."""
+        queries).
+
+        Args:
+            memory (torch.Tensor): ``(bs, num_tokens, dim)`` encoder output.
+            memory_mask (torch.Tensor, optional): ``(bs, num_tokens)``, True where padded.
+            spatial_shapes (torch.Tensor): ``(levels, 2)``, each level's (height, width).
+
+        Returns:
+            Tuple[torch.Tensor, torch.Tensor]: The masked memory and the proposals.
+        """
         output_proposals = encoder_output_proposals(memory_mask, spatial_shapes, memory.size(0),
                                                     memory.size(1))
         output_proposals_valid = ((output_proposals > 0.01) & (output_proposals < 0.99)).sum(
@@ -229,11 +263,19 @@ class WindowNormalizedDINO(DINO):
 
     def parse_losses(self, losses: Dict[str, torch.Tensor]
                      ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        """mmengine's ``BaseModel.parse_losses`` (same keys and order, same terms, the same
-        gradient for every term) in a constant number of ops: a one-element term is its own mean
-        (a view, where ``mean()`` is a kernel and its backward another), and the total is one
-        stacked sum instead of a chain of adds (its value may differ from the chain's in the last
-        bits: another summation order)."""
+        """mmengine's ``BaseModel.parse_losses`` in a constant number of ops.
+
+        Same keys and order, same terms, the same gradient for every term: a one-element term is
+        its own mean (a view, where ``mean()`` is a kernel and its backward another), and the total
+        is one stacked sum instead of a chain of adds (its value may differ from the chain's in the
+        last bits: another summation order).
+
+        Args:
+            losses (Dict[str, torch.Tensor]): The loss terms of ``loss()``.
+
+        Returns:
+            Tuple[torch.Tensor, Dict[str, torch.Tensor]]: The total loss and the terms to log.
+        """
         log_vars = []
         for name, value in losses.items():
             if isinstance(value, torch.Tensor):

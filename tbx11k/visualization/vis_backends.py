@@ -20,7 +20,15 @@ from mmdet.registry import VISBACKENDS
 
 @VISBACKENDS.register_module()
 class LocalAndTensorboardVisBackend(LocalVisBackend):
-    """``LocalVisBackend`` + ``TensorboardVisBackend`` writing to the same ``save_dir``."""
+    """``LocalVisBackend`` + ``TensorboardVisBackend`` writing to the same ``save_dir``.
+
+    Args:
+        save_dir (str): The folder of both backends' files.
+        **kwargs: As ``LocalVisBackend``.
+
+    Raises:
+        ImportError: When TensorBoard is not installed, with what to do.
+    """
 
     def __init__(self, save_dir: str, **kwargs) -> None:
         try:
