@@ -74,7 +74,19 @@ def _autograd_inside_custom_op() -> Iterator[None]:
 def ms_deform_attn(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
                    sampling_locations: Tensor, attention_weights: Tensor,
                    im2col_step: int) -> Tensor:
-    """Deformable attention core: (bs, keys, heads, dims) -> (bs, queries, heads * dims)."""
+    """Deformable attention core: (bs, keys, heads, dims) -> (bs, queries, heads * dims).
+
+    Args:
+        value (Tensor): ``(bs, keys, heads, dims)``.
+        spatial_shapes (Tensor): ``(levels, 2)``, each level's (height, width).
+        level_start_index (Tensor): ``(levels,)``, each level's first key.
+        sampling_locations (Tensor): ``(bs, queries, heads, levels, points, 2)``, normalised.
+        attention_weights (Tensor): ``(bs, queries, heads, levels, points)``.
+        im2col_step (int): mmcv's kernel's im2col step.
+
+    Returns:
+        Tensor: ``(bs, queries, heads * dims)``.
+    """
     if not _use_kernel(value):
         if value.is_cuda and torch.cuda.is_current_stream_capturing():
             raise RuntimeError(
@@ -104,7 +116,21 @@ def ms_deform_attn_backward(grad_output: Tensor, value: Tensor, spatial_shapes: 
                             level_start_index: Tensor, sampling_locations: Tensor,
                             attention_weights: Tensor,
                             im2col_step: int) -> Tuple[Tensor, Tensor, Tensor]:
-    """Gradients of :func:`ms_deform_attn` for value, sampling locations, attention weights."""
+    """Gradients of :func:`ms_deform_attn` for value, sampling locations, attention weights.
+
+    Args:
+        grad_output (Tensor): ``(bs, queries, heads * dims)``.
+        value (Tensor): ``(bs, keys, heads, dims)``.
+        spatial_shapes (Tensor): ``(levels, 2)``, each level's (height, width).
+        level_start_index (Tensor): ``(levels,)``, each level's first key.
+        sampling_locations (Tensor): ``(bs, queries, heads, levels, points, 2)``, normalised.
+        attention_weights (Tensor): ``(bs, queries, heads, levels, points)``.
+        im2col_step (int): mmcv's kernel's im2col step.
+
+    Returns:
+        Tuple[Tensor, Tensor, Tensor]: The gradients of ``value``, ``sampling_locations`` and
+        ``attention_weights``.
+    """
     if not _use_kernel(value):
         with _autograd_inside_custom_op():
             inputs = [t.detach().requires_grad_() for t in
@@ -207,7 +233,14 @@ class TraceableMultiScaleDeformableAttention(MultiScaleDeformableAttention):
 
 def make_attention_traceable(module: torch.nn.Module) -> int:
     """Switch every mmcv ``MultiScaleDeformableAttention`` under ``module`` to
-    :class:`TraceableMultiScaleDeformableAttention`; returns how many."""
+    :class:`TraceableMultiScaleDeformableAttention`.
+
+    Args:
+        module (torch.nn.Module): The module, changed in place.
+
+    Returns:
+        int: How many were switched.
+    """
     count = 0
     for sub in module.modules():
         if type(sub) is MultiScaleDeformableAttention:
@@ -220,14 +253,21 @@ _COMPILED_CLASSES: Dict[Tuple[type, str], type] = {}
 
 
 def compiled_class(cls: type, methods: Mapping[str, Mapping[str, Any]]) -> type:
-    """A subclass of the module class ``cls`` whose methods are ``torch.compile``-d: ``methods``
-    maps each name to its ``torch.compile`` arguments (the names are in ``compiled_methods``).
+    """A subclass of the module class ``cls`` whose methods are ``torch.compile``-d.
 
     Switching an instance's class (rather than ``nn.Module.compile``, which stores a compiled
     bound method on the instance) keeps ``copy.deepcopy`` right: mmengine's EMA model is a deep
     copy of the model, and its layers must run their own weights. The classes are made at run
     time, so a compiled model cannot be pickled whole (``torch.save(model)``); checkpoints hold
     state dicts, which are unchanged.
+
+    Args:
+        cls (type): The module class.
+        methods (Mapping[str, Mapping[str, Any]]): Each method name to its ``torch.compile``
+            arguments (the names are in ``compiled_methods``).
+
+    Returns:
+        type: The subclass.
     """
     names = tuple(sorted(methods))
     key = (cls, repr([(name, sorted(methods[name].items())) for name in names]))
@@ -253,8 +293,18 @@ COMPILE_PARTS = ('backbone', 'neck', 'encoder', 'proposals', 'decoder', 'bbox_he
 
 
 def compile_options(setting: Union[bool, Mapping]) -> Dict[str, Any]:
-    """:func:`compile_dino` keyword arguments from a config's ``model.torch_compile`` (True, or
-    a dict of ``parts`` and ``torch.compile`` arguments); a clear error for anything else."""
+    """:func:`compile_dino` keyword arguments from a config's ``model.torch_compile``.
+
+    Args:
+        setting (bool | Mapping): True, or a dict of ``parts`` and ``torch.compile`` arguments.
+
+    Returns:
+        Dict[str, Any]: The keyword arguments.
+
+    Raises:
+        TypeError: For a setting of another type.
+        ValueError: For unknown keys or parts, naming the known ones.
+    """
     if setting is True:
         return {}
     if not isinstance(setting, Mapping):
@@ -274,10 +324,18 @@ def compile_options(setting: Union[bool, Mapping]) -> Dict[str, Any]:
 
 
 def without_cudagraphs(compile_kwargs: Mapping) -> Dict[str, Any]:
-    """``torch.compile`` arguments like ``compile_kwargs`` minus CUDA graphs, for the losses:
-    their sizes change with every micro-batch's GT counts (a CUDA graph per size), the matching
+    """``torch.compile`` arguments like ``compile_kwargs`` minus CUDA graphs, for the losses.
+
+    Their sizes change with every micro-batch's GT counts (a CUDA graph per size), the matching
     costs run without grad in the middle of the forward, and the loss terms outlive the
-    micro-batch in the window's log (a graph's outputs are overwritten at its next replay)."""
+    micro-batch in the window's log (a graph's outputs are overwritten at its next replay).
+
+    Args:
+        compile_kwargs (Mapping): ``torch.compile`` arguments.
+
+    Returns:
+        Dict[str, Any]: The arguments without CUDA graphs.
+    """
     kwargs = dict(compile_kwargs)
     mode = kwargs.get('mode')
     if mode == 'reduce-overhead':
@@ -291,23 +349,33 @@ def without_cudagraphs(compile_kwargs: Mapping) -> Dict[str, Any]:
 
 def compile_dino(detector: torch.nn.Module, parts: Optional[Sequence[str]] = None,
                  **compile_kwargs: Any) -> Dict[str, Any]:
-    """Compile parts of a DINO in place (lazily: on their first call); returns what was done.
+    """Compile parts of a DINO in place (lazily: on their first call).
 
     ``parts`` (see :data:`COMPILE_PARTS`; default: all that apply): 'encoder' compiles the
-    encoder's forward if it is :class:`~tbx11k.models.token_grid.
-    TokenGridDeformableDetrTransformerEncoder` (WindowNormalizedDINO's), else each encoder layer
-    (mmdet's forward builds its reference points from level shapes read on the host),
-    'proposals' the two-stage proposals (WindowNormalizedDINO's ``masked_memory_and_proposals``;
-    needs ``traceable_proposals``; skipped without it unless named; the detector's class is
-    switched),
-    'bbox_head' the head's forward (the per-layer classification / regression branches), 'losses'
-    the batched head's matching costs and loss terms (:data:`LOSS_METHODS` of
+    encoder's forward if it is
+    :class:`~tbx11k.models.token_grid.TokenGridDeformableDetrTransformerEncoder`
+    (WindowNormalizedDINO's), else each encoder layer (mmdet's forward builds its reference
+    points from level shapes read on the host); 'proposals' the two-stage proposals
+    (WindowNormalizedDINO's ``masked_memory_and_proposals``; needs ``traceable_proposals``;
+    skipped without it unless named; the detector's class is switched); 'bbox_head' the head's
+    forward (the per-layer classification / regression branches); 'losses' the batched head's
+    matching costs and loss terms (:data:`LOSS_METHODS` of
     :class:`~tbx11k.models.batched_loss_dino_head.BatchedLossDINOHead`; the Hungarian matching
-    itself runs on the host; needs that head, skipped without it unless named), the others the
+    itself runs on the host; needs that head, skipped without it unless named); the others the
     module's whole forward. ``compile_kwargs`` go to ``torch.compile`` (default ``dynamic=None``:
     a size that changes between calls, such as the token count under multi-scale training or the
     number of denoising queries, is recompiled once as dynamic; the detector's
     ``pad_denoising_queries`` keeps the query count of the decoder and the head's branches fixed).
+
+    Args:
+        detector (torch.nn.Module): The DINO, changed in place.
+        parts (Sequence[str], optional): The parts to compile. Defaults to None (all that
+            apply).
+        **compile_kwargs: ``torch.compile`` arguments.
+
+    Returns:
+        Dict[str, Any]: What was done: ``parts``, ``compiled_modules``,
+        ``traceable_attention_modules`` and ``compile_kwargs``.
     """
     head = getattr(detector, 'bbox_head', None)
     applies = dict(losses=all(hasattr(head, name) for name in LOSS_METHODS),
