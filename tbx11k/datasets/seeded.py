@@ -9,7 +9,14 @@ import torch
 
 @contextmanager
 def isolated_rng(seed: int) -> Iterator[None]:
-    """Seed ``random``, ``numpy`` and torch's CPU generator, restoring their state afterwards."""
+    """Seed ``random``, ``numpy`` and torch's CPU generator, restoring their state afterwards.
+
+    Args:
+        seed (int): The seed inside the block.
+
+    Yields:
+        None: Inside the block.
+    """
     py_state, np_state = random.getstate(), np.random.get_state()
     torch_state = torch.get_rng_state()
     random.seed(seed)

@@ -45,8 +45,15 @@ EXTRA_FOLDER = 'extra'
 
 
 def is_extra_image(file_name: str, img_prefix: Optional[str] = None) -> bool:
-    """Whether a json ``file_name`` (relative to ``imgs/``, or absolute under ``img_prefix``) is
-    in the extra sets."""
+    """Whether a json ``file_name`` is in the extra sets.
+
+    Args:
+        file_name (str): Relative to ``imgs/``, or absolute under ``img_prefix``.
+        img_prefix (str, optional): The image folder. Defaults to None.
+
+    Returns:
+        bool: True for an image of the extra sets.
+    """
     return image_folder(file_name.replace('\\', '/'), img_prefix) == EXTRA_FOLDER
 
 

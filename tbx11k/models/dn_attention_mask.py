@@ -31,6 +31,15 @@ def denoising_attention_mask(max_num_target: int, num_groups: int, num_matching_
     Queries ``[0, num_dn)`` form ``num_groups`` denoising groups of ``2 * max_num_target``; a
     denoising query sees its own group and the matching queries, a matching query sees only the
     matching queries.
+
+    Args:
+        max_num_target (int): The largest GT count of an image in the batch.
+        num_groups (int): The denoising groups.
+        num_matching_queries (int): The matching queries.
+        device (torch.device | str): The mask's device.
+
+    Returns:
+        Tensor: The ``(total, total)`` bool mask.
     """
     group_size = 2 * int(max_num_target)
     num_denoising = group_size * int(num_groups)
@@ -42,9 +51,18 @@ def denoising_attention_mask(max_num_target: int, num_groups: int, num_matching_
 
 
 def padded_attention_mask(mask: Tensor, pad: int) -> Tensor:
-    """``mask`` (True = cannot attend) with ``pad`` more queries at the end that no query sees
-    and that see only themselves (a query that sees nothing would make the softmax NaN, and a NaN
-    value times a zero weight is NaN in every row)."""
+    """``mask`` (True = cannot attend) with ``pad`` more queries at the end.
+
+    No query sees them and they see only themselves (a query that sees nothing would make the
+    softmax NaN, and a NaN value times a zero weight is NaN in every row).
+
+    Args:
+        mask (Tensor): A ``(total, total)`` bool mask.
+        pad (int): The queries to add.
+
+    Returns:
+        Tensor: The ``(total + pad, total + pad)`` mask.
+    """
     total = mask.size(0)
     index = torch.arange(total + pad, device=mask.device)
     padded = index[:, None] != index[None, :]
@@ -54,8 +72,16 @@ def padded_attention_mask(mask: Tensor, pad: int) -> Tensor:
 
 def max_denoising_queries(generator: CdnQueryGenerator) -> Optional[int]:
     """The most denoising queries ``generator`` makes while every image has at most its
-    ``num_dn_queries`` targets (dynamic groups: ``2 * max_target * (num_dn_queries //
-    max_target)``); None for static groups, whose count grows with the targets."""
+    ``num_dn_queries`` targets.
+
+    Dynamic groups: ``2 * max_target * (num_dn_queries // max_target)``.
+
+    Args:
+        generator (CdnQueryGenerator): The detector's denoising query generator.
+
+    Returns:
+        int | None: The count, None for static groups, whose count grows with the targets.
+    """
     if not generator.dynamic_dn_groups:
         return None
     return 2 * int(generator.num_dn_queries)
@@ -67,6 +93,13 @@ def denoising_query_index(num_targets: List[int], num_groups: int) -> np.ndarray
     The same index as mmdet's ``collate_dn_queries`` (``mapper``): the noisy queries come in
     ``2 * num_groups`` half-groups (positive, negative) of all targets, image after image; the
     target ``k`` of an image goes to slot ``k + i * max_num_target`` of half-group ``i``.
+
+    Args:
+        num_targets (List[int]): Each image's GT count.
+        num_groups (int): The denoising groups.
+
+    Returns:
+        np.ndarray: The ``(2, total)`` index.
     """
     max_num_target = max(num_targets, default=0)
     half_groups = 2 * int(num_groups)
@@ -93,6 +126,19 @@ class VectorizedDnMaskQueryGenerator(CdnQueryGenerator):
     def collate_dn_queries(self, input_label_query: Tensor, input_bbox_query: Tensor,
                            batch_idx: Tensor, batch_size: int,
                            num_groups: int) -> Tuple[Tensor, Tensor]:
+        """mmdet's ``collate_dn_queries`` with one index built on the host (no per-group loop).
+
+        Args:
+            input_label_query (Tensor): ``(total, dim)`` noisy label queries.
+            input_bbox_query (Tensor): ``(total, 4)`` noisy box queries.
+            batch_idx (Tensor): ``(num_targets,)`` each target's image.
+            batch_size (int): Images in the batch.
+            num_groups (int): The denoising groups.
+
+        Returns:
+            Tuple[Tensor, Tensor]: The ``(bs, num_dn, dim)`` label and ``(bs, num_dn, 4)`` box
+            queries.
+        """
         num_targets = self._num_targets
         if num_targets is None or len(num_targets) != batch_size \
                 or sum(num_targets) != batch_idx.numel():  # called on its own: one host read
@@ -108,5 +154,15 @@ class VectorizedDnMaskQueryGenerator(CdnQueryGenerator):
         return batched_label_query, batched_bbox_query
 
     def generate_dn_mask(self, max_num_target: int, num_groups: int, device) -> Tensor:
+        """mmdet's ``generate_dn_mask`` in a few ops (:func:`denoising_attention_mask`).
+
+        Args:
+            max_num_target (int): The largest GT count of an image in the batch.
+            num_groups (int): The denoising groups.
+            device (torch.device | str): The mask's device.
+
+        Returns:
+            Tensor: The ``(total, total)`` bool mask, True = cannot attend.
+        """
         return denoising_attention_mask(max_num_target, num_groups, self.num_matching_queries,
                                         device)

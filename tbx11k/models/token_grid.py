@@ -24,9 +24,18 @@ from mmdet.models.layers import DeformableDetrTransformerEncoder
 
 
 def token_grid(spatial_shapes: Tensor, num_tokens: int) -> Tuple[Tensor, Tensor, Tensor]:
-    """(level, row, column) of each of the ``num_tokens`` flattened tokens (levels one after the
-    other, each row-major), int64 on ``spatial_shapes``' device; ``spatial_shapes`` is (L, 2)
-    ``(h, w)``."""
+    """(level, row, column) of each of the ``num_tokens`` flattened tokens.
+
+    Levels come one after the other, each row-major.
+
+    Args:
+        spatial_shapes (Tensor): ``(L, 2)`` ``(h, w)`` of each level.
+        num_tokens (int): The token count (a shape, known on the host).
+
+    Returns:
+        Tuple[Tensor, Tensor, Tensor]: int64 level, row and column, on ``spatial_shapes``'
+        device.
+    """
     shapes = spatial_shapes.long()
     ends = (shapes[:, 0] * shapes[:, 1]).cumsum(0)
     token = torch.arange(num_tokens, device=shapes.device)
@@ -39,8 +48,17 @@ def token_grid(spatial_shapes: Tensor, num_tokens: int) -> Tuple[Tensor, Tensor,
 
 def encoder_reference_points(spatial_shapes: Tensor, valid_ratios: Tensor,
                              num_tokens: int) -> Tensor:
-    """``DeformableDetrTransformerEncoder.get_encoder_reference_points``: (bs, tokens, levels, 2)
-    normalised ``(x, y)`` of every token's cell centre, per level's valid ratios."""
+    """``DeformableDetrTransformerEncoder.get_encoder_reference_points`` without per-level loops.
+
+    Args:
+        spatial_shapes (Tensor): ``(L, 2)`` ``(h, w)`` of each level.
+        valid_ratios (Tensor): ``(bs, L, 2)`` valid (unpadded) width and height ratios.
+        num_tokens (int): The token count.
+
+    Returns:
+        Tensor: ``(bs, tokens, levels, 2)`` normalised ``(x, y)`` of every token's cell centre,
+        per level's valid ratios.
+    """
     level, row, col = token_grid(spatial_shapes, num_tokens)
     shapes = spatial_shapes.long()[level]
     ratios = valid_ratios[:, level]  # (bs, tokens, 2) as (w, h)
@@ -54,8 +72,18 @@ def encoder_reference_points(spatial_shapes: Tensor, valid_ratios: Tensor,
 def encoder_output_proposals(memory_mask: Optional[Tensor], spatial_shapes: Tensor,
                              batch_size: int, num_tokens: int) -> Tensor:
     """The proposals of ``DeformableDETR.gen_encoder_output_proposals`` before its validity check
-    and inverse sigmoid: (bs, tokens, 4) ``(cx, cy, w, h)``, the cell centre over the level's
-    valid (unpadded) width and height, and ``0.05 * 2 ** level`` as width and height."""
+    and inverse sigmoid.
+
+    Args:
+        memory_mask (Tensor, optional): ``(bs, tokens)``, True where padded.
+        spatial_shapes (Tensor): ``(L, 2)`` ``(h, w)`` of each level.
+        batch_size (int): Images in the batch.
+        num_tokens (int): The token count.
+
+    Returns:
+        Tensor: ``(bs, tokens, 4)`` ``(cx, cy, w, h)``: the cell centre over the level's valid
+        (unpadded) width and height, and ``0.05 * 2 ** level`` as width and height.
+    """
     level, row, col = token_grid(spatial_shapes, num_tokens)
     shapes = spatial_shapes.long()
     if memory_mask is not None:

@@ -53,7 +53,14 @@ class LossWindow:
 def window_reduce_mean(window: LossWindow, verify: bool = True) -> Iterator[None]:
     """Answer mmdet's ``reduce_mean`` calls in the DETR/DINO loss modules with window means.
 
-    ``verify=False`` skips the check of the local count (a device-to-host read per call)."""
+    Args:
+        window (LossWindow): The window's mean and local counts.
+        verify (bool): Check the local count (a device-to-host read per call). Defaults to
+            True.
+
+    Yields:
+        None: Inside the block.
+    """
     originals = {kind: module.reduce_mean for kind, module in KIND_MODULES.items()}
 
     def make(kind: str):
