@@ -27,7 +27,8 @@ GENERIC_STATUSES = {0, 1, 2}
 #: words that say which outcome a sentence is about; a status named in a sentence that has one of
 #: these words must be the status of (one of) the outcomes named
 MEANING_WORDS = {
-    'EXIT_NOTHING_TO_TRAIN': r'nothing (?:left )?to train|already (?:complete|finished)|finished run',
+    'EXIT_NOTHING_TO_TRAIN':
+        r'nothing (?:left )?to train|already (?:complete|finished)|finished run',
     'EXIT_INCOMPATIBLE_CHECKPOINT': r'does not fit|incompatible|no training state',
     'EXIT_WRONG_LAYOUT': r'layout|effective batch',
     'EXIT_DIVERGED': r'diverg|non-finite|\bNaN\b',
@@ -239,9 +240,9 @@ def test_make_targets_named_in_the_docs_exist():
 def test_tool_options_named_in_the_docs_exist():
     """Every --option of a ``python tools/...`` / ``bash tools/...`` command is defined somewhere
     in the tools, the package or the Slurm scripts (a removed or misspelt option fails)."""
-    sources = '\n'.join(p.read_text() for pattern in ('tools/**/*.py', 'tools/**/*.sh', 'tbx11k/**/*.py',
-                                                       'slurm/**/*.sh', 'slurm/*.sbatch')
-                        for p in ROOT.glob(pattern))
+    patterns = ('tools/**/*.py', 'tools/**/*.sh', 'tbx11k/**/*.py', 'slurm/**/*.sh',
+                'slurm/*.sbatch')
+    sources = '\n'.join(p.read_text() for pattern in patterns for p in ROOT.glob(pattern))
     missing = []
     checked = 0
     for page in all_pages():
