@@ -143,6 +143,10 @@ def build_config(args: argparse.Namespace) -> Config:
     cfg = read_config(args.config)
     cfg.launcher = args.launcher
     merge_cli_options(cfg, args.cfg_options, args.data_root)
+    # the config a training saved in its work dir holds that training's resume state (resume=True
+    # after --resume): testing loads the checkpoint given here, never an optimizer state
+    cfg.resume = False
+    cfg.pop('load_from_if_nothing_to_resume', None)
     metrics = metric_configs(cfg.get('test_evaluator'))
     if args.test_split:
         dataset = cfg.test_dataloader.dataset

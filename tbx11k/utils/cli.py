@@ -103,13 +103,47 @@ def check_evaluators_read_their_loaders_json(cfg: Config, splits: Sequence[str])
                     f'the evaluator\'s; set both to the same json')
 
 
+#: the configs shipped with this repository
+REPO_CONFIGS = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), 'configs')
+
+
+def _shown_path(path: str) -> str:
+    """``path`` relative to the current folder when it lies below it, else absolute."""
+    relative = osp.relpath(path)
+    return path if relative.startswith(os.pardir) else relative
+
+
+def closest_config(path: str) -> Optional[str]:
+    """The existing config whose name is closest to the missing ``path`` (a typo), or None.
+
+    Candidates are the ``.py`` files of ``path``'s folder when it exists, else the repository's
+    ``configs/``."""
+    import difflib
+    folder = osp.dirname(path)
+    if not (folder and osp.isdir(folder)):
+        folder = REPO_CONFIGS
+    try:
+        names = sorted(name for name in os.listdir(folder) if name.endswith('.py'))
+    except OSError:
+        return None
+    match = difflib.get_close_matches(osp.basename(path), names, n=1, cutoff=0.6)
+    if not match:
+        return None
+    return osp.join(osp.dirname(path), match[0]) if folder != REPO_CONFIGS else _shown_path(
+        osp.join(folder, match[0]))
+
+
 def read_config(path: str) -> Config:
     """``Config.fromfile`` with a one-line error for a config that is not a file or does not
-    parse (tools/train.py, tools/test.py)."""
+    parse (tools/train.py, tools/test.py); a mistyped name gets the closest existing config."""
     if not osp.isfile(path):
-        what = 'is a folder, not a config file' if osp.isdir(path) else 'does not exist'
-        raise SystemExit(f'error: config {path!r} {what} (the configs are in configs/, e.g. '
-                         'configs/dino_tbx11k_1gpu.py)')
+        if osp.isdir(path):
+            raise SystemExit(f'error: config {path!r} is a folder, not a config file (the '
+                             'configs are in configs/, e.g. configs/dino_tbx11k_1gpu.py)')
+        suggestion = closest_config(path)
+        hint = (f'did you mean {suggestion}?' if suggestion else
+                'the configs are in configs/, e.g. configs/dino_tbx11k_1gpu.py')
+        raise SystemExit(f'error: config {path!r} does not exist ({hint})')
     try:
         return Config.fromfile(path)
     except (SyntaxError, FileNotFoundError, KeyError, NameError, ImportError) as error:
