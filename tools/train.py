@@ -58,7 +58,8 @@ from tbx11k.engine.exit_codes import (EXIT_DIVERGED, EXIT_INCOMPATIBLE_CHECKPOIN
                                       EXIT_NOTHING_TO_TRAIN, EXIT_PRETRAINED_UNAVAILABLE,
                                       EXIT_WRONG_LAYOUT)
 from tbx11k.engine.stopping import NonFiniteTraining, stop_request  # noqa: E402
-from tbx11k.utils import (KeyValueDictAction, check_amp_device, check_data_root,  # noqa: E402
+from tbx11k.utils import (KeyValueDictAction, check_amp_device,  # noqa: E402
+                          check_classes_fit_the_json, check_data_root,
                           check_evaluators_read_their_loaders_json, check_launcher_environment,
                           check_num_classes, check_output_paths, merge_cli_options, read_config)
 from tbx11k.utils.dist import close_process_group  # noqa: E402
@@ -85,6 +86,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='initialise the backbone from this local file instead of '
                         "downloading the config's (offline machines); the same as --cfg-options "
                         f'{BACKBONE_CHECKPOINT_KEY}=PATH')
+    parser.add_argument('--classes', nargs='+', metavar='NAME',
+                        help='the categories to train on, in the json\'s order (another '
+                        'COCO-format data set): every dataset, the evaluators and '
+                        "model.bbox_head.num_classes; the same as --cfg-options classes=\"[...]\"")
     parser.add_argument('--cfg-options', nargs='+', action=KeyValueDictAction,
                         help='override settings in the config, key=value (mmengine syntax)')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
@@ -117,7 +122,7 @@ def build_config(args: argparse.Namespace) -> Config:
     # where the config's own pretrained weights come from, for the advice when a local copy given
     # on the command line is missing
     args.pretrained_sources = dict(pretrained_checkpoints(cfg.get('model')))
-    merge_cli_options(cfg, args.cfg_options, args.data_root)
+    merge_cli_options(cfg, args.cfg_options, args.data_root, args.classes)
     if args.backbone_checkpoint is not None:
         set_backbone_checkpoint(cfg, args.backbone_checkpoint)
     if args.work_dir is not None:
@@ -206,6 +211,7 @@ def main(argv=None) -> int:
     check_data_root(cfg)
     check_evaluators_read_their_loaders_json(cfg, splits=('val_dataloader', ))
     check_num_classes(cfg)
+    check_classes_fit_the_json(cfg)
     check_pretrained_weights_or_exit(cfg, getattr(args, 'pretrained_sources', {}))
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     status = run_training(runner)
