@@ -133,6 +133,43 @@ def closest_config(path: str) -> Optional[str]:
         osp.join(folder, match[0]))
 
 
+def configs_for_layout(effective_batch: int, world_size: int, like: Optional[str] = None,
+                       folder: str = REPO_CONFIGS) -> List[str]:
+    """The configs of ``folder`` (default: the repository's ``configs/``) that train with
+    ``effective_batch`` images per optimizer step on ``world_size`` processes: their
+    ``effective_batch_size`` is ``effective_batch`` and ``world_size x
+    train_dataloader.batch_size x optim_wrapper.accumulative_counts`` gives it.
+
+    Args:
+        effective_batch (int): images per optimizer step the run needs.
+        world_size (int): processes (GPUs) of the launch.
+        like (str, optional): a config name; the configs are listed closest name first.
+        folder (str): where to look (not in sub-folders such as ``_base_``).
+
+    Returns:
+        list[str]: paths, relative to the current folder when below it.
+    """
+    import difflib
+    fitting = []
+    for name in sorted(os.listdir(folder)) if osp.isdir(folder) else []:
+        path = osp.join(folder, name)
+        if not (name.endswith('.py') and osp.isfile(path)):
+            continue
+        try:
+            cfg = Config.fromfile(path, import_custom_modules=False)
+            declared = cfg.get('effective_batch_size')
+            batch_size = int(cfg.train_dataloader.get('batch_size', 1))
+            accumulation = int(cfg.get('optim_wrapper', {}).get('accumulative_counts', 1))
+        except Exception:  # a config that does not parse or has no training: not a candidate
+            continue
+        if declared == effective_batch == world_size * batch_size * accumulation:
+            fitting.append(name)
+    if like:
+        like = osp.basename(like)
+        fitting.sort(key=lambda name: -difflib.SequenceMatcher(None, like, name).ratio())
+    return [_shown_path(osp.join(folder, name)) for name in fitting]
+
+
 def read_config(path: str) -> Config:
     """``Config.fromfile`` with a one-line error for a config that is not a file or does not
     parse (tools/train.py, tools/test.py); a mistyped name gets the closest existing config."""

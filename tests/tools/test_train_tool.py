@@ -159,9 +159,27 @@ def test_checkpoint_of_other_effective_batch_is_refused(trained, tmp_path, train
 
 
 def test_2gpu_config_on_one_process_is_refused(tmp_path, training_root):
+    """The refusal named configs/*_1gpu.py, not the config that fits this launch."""
     proc = run(train_command(TINY_2GPU, str(tmp_path), 1, training_root, OPTIONS), check=False)
     assert proc.returncode == EXIT_WRONG_LAYOUT
     assert 'effective batch of 2 images per optimizer step, but this launch gives 1' in proc.stdout
+    assert ('For 1 process use configs/dino_tbx11k_tiny_1gpu.py (or configs/dino_tbx11k_1gpu.py), '
+            'or keep this config with --cfg-options optim_wrapper.accumulative_counts=2.'
+            in proc.stdout), proc.stdout[-3000:]
+
+
+def test_configs_that_fit_a_launch_are_found_by_their_layout(tmp_path):
+    from tbx11k.utils.cli import configs_for_layout
+    assert configs_for_layout(2, 2, like='dino_tbx11k_tiny_1gpu.py') == [
+        'configs/dino_tbx11k_tiny_2gpu.py', 'configs/dino_tbx11k_2gpu.py']
+    assert configs_for_layout(2, 4) == []
+    # computed from each config, not from its name
+    (tmp_path / 'eb8_any_name.py').write_text(
+        f"_base_ = '{TINY_1GPU}'\neffective_batch_size = 8\n"
+        "optim_wrapper = dict(accumulative_counts=2)\n")
+    (tmp_path / 'broken.py').write_text('model = dict(\n')
+    assert configs_for_layout(8, 4, folder=str(tmp_path)) == [str(tmp_path / 'eb8_any_name.py')]
+    assert configs_for_layout(8, 2, folder=str(tmp_path)) == []
 
 
 @pytest.mark.parametrize('options, says', [
