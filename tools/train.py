@@ -179,6 +179,7 @@ def check_pretrained_weights_or_exit(cfg: Config, sources: dict) -> None:
         check_pretrained_weights(cfg.get('model'), sources)
     except PretrainedWeightsUnavailable as error:
         print(f'error: {error}', file=sys.stderr, flush=True)
+        write_exit_status(EXIT_PRETRAINED_UNAVAILABLE)  # for dist_train.sh, as every outcome
         raise SystemExit(EXIT_PRETRAINED_UNAVAILABLE) from None
 
 

@@ -219,12 +219,17 @@ def test_backbone_weights_offline_stop_the_run_first_with_what_to_do(tmp_path, t
     assert osp.join(str(tmp_path / 'torch_home'), 'hub', 'checkpoints',
                     'resnet50-0676ba61.pth') in errors[0]
     assert not work_dir.exists()  # nothing was built, no layout report, no data loaded
-    # a local copy that is not there: the same status, and where the config gets the file
-    proc = run(train_command(FULL_1GPU, str(work_dir), 1, training_root,
-                             extra=['--backbone-checkpoint', str(tmp_path / 'resnet50.pth')]),
-               check=False, env=env)
-    assert proc.returncode == EXIT_PRETRAINED_UNAVAILABLE
-    assert proc.stderr.strip().splitlines()[-1] == (
+    # a local copy that is not there: the same status (also through dist_train.sh, whose
+    # torch.distributed.run says 1 for any failure), and where the config gets the file
+    from tbx11k.testing import free_port
+    proc = run(['bash', osp.join(REPO_ROOT, 'tools', 'dist_train.sh'),
+                osp.join(REPO_ROOT, 'configs', 'dino_tbx11k_2gpu.py'), '2', '--work-dir',
+                str(work_dir), '--data-root', training_root, '--backbone-checkpoint',
+                str(tmp_path / 'resnet50.pth')], check=False,
+               env=dict(env, PYTHON=sys.executable, PORT=str(free_port())))
+    assert proc.returncode == EXIT_PRETRAINED_UNAVAILABLE, proc.stderr[-3000:]
+    assert not work_dir.exists()
+    assert [line for line in proc.stderr.splitlines() if line.startswith('error:')][0] == (
         f'error: the pretrained weights model.backbone.init_cfg.checkpoint='
         f"{tmp_path / 'resnet50.pth'}: no such file. Download the config's file "
         'https://download.pytorch.org/models/resnet50-0676ba61.pth and give its path with '
