@@ -30,8 +30,8 @@ def parse_args(argv=None):
     p.add_argument('--healthy-fraction', type=float, default=0.25,
                    help='fraction of each split that is healthy films (the rest: sick, non-TB)')
     p.add_argument('--duplicate-pairs', type=int, default=None,
-                   help='byte-identical train/val sick pairs (None: about 5%% of the val sick films, '
-                   'at least 1)')
+                   help='byte-identical train/val sick pairs (None: about 5%% of the val sick '
+                   'films, at least 1)')
     p.add_argument('--overwrite', action='store_true',
                    help='replace imgs/, annotations/, lists/ under ROOT')
     p.add_argument('--json', action='store_true',

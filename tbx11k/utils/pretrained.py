@@ -2,8 +2,8 @@
 
 mmengine fetches an ``init_cfg=dict(type='Pretrained', checkpoint=URL)`` when it initialises the
 weights, after the model, the data and the hooks are built; on a machine without network (Slurm
-compute nodes often are) that ends in a long ``URLError`` traceback. :func:`check_pretrained_weights`
-finds out first, in about a second, and says what to do.
+compute nodes often are) that ends in a long ``URLError`` traceback.
+:func:`check_pretrained_weights` finds out first, in about a second, and says what to do.
 """
 import os.path as osp
 from typing import Any, Dict, List, Optional, Tuple
