@@ -12,19 +12,26 @@ from tbx11k.datasets.synthetic import format_summary, make_synthetic_tbx11k
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('root', help='output folder (TBX11K root)')
-    p.add_argument('--num-train', type=int, default=24)
-    p.add_argument('--num-val', type=int, default=12)
-    p.add_argument('--num-test', type=int, default=8)
+    p.add_argument('--num-train', type=int, default=24,
+                   help='images of TBX11K_train.json')
+    p.add_argument('--num-val', type=int, default=12, help='images of TBX11K_val.json')
+    p.add_argument('--num-test', type=int, default=8,
+                   help='images of the unlabelled test split (all_test.json)')
     p.add_argument('--num-extra', type=int, default=8,
                    help='images of the extra public sets (no boxes)')
-    p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--size', type=int, default=512, help='image side')
-    p.add_argument('--tb-fraction', type=float, default=0.5)
-    p.add_argument('--healthy-fraction', type=float, default=0.25)
+    p.add_argument('--seed', type=int, default=0,
+                   help='random seed: the same seed and options write the same files')
+    p.add_argument('--size', type=int, default=512, help='image side in pixels (square films)')
+    p.add_argument('--tb-fraction', type=float, default=0.5,
+                   help='fraction of each split that is TB films (1 to 5 lesion boxes)')
+    p.add_argument('--healthy-fraction', type=float, default=0.25,
+                   help='fraction of each split that is healthy films (the rest: sick, non-TB)')
     p.add_argument('--duplicate-pairs', type=int, default=None,
-                   help='byte-identical train/val sick pairs (default ~5%%)')
+                   help='byte-identical train/val sick pairs (None: about 5%% of the val sick '
+                   'films, at least 1)')
     p.add_argument('--overwrite', action='store_true',
                    help='replace imgs/, annotations/, lists/ under ROOT')
     p.add_argument('--json', action='store_true',

@@ -27,6 +27,7 @@ from mmengine.runner import Runner  # noqa: E402
 from tbx11k.apis.inference import read_checkpoint, select_weights  # noqa: E402
 from tbx11k.utils import (  # noqa: E402
     KeyValueDictAction,
+    check_classes_fit_the_json,
     check_data_root,
     check_evaluators_read_their_loaders_json,
     check_launcher_environment,
@@ -57,6 +58,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         'needed; use with --test-split for the challenge test set)')
     parser.add_argument('--test-split', action='store_true',
                         help='test on annotations/json/all_test.json (the unlabelled test set)')
+    parser.add_argument('--classes', nargs='+', metavar='NAME',
+                        help='the categories to test on, in the json\'s order (another '
+                        'COCO-format data set): every dataset, the evaluators and '
+                        "model.bbox_head.num_classes; the same as --cfg-options classes=\"[...]\"")
     parser.add_argument('--cfg-options', nargs='+', action=KeyValueDictAction,
                         help='override settings in the config, key=value (mmengine syntax)')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
@@ -149,7 +154,11 @@ def build_config(args: argparse.Namespace) -> Config:
     check_launcher_environment(args.launcher)
     cfg = read_config(args.config)
     cfg.launcher = args.launcher
-    merge_cli_options(cfg, args.cfg_options, args.data_root)
+    merge_cli_options(cfg, args.cfg_options, args.data_root, args.classes)
+    # the config a training saved in its work dir holds that training's resume state (resume=True
+    # after --resume): testing loads the checkpoint given here, never an optimizer state
+    cfg.resume = False
+    cfg.pop('load_from_if_nothing_to_resume', None)
     metrics = metric_configs(cfg.get('test_evaluator'))
     if args.test_split:
         dataset = cfg.test_dataloader.dataset
@@ -187,6 +196,7 @@ def main(argv=None) -> int:
     check_data_root(cfg, splits=('test_dataloader', ))
     check_evaluators_read_their_loaders_json(cfg, splits=('test_dataloader', ))
     check_num_classes(cfg, splits=('test_dataloader', ))
+    check_classes_fit_the_json(cfg, splits=('test_dataloader', ))
     cfg.load_from, weights, state = weights_to_load(args.checkpoint, args.weights, cfg.work_dir)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     check_weights_fit(state, runner.model, args.checkpoint, args.config)

@@ -1,6 +1,7 @@
 """Train a detector: mmdet 3.3.0's tools/train.py, with the same flags, plus --data-root.
 
     python tools/train.py configs/dino_tbx11k_1gpu.py [--work-dir DIR] [--resume [CKPT]]
+    python tools/train.py configs/dino_tbx11k_1gpu.py --backbone-checkpoint resnet50-0676ba61.pth
     bash tools/dist_train.sh configs/dino_tbx11k_2gpu.py 2
 """
 import argparse
@@ -58,12 +59,14 @@ from tbx11k.engine.exit_codes import (  # noqa: E402
     EXIT_DIVERGED,
     EXIT_INCOMPATIBLE_CHECKPOINT,
     EXIT_NOTHING_TO_TRAIN,
+    EXIT_PRETRAINED_UNAVAILABLE,
     EXIT_WRONG_LAYOUT,
 )
 from tbx11k.engine.stopping import NonFiniteTraining, stop_request  # noqa: E402
 from tbx11k.utils import (  # noqa: E402
     KeyValueDictAction,
     check_amp_device,
+    check_classes_fit_the_json,
     check_data_root,
     check_evaluators_read_their_loaders_json,
     check_launcher_environment,
@@ -73,6 +76,12 @@ from tbx11k.utils import (  # noqa: E402
     read_config,
 )
 from tbx11k.utils.dist import close_process_group  # noqa: E402
+from tbx11k.utils.pretrained import (  # noqa: E402
+    BACKBONE_CHECKPOINT_KEY,
+    PretrainedWeightsUnavailable,
+    check_pretrained_weights,
+    pretrained_checkpoints,
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -88,6 +97,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                         'in the work directory')
     parser.add_argument('--data-root', help='TBX11K root (holds imgs/ and annotations/); '
                         "overrides the config's data_root everywhere")
+    parser.add_argument('--backbone-checkpoint', metavar='PATH',
+                        help='initialise the backbone from this local file instead of '
+                        "downloading the config's (offline machines); the same as --cfg-options "
+                        f'{BACKBONE_CHECKPOINT_KEY}=PATH')
+    parser.add_argument('--classes', nargs='+', metavar='NAME',
+                        help='the categories to train on, in the json\'s order (another '
+                        'COCO-format data set): every dataset, the evaluators and '
+                        "model.bbox_head.num_classes; the same as --cfg-options classes=\"[...]\"")
     parser.add_argument('--cfg-options', nargs='+', action=KeyValueDictAction,
                         help='override settings in the config, key=value (mmengine syntax)')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
@@ -117,7 +134,12 @@ def build_config(args: argparse.Namespace) -> Config:
     check_launcher_environment(args.launcher)
     cfg = read_config(args.config)
     cfg.launcher = args.launcher
-    merge_cli_options(cfg, args.cfg_options, args.data_root)
+    # where the config's own pretrained weights come from, for the advice when a local copy given
+    # on the command line is missing
+    args.pretrained_sources = dict(pretrained_checkpoints(cfg.get('model')))
+    merge_cli_options(cfg, args.cfg_options, args.data_root, args.classes)
+    if args.backbone_checkpoint is not None:
+        set_backbone_checkpoint(cfg, args.backbone_checkpoint)
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir', None) is None:
@@ -153,6 +175,29 @@ def build_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
+def set_backbone_checkpoint(cfg: Config, path: str) -> None:
+    """``--backbone-checkpoint PATH``: the backbone's ``init_cfg`` loads ``PATH``."""
+    backbone = cfg.get('model', {}).get('backbone')
+    if not isinstance(backbone, dict):
+        raise SystemExit('error: --backbone-checkpoint: the config\'s model has no backbone')
+    init_cfg = backbone.get('init_cfg')
+    if isinstance(init_cfg, dict) and init_cfg.get('type') == 'Pretrained':
+        init_cfg.checkpoint = path  # keeps its other fields (e.g. prefix)
+    else:
+        backbone.init_cfg = dict(type='Pretrained', checkpoint=path)
+
+
+def check_pretrained_weights_or_exit(cfg: Config, sources: dict) -> None:
+    """Exit with :data:`EXIT_PRETRAINED_UNAVAILABLE` and one line saying what to do when the
+    weights an ``init_cfg`` names cannot be had; before anything is built."""
+    try:
+        check_pretrained_weights(cfg.get('model'), sources)
+    except PretrainedWeightsUnavailable as error:
+        print(f'error: {error}', file=sys.stderr, flush=True)
+        write_exit_status(EXIT_PRETRAINED_UNAVAILABLE)  # for dist_train.sh, as every outcome
+        raise SystemExit(EXIT_PRETRAINED_UNAVAILABLE) from None
+
+
 def run_training(runner) -> int:
     """Train; the exit status of the outcomes a job script acts on (the same on every rank)."""
     try:
@@ -182,6 +227,8 @@ def main(argv=None) -> int:
     check_data_root(cfg)
     check_evaluators_read_their_loaders_json(cfg, splits=('val_dataloader', ))
     check_num_classes(cfg)
+    check_classes_fit_the_json(cfg)
+    check_pretrained_weights_or_exit(cfg, getattr(args, 'pretrained_sources', {}))
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     status = run_training(runner)
     close_process_group()

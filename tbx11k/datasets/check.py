@@ -30,6 +30,7 @@ from .validation import (
     norm_file_name,
     read_image_header,
     read_json,
+    resolve_class_ids,
     summarize_ids,
     validate_coco,
 )
@@ -153,9 +154,12 @@ def check_ann_file(ann_file: str,
                    *,
                    decode: bool = True,
                    bbox_tolerance: float = BBOX_TOLERANCE,
-                   cache: Optional[Dict[str, ImageCheck]] = None
+                   cache: Optional[Dict[str, ImageCheck]] = None,
+                   classes: Optional[Sequence[str]] = None
                    ) -> FileReport:
-    """Check one json file and the images it lists."""
+    """Check one json file and the images it lists; ``classes`` (default: TBX11KDataset's,
+    as the shipped configs) must be categories of the file in its order, as training needs."""
+    classes = DEFAULT_CLASSES if classes is None else classes
     report = FileReport(ann_file=ann_file, split=split_of(ann_file))
     cache = {} if cache is None else cache
     try:
@@ -242,13 +246,14 @@ def check_ann_file(ann_file: str,
             'metrics count them as non-TB')
     if val.top_level_ok and not val.num_raw_images:
         issues.error('no_images', None, "'images' is empty")
-    _check_default_classes(val.categories, issues)
+    if val.categories:  # (a json without categories is reported by validate_coco)
+        resolve_class_ids(tuple(classes), val.categories, issues)
     _check_areas(val.anns_by_image, issues)
     if is_training_file(ann_file):
         background_only = background_only_warning(
-            issues.source, DEFAULT_CLASSES, len(val.images),
+            issues.source, tuple(classes), len(val.images),
             sum(1 for anns in val.anns_by_image.values() for a in anns
-                if cat_name[a['category_id']] in DEFAULT_CLASSES
+                if cat_name[a['category_id']] in classes
                 and not a.get('ignore', False)))
         if background_only:
             issues.warnings.append(Issue('warning', 'no_training_boxes', background_only))
@@ -274,29 +279,6 @@ def check_ann_file(ann_file: str,
 
 #: TBX11KDataset's default classes (the shipped configs), in label order.
 DEFAULT_CLASSES = TBX11KDataset.METAINFO['classes']
-
-
-def _check_default_classes(categories: List[dict], issues: IssueCollector) -> None:
-    """Warn when TBX11KDataset with the default classes would refuse the file: a class name that
-    is not a category, or categories in another order than the label order."""
-    if not categories:
-        return
-    names = [c['name'] for c in categories]
-    missing = [c for c in DEFAULT_CLASSES if c not in names]
-    if missing:
-        issues.warning(
-            'default_classes', None,
-            f'no category named {missing} (categories: {names}): TBX11KDataset with '
-            f'the default classes {DEFAULT_CLASSES} (the shipped configs) refuses '
-            "this file; set metainfo=dict(classes=...) to categories of the file")
-    elif [n for n in names if n in DEFAULT_CLASSES] != list(DEFAULT_CLASSES):
-        issues.warning(
-            'default_classes', None,
-            f'categories {names} list {DEFAULT_CLASSES[1]} before '
-            f'{DEFAULT_CLASSES[0]}: TBX11KDataset with the default classes (the '
-            'shipped configs) refuses this file (labels map to categories in file '
-            'order); list the categories in the official order or reverse '
-            'metainfo classes')
 
 
 def is_training_file(ann_file: str) -> bool:
@@ -339,10 +321,13 @@ def check_dataset(data_root: str,
                   *,
                   img_dir: str = 'imgs',
                   decode: bool = True,
-                  bbox_tolerance: float = BBOX_TOLERANCE) -> CheckReport:
+                  bbox_tolerance: float = BBOX_TOLERANCE,
+                  classes: Optional[Sequence[str]] = None) -> CheckReport:
     """Check json files (default :func:`default_ann_files`) of a TBX11K
     root; a relative ``ann_files`` entry is ``data_root/entry`` when that
-    exists, else taken as given (relative to the current folder)."""
+    exists, else taken as given (relative to the current folder). ``classes``
+    are the classes to train on (default: TBX11KDataset's, the shipped
+    configs'): a json that training with them would refuse is an error."""
     data_root = str(data_root)
     bbox_tolerance = check_bbox_tolerance(bbox_tolerance)
     report = CheckReport(data_root=data_root)
@@ -369,7 +354,8 @@ def check_dataset(data_root: str,
     for f in resolved:
         report.files.append(
             check_ann_file(f, img_prefix, decode=decode,
-                           bbox_tolerance=bbox_tolerance, cache=cache))
+                           bbox_tolerance=bbox_tolerance, cache=cache,
+                           classes=classes))
     _cross_split(report)
     return report
 
@@ -484,12 +470,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    'is an error (default: %(default)s)')
     p.add_argument('--max-list', type=int, default=20,
                    help='errors/warnings listed in full (default: 20)')
+    p.add_argument('--classes', nargs='+', metavar='NAME',
+                   help='the classes you will train on, as given to tools/train.py --classes '
+                   '(default: the shipped configs\' '
+                   f'{" ".join(DEFAULT_CLASSES)})')
     args = p.parse_args(argv)
     report = check_dataset(
         args.data_root,
         args.ann_files,
         img_dir=args.img_dir,
         decode=not args.no_decode,
-        bbox_tolerance=args.bbox_tolerance)
+        bbox_tolerance=args.bbox_tolerance,
+        classes=args.classes)
     print(format_report(report, max_list=args.max_list))
     return 0 if report.ok else 1

@@ -14,6 +14,7 @@ from .validation import (
     BBOX_TOLERANCE,
     MIN_BOX_SIZE,
     ImageHeader,
+    IssueCollector,
     TBX11KDataError,
     background_only_warning,
     check_bbox_tolerance,
@@ -22,6 +23,7 @@ from .validation import (
     image_folder,
     read_image_header,
     read_json,
+    resolve_class_ids,
     summarize_ids,
     validate_coco,
 )
@@ -135,39 +137,10 @@ class TBX11KDataset(SeededSampleMixin, CocoDataset):
 
     # ------------------------------------------------------------------
     def _resolve_classes(self, categories: List[dict]) -> List[int]:
-        """Category ids of ``metainfo['classes']``, with clear errors."""
-        classes = self.metainfo.get('classes')
-        src = self.ann_file
-        if isinstance(classes, str) or not isinstance(classes,
-                                                      (list, tuple)):
-            raise TBX11KDataError(
-                f"{src}: metainfo['classes'] must be a tuple of category "
-                f'names, got {classes!r}')
-        if not classes:
-            raise TBX11KDataError(f"{src}: metainfo['classes'] is empty")
-        dup = [c for c, n in Counter(classes).items() if n > 1]
-        if dup:
-            raise TBX11KDataError(
-                f"{src}: metainfo['classes'] lists {dup} more than once")
-        name2id = {c['name']: c['id'] for c in categories}
-        unknown = [c for c in classes if c not in name2id]
-        if unknown:
-            raise TBX11KDataError(
-                f"{src}: metainfo['classes'] names {unknown}, which "
-                f'{"is" if len(unknown) == 1 else "are"} not a category of '
-                f'this file (categories: {list(name2id)}); use '
-                f'TBX11KDataset.CLASSES_2 or CLASSES_3')
-        cat_ids = [name2id[c] for c in classes]
-        json_order = [c['id'] for c in categories if c['id'] in cat_ids]
-        if cat_ids != json_order:
-            expected = tuple(c['name'] for c in categories
-                             if c['id'] in cat_ids)
-            raise TBX11KDataError(
-                f"{src}: metainfo['classes'] {tuple(classes)} must follow "
-                f"the file's category order {expected}: mmdet's CocoMetric "
-                'maps label i to the i-th matching category id in file '
-                'order, so any other order evaluates the wrong class')
-        return cat_ids
+        """Category ids of ``metainfo['classes']``, with clear errors
+        (:func:`~tbx11k.datasets.validation.resolve_class_ids`)."""
+        return resolve_class_ids(self.metainfo.get('classes'), categories,
+                                 IssueCollector(self.ann_file, raise_errors=True))
 
     def load_data_list(self) -> List[dict]:
         """Load, validate and convert ``self.ann_file``."""

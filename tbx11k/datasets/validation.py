@@ -337,6 +337,61 @@ def deep_images_warning(where: str, deep_images: Sequence[str]) -> str:
             'value range, before training or testing.')
 
 
+#: how to set other classes, in the refusals of :func:`resolve_class_ids`
+CLASSES_HINT = ('use TBX11KDataset.CLASSES_2 or CLASSES_3, or name the categories of another '
+                'data set with --classes NAME ... (tools/train.py, test.py, check_dataset.py) or '
+                'the config\'s `classes`')
+
+
+def resolve_class_ids(classes: Any, categories: List[dict],
+                      issues: IssueCollector) -> Optional[List[int]]:
+    """The category ids of ``classes`` (label order) in a json's ``categories``.
+
+    The rule of :class:`~tbx11k.datasets.TBX11KDataset` (which refuses the json otherwise) and of
+    ``tools/check_dataset.py`` (which reports it with the same words): a tuple of distinct
+    category names of the file, listed in the file's category order (mmdet's ``CocoMetric`` maps
+    label i to the i-th matching category id in file order).
+
+    Args:
+        classes (Any): the dataset's ``metainfo['classes']``.
+        categories (list[dict]): the json's ``categories`` (``id``, ``name``).
+        issues (IssueCollector): raises or collects the refusal (kind ``'classes'``).
+
+    Returns:
+        list[int] | None: the category ids, or None when ``issues`` collected a refusal.
+    """
+    if isinstance(classes, str) or not isinstance(classes, (list, tuple)):
+        issues.error('classes', None, "metainfo['classes'] must be a tuple of category names, "
+                     f'got {classes!r}')
+        return None
+    if not classes:
+        issues.error('classes', None, "metainfo['classes'] is empty")
+        return None
+    duplicates = [c for c in dict.fromkeys(classes) if list(classes).count(c) > 1]
+    if duplicates:
+        issues.error('classes', None,
+                     f"metainfo['classes'] lists {duplicates} more than once")
+        return None
+    name2id = {c['name']: c['id'] for c in categories}
+    unknown = [c for c in classes if c not in name2id]
+    if unknown:
+        issues.error('classes', None,
+                     f"metainfo['classes'] names {unknown}, which "
+                     f'{"is" if len(unknown) == 1 else "are"} not a category of this file '
+                     f'(categories: {list(name2id)}); {CLASSES_HINT}')
+        return None
+    cat_ids = [name2id[c] for c in classes]
+    json_order = [c['id'] for c in categories if c['id'] in cat_ids]
+    if cat_ids != json_order:
+        expected = tuple(c['name'] for c in categories if c['id'] in cat_ids)
+        issues.error('classes', None,
+                     f"metainfo['classes'] {tuple(classes)} must follow the file's category "
+                     f"order {expected}: mmdet's CocoMetric maps label i to the i-th matching "
+                     'category id in file order, so any other order evaluates the wrong class')
+        return None
+    return cat_ids
+
+
 def background_only_warning(where: str, classes: Sequence[str], num_images: int,
                             num_boxes: int) -> Optional[str]:
     """The warning for a training set with images but no box of ``classes`` (dataset, check

@@ -5,6 +5,9 @@ EXIT_NOTHING_TO_TRAIN = 3
 EXIT_INCOMPATIBLE_CHECKPOINT = 4
 #: the launch (GPUs x images x accumulation) does not give the config's effective batch
 EXIT_WRONG_LAYOUT = 5
+#: the pretrained weights an init_cfg names (the ImageNet backbone) cannot be downloaded (no
+#: network) or read (no such file): nothing was built; give a local file and start again
+EXIT_PRETRAINED_UNAVAILABLE = 7
 #: stopped by a signal after writing a checkpoint at an optimizer-step boundary: resume to go on
 #: (75 is EX_TEMPFAIL in sysexits.h: "try again later")
 EXIT_PREEMPTED = 75

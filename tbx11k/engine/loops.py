@@ -1,6 +1,6 @@
 """A training loop whose iteration is one optimizer step, however the step's batch is split."""
 import logging
-from typing import Dict, List, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from mmengine.dist import all_reduce, get_dist_info
@@ -130,8 +130,29 @@ class AccumulationEpochBasedTrainLoop(EpochBasedTrainLoop):
             raise LayoutMismatch(
                 f'This config trains with an effective batch of {declared} images per optimizer '
                 f'step, but this launch gives {self.effective_batch_size} = {self._layout()}. '
-                'Use configs/*_1gpu.py on 1 GPU and configs/*_2gpu.py on 2 GPUs, or change '
-                'optim_wrapper.accumulative_counts (and effective_batch_size) with --cfg-options.')
+                + self._layout_advice(declared, getattr(runner.cfg, 'filename', None)))
+
+    def _layout_advice(self, declared: int, config: Optional[str]) -> str:
+        """What gives this launch the effective batch ``declared``: the repository's configs
+        that fit its process count (closest name to ``config`` first), or the accumulation."""
+        from ..utils.cli import configs_for_layout
+        sampler = self.window_sampler
+        processes = f'{sampler.world_size} process{"es" if sampler.world_size > 1 else ""}'
+        fitting = configs_for_layout(declared, sampler.world_size, like=config)
+        advice = []
+        if fitting:
+            others = f' (or {", ".join(fitting[1:3])})' if len(fitting) > 1 else ''
+            advice.append(f'For {processes} use {fitting[0]}{others}')
+        per_step = sampler.world_size * sampler.batch_size
+        if declared % per_step == 0:
+            advice.append(f'{"or" if fitting else "For " + processes} keep this config with '
+                          '--cfg-options optim_wrapper.accumulative_counts='
+                          f'{declared // per_step}')
+        else:
+            advice.append(f'{declared} images do not split into {processes} x '
+                          f'{sampler.batch_size} image(s): change train_dataloader.batch_size or '
+                          'the number of processes')
+        return ', '.join(advice) + '.'
 
     @property
     def effective_batch_size(self) -> int:

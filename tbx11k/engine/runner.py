@@ -91,14 +91,15 @@ class TBX11KRunner(Runner):
             if is_distributed():
                 broadcast_object_list(found)
             initial_weights = self.cfg.get('load_from_if_nothing_to_resume')
+            # a warning: a mistyped --work-dir would otherwise start a new run unnoticed
             if found[0] is None and initial_weights:
-                self.logger.info(f'No checkpoint to resume in {self.work_dir}: starting from '
-                                 f'the weights of load_from={initial_weights}')
+                self.logger.warning(f'Nothing to resume in {self.work_dir}: starting from the '
+                                    f'weights of load_from={initial_weights}')
                 self._resume = False
                 self._load_from = initial_weights
             elif found[0] is None:
-                self.logger.info(f'No checkpoint to resume in {self.work_dir}: training from '
-                                 'scratch')
+                self.logger.warning(f'Nothing to resume in {self.work_dir}: starting from '
+                                    'scratch')
                 self._resume = False
             else:
                 self._load_from = found[0]

@@ -126,8 +126,77 @@ def check_evaluators_read_their_loaders_json(cfg: Config, splits: Sequence[str])
                     f'the evaluator\'s; set both to the same json')
 
 
+#: the configs shipped with this repository
+REPO_CONFIGS = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), 'configs')
+
+
+def _shown_path(path: str) -> str:
+    """``path`` relative to the current folder when it lies below it, else absolute."""
+    relative = osp.relpath(path)
+    return path if relative.startswith(os.pardir) else relative
+
+
+def closest_config(path: str) -> Optional[str]:
+    """The existing config whose name is closest to the missing ``path`` (a typo), or None.
+
+    Candidates are the ``.py`` files of ``path``'s folder when it exists, else the repository's
+    ``configs/``."""
+    import difflib
+    folder = osp.dirname(path)
+    if not (folder and osp.isdir(folder)):
+        folder = REPO_CONFIGS
+    try:
+        names = sorted(name for name in os.listdir(folder) if name.endswith('.py'))
+    except OSError:
+        return None
+    match = difflib.get_close_matches(osp.basename(path), names, n=1, cutoff=0.6)
+    if not match:
+        return None
+    return osp.join(osp.dirname(path), match[0]) if folder != REPO_CONFIGS else _shown_path(
+        osp.join(folder, match[0]))
+
+
+def configs_for_layout(effective_batch: int, world_size: int, like: Optional[str] = None,
+                       folder: str = REPO_CONFIGS) -> List[str]:
+    """The configs of ``folder`` (default: the repository's ``configs/``) that train with
+    ``effective_batch`` images per optimizer step on ``world_size`` processes: their
+    ``effective_batch_size`` is ``effective_batch`` and ``world_size x
+    train_dataloader.batch_size x optim_wrapper.accumulative_counts`` gives it.
+
+    Args:
+        effective_batch (int): images per optimizer step the run needs.
+        world_size (int): processes (GPUs) of the launch.
+        like (str, optional): a config name; the configs are listed closest name first.
+        folder (str): where to look (not in sub-folders such as ``_base_``).
+
+    Returns:
+        list[str]: paths, relative to the current folder when below it.
+    """
+    import difflib
+    fitting = []
+    for name in sorted(os.listdir(folder)) if osp.isdir(folder) else []:
+        path = osp.join(folder, name)
+        if not (name.endswith('.py') and osp.isfile(path)):
+            continue
+        try:
+            cfg = Config.fromfile(path, import_custom_modules=False)
+            declared = cfg.get('effective_batch_size')
+            batch_size = int(cfg.train_dataloader.get('batch_size', 1))
+            accumulation = int(cfg.get('optim_wrapper', {}).get('accumulative_counts', 1))
+        except Exception:  # a config that does not parse or has no training: not a candidate
+            continue
+        if declared == effective_batch == world_size * batch_size * accumulation:
+            fitting.append(name)
+    if like:
+        like = osp.basename(like)
+        fitting.sort(key=lambda name: -difflib.SequenceMatcher(None, like, name).ratio())
+    return [_shown_path(osp.join(folder, name)) for name in fitting]
+
+
 def read_config(path: str) -> Config:
     """``Config.fromfile`` with a one-line error (tools/train.py, tools/test.py).
+
+    A mistyped name gets the closest existing config in the error.
 
     Args:
         path (str): The config file.
@@ -139,9 +208,13 @@ def read_config(path: str) -> Config:
         SystemExit: When ``path`` is not a file or does not parse.
     """
     if not osp.isfile(path):
-        what = 'is a folder, not a config file' if osp.isdir(path) else 'does not exist'
-        raise SystemExit(f'error: config {path!r} {what} (the configs are in configs/, e.g. '
-                         'configs/dino_tbx11k_1gpu.py)')
+        if osp.isdir(path):
+            raise SystemExit(f'error: config {path!r} is a folder, not a config file (the '
+                             'configs are in configs/, e.g. configs/dino_tbx11k_1gpu.py)')
+        suggestion = closest_config(path)
+        hint = (f'did you mean {suggestion}?' if suggestion else
+                'the configs are in configs/, e.g. configs/dino_tbx11k_1gpu.py')
+        raise SystemExit(f'error: config {path!r} does not exist ({hint})')
     try:
         return Config.fromfile(path)
     except (SyntaxError, FileNotFoundError, KeyError, NameError, ImportError) as error:
@@ -216,24 +289,72 @@ def check_output_paths(work_dir: str, out: Optional[str] = None) -> None:
             raise SystemExit(f'error: {what}: {path} is a file, so {folder} cannot be a folder')
 
 
-def merge_cli_options(cfg: Config, cfg_options: Optional[dict], data_root: Optional[str]) -> None:
-    """Apply ``--data-root`` and ``--cfg-options`` (tools/train.py, tools/test.py).
+def _model_head(cfg: Config) -> Optional[ConfigDict]:
+    """The detector's ``bbox_head`` config (inside a test-time-augmentation wrapper too)."""
+    model = cfg.get('model') or {}
+    while isinstance(model, dict) and 'module' in model:
+        model = model['module']
+    head = model.get('bbox_head') if isinstance(model, dict) else None
+    return head if isinstance(head, dict) else None
+
+
+def class_names(value) -> Tuple[str, ...]:
+    """A ``classes`` value as given on the command line or in a config: names, or one name."""
+    names = (value, ) if isinstance(value, str) else tuple(value)
+    if not names or not all(isinstance(name, str) and name for name in names):
+        raise SystemExit(f'error: classes must be category names, got {value!r}')
+    return names
+
+
+def set_classes(cfg: Config, classes) -> None:
+    """Train/test on ``classes``: the config's ``classes``, every dataset's
+    ``metainfo.classes`` (the evaluators take theirs from the dataset) and the head's
+    ``num_classes``.
+
+    Args:
+        cfg (Config): the config, changed in place.
+        classes (Sequence[str] | str): the category names, in the json's category order.
+    """
+    classes = class_names(classes)
+    cfg.classes = classes
+    for _, dataset in _datasets(cfg):
+        metainfo = dataset.get('metainfo') or {}
+        if tuple(metainfo.get('classes') or ()) != classes:
+            # a palette of the old classes would not fit: the dataset picks one for these
+            metainfo = {k: v for k, v in metainfo.items() if k != 'palette'}
+        dataset['metainfo'] = dict(metainfo, classes=classes)
+    head = _model_head(cfg)
+    if head is not None and 'num_classes' in head:
+        head['num_classes'] = len(classes)
+
+
+def merge_cli_options(cfg: Config, cfg_options: Optional[dict], data_root: Optional[str],
+                      classes: Optional[Sequence[str]] = None) -> None:
+    """Apply ``--data-root``, ``--classes`` and ``--cfg-options`` (tools/train.py,
+    tools/test.py).
 
     ``--cfg-options data_root=DIR`` alone would change only the top-level variable: the datasets
     and evaluators were built from the old one when the config was read, so it is applied like
-    ``--data-root`` (which wins when both are given). The data root is applied first, then the
-    options, so explicit keys (e.g. ``val_evaluator.ann_file=...``) win, as in mmdet. A metric
-    that reads its dataloader's json keeps reading it when the options change the dataloader's
-    ``ann_file`` or ``data_root``, unless they name the evaluator's ``ann_file`` too.
+    ``--data-root`` (which wins when both are given). The same holds for ``classes``: the config's
+    top-level ``classes`` (from the file, ``--cfg-options classes=...`` or ``--classes``, which
+    wins) is applied to every dataset and the head's ``num_classes`` (:func:`set_classes`), so a
+    derived config that sets ``classes`` trains on them. The data root and the classes are applied
+    first, then the options, so explicit keys (e.g. ``val_evaluator.ann_file=...``) win, as in
+    mmdet. A metric that reads its dataloader's json keeps reading it when the options change the
+    dataloader's ``ann_file`` or ``data_root``, unless they name the evaluator's ``ann_file``
+    too.
 
     Args:
         cfg (Config): The config, changed in place.
         cfg_options (dict, optional): The ``--cfg-options``.
         data_root (str, optional): The ``--data-root``.
+        classes (Sequence[str], optional): The ``--classes``.
     """
     cfg_options = dict(cfg_options or {})
     data_root = data_root or cfg_options.get('data_root')
     cfg_options.pop('data_root', None)
+    classes = classes or cfg_options.pop('classes', None) or cfg.get('classes')
+    cfg_options.pop('classes', None)
     linked = []  # (split, evaluator key, metric index) of metrics reading their loader's json
     for split, evaluator_key in EVALUATOR_SPLITS:
         loader_ann = _loader_ann_file(cfg, split)
@@ -247,6 +368,8 @@ def merge_cli_options(cfg: Config, cfg_options: Optional[dict], data_root: Optio
                 linked.append((split, evaluator_key, i))
     if data_root:
         set_data_root(cfg, data_root)
+    if classes:
+        set_classes(cfg, classes)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     for split, evaluator_key, i in linked:
@@ -314,11 +437,8 @@ def check_num_classes(cfg: Config, splits=('train_dataloader', 'val_dataloader')
     Raises:
         SystemExit: Naming the dataset's classes and the model's ``num_classes``.
     """
-    model = cfg.get('model') or {}
-    while isinstance(model, dict) and 'module' in model:  # test-time-augmentation wrapper
-        model = model['module']
-    head = model.get('bbox_head') if isinstance(model, dict) else None
-    num_classes = head.get('num_classes') if isinstance(head, dict) else None
+    head = _model_head(cfg)
+    num_classes = head.get('num_classes') if head is not None else None
     if num_classes is None:
         return
     for split, dataset in _datasets(cfg):
@@ -328,9 +448,42 @@ def check_num_classes(cfg: Config, splits=('train_dataloader', 'val_dataloader')
         if isinstance(classes, (list, tuple)) and len(classes) != num_classes:
             raise SystemExit(
                 f'error: {split}.dataset has {len(classes)} classes {tuple(classes)} but the '
-                f'model has model.bbox_head.num_classes={num_classes}. Set both to the same '
-                f'classes, e.g. --cfg-options model.bbox_head.num_classes={len(classes)} (and '
-                "the same metainfo.classes for every dataset), or edit the config's `classes`.")
+                f'model has model.bbox_head.num_classes={num_classes}. Set the classes of every '
+                'dataset and the head at once with --classes NAME ... (or the config\'s '
+                '`classes`), or --cfg-options model.bbox_head.num_classes='
+                f'{len(classes)} and the same metainfo.classes for every dataset.')
+
+
+def check_classes_fit_the_json(cfg: Config,
+                               splits: Sequence[str] = ('train_dataloader', 'val_dataloader')
+                               ) -> None:
+    """Exit before anything is built when a TBX11KDataset's classes are not categories of its
+    json, in its order: the dataset refuses it only once the runner builds the data, after the
+    model (the words are the dataset's, and ``tools/check_dataset.py``'s)."""
+    from mmdet.registry import DATASETS
+
+    from ..datasets import TBX11KDataset
+    from ..datasets.validation import IssueCollector, TBX11KDataError, read_json, resolve_class_ids
+    for split, dataset in _datasets(cfg):
+        dataset_type = dataset.get('type')
+        dataset_type = DATASETS.get(dataset_type) if isinstance(dataset_type, str) else dataset_type
+        ann = _loader_ann_file(cfg, split)
+        if (split not in splits or not isinstance(dataset_type, type)
+                or not issubclass(dataset_type, TBX11KDataset) or ann is None
+                or not osp.isfile(ann)):
+            continue
+        try:
+            categories = read_json(ann).get('categories')
+        except (TBX11KDataError, AttributeError):
+            continue  # the dataset reports a broken json itself
+        if not isinstance(categories, list) or not all(
+                isinstance(c, dict) and 'name' in c and 'id' in c for c in categories):
+            continue
+        try:
+            resolve_class_ids(_dataset_classes(dataset), categories,
+                              IssueCollector(ann, raise_errors=True))
+        except TBX11KDataError as error:
+            raise SystemExit(f'error: {error}') from None
 
 
 def check_amp_device() -> None:

@@ -238,18 +238,22 @@ def test_tool_script_runs(synthetic_root, capsys):
 
 
 @pytest.mark.parametrize('change,expected', [
-    (lambda cats: cats.reverse(), 'refuses this file (labels map to categories'),
+    (lambda cats: cats.reverse(), "must follow the file's category order"),
     (lambda cats: cats[0].update(name='ActiveTB'),
-     "no category named ['ActiveTuberculosis']")])
-def test_categories_the_default_classes_refuse_are_a_warning(copy_root, change, expected):
-    """The check said OK while tools/train.py then refused the file (TBX11KDataError)."""
+     "metainfo['classes'] names ['ActiveTuberculosis'], which is not a category of this file")])
+def test_categories_the_classes_refuse_are_an_error(copy_root, change, expected):
+    """The check said OK (a warning) while tools/train.py then refused the file."""
     raw = load(copy_root / TRAIN)
     change(raw['categories'])
     (copy_root / TRAIN).write_text(json.dumps(raw))
     report = check_dataset(copy_root, [TRAIN])
-    warnings = [w for w in report.all_warnings() if w.kind == 'default_classes']
-    assert len(warnings) == 1 and expected in warnings[0].message
-    assert warnings[0].message.startswith(str(copy_root / TRAIN))
+    errors = [e for e in report.all_errors() if e.kind == 'classes']
+    assert not report.ok and len(errors) == 1 and expected in errors[0].message
+    assert errors[0].message.startswith(str(copy_root / TRAIN))
+    # the classes of that file, in its order, pass
+    names = [c['name'] for c in raw['categories']][:2]
+    assert check_dataset(copy_root, [TRAIN], classes=names).ok
+    assert main([str(copy_root), TRAIN, '--no-decode', '--classes', *names]) == 0
 
 
 class _CountingList(list):

@@ -2,6 +2,7 @@
 import hashlib
 import importlib.util
 import json
+import re
 import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
@@ -189,6 +190,24 @@ def test_deterministic_for_a_seed(tmp_path):
         make_synthetic_tbx11k(tmp_path / 'a', seed=3, **kw)
     make_synthetic_tbx11k(tmp_path / 'a', seed=4, overwrite=True, **kw)
     assert tree_digest(tmp_path / 'a') == dc
+
+
+def test_cli_help_explains_every_option_with_its_default(capsys):
+    """Most options had no help text and no default in --help."""
+    spec = importlib.util.spec_from_file_location(
+        'make_synthetic_tbx11k', REPO / 'tools/make_synthetic_tbx11k.py')
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    with pytest.raises(SystemExit) as stop:
+        mod.parse_args(['--help'])
+    assert stop.value.code == 0
+    text = ' '.join(capsys.readouterr().out.split())  # argparse wraps lines
+    options = re.findall(r'\[(--[a-z-]+) [A-Z_]+\]', text)
+    assert len(options) == 9, options  # those with a value; --overwrite and --json are switches
+    for option in options:
+        assert re.search(re.escape(option) + r' [A-Z_]+ [a-z][^\[]*?\(default: [^)]+\)',
+                         text), option
+    assert '--num-train NUM_TRAIN images of TBX11K_train.json (default: 24)' in text
 
 
 def test_cli(tmp_path, capsys):

@@ -129,6 +129,15 @@ def test_missing_logs_are_a_clear_error(tmp_path, capsys):
     assert f'error: --out {tmp_path / "afile"} is a file' in capsys.readouterr().err
 
 
+def test_missing_work_dir_is_named_as_a_missing_folder(tmp_path, capsys):
+    """A typo in the work dir said "no <timestamp>/vis_data/scalars.json", as if the run had
+    written no log."""
+    missing = tmp_path / 'work_dirs' / 'dino_tbx11k_1gpu'
+    proc = run([sys.executable, PLOT, str(missing)], check=False, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f'error: no such folder: {missing}'
+
+
 def test_loss_term_names():
     assert loss_term('d1.dn_loss_cls') == ('loss_cls', 'denoising', 1)
     assert loss_term('enc_loss_iou') == ('loss_iou', 'encoder', None)

@@ -1,6 +1,8 @@
 """tools/train.py end to end on the tiny configs (CPU): training, resume, refusals, LR scaling."""
+import json
 import os.path as osp
 import re
+import sys
 import types
 
 import pytest
@@ -9,9 +11,11 @@ import torch
 from tbx11k.engine.exit_codes import (
     EXIT_INCOMPATIBLE_CHECKPOINT,
     EXIT_NOTHING_TO_TRAIN,
+    EXIT_PRETRAINED_UNAVAILABLE,
     EXIT_WRONG_LAYOUT,
 )
 from tbx11k.testing import (
+    REPO_ROOT,
     TINY_1GPU,
     TINY_2GPU,
     load_checkpoint,
@@ -21,6 +25,8 @@ from tbx11k.testing import (
     train_command,
 )
 from tbx11k.testing.tools import load_tool
+
+TEST = osp.join(REPO_ROOT, 'tools', 'test.py')
 
 OPTIONS = {
     'train_cfg.max_epochs': 3,
@@ -32,9 +38,21 @@ OPTIONS = {
 
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory, training_root):
+    """3 epochs from scratch, started as a Slurm session starts: with --resume in an empty work
+    dir."""
     work_dir = tmp_path_factory.mktemp('train_tool')
-    proc = run(train_command(TINY_1GPU, str(work_dir), 1, training_root, OPTIONS))
+    proc = run(train_command(TINY_1GPU, str(work_dir), 1, training_root, OPTIONS, ['--resume']))
     return work_dir, proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope='module')
+def resumed(trained, tmp_path_factory, training_root):
+    """The last epoch of ``trained`` again, resumed from its epoch 2 in a new work dir."""
+    work_dir, _ = trained
+    resumed_dir = tmp_path_factory.mktemp('resumed')
+    proc = run(train_command(TINY_1GPU, str(resumed_dir), 1, training_root, OPTIONS,
+                             ['--resume', str(work_dir / 'epoch_2.pth')]))
+    return resumed_dir, proc.stdout + proc.stderr
 
 
 def test_startup_report_and_checkpoints(trained):
@@ -55,16 +73,37 @@ def test_loss_falls(trained):
     assert last < 0.9 * first, (first, last)
 
 
-def test_resume_from_checkpoint_is_bit_identical(trained, tmp_path, training_root):
+def test_resume_in_an_empty_work_dir_is_a_warning(trained):
+    """It was said at INFO level only: a mistyped --work-dir started a new run unnoticed."""
+    work_dir, log = trained
+    assert re.search(rf'WARNING - Nothing to resume in {re.escape(str(work_dir))}: starting '
+                     'from scratch', log), log[-3000:]
+
+
+def test_resume_from_checkpoint_is_bit_identical(trained, resumed):
     """Resume on torch >= 2.6 (mmengine 0.10.7's torch.load is fixed by tbx11k)."""
     work_dir, _ = trained
+    resumed_dir, log = resumed
     assert torch.__version__ >= '2.6'
-    proc = run(train_command(TINY_1GPU, str(tmp_path), 1, training_root, OPTIONS,
-                             ['--resume', str(work_dir / 'epoch_2.pth')]))
-    assert 'Resuming at epoch 2, optimizer step 14' in proc.stdout + proc.stderr
+    assert 'Resuming at epoch 2, optimizer step 14' in log
     a = raw_weights(load_checkpoint(str(work_dir / 'epoch_3.pth')))
-    b = raw_weights(load_checkpoint(str(tmp_path / 'epoch_3.pth')))
+    b = raw_weights(load_checkpoint(str(resumed_dir / 'epoch_3.pth')))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_test_tool_takes_the_config_saved_by_a_resumed_run(resumed, tmp_path):
+    """mmdet's habit: test with the config the run saved in its work dir. After a resume that
+    config holds resume=True and load_from, and tools/test.py crashed with KeyError:
+    'param_groups' (it tried to resume the optimizer)."""
+    resumed_dir, _ = resumed
+    saved = resumed_dir / osp.basename(TINY_1GPU)
+    assert 'resume = True' in saved.read_text()
+    proc = run([sys.executable, TEST, str(saved), str(resumed_dir / 'epoch_3.pth'),
+                '--work-dir', str(tmp_path)], check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert 'Traceback' not in out
+    assert 'TB_AP_all' in json.loads((tmp_path / 'metrics.json').read_text())['metrics']
 
 
 def test_resume_with_another_lr_says_the_checkpoints_is_kept(trained, tmp_path, training_root):
@@ -132,9 +171,27 @@ def test_checkpoint_of_other_effective_batch_is_refused(trained, tmp_path, train
 
 
 def test_2gpu_config_on_one_process_is_refused(tmp_path, training_root):
+    """The refusal named configs/*_1gpu.py, not the config that fits this launch."""
     proc = run(train_command(TINY_2GPU, str(tmp_path), 1, training_root, OPTIONS), check=False)
     assert proc.returncode == EXIT_WRONG_LAYOUT
     assert 'effective batch of 2 images per optimizer step, but this launch gives 1' in proc.stdout
+    assert ('For 1 process use configs/dino_tbx11k_tiny_1gpu.py (or configs/dino_tbx11k_1gpu.py), '
+            'or keep this config with --cfg-options optim_wrapper.accumulative_counts=2.'
+            in proc.stdout), proc.stdout[-3000:]
+
+
+def test_configs_that_fit_a_launch_are_found_by_their_layout(tmp_path):
+    from tbx11k.utils.cli import configs_for_layout
+    assert configs_for_layout(2, 2, like='dino_tbx11k_tiny_1gpu.py') == [
+        'configs/dino_tbx11k_tiny_2gpu.py', 'configs/dino_tbx11k_2gpu.py']
+    assert configs_for_layout(2, 4) == []
+    # computed from each config, not from its name
+    (tmp_path / 'eb8_any_name.py').write_text(
+        f"_base_ = '{TINY_1GPU}'\neffective_batch_size = 8\n"
+        "optim_wrapper = dict(accumulative_counts=2)\n")
+    (tmp_path / 'broken.py').write_text('model = dict(\n')
+    assert configs_for_layout(8, 4, folder=str(tmp_path)) == [str(tmp_path / 'eb8_any_name.py')]
+    assert configs_for_layout(8, 2, folder=str(tmp_path)) == []
 
 
 @pytest.mark.parametrize('options, says', [
@@ -150,6 +207,73 @@ def test_impossible_layout_settings_exit_5_with_a_message(tmp_path, training_roo
     assert proc.returncode == EXIT_WRONG_LAYOUT, proc.stderr[-2000:]
     assert says in proc.stdout + proc.stderr
     assert 'Traceback' not in proc.stdout + proc.stderr
+
+
+FULL_1GPU = osp.join(REPO_ROOT, 'configs', 'dino_tbx11k_1gpu.py')
+
+
+def test_backbone_weights_offline_stop_the_run_first_with_what_to_do(tmp_path, training_root):
+    """Without network the ImageNet backbone's download failed after the model and data were
+    built, with ~60 lines of traceback ending in URLError. An unresolvable host stands for no
+    network; the hub cache is empty."""
+    url = 'https://download.invalid/models/resnet50-0676ba61.pth'
+    env = dict(TORCH_HOME=str(tmp_path / 'torch_home'))
+    work_dir = tmp_path / 'work_dir'
+    proc = run(train_command(FULL_1GPU, str(work_dir), 1, training_root,
+                             {'model.backbone.init_cfg.checkpoint': url}), check=False, env=env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == EXIT_PRETRAINED_UNAVAILABLE, out[-3000:]
+    errors = [line for line in out.splitlines() if line.startswith('error:')]
+    assert len(errors) == 1 and 'Traceback' not in out, out[-3000:]
+    assert f'cannot download the pretrained weights model.backbone.init_cfg.checkpoint={url}' \
+        in errors[0]
+    assert '--backbone-checkpoint PATH' in errors[0]
+    assert osp.join(str(tmp_path / 'torch_home'), 'hub', 'checkpoints',
+                    'resnet50-0676ba61.pth') in errors[0]
+    assert not work_dir.exists()  # nothing was built, no layout report, no data loaded
+    # a local copy that is not there: the same status (also through dist_train.sh, whose
+    # torch.distributed.run says 1 for any failure), and where the config gets the file
+    from tbx11k.testing import free_port
+    proc = run(['bash', osp.join(REPO_ROOT, 'tools', 'dist_train.sh'),
+                osp.join(REPO_ROOT, 'configs', 'dino_tbx11k_2gpu.py'), '2', '--work-dir',
+                str(work_dir), '--data-root', training_root, '--backbone-checkpoint',
+                str(tmp_path / 'resnet50.pth')], check=False,
+               env=dict(env, PYTHON=sys.executable, PORT=str(free_port())))
+    assert proc.returncode == EXIT_PRETRAINED_UNAVAILABLE, proc.stderr[-3000:]
+    assert not work_dir.exists()
+    assert [line for line in proc.stderr.splitlines() if line.startswith('error:')][0] == (
+        f'error: the pretrained weights model.backbone.init_cfg.checkpoint='
+        f"{tmp_path / 'resnet50.pth'}: no such file. Download the config's file "
+        'https://download.pytorch.org/models/resnet50-0676ba61.pth and give its path with '
+        '--backbone-checkpoint PATH (the same as --cfg-options '
+        'model.backbone.init_cfg.checkpoint=PATH)')
+
+
+def test_backbone_checkpoint_option_and_the_hub_cache_need_no_network(tmp_path, monkeypatch):
+    from tbx11k.utils.pretrained import PretrainedWeightsUnavailable, check_pretrained_weights
+    tool = load_tool('train')
+    local = tmp_path / 'resnet50-0676ba61.pth'
+    torch.save({'conv1.weight': torch.zeros(1)}, str(local))
+    cfg = tool.build_config(tool.parse_args([FULL_1GPU, '--backbone-checkpoint', str(local)]))
+    assert cfg.model.backbone.init_cfg == dict(type='Pretrained', checkpoint=str(local))
+    check_pretrained_weights(cfg.model)  # a loadable local file
+    cfg = tool.build_config(tool.parse_args([TINY_1GPU, '--backbone-checkpoint', str(local)]))
+    assert cfg.model.backbone.init_cfg == dict(type='Pretrained', checkpoint=str(local))
+    # the config's URL, already in torch's hub cache: no download, no network needed
+    url = 'https://download.invalid/models/resnet50-0676ba61.pth'
+    cfg = tool.build_config(tool.parse_args([FULL_1GPU, '--cfg-options',
+                                             f'model.backbone.init_cfg.checkpoint={url}']))
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
+    with pytest.raises(PretrainedWeightsUnavailable, match='cannot download'):
+        check_pretrained_weights(cfg.model)
+    (tmp_path / 'torch_home' / 'hub' / 'checkpoints').mkdir(parents=True)
+    local.rename(tmp_path / 'torch_home' / 'hub' / 'checkpoints' / local.name)
+    check_pretrained_weights(cfg.model)
+    empty = tmp_path / 'empty.pth'
+    empty.write_bytes(b'')
+    with pytest.raises(PretrainedWeightsUnavailable, match='empty.pth: cannot load it'):
+        check_pretrained_weights(dict(backbone=dict(init_cfg=[
+            dict(type='Pretrained', checkpoint=str(empty))])))
 
 
 def test_missing_data_root_says_how_to_get_data(tmp_path):
@@ -243,7 +367,8 @@ def test_resume_without_a_checkpoint_starts_from_load_from(trained, tmp_path, tr
     options = dict(OPTIONS, **{'train_cfg.max_epochs': 1, 'load_from': weights})
     proc = run(train_command(TINY_1GPU, str(tmp_path), 1, training_root, options, ['--resume']))
     log = proc.stdout + proc.stderr
-    assert f'starting from the weights of load_from={weights}' in log
+    assert re.search(rf'WARNING - Nothing to resume in {re.escape(str(tmp_path))}: starting '
+                     rf'from the weights of load_from={re.escape(weights)}', log), log[-3000:]
     assert f'Load checkpoint from {weights}' in log
     assert 'training from scratch' not in log
     # a second session resumes its own checkpoint, not load_from
@@ -297,6 +422,14 @@ def test_config_that_is_not_there_or_does_not_parse_is_named(tool_name, tmp_path
                        (broken, 'cannot read config'), (syntax, 'cannot read config')):
         with pytest.raises(SystemExit, match=f'error: .*{says}'):
             tool.build_config(tool.parse_args([str(path), *extra]))
+
+
+def test_config_name_typo_suggests_the_closest_config():
+    proc = run([sys.executable, osp.join(REPO_ROOT, 'tools', 'train.py'),
+                'configs/dino_tbx11k_1gp.py'], check=False, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == ("error: config 'configs/dino_tbx11k_1gp.py' does not exist "
+                                   '(did you mean configs/dino_tbx11k_1gpu.py?)')
 
 
 @pytest.mark.parametrize('tool_name', ['train', 'test'])

@@ -34,6 +34,9 @@ def main(argv=None) -> int:
     if args.out and osp.exists(args.out) and not osp.isdir(args.out):
         print(f'error: --out {args.out} is a file: give a folder for the plots', file=sys.stderr)
         return 2
+    if not osp.exists(args.work_dir):
+        print(f'error: no such folder: {args.work_dir}', file=sys.stderr)
+        return 2
     try:
         summary = plot_logs(args.work_dir, args.out, args.metrics, args.all_layers)
     except (OSError, ValueError) as error:

@@ -74,3 +74,13 @@ import tbx11k
 print(f"[setup] ok: torch {torch.__version__}, mmengine {mmengine.__version__}, mmcv {mmcv.__version__}, "
       f"mmdet {mmdet.__version__}, cuda={torch.cuda.is_available()}")
 PY
+
+# how to go on: the tools need this environment's python (a plain `python` lacks mmengine)
+activate="$VENV/bin/activate"
+[[ $activate == "$PWD/"* ]] && activate=${activate#"$PWD/"}
+printf '\n[setup] done. Activate the environment in each new shell before running the tools:\n'
+printf '    source %s\n' "$activate"
+printf '[setup] then check your data and train, e.g.:\n'
+printf '    python tools/check_dataset.py data/TBX11K\n'
+printf '    python tools/train.py configs/dino_tbx11k_1gpu.py --data-root data/TBX11K --work-dir work_dirs/dino_tbx11k\n'
+printf '[setup] (no data yet? python tools/make_synthetic_tbx11k.py data/tbx11k_synthetic makes a small set in the same layout)\n'
