@@ -33,6 +33,7 @@ MEANING_WORDS = {
     'EXIT_WRONG_LAYOUT': r'layout|effective batch',
     'EXIT_DIVERGED': r'diverg|non-finite|\bNaN\b',
     'EXIT_PREEMPTED': r'SIGUSR1|SIGTERM|signal|preempt|requeue',
+    'EXIT_PRETRAINED_UNAVAILABLE': r'pretrained|backbone|download|network',
 }
 
 #: "exit 5", "exits 75", "exit status 2", "exit code 6", "exits with **75**", "(exit 6)"
