@@ -73,6 +73,8 @@ def main(argv=None) -> int:
         return 2
     print(f'{args.checkpoint}: {detector.weights}, classes {list(detector.classes)}, '
           f'{len(images)} image(s), device {device}')
+    if detector.weights_warning:
+        print(f'warning: {detector.weights_warning}', file=sys.stderr)
     several = len(images) > 1 or any(osp.isdir(i) for i in args.inputs)
     try:
         result = run_inference(detector, images, args.out, args.score_thr,
