@@ -575,8 +575,8 @@ class TBX11KMetric(BaseMetric):
         notes = []
 
         # --- per-class COCO AP, ALL and TB-only images -----------------
-        # maxDets evaluated, and the index of the one each figure uses:
-        # AP at m_ap, AP50 / AP75 at m_50_75
+        # the maxDets evaluated, and the index of the one each figure uses
+        # (one entry; or official: AP at the first, AP50 / AP75 at the last)
         max_dets = self.max_dets_evaluated
         m_of = {None: 0, .5: len(max_dets) - 1, .75: len(max_dets) - 1}
         coco_gt = self._coco(gt, agnostic=False)
