@@ -10,8 +10,13 @@ with EMA: the EMA weights by default (--weights raw for the training weights).
 import argparse
 import os.path as osp
 import sys
+import warnings
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # this repo's tbx11k
+# setuptools deprecates pkg_resources, which mmengine imports to look packages up: a
+# warning at every start that no user of these tools can act on
+warnings.filterwarnings('ignore', message='pkg_resources is deprecated as an API',
+                        category=UserWarning)
 
 
 def score_threshold(text: str) -> float:
@@ -73,6 +78,8 @@ def main(argv=None) -> int:
         return 2
     print(f'{args.checkpoint}: {detector.weights}, classes {list(detector.classes)}, '
           f'{len(images)} image(s), device {device}')
+    if detector.weights_warning:
+        print(f'warning: {detector.weights_warning}', file=sys.stderr)
     several = len(images) > 1 or any(osp.isdir(i) for i in args.inputs)
     try:
         result = run_inference(detector, images, args.out, args.score_thr,

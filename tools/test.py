@@ -15,8 +15,13 @@ import socket
 import sys
 import warnings
 from copy import deepcopy
+from typing import NamedTuple, Optional
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # this repo's tbx11k
+# setuptools deprecates pkg_resources, which mmengine imports to look packages up: a
+# warning at every start that no user of these tools can act on
+warnings.filterwarnings('ignore', message='pkg_resources is deprecated as an API',
+                        category=UserWarning)
 
 import torch  # noqa: E402
 from mmengine import ConfigDict  # noqa: E402
@@ -24,7 +29,13 @@ from mmengine.config import Config  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
-from tbx11k.apis.inference import read_checkpoint, select_weights  # noqa: E402
+from tbx11k.apis.inference import (  # noqa: E402
+    EMASettings,
+    ema_settings,
+    read_checkpoint,
+    select_weights,
+    young_ema_warning,
+)
 from tbx11k.utils import (  # noqa: E402
     KeyValueDictAction,
     check_classes_fit_the_json,
@@ -83,8 +94,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def weights_to_load(checkpoint_path: str, weights: str, work_dir: str) -> tuple:
-    """(path to load, description of the weights, their state dict) for ``--weights``.
+class WeightsToLoad(NamedTuple):
+    path: str  # the checkpoint the Runner loads
+    description: str  # of the weights, for the log and the report
+    state: dict  # their state dict
+    warning: Optional[str]  # young_ema_warning: EMA weights that are still mostly their start
+
+
+def weights_to_load(checkpoint_path: str, weights: str, work_dir: str,
+                    ema: Optional[EMASettings] = None) -> WeightsToLoad:
+    """The weights to test for ``--weights`` (:class:`WeightsToLoad`); ``ema`` is the config's
+    EMA, to say when the EMA weights have had too few updates to mean anything.
 
     The checkpoint is loaded as mmdet's test.py would (local file or URL); one that is missing or
     unreadable ends the tool with a message. A bare state dict, and the raw weights of an EMA
@@ -95,10 +115,11 @@ def weights_to_load(checkpoint_path: str, weights: str, work_dir: str) -> tuple:
     except (ValueError, FileNotFoundError) as error:
         raise SystemExit(f'error: {error}') from None
     state, description = select_weights(checkpoint, weights)
+    warning = young_ema_warning(checkpoint, ema) if weights == 'ema' else None
     if weights == 'ema' or 'ema_state_dict' not in checkpoint:
         # mmengine's EMAHook stores the EMA weights as state_dict (the raw ones in ema_state_dict)
         if set(checkpoint) != {'state_dict'}:
-            return checkpoint_path, description, state
+            return WeightsToLoad(checkpoint_path, description, state, warning)
         name = 'weights.pth'  # maybe a bare state dict: the EMAHook needs checkpoint['state_dict']
     else:
         name = 'raw_weights.pth'
@@ -107,7 +128,7 @@ def weights_to_load(checkpoint_path: str, weights: str, work_dir: str) -> tuple:
     tmp = f'{path}.{socket.gethostname()}.{os.getpid()}.tmp'  # each rank (of each node) its own
     torch.save(dict(meta=checkpoint.get('meta', {}), state_dict=state), tmp)
     os.replace(tmp, path)
-    return path, description, state
+    return WeightsToLoad(path, description, state, warning)
 
 
 def check_weights_fit(state: dict, model, checkpoint_path: str, config_path: str) -> None:
@@ -197,7 +218,8 @@ def main(argv=None) -> int:
     check_evaluators_read_their_loaders_json(cfg, splits=('test_dataloader', ))
     check_num_classes(cfg, splits=('test_dataloader', ))
     check_classes_fit_the_json(cfg, splits=('test_dataloader', ))
-    cfg.load_from, weights, state = weights_to_load(args.checkpoint, args.weights, cfg.work_dir)
+    cfg.load_from, weights, state, weights_warning = weights_to_load(
+        args.checkpoint, args.weights, cfg.work_dir, ema_settings(cfg))
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     check_weights_fit(state, runner.model, args.checkpoint, args.config)
     del state
@@ -220,6 +242,8 @@ def main(argv=None) -> int:
             json.dump(record, f, indent=2, default=str)
         os.replace(out + '.tmp', out)
         runner.logger.info(f'Metrics written to {out}')
+    if weights_warning:  # last, next to the figures it explains
+        runner.logger.warning(f'{args.checkpoint}: {weights_warning}')
     close_process_group()
     return 0
 

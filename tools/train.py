@@ -10,6 +10,7 @@ import os.path as osp
 import signal
 import sys
 import time
+import warnings
 
 
 class EarlySignalRecorder:
@@ -48,6 +49,10 @@ class EarlySignalRecorder:
 EARLY_SIGNALS = EarlySignalRecorder() if __name__ == '__main__' else None
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # this repo's tbx11k
+# setuptools deprecates pkg_resources, which mmengine imports to look packages up: a
+# warning at every start that no user of these tools can act on
+warnings.filterwarnings('ignore', message='pkg_resources is deprecated as an API',
+                        category=UserWarning)
 
 from mmengine.config import Config  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402

@@ -26,6 +26,7 @@ original image pixels (2 decimals), ``label`` the 0-based index into
 import codecs
 import json
 import logging
+import math
 import os
 import os.path as osp
 from dataclasses import dataclass
@@ -194,6 +195,68 @@ def select_weights(checkpoint: Dict, weights: str = 'ema') -> Tuple[Dict, str]:
     return raw, 'raw (non-EMA) training weights'
 
 
+#: the EMA weights are worth using once the averaged training steps make up at least this share
+#: of them (the rest being the weights the EMA started from)
+EMA_MIN_TRAINED_SHARE = 0.5
+#: EMA types whose decay is a fixed 1 - momentum (mmengine's and its multi-tensor version)
+FIXED_DECAY_EMA_TYPES = ('ExponentialMovingAverage', 'ForeachExponentialMovingAverage')
+
+
+@dataclass(frozen=True)
+class EMASettings:
+    """The EMA of a config's ``EMAHook``: weights are ``decay * ema + (1 - decay) * model`` every
+    ``interval`` optimizer steps (mmengine's ``ExponentialMovingAverage``, decay = 1 - momentum).
+    """
+    momentum: float
+    interval: int = 1
+
+    @property
+    def decay(self) -> float:
+        return 1.0 - self.momentum
+
+
+def ema_settings(cfg) -> Optional[EMASettings]:
+    """The :class:`EMASettings` of the ``EMAHook`` in ``cfg.custom_hooks``, with mmengine's
+    defaults for what it leaves out; None without an EMAHook or with an EMA of another kind
+    (annealed momentum, stochastic weight averaging), whose decay is not fixed."""
+    for hook in cfg.get('custom_hooks') or []:
+        if str(hook.get('type', '')).split('.')[-1] != 'EMAHook':
+            continue
+        if str(hook.get('ema_type', 'ExponentialMovingAverage')).split('.')[-1] not in \
+                FIXED_DECAY_EMA_TYPES:
+            return None
+        return EMASettings(float(hook.get('momentum', 0.0002)), int(hook.get('interval', 1)))
+    return None
+
+
+def young_ema_warning(checkpoint: Dict, ema: Optional[EMASettings]) -> Optional[str]:
+    """One line saying that a checkpoint's EMA weights are still mostly their starting point.
+
+    mmengine's EMA copies the model at its first update, then averages
+    ``ema = decay * ema + (1 - decay) * model``; after ``n`` averaging updates the weights it
+    started from still make up ``decay ** n`` of it. The rule: the EMA weights are too young
+    while the trained steps make up less than half of them, ``1 - decay ** n <
+    EMA_MIN_TRAINED_SHARE``; at decay 0.9998 that is the first 3465 updates. ``n`` comes from
+    the checkpoint (``ema_state_dict['steps']``), the decay and interval from ``ema`` (the
+    config's EMAHook). None when the EMA is old enough, or when there is nothing to judge (no
+    EMA in the checkpoint, or an EMA whose decay is not fixed).
+    """
+    state = checkpoint.get('ema_state_dict')
+    if ema is None or not state or 'steps' not in state or not 0.0 < ema.momentum < 1.0:
+        return None
+    steps = int(state['steps'])
+    updates = max(steps - 1, 0) // max(ema.interval, 1)  # the first call copies the model
+    start_share = ema.decay ** updates
+    if 1.0 - start_share >= EMA_MIN_TRAINED_SHARE:
+        return None
+    needed = math.ceil(math.log(1.0 - EMA_MIN_TRAINED_SHARE) / math.log(ema.decay))
+    return (f'the EMA weights have had {updates} update(s) at decay {ema.decay:g}: '
+            f'{100.0 * start_share:.1f} % of them are still the weights the EMA started from '
+            f'(its first optimizer step), so they predict much like the model did then; use the '
+            f'training weights (--weights raw) until the EMA has had about {needed} updates '
+            f'(1 - decay^updates >= {EMA_MIN_TRAINED_SHARE:g})')
+
+
 @dataclass
 class Detector:
     model: object
@@ -202,6 +265,8 @@ class Detector:
     weights: str
     config: str
     checkpoint: str
+    #: :func:`young_ema_warning` of the weights used (None: nothing to say)
+    weights_warning: Optional[str] = None
 
     def predict(self, path: str) -> Dict:
         """Detections of one image file (all of them, sorted by score)."""
@@ -272,7 +337,8 @@ def load_detector(config: str, checkpoint: str, device: str = 'cpu', weights: st
         raise ValueError(f'{len(classes)} class names {classes} for a model with {num_classes} '
                          'classes')
     pipeline = Compose(_strip_annotations(get_test_pipeline_cfg(cfg)))
-    return Detector(model, pipeline, classes, description, config, checkpoint)
+    warning = young_ema_warning(ckpt, ema_settings(cfg)) if weights == 'ema' else None
+    return Detector(model, pipeline, classes, description, config, checkpoint, warning)
 
 
 # ---- drawing -----------------------------------------------------------------------------------

@@ -229,7 +229,7 @@ class TBX11KDataset(SeededSampleMixin, CocoDataset):
             num_images_dropped_not_tb=not_tb,
         )
         self._log_load_stats(val, crowd_ids)
-        self._warn_extra_images(data_list)
+        self._warn_extra_images(data_list, labelled=bool(data.get('annotations')))
         if deep_images:
             print_log(deep_images_warning(f'TBX11KDataset {src}', deep_images),
                       logger='current', level=logging.WARNING)
@@ -269,8 +269,14 @@ class TBX11KDataset(SeededSampleMixin, CocoDataset):
                 'check_image_size=False to skip this check')
         return header
 
-    def _warn_extra_images(self, data_list: List[dict]) -> None:
-        """The ``all_*`` files' extra sets have no boxes, even on TB films."""
+    def _warn_extra_images(self, data_list: List[dict], labelled: bool = True) -> None:
+        """The ``all_*`` files' extra sets have no boxes, even on TB films.
+
+        Nothing to say for an unlabelled json in test mode (``all_test.json``, whose labels the
+        challenge server holds): nothing is evaluated against it, the submission files are
+        written for its images."""
+        if self.test_mode and not labelled:
+            return
         img_dir = self.data_prefix.get('img', '')
         extra = [
             osp.relpath(d['img_path'], img_dir) for d in data_list

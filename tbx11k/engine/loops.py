@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from mmdet.registry import LOOPS
 
 from ..datasets.samplers import AccumulationWindowBatchSampler, micro_batch_seed, split_window
+from .startup_log import batch_norm_accumulation_note
 
 
 class NothingToTrain(RuntimeError):
@@ -164,7 +165,13 @@ class AccumulationEpochBasedTrainLoop(EpochBasedTrainLoop):
         return (f'{sampler.world_size} GPU x {sampler.batch_size} image x '
                 f'{sampler.accumulative_counts} accumulation steps')
 
-    def _report(self) -> None:
+    def report_layout(self) -> None:
+        """Log the layout (effective batch, what the counters count, batch norms under
+        accumulation), once: ``TBX11KRunner.train`` calls it before mmengine's config dump,
+        :meth:`run` otherwise."""
+        if getattr(self, '_layout_reported', False):
+            return
+        self._layout_reported = True
         model = self.runner.model
         model = model.module if is_model_wrapper(model) else model
         normalization = getattr(model, 'loss_normalization', 'micro_batch (stock mmdet)')
@@ -178,6 +185,10 @@ class AccumulationEpochBasedTrainLoop(EpochBasedTrainLoop):
             f'{self._max_epochs} epochs. runner.iter, by_epoch=False and converted LR schedules, '
             'logging and checkpoint intervals and EMA updates all count optimizer steps. '
             f'Loss normalisation: {normalization}.', logger='current')
+        note = batch_norm_accumulation_note(model, self.accumulative_counts,
+                                            self.window_sampler.batch_size)
+        if note is not None:
+            print_log(note[1], logger='current', level=note[0])
 
     @property
     def micro_batches_per_epoch(self) -> int:
@@ -202,7 +213,7 @@ class AccumulationEpochBasedTrainLoop(EpochBasedTrainLoop):
 
     def run(self) -> torch.nn.Module:
         """Check what is left after a resume, align counters, then train."""
-        self._report()
+        self.report_layout()
         steps_per_epoch = len(self.dataloader)
         if self._iter >= self._max_iters or self._epoch >= self._max_epochs:
             raise NothingToTrain(

@@ -12,6 +12,7 @@ from mmengine.runner import Runner
 from ..utils.dist import init_cpu_process_group
 from .hooks.atomic_checkpoint import find_resumable_checkpoint
 from .loops import accumulative_counts_of
+from .startup_log import StartupLogFilter
 
 
 class _TextCachedConfig(Config):
@@ -47,6 +48,10 @@ class TBX11KRunner(Runner):
       to resume it loads ``load_from`` (kept by tools/train.py as
       ``load_from_if_nothing_to_resume``: mmdet's ``--resume`` drops it).
     - The config text stored in every checkpoint is formatted once, not per save.
+    - The log starts with the layout report (effective batch, counters, batch norms under
+      accumulation), before mmengine's config dump and hook listing; the optimizer
+      constructor's per-parameter lines are at DEBUG (:class:`~tbx11k.engine.startup_log.
+      StartupLogFilter`).
 
     Args:
         *args: As mmengine's ``Runner``.
@@ -59,6 +64,39 @@ class TBX11KRunner(Runner):
             cfg = copy.deepcopy(cfg)
             object.__setattr__(cfg, '__class__', _TextCachedConfig)
         super().__init__(*args, cfg=cfg, **kwargs)
+
+    def build_logger(self, log_level='INFO', log_file: Optional[str] = None, **kwargs):
+        logger = super().build_logger(log_level=log_level, log_file=log_file, **kwargs)
+        self._startup_log = StartupLogFilter(logger)
+        logger.addFilter(self._startup_log)
+        return logger
+
+    def _release_startup_log(self) -> None:
+        startup_log = getattr(self, '_startup_log', None)
+        if startup_log is not None:
+            startup_log.release()
+
+    def train(self) -> torch.nn.Module:
+        """mmengine's ``train``, with the layout report logged first: the train loop is built
+        (as ``Runner.train`` does first too) and reports before the held config dump is
+        logged."""
+        try:
+            if self._train_loop is not None:  # else Runner.train raises its own error
+                self._train_loop = self.build_train_loop(self._train_loop)
+                report_layout = getattr(self._train_loop, 'report_layout', None)
+                if report_layout is not None:
+                    report_layout()
+        finally:
+            self._release_startup_log()
+        return super().train()
+
+    def val(self) -> dict:
+        self._release_startup_log()
+        return super().val()
+
+    def test(self) -> dict:
+        self._release_startup_log()
+        return super().test()
 
     def setup_env(self, env_cfg: Dict) -> None:
         if self.distributed and not is_distributed() and not torch.cuda.is_available():

@@ -8,7 +8,7 @@ them, predictions that overlap a ground-truth box with IoU >= the threshold.
 import contextlib
 import copy
 import io
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from pycocotools.coco import COCO
@@ -169,19 +169,21 @@ def dets_to_coco_anns(img_ids: np.ndarray, cat_ids: np.ndarray,
 
 
 def run_cocoeval(coco_gt: COCO, coco_dt: COCO, cat_ids: Sequence[int],
-                 img_ids: Sequence[int], max_dets: int) -> FastCOCOeval:
+                 img_ids: Sequence[int],
+                 max_dets: Union[int, Sequence[int]]) -> FastCOCOeval:
     """COCOeval restricted to what the protocol needs.
 
-    Only the ``all`` area range and a single ``maxDets`` are evaluated: AP,
-    AP50 and AP75 at ``maxDets=max_dets`` are then identical to
-    pycocotools' ``stats[0:3]`` from a default run with
-    ``params.maxDets[-1] == max_dets`` (pycocotools evaluates every area
-    range independently and each maxDet by truncation of the same lists).
+    Only the ``all`` area range and the given ``maxDets`` (one value, or an
+    increasing sequence) are evaluated: AP, AP50 and AP75 at ``maxDets=m``
+    are then identical to pycocotools' figures of a default run at that
+    ``m`` (pycocotools evaluates every area range independently and each
+    maxDet by truncation of the same score-sorted lists).
     """
     ev = FastCOCOeval(coco_gt, coco_dt, 'bbox')
     ev.params.catIds = list(cat_ids)
     ev.params.imgIds = list(img_ids)
-    ev.params.maxDets = [int(max_dets)]
+    ev.params.maxDets = ([int(max_dets)] if isinstance(max_dets, (int, np.integer))
+                         else [int(m) for m in max_dets])
     ev.params.areaRng = [ev.params.areaRng[0]]
     ev.params.areaRngLbl = ['all']
     quiet(ev.evaluate)
@@ -222,19 +224,21 @@ def subset_cocoeval(ev: FastCOCOeval,
 def ap_from_precision(precision: np.ndarray,
                       iou_thrs: np.ndarray,
                       iou: Optional[float] = None,
-                      k: Optional[int] = None) -> Optional[float]:
+                      k: Optional[int] = None,
+                      m: int = -1) -> Optional[float]:
     """pycocotools' ``_summarize`` on ``eval['precision']`` (T,R,K,A,M).
 
     Mean over the entries that are not -1 (categories without ground
     truth are -1 everywhere and therefore left out, never averaged in);
-    ``None`` when nothing is left (pycocotools would print -1).
+    ``None`` when nothing is left (pycocotools would print -1). ``m`` is the
+    index of the maxDets entry (default: the last).
     """
     s = precision
     if iou is not None:
         s = s[np.where(iou == iou_thrs)[0]]
     if k is not None:
         s = s[:, :, k:k + 1]
-    s = s[:, :, :, 0, -1]
+    s = s[:, :, :, 0, m]
     s = s[s > -1]
     return float(np.mean(s)) if s.size else None
 
@@ -259,6 +263,26 @@ def box_iou_xyxy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return iou
 
 
+def box_ioa_xyxy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection over the area of ``a``, matrix (len(a), len(b)).
+
+    This is the overlap pycocotools' COCOeval uses between a detection
+    ``a`` and an ``iscrowd=1`` box ``b`` (its ``iou`` with the crowd flag):
+    a detection lying inside a crowd region overlaps it fully, however
+    small it is. Areas are w*h; a detection of zero area overlaps nothing.
+    """
+    a = a.astype(np.float64)
+    b = b.astype(np.float64)
+    iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(
+        a[:, None, 0], b[None, :, 0])
+    ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(
+        a[:, None, 1], b[None, :, 1])
+    inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
+    area_a = ((a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]))[:, None]
+    with np.errstate(divide='ignore', invalid='ignore'):
+        return np.where(area_a > 0, inter / area_a, 0.0)
+
+
 def greedy_match(pred_img: np.ndarray,
                  pred_boxes: np.ndarray,
                  pred_scores: np.ndarray,
@@ -270,9 +294,11 @@ def greedy_match(pred_img: np.ndarray,
     Per image, predictions are visited in descending score order (ties: in
     input order); a prediction is a hit when it has IoU >= ``iou_thr``
     with a ground-truth box not matched yet, and it takes the unmatched box
-    with the highest IoU (the COCO matching rule, class-agnostic). Every
-    other prediction, including a second hit on an already matched box, is
-    a false positive.
+    with the highest IoU (the COCO matching rule, class-agnostic); among
+    unmatched boxes of equal IoU it takes the last one of the image in
+    input order, as pycocotools' ``evaluateImg`` does (it keeps a later box
+    whose IoU is not below the best so far). Every other prediction,
+    including a second hit on an already matched box, is a false positive.
     """
     hit = np.zeros(pred_img.shape[0], dtype=bool)
     if gt_img.size == 0 or pred_img.size == 0:
@@ -298,7 +324,7 @@ def greedy_match(pred_img: np.ndarray,
         free = np.ones(g.shape[0], dtype=bool)
         for c in cand:  # already in descending score order
             row = np.where(free & (iou[c] >= iou_thr), iou[c], -1.0)
-            j = int(np.argmax(row))
+            j = row.size - 1 - int(np.argmax(row[::-1]))  # ties: the last
             if row[j] < 0:
                 continue
             free[j] = False
@@ -370,7 +396,8 @@ def auc_mann_whitney(scores: np.ndarray,
 
 def binary_stats(scores: np.ndarray, labels: np.ndarray,
                  thr: float) -> Dict[str, Optional[float]]:
-    """Sensitivity, specificity, accuracy for "TB iff score >= thr"."""
+    """Sensitivity, specificity and binary accuracy (TB vs non-TB, two
+    classes) for "TB iff score >= thr"."""
     labels = labels.astype(bool)
     pred = scores >= thr
     tp = int(np.sum(pred & labels))
@@ -381,7 +408,7 @@ def binary_stats(scores: np.ndarray, labels: np.ndarray,
     return dict(
         sensitivity=tp / (tp + fn) if tp + fn else None,
         specificity=tn / (tn + fp) if tn + fp else None,
-        accuracy=(tp + tn) / n if n else None,
+        binary_accuracy=(tp + tn) / n if n else None,
         tp=tp,
         tn=tn,
         fp=fp,

@@ -40,8 +40,11 @@ FROC_RULE = ('FROC rule: category-agnostic, ALL images. Per image, '
              'mean over the 7 points. Every prediction is used (no maxDets '
              'cap). iscrowd=1 boxes are ignored regions (as in COCOeval): '
              'not counted as GT boxes, and a prediction that is not a hit '
-             'but has IoU >= {iou:g} with one is left out (neither hit nor '
-             'false positive).')
+             'but lies >= {iou:g} inside one (intersection over the '
+             "prediction's own area, COCOeval's overlap with a crowd box) "
+             'is left out (neither hit nor false positive). Among unmatched '
+             'GT boxes of equal IoU a prediction takes the last one, as '
+             'pycocotools does.')
 
 
 def _get(obj, key):
@@ -69,15 +72,17 @@ def _np(x) -> np.ndarray:
 def _crowd_ignored(pred_img: np.ndarray, pred_boxes: np.ndarray,
                    hit: np.ndarray, crowd_img: np.ndarray,
                    crowd_boxes: np.ndarray, iou_thr: float) -> np.ndarray:
-    """Predictions to leave out of the FROC: not a hit, and IoU >=
-    ``iou_thr`` with an ``iscrowd=1`` box of their image (any number of
-    predictions may fall on one crowd region, as in COCOeval)."""
+    """Predictions to leave out of the FROC: not a hit, and overlapping an
+    ``iscrowd=1`` box of their image by >= ``iou_thr``, the overlap being
+    COCOeval's for crowd boxes: intersection over the prediction's own area
+    (any number of predictions may fall on one crowd region, as in
+    COCOeval)."""
     ign = np.zeros(pred_img.shape[0], dtype=bool)
     for i in np.unique(crowd_img):
         p = np.flatnonzero((pred_img == i) & ~hit)
         if p.size:
-            iou = F.box_iou_xyxy(pred_boxes[p], crowd_boxes[crowd_img == i])
-            ign[p] = (iou >= iou_thr).any(axis=1)
+            ioa = F.box_ioa_xyxy(pred_boxes[p], crowd_boxes[crowd_img == i])
+            ign[p] = (ioa >= iou_thr).any(axis=1)
     return ign
 
 
@@ -118,7 +123,9 @@ class TBX11KMetric(BaseMetric):
     * ``bbox_mAP``, ``bbox_mAP_50``, ``bbox_mAP_75``: COCO bbox AP over the
       evaluated classes on ALL images, identical to pycocotools'
       ``stats[0:3]`` with ``maxDets[-1] = max_dets``; ``*_tbonly`` variants
-      on TB-only images (images with >= 1 TB box in the GT).
+      on TB-only images (images with >= 1 TB box in the GT). With
+      ``official_max_dets=True`` every AP is at 100 detections per image and
+      every AP50 / AP75 at 1000, as the official code reports them.
     * ``TB_AP_all``, ``TB_AP50_all``, ``TB_AP75_all``, ``TB_AP_tbonly``,
       ``TB_AP50_tbonly``, ``TB_AP75_tbonly``: category-agnostic TB (all GT
       boxes and all predictions relabelled to one category, COCOeval rerun;
@@ -137,15 +144,22 @@ class TBX11KMetric(BaseMetric):
       FP/image <= F, no interpolation; every prediction is used.
       ``iscrowd=1`` boxes are ignored regions, as in COCOeval: they are not
       lesions to find, and a prediction that hits no lesion but has IoU >=
-      0.5 with a crowd box is neither a hit nor a false positive.
-    * ``AUC``, ``sensitivity``, ``specificity``, ``accuracy``,
+      0.5 inside a crowd box (intersection over the prediction's own area,
+      COCOeval's overlap with crowd boxes: a small prediction inside a
+      crowd region is covered by it) is neither a hit nor a false positive.
+      Among unmatched lesions of equal IoU a prediction takes the last one
+      of its image, as pycocotools' matching does.
+    * ``AUC``, ``sensitivity``, ``specificity``, ``binary_accuracy``,
       ``cls_threshold``: image-level TB vs non-TB (TB = >= 1 TB box in the
       GT; healthy and sick-non-TB cannot be told apart from boxes, both are
       non-TB). Image score = highest box score (0 without boxes); AUC by
       Mann-Whitney with average ranks for ties; TB iff score >=
       threshold, the threshold being ``cls_threshold`` or, when that is
       None, the Youden-J optimum *chosen on the evaluated set itself*
-      (reported as such: optimistic on val).
+      (reported as such: optimistic on val). ``binary_accuracy`` is the
+      two-class accuracy (TB vs non-TB); it is not the official tables'
+      3-class Accuracy (healthy / sick-non-TB / TB), which needs a
+      healthy-vs-sick decision that boxes cannot give.
 
     A value that is undefined (a class without GT boxes, AUC without
     positive or negative images, ...) is n/a: ``None`` in ``metrics.json``,
@@ -180,8 +194,14 @@ class TBX11KMetric(BaseMetric):
     Args:
         ann_file (str): COCO json of the evaluated split (TBX11K format).
         max_dets (int): maxDets of the COCO AP (default 100, pycocotools'
-            standard). Note that mmdet's CocoMetric uses maxDets 100 for
-            mAP but 1000 for mAP_50/75.
+            standard): the detections per image (per class for the
+            per-class AP) kept for AP, AP50 and AP75.
+        official_max_dets (bool): report AP (@[.50:.95]) at 100 detections
+            per image but AP50 and AP75 at 1000, as the official TBX11K code
+            (and mmdet's CocoMetric) does: both run pycocotools with
+            ``maxDets=[100, 300, 1000]``, whose ``summarize()`` gives AP at
+            100 and AP50/AP75 at the last entry. Needs ``max_dets=100``.
+            Defaults to False (every figure at ``max_dets``).
         froc_iou_thr (float): IoU for a FROC hit. Defaults to 0.5.
         cls_threshold (float, optional): image-level threshold; None =
             Youden's J on the evaluated set.
@@ -201,6 +221,7 @@ class TBX11KMetric(BaseMetric):
     def __init__(self,
                  ann_file: str,
                  max_dets: int = 100,
+                 official_max_dets: bool = False,
                  froc_iou_thr: float = 0.5,
                  cls_threshold: Optional[float] = None,
                  format_only: bool = False,
@@ -224,6 +245,13 @@ class TBX11KMetric(BaseMetric):
                              'the submission files are written)')
         self.ann_file = ann_file
         self.max_dets = int(max_dets)
+        if official_max_dets and self.max_dets != 100:
+            raise ValueError(
+                f'TBX11KMetric: official_max_dets=True reports AP at 100 and '
+                f'AP50/AP75 at 1000 detections per image; it cannot be '
+                f'combined with max_dets={max_dets} (leave max_dets at 100, '
+                'or drop official_max_dets)')
+        self.official_max_dets = bool(official_max_dets)
         self.froc_iou_thr = float(froc_iou_thr)
         self.cls_threshold = cls_threshold
         self.format_only = format_only
@@ -549,9 +577,13 @@ class TBX11KMetric(BaseMetric):
         notes = []
 
         # --- per-class COCO AP, ALL and TB-only images -----------------
+        # the maxDets evaluated, and the index of the one each figure uses
+        # (one entry; or official: AP at the first, AP50 / AP75 at the last)
+        max_dets = self.max_dets_evaluated
+        m_of = {None: 0, .5: len(max_dets) - 1, .75: len(max_dets) - 1}
         coco_gt = self._coco(gt, agnostic=False)
         grp = preds['img_ids'] * (int(max(cat_ids)) + 1) + preds['cat_ids']
-        keep = F.topk_per_group(grp, preds['scores'], self.max_dets)
+        keep = F.topk_per_group(grp, preds['scores'], max_dets[-1])
         coco_dt = F.coco_from_dict(
             dict(
                 images=gt['json'].get('images', []),
@@ -560,7 +592,7 @@ class TBX11KMetric(BaseMetric):
                     preds['img_ids'][keep], preds['cat_ids'][keep],
                     preds['boxes'][keep], preds['scores'][keep])))
         ev_all = F.run_cocoeval(coco_gt, coco_dt, cat_ids, all_ids,
-                                self.max_dets)
+                                max_dets)
         iou_thrs = ev_all.params.iouThrs
         # COCOeval sorts its category ids; find each class' column
         col = {c: i for i, c in enumerate(ev_all.params.catIds)}
@@ -573,16 +605,17 @@ class TBX11KMetric(BaseMetric):
             for key, iou in (('bbox_mAP', None), ('bbox_mAP_50', .5),
                              ('bbox_mAP_75', .75)):
                 metrics[key + sfx] = None if p is None else \
-                    F.ap_from_precision(p, iou_thrs, iou)
+                    F.ap_from_precision(p, iou_thrs, iou, m=m_of[iou])
             for short, cid in zip(class_keys, cat_ids):
                 for key, iou in (('AP', None), ('AP50', .5), ('AP75', .75)):
                     metrics[f'{short}_{key}_{split}'] = None if p is None \
-                        else F.ap_from_precision(p, iou_thrs, iou, col[cid])
+                        else F.ap_from_precision(p, iou_thrs, iou, col[cid],
+                                                 m=m_of[iou])
 
         # --- category-agnostic TB ---------------------------------------
         coco_gt_a = self._coco(gt, agnostic=True)
         keep_a = F.topk_per_group(preds['img_ids'], preds['scores'],
-                                  self.max_dets)
+                                  max_dets[-1])
         coco_dt_a = F.coco_from_dict(
             dict(
                 images=gt['json'].get('images', []),
@@ -592,13 +625,13 @@ class TBX11KMetric(BaseMetric):
                     np.ones(keep_a.size, dtype=np.int64),
                     preds['boxes'][keep_a], preds['scores'][keep_a])))
         ev_a = F.run_cocoeval(coco_gt_a, coco_dt_a, [1], all_ids,
-                              self.max_dets)
+                              max_dets)
         ev_a_tb = F.subset_cocoeval(ev_a, tb_ids) if tb_ids else None
         for split, ev in (('all', ev_a), ('tbonly', ev_a_tb)):
             p = ev.eval['precision'] if ev is not None else None
             for key, iou in (('AP', None), ('AP50', .5), ('AP75', .75)):
                 metrics[f'TB_{key}_{split}'] = None if p is None else \
-                    F.ap_from_precision(p, iou_thrs, iou)
+                    F.ap_from_precision(p, iou_thrs, iou, m=m_of[iou])
 
         # --- FROC (all predictions, agnostic, ALL images) ---------------
         # iscrowd=1 boxes are ignored regions, as in COCOeval
@@ -637,7 +670,7 @@ class TBX11KMetric(BaseMetric):
             AUC=auc,
             sensitivity=bs['sensitivity'],
             specificity=bs['specificity'],
-            accuracy=bs['accuracy'],
+            binary_accuracy=bs['binary_accuracy'],
             cls_threshold=thr)
 
         # --- report -------------------------------------------------------
@@ -692,6 +725,7 @@ class TBX11KMetric(BaseMetric):
             num_gt_boxes=n_box,
             num_crowd_boxes=n_crowd,
             max_dets=self.max_dets,
+            max_dets_ap50_ap75=max_dets[-1],
             step=step,
             time=datetime.datetime.now().isoformat(timespec='seconds'),
             metrics=metrics,
@@ -732,6 +766,12 @@ class TBX11KMetric(BaseMetric):
     # ------------------------------------------------------------------
     # files
     # ------------------------------------------------------------------
+    @property
+    def max_dets_evaluated(self) -> List[int]:
+        """The maxDets COCOeval runs with: ``[max_dets]``, or ``[100, 1000]``
+        with ``official_max_dets`` (AP at the first, AP50/AP75 at the last)."""
+        return [100, 1000] if self.official_max_dets else [self.max_dets]
+
     def _report_dir(self) -> Optional[str]:
         if self.out_dir is not None:
             return self.out_dir

@@ -215,6 +215,33 @@ def test_max_dets_1000_equals_pycocotools(tmp_path):
     assert r1000['tbx11k/bbox_mAP_50'] > r100['tbx11k/bbox_mAP_50']
 
 
+def test_official_max_dets_ap_at_100_ap50_ap75_at_1000(tmp_path):
+    """official_max_dets: pycocotools with maxDets=[100, 300, 1000] (the
+    official code's setting), whose summarize() gives AP at 100 detections
+    per image and AP50 / AP75 at 1000."""
+    ann, samples, dets, _, _ = random_case(tmp_path)
+    official, _ = run(ann, samples, official_max_dets=True, save_plots=False)
+    gt = quiet(COCO, ann)
+    ev = COCOeval(gt, quiet(gt.loadRes, [dict(d) for d in dets]), 'bbox')
+    ev.params.catIds = [1, 2]
+    ev.params.maxDets = [100, 300, 1000]
+    for step in (ev.evaluate, ev.accumulate, ev.summarize):
+        quiet(step)
+    got = [official[f'tbx11k/bbox_mAP{s}'] for s in ('', '_50', '_75')]
+    assert got == pytest.approx([float(x) for x in ev.stats[:3]], abs=1e-12)
+    r100, _ = run(ann, samples, save_plots=False)
+    r1000, _ = run(ann, samples, max_dets=1000, save_plots=False)
+    for key in ('bbox_mAP', 'TB_AP_all', 'ActiveTB_AP_all', 'LatentTB_AP_tbonly'):
+        assert official[f'tbx11k/{key}'] == r100[f'tbx11k/{key}'], key
+    for key in ('bbox_mAP_50', 'bbox_mAP_75', 'TB_AP50_all', 'TB_AP75_tbonly',
+                'ActiveTB_AP50_all', 'LatentTB_AP75_tbonly'):
+        assert official[f'tbx11k/{key}'] == r1000[f'tbx11k/{key}'], key
+    # the hit at rank 130 of image 1 counts for AP50 only
+    assert official['tbx11k/bbox_mAP_50'] > r100['tbx11k/bbox_mAP_50']
+    with pytest.raises(ValueError, match='max_dets=300'):
+        TBX11KMetric(ann_file=ann, official_max_dets=True, max_dets=300)
+
+
 def test_fast_accumulate_equals_pycocotools(tmp_path):
     ann, _, dets, _, _ = random_case(tmp_path, seed=3)
     gt = quiet(COCO, ann)
@@ -334,6 +361,58 @@ def test_froc_greedy_takes_best_unmatched_box():
     assert hit.tolist() == [False, False, True, True]
 
 
+def test_froc_equal_iou_ties_go_to_the_last_lesion_as_pycocotools(tmp_path):
+    """P1 overlaps lesions A and B with the same IoU (2/3); P2 overlaps only
+    A. pycocotools gives P1 the last of the tied boxes (B), so P2 finds A:
+    2 of 2 lesions. Giving P1 the first (A) leaves P2 a false positive."""
+    ann = write_gt(tmp_path / 'gt.json', [1], [
+        (1, 1, [0, 0, 100, 100]),  # A
+        (1, 1, [40, 0, 100, 100]),  # B
+    ])
+    samples = [sample(1, [[20, 0, 120, 100], [0, 0, 100, 100]], [0.9, 0.8],
+                      [0, 0])]
+    res, _ = run(ann, samples, save_plots=False)
+    for r in (0.125, 0.25, 0.5, 1, 2, 4, 8):
+        assert res[f'tbx11k/FROC@{r:g}'] == pytest.approx(1.0), r
+    # pycocotools' own matching of the same case finds both lesions too
+    dets = [dict(image_id=1, category_id=1, bbox=[20, 0, 100, 100], score=.9),
+            dict(image_id=1, category_id=1, bbox=[0, 0, 100, 100], score=.8)]
+    assert cocoeval_stats(ann, dets, [1])[1] == pytest.approx(1.0)
+    assert res['tbx11k/TB_AP50_all'] == pytest.approx(1.0)
+
+
+def test_froc_small_prediction_inside_a_crowd_region_is_ignored(tmp_path):
+    """COCOeval's overlap with an iscrowd=1 box is intersection over the
+    prediction's own area: a small prediction inside a large crowd region
+    (IoU 1/16 with it) lies fully in it and is ignored, not a false
+    positive."""
+    ann = write_gt(tmp_path / 'gt.json', [1, 2], [
+        (1, 1, [0, 0, 100, 100]),  # lesion
+        (1, 1, [200, 200, 200, 200]),  # crowd region
+    ])
+    data = json.load(open(ann))
+    data['annotations'][1]['iscrowd'] = 1
+    json.dump(data, open(ann, 'w'))
+    samples = [
+        sample(1, [[250, 250, 300, 300], [0, 0, 100, 100]], [0.9, 0.6],
+               [0, 0]),
+        sample(2),
+    ]
+    # counted as a false positive: 1 FP on 2 images before the hit, so
+    # FROC@0.125 and @0.25 would be 0
+    out = tmp_path / 'report'
+    res, _ = run(ann, samples, out_dir=str(out), save_plots=False)
+    for r in (0.125, 0.25, 0.5, 1, 2, 4, 8):
+        assert res[f'tbx11k/FROC@{r:g}'] == pytest.approx(1.0), r
+    rep = json.load(open(out / 'metrics.json'))
+    assert '1 predictions on them left out of the FROC' in ' '.join(rep['notes'])
+    # as in pycocotools: the prediction in the crowd region does not lower AP
+    dets = [dict(image_id=1, category_id=1, bbox=[250, 250, 50, 50], score=.9),
+            dict(image_id=1, category_id=1, bbox=[0, 0, 100, 100], score=.6)]
+    assert cocoeval_stats(ann, dets, [1])[1] == pytest.approx(1.0)
+    assert res['tbx11k/TB_AP50_all'] == pytest.approx(1.0)
+
+
 def _cls_case(tmp_path):
     # TB images 1, 2, 3; non-TB 4..7. Image scores (highest box score):
     # 1: .9, 2: .5, 3: none -> 0, 4: .5, 5: .2, 6: none -> 0, 7: .4
@@ -360,7 +439,8 @@ def test_auc_with_ties_and_threshold_by_hand(tmp_path):
     # TB iff score >= .5: images 1, 2, 4 -> TP 2, FN 1, FP 1, TN 3
     assert res['tbx11k/sensitivity'] == pytest.approx(2 / 3)
     assert res['tbx11k/specificity'] == pytest.approx(3 / 4)
-    assert res['tbx11k/accuracy'] == pytest.approx(5 / 7)
+    assert res['tbx11k/binary_accuracy'] == pytest.approx(5 / 7)
+    assert 'tbx11k/accuracy' not in res  # 2-class: not the official 3-class Accuracy
     assert res['tbx11k/cls_threshold'] == 0.5
     res, _ = run(ann, samples, cls_threshold=0.45, save_plots=False)
     assert res['tbx11k/specificity'] == pytest.approx(3 / 4)
@@ -560,7 +640,7 @@ def test_reports_and_plots(tmp_path):
             'TB_AP_all', 'TB_AP50_all', 'TB_AP75_all', 'TB_AP_tbonly',
             'TB_AP50_tbonly', 'ActiveTB_AP_all', 'ActiveTB_AP50_tbonly',
             'LatentTB_AP_all', 'LatentTB_AP50_all', 'FROC@0.125', 'FROC@8',
-            'FROC_mean', 'AUC', 'sensitivity', 'specificity', 'accuracy',
+            'FROC_mean', 'AUC', 'sensitivity', 'specificity', 'binary_accuracy',
             'cls_threshold'
         ]
     }

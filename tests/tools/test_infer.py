@@ -9,6 +9,7 @@ import sys
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from tbx11k.apis.inference import (
     collect_images,
@@ -67,6 +68,38 @@ def folder_run(tiny_run, tmp_path_factory):
                 '--out', str(out), '--score-thr', '0', '--device', 'cpu'], timeout=300)
     return dict(out=str(out), imgs=imgs, proc=proc, result=load_detections(
         osp.join(str(out), 'detections.json')))
+
+
+def test_infer_says_when_the_ema_weights_are_too_young(folder_run, tiny_run):
+    """A short run's EMA (14 optimizer steps, decay 0.9998) is still the weights it started
+    from: one warning line says so and names --weights raw; the raw weights get none."""
+    warned = [line for line in folder_run['proc'].stderr.splitlines()
+              if 'EMA weights have had' in line]
+    assert len(warned) == 1 and warned[0].startswith('warning: '), folder_run['proc'].stderr
+    assert 'at decay 0.9998' in warned[0] and '--weights raw' in warned[0]
+    assert load_detector(TINY_1GPU, tiny_run['checkpoint'], 'cpu',
+                         weights='raw').weights_warning is None
+
+
+def test_young_ema_rule():
+    """EMA weights are too young while the trained steps make up under half of them:
+    1 - decay**updates < 0.5, the first update being a copy; decay and interval come from the
+    config's EMAHook."""
+    from mmengine.config import Config
+
+    from tbx11k.apis.inference import EMASettings, ema_settings, young_ema_warning
+    ema = ema_settings(Config.fromfile(TINY_1GPU))
+    assert ema == EMASettings(momentum=0.0002, interval=1)
+
+    def checkpoint(steps):
+        return dict(state_dict={}, ema_state_dict={'steps': torch.tensor(steps)})
+    assert young_ema_warning(checkpoint(3466), ema) is not None  # 3465 updates: 49.997 %
+    assert young_ema_warning(checkpoint(3467), ema) is None  # 3466 updates: 50.004 %
+    assert young_ema_warning(checkpoint(15), EMASettings(momentum=0.1)) is None
+    assert young_ema_warning(checkpoint(2 * 3466), EMASettings(0.0002, interval=2)) is not None
+    assert young_ema_warning(dict(state_dict={}), ema) is None  # no EMA in the checkpoint
+    annealed = Config(dict(custom_hooks=[dict(type='EMAHook', ema_type='MomentumAnnealingEMA')]))
+    assert ema_settings(annealed) is None
 
 
 def test_infer_folder_draws_boxes_where_predicted(folder_run):

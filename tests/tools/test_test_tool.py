@@ -88,12 +88,21 @@ def test_show_dir_drawings_keep_the_folders_of_films_of_the_same_name(oracle, tm
     assert first['file_name'] in drawn and f'other/{name}' in drawn
 
 
-def test_challenge_submission_on_the_unlabelled_test_split(tiny_run, tmp_path, training_root):
+@pytest.fixture(scope='module')
+def submission(tiny_run, tmp_path_factory, synthetic_root):
+    """tools/test.py --test-split --format-only with the short run's (EMA) checkpoint, on a set
+    whose all_test.json lists an extra/ image, as the real one does."""
+    work_dir = tmp_path_factory.mktemp('submission')
+    proc = run([sys.executable, osp.join(REPO_ROOT, 'tools', 'test.py'), TINY_1GPU,
+                tiny_run['checkpoint'], '--data-root', str(synthetic_root), '--work-dir',
+                str(work_dir), '--test-split', '--format-only'])
+    test_json = json.load(open(synthetic_root / 'annotations/json/all_test.json'))
+    return dict(work_dir=work_dir, log=proc.stdout + proc.stderr, test_json=test_json)
+
+
+def test_challenge_submission_on_the_unlabelled_test_split(submission):
     """--test-split --format-only: all_test.json has no annotations; the official two files."""
-    run([sys.executable, osp.join(REPO_ROOT, 'tools', 'test.py'), TINY_1GPU, tiny_run['checkpoint'],
-         '--data-root', training_root, '--work-dir', str(tmp_path), '--test-split',
-         '--format-only'])
-    test_json = json.load(open(osp.join(training_root, 'annotations/json/all_test.json')))
+    tmp_path, test_json = submission['work_dir'], submission['test_json']
     lines = (tmp_path / 'submission.cls.txt').read_text().split('\n')
     lines = [line for line in lines if line.strip()]
     assert len(lines) == len(test_json['images'])
@@ -103,6 +112,29 @@ def test_challenge_submission_on_the_unlabelled_test_split(tiny_run, tmp_path, t
     results = json.load(open(tmp_path / 'submission.bbox.json'))
     image_ids = {image['id'] for image in test_json['images']}
     assert all(r['image_id'] in image_ids and len(r['bbox']) == 4 for r in results)
+
+
+def test_submission_warns_only_about_what_applies(submission):
+    """Writing the submission for all_test.json (no labels) evaluates nothing: no warning that
+    its extra/ images would count as non-TB, no advice to evaluate on TBX11K_*.json. The advice
+    to pass the threshold chosen on val applies and stays."""
+    log, test_json = submission['log'], submission['test_json']
+    assert any(i['file_name'].startswith('extra/') for i in test_json['images'])
+    warnings = [line for line in log.splitlines() if 'WARNING' in line]
+    assert not [line for line in warnings if 'extra/' in line], warnings
+    assert 'TBX11K_*.json' not in log
+    assert any('format_only without cls_threshold' in line for line in warnings), warnings
+
+
+def test_test_says_when_the_ema_weights_are_too_young(submission, tiny_run):
+    """The short run's EMA (decay 0.9998) has had a handful of updates: its weights are still
+    the start's, which is why AP is 0; one WARNING line says so and what to use."""
+    steps = int(torch.load(tiny_run['checkpoint'], weights_only=False)['ema_state_dict']['steps'])
+    warned = [line for line in submission['log'].splitlines()
+              if 'WARNING' in line and 'EMA weights have had' in line]
+    assert len(warned) == 1, submission['log'][-3000:]
+    assert f'{steps - 1} update(s) at decay 0.9998' in warned[0]
+    assert '--weights raw' in warned[0] and 'about 3466 updates' in warned[0]
 
 
 def test_out_that_is_not_a_pickle_is_refused_before_building(capsys):
@@ -232,7 +264,7 @@ def test_bare_state_dict_and_raw_weights_are_written_as_checkpoints(tmp_path):
     weights = {'layer.weight': torch.ones(2, 2)}
     bare = tmp_path / 'bare.pth'
     torch.save(weights, bare)
-    path, description, state = tool.weights_to_load(str(bare), 'ema', str(tmp_path / 'w'))
+    path, description, state, _ = tool.weights_to_load(str(bare), 'ema', str(tmp_path / 'w'))
     assert path == str(tmp_path / 'w' / 'weights.pth')
     assert torch.load(path, weights_only=False)['state_dict'].keys() == weights.keys()
     full = tmp_path / 'full.pth'

@@ -65,6 +65,28 @@ def test_startup_report_and_checkpoints(trained):
     assert (meta['epoch'], meta['iter']) == (3, 21)
 
 
+def test_log_starts_with_the_layout_and_keeps_the_noise_out(trained):
+    """The layout report comes before mmengine's config dump and hook listing; the optimizer
+    constructor's per-tensor lines are at DEBUG (not in this INFO log); no pkg_resources
+    deprecation on stderr; mmengine's BatchNorm warning is answered: the tiny model's batch
+    norms are frozen (norm_eval=True), so accumulation is exact."""
+    work_dir, output = trained
+    log_file, = work_dir.glob('*/*.log')
+    lines = log_file.read_text().splitlines()
+    layout = next(i for i, line in enumerate(lines) if 'Effective batch size: 2 = ' in line)
+    config = next(i for i, line in enumerate(lines) if line.endswith('INFO - Config:'))
+    hooks = next(i for i, line in enumerate(lines) if 'Hooks will be executed' in line)
+    assert layout < 60 and layout < config < hooks, (layout, config, hooks)
+    assert 'Counters are optimizer steps' in lines[layout + 1]
+    assert 'INFO - Gradient accumulation is exact here: the 20 BatchNorm layers of the model ' \
+        'are frozen' in lines[layout + 2]
+    for text in (lines, output.splitlines()):
+        assert not [line for line in text if 'is skipped since its requires_grad=False' in line
+                    or 'paramwise_options -- ' in line]
+        assert not [line for line in text if 'Gradient accumulative may slightly' in line]
+    assert 'pkg_resources' not in output
+
+
 def test_loss_falls(trained):
     work_dir, _ = trained
     losses = [r['loss'] for r in scalars(str(work_dir))]

@@ -11,6 +11,7 @@ mmdet for every case; --json writes every figure. See tbx11k/benchmark/.
 import os
 import os.path as osp
 import sys
+import warnings
 
 if __name__ == '__main__':
     argv = sys.argv[1:]
@@ -19,5 +20,9 @@ if __name__ == '__main__':
         os.environ['CUDA_VISIBLE_DEVICES'] = ''  # before torch is imported
     # this repo's tbx11k: tools/<folder>/<tool>.py is three levels below the repo root
     sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+    # setuptools deprecates pkg_resources, which mmengine imports to look packages up: a
+    # warning at every start that no user of these tools can act on
+    warnings.filterwarnings('ignore', message='pkg_resources is deprecated as an API',
+                            category=UserWarning)
     from tbx11k.benchmark.cli import main
     sys.exit(main(argv))

@@ -22,11 +22,16 @@ import os
 import os.path as osp
 import sys
 import tempfile
+import warnings
 
 if __name__ == '__main__':
     os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')  # count on the CPU, before torch loads
 # this repo's tbx11k: tools/<folder>/<tool>.py is three levels below the repo root
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+# setuptools deprecates pkg_resources, which mmengine imports to look packages up: a
+# warning at every start that no user of these tools can act on
+warnings.filterwarnings('ignore', message='pkg_resources is deprecated as an API',
+                        category=UserWarning)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -15,9 +15,14 @@ import argparse
 import io
 import os.path as osp
 import sys
+import warnings
 
 # this repo's tbx11k: tools/<folder>/<tool>.py is three levels below the repo root
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+# setuptools deprecates pkg_resources, which mmengine imports to look packages up: a
+# warning at every start that no user of these tools can act on
+warnings.filterwarnings('ignore', message='pkg_resources is deprecated as an API',
+                        category=UserWarning)
 
 
 def probability(text: str) -> float:
