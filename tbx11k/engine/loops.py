@@ -12,14 +12,14 @@ from torch.utils.data import DataLoader
 from mmdet.registry import LOOPS
 
 from ..datasets.samplers import AccumulationWindowBatchSampler, micro_batch_seed, split_window
+from .layout import LayoutMismatch, resolve_accumulative_counts
+
+__all__ = ['AccumulationEpochBasedTrainLoop', 'LayoutMismatch', 'NothingToTrain',
+           'accumulative_counts_of', 'shared_seed']
 
 
 class NothingToTrain(RuntimeError):
     """Raised when a resumed run has no optimizer step left to do."""
-
-
-class LayoutMismatch(ValueError):
-    """The launch does not give the effective batch the config was written for."""
 
 
 def accumulative_counts_of(optim_wrapper) -> int:
@@ -60,8 +60,10 @@ class AccumulationEpochBasedTrainLoop(EpochBasedTrainLoop):
     ``accumulative_counts`` micro-batches through ``model.train_step`` (the optim wrapper scales,
     accumulates, skips DDP syncs and steps as usual). Hooks therefore see optimizer steps:
     ``runner.iter``, ``by_epoch=False`` schedulers, logging intervals, EMA and checkpoints count
-    optimizer steps, and ``len(dataloader)`` is optimizer steps per epoch, the same for
-    1 GPU x 2 accumulation steps and 2 GPUs.
+    optimizer steps, and ``len(dataloader)`` is optimizer steps per epoch, the same for every
+    split of the effective batch (1 GPU x 2 accumulation steps and 2 GPUs; 1 x 8, 2 x 4, 4 x 2
+    and 8 x 1). ``optim_wrapper.accumulative_counts='auto'`` is resolved here from
+    ``effective_batch_size`` and the world size (:mod:`tbx11k.engine.layout`).
 
     Before each micro-batch the loop reseeds torch from the micro-batch's position in the epoch
     (model randomness such as DINO's denoising noise then does not depend on rank or step
@@ -74,16 +76,14 @@ class AccumulationEpochBasedTrainLoop(EpochBasedTrainLoop):
 
     def __init__(self, runner, dataloader: Union[DataLoader, Dict], max_epochs: int,
                  **kwargs) -> None:
-        self.accumulative_counts = accumulative_counts_of(runner.optim_wrapper)
-        if self.accumulative_counts < 1:
-            raise LayoutMismatch(f'optim_wrapper.accumulative_counts={self.accumulative_counts}: '
-                                 'it must be a whole number >= 1 (1 GPU: 2, 2 GPUs: 1)')
+        batch_size = (dataloader.get('batch_size', 1) if isinstance(dataloader, dict)
+                      else dataloader.batch_size)
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise LayoutMismatch(f'train_dataloader.batch_size={batch_size!r}: it must be a '
+                                 'whole number >= 1 (the configs use 1)')
+        self.accumulative_counts = self._resolve_accumulation(runner, batch_size)
         if isinstance(dataloader, dict):
             dataloader = dict(dataloader)
-            batch_size = dataloader.get('batch_size', 1)
-            if not isinstance(batch_size, int) or batch_size < 1:
-                raise LayoutMismatch(f'train_dataloader.batch_size={batch_size!r}: it must be a '
-                                     'whole number >= 1 (the configs use 1)')
             batch_sampler = dict(dataloader.get('batch_sampler') or {})
             if batch_sampler.get('type') not in (None, 'AccumulationWindowBatchSampler'):
                 raise LayoutMismatch(
@@ -103,13 +103,24 @@ class AccumulationEpochBasedTrainLoop(EpochBasedTrainLoop):
             raise TypeError(f'{type(self).__name__} needs an AccumulationWindowBatchSampler')
         self.window_sampler: AccumulationWindowBatchSampler = self.dataloader.batch_sampler
         self._skip = 0
-        declared = runner.cfg.get('effective_batch_size')
-        if declared is not None and declared != self.effective_batch_size:
-            raise LayoutMismatch(
-                f'This config trains with an effective batch of {declared} images per optimizer '
-                f'step, but this launch gives {self.effective_batch_size} = {self._layout()}. '
-                'Use configs/*_1gpu.py on 1 GPU and configs/*_2gpu.py on 2 GPUs, or change '
-                'optim_wrapper.accumulative_counts (and effective_batch_size) with --cfg-options.')
+
+    @staticmethod
+    def _resolve_accumulation(runner, batch_size: int) -> int:
+        """``optim_wrapper.accumulative_counts`` of this launch (``'auto'`` resolved from
+        ``effective_batch_size`` and the world size, and written into the optim wrapper's config
+        before the runner builds it); refuses a launch that does not give the declared effective
+        batch (:func:`~tbx11k.engine.layout.resolve_accumulative_counts`)."""
+        optim_wrapper = runner.optim_wrapper
+        configured = (optim_wrapper.get('accumulative_counts', 1) if isinstance(optim_wrapper, dict)
+                      else accumulative_counts_of(optim_wrapper))
+        counts = resolve_accumulative_counts(configured, runner.cfg.get('effective_batch_size'),
+                                             runner.world_size, batch_size)
+        if isinstance(optim_wrapper, dict) and configured != counts:
+            optim_wrapper['accumulative_counts'] = counts
+            print_log(f"optim_wrapper.accumulative_counts='auto': {counts} accumulation steps "
+                      f'= effective batch {runner.cfg.effective_batch_size} / ({runner.world_size} '
+                      f'GPU x {batch_size} image)', logger='current')
+        return counts
 
     @property
     def effective_batch_size(self) -> int:
