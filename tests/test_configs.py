@@ -58,7 +58,7 @@ RECIPE_SCALING = {'effective_batch_size', 'base_effective_batch_size',
 @pytest.mark.parametrize('base, scaled, effective', [
     ('dino_tbx11k_eb2.py', 'dino_tbx11k_eb8.py', 8),
     ('dino_tbx11k_tiny_1gpu.py', 'dino_tbx11k_tiny_eb4.py', 4)])
-def test_larger_effective_batch_is_the_recipe_scaled_by_the_stated_rule(base, scaled, effective):
+def test_larger_effective_batch_is_the_recipe_scaled_by_its_rule(base, scaled, effective):
     """Square-root LR scaling from effective batch 2, the same epochs, milestones and warm-up
     epochs, the EMA horizon kept in images; --auto-scale-lr is a no-op on every split."""
     a, b = load(base), load(scaled)

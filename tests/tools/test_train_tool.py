@@ -126,6 +126,7 @@ def test_2gpu_config_on_one_process_is_refused(tmp_path, training_root):
     proc = run(train_command(TINY_2GPU, str(tmp_path), 1, training_root, OPTIONS), check=False)
     assert proc.returncode == EXIT_WRONG_LAYOUT
     assert 'effective batch of 2 images per optimizer step, but this launch gives 1' in proc.stdout
+    assert 'World sizes that fit effective_batch_size=2: 1 or 2 processes (GPUs)' in proc.stdout
 
 
 @pytest.mark.parametrize('options, says', [
@@ -133,6 +134,10 @@ def test_2gpu_config_on_one_process_is_refused(tmp_path, training_root):
     ({'train_dataloader.batch_size': 0}, 'train_dataloader.batch_size=0: it must be'),
     ({'train_dataloader.batch_sampler.accumulative_counts': 4},
      'batch_sampler.accumulative_counts=4 contradicts optim_wrapper.accumulative_counts=2'),
+    ({'optim_wrapper.accumulative_counts': 'auto', 'effective_batch_size': 3,
+      'train_dataloader.batch_size': 2},
+     '1 process(es) x 2 image cannot split it into whole accumulation steps. World sizes that '
+     'fit: none: effective_batch_size=3 is not a multiple of train_dataloader.batch_size=2'),
 ])
 def test_impossible_layout_settings_exit_5_with_a_message(tmp_path, training_root, options, says):
     """They ended in bare ValueError tracebacks (exit 1)."""
