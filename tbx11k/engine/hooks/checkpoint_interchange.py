@@ -1,4 +1,4 @@
-"""Checkpoints that resume under either the 1-GPU or the 2-GPU config."""
+"""Checkpoints that resume under any split of their effective batch (GPUs x accumulation)."""
 import copy
 import logging
 import re
