@@ -53,6 +53,7 @@ from mmengine.registry import RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 from tbx11k.engine import IncompatibleCheckpoint, LayoutMismatch, NothingToTrain  # noqa: E402
+from tbx11k.engine.layout import check_launch, launch_rank, launch_world_size  # noqa: E402
 from tbx11k.engine.exit_codes import (EXIT_DIVERGED, EXIT_INCOMPATIBLE_CHECKPOINT,  # noqa: E402
                                       EXIT_NOTHING_TO_TRAIN, EXIT_WRONG_LAYOUT)
 from tbx11k.engine.stopping import NonFiniteTraining, stop_request  # noqa: E402
@@ -141,6 +142,22 @@ def build_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
+def check_layout(cfg: Config) -> int:
+    """``EXIT_WRONG_LAYOUT`` (after saying why, once) when the launch's number of processes cannot
+    give the config's effective batch, before the process group, model and data are built (the
+    train loop checks again for runners built elsewhere); 0 otherwise."""
+    world_size = launch_world_size(cfg.launcher)
+    if world_size is None:
+        return 0
+    try:
+        check_launch(cfg, world_size)
+    except LayoutMismatch as error:
+        if launch_rank(cfg.launcher) == 0:
+            print(f'error: {error}', file=sys.stderr)
+        return EXIT_WRONG_LAYOUT
+    return 0
+
+
 def run_training(runner) -> int:
     """Train; the exit status of the outcomes a job script acts on (the same on every rank)."""
     try:
@@ -167,6 +184,10 @@ def run_training(runner) -> int:
 def main(argv=None) -> int:
     args = parse_args(argv)
     cfg = build_config(args)
+    status = check_layout(cfg)
+    if status:
+        write_exit_status(status)
+        return status
     check_data_root(cfg)
     check_evaluators_read_their_loaders_json(cfg, splits=('val_dataloader', ))
     check_num_classes(cfg)

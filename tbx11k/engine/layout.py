@@ -10,10 +10,14 @@ wrapper, so the wrapper is built with the resolved count); a launch that fits no
 with :class:`LayoutMismatch` (``tools/train.py`` exits 5) before any training step. Launchers
 (``tools/slurm_submit.py``) ask :func:`accepted_world_sizes` which GPU counts a config takes.
 """
+import os
 from typing import List, Mapping, Optional, Union
 
 #: ``optim_wrapper.accumulative_counts`` value that derives the accumulation from the world size
 AUTO = 'auto'
+#: where each tools/train.py launcher (``--launcher``) finds the number of processes and the rank
+LAUNCHER_WORLD = {'pytorch': ('WORLD_SIZE', 'RANK'), 'slurm': ('SLURM_NTASKS', 'SLURM_PROCID'),
+                  'mpi': ('OMPI_COMM_WORLD_SIZE', 'OMPI_COMM_WORLD_RANK')}
 
 
 class LayoutMismatch(ValueError):
@@ -134,3 +138,54 @@ def accepted_world_sizes(cfg: Mapping) -> Optional[List[int]]:
         return fitting_world_sizes(int(effective), batch_size)
     per_process = batch_size * int(counts)
     return [effective // per_process] if effective % per_process == 0 else []
+
+
+def launch_world_size(launcher: str, environ: Optional[Mapping[str, str]] = None) -> Optional[int]:
+    """The number of processes of a tools/train.py launch, from its launcher's environment,
+    before any process group exists (mmengine's Slurm launcher also takes ``SLURM_NTASKS``).
+
+    Args:
+        launcher (str): ``--launcher``: ``none``, ``pytorch``, ``slurm`` or ``mpi``.
+        environ: the environment (default: ``os.environ``).
+
+    Returns:
+        int | None: 1 for ``none``; None when the environment does not say.
+    """
+    environ = os.environ if environ is None else environ
+    if launcher == 'none':
+        return 1
+    variable = LAUNCHER_WORLD.get(launcher, (None, None))[0]
+    value = environ.get(variable or '', '')
+    return int(value) if value.isdigit() and int(value) >= 1 else None
+
+
+def launch_rank(launcher: str, environ: Optional[Mapping[str, str]] = None) -> int:
+    """This process's global rank under ``launcher`` (0 when not known)."""
+    environ = os.environ if environ is None else environ
+    value = environ.get(LAUNCHER_WORLD.get(launcher, (None, ''))[1] or '', '0')
+    return int(value) if value.isdigit() else 0
+
+
+def check_launch(cfg: Mapping, world_size: int) -> Optional[int]:
+    """The accumulation steps a config trains with on ``world_size`` processes, checked before
+    anything is built; the train loop checks the same again when the runner builds it.
+
+    Args:
+        cfg: a tools/train.py config (after ``--cfg-options``).
+        world_size (int): processes of the launch.
+
+    Returns:
+        int | None: the accumulation steps; None when the config does not train with
+        ``AccumulationEpochBasedTrainLoop`` or its batch size is not a whole number (the loop
+        reports that).
+
+    Raises:
+        LayoutMismatch: as :func:`resolve_accumulative_counts`.
+    """
+    if (cfg.get('train_cfg') or {}).get('type') != 'AccumulationEpochBasedTrainLoop':
+        return None
+    batch_size = (cfg.get('train_dataloader') or {}).get('batch_size', 1)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        return None
+    return resolve_accumulative_counts((cfg.get('optim_wrapper') or {}).get('accumulative_counts'),
+                                       cfg.get('effective_batch_size'), world_size, batch_size)

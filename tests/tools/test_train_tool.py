@@ -9,8 +9,8 @@ import torch
 
 from tbx11k.engine.exit_codes import (EXIT_INCOMPATIBLE_CHECKPOINT, EXIT_NOTHING_TO_TRAIN,
                                       EXIT_WRONG_LAYOUT)
-from tbx11k.testing import (TINY_1GPU, TINY_2GPU, load_checkpoint, raw_weights, run, scalars,
-                            train_command)
+from tbx11k.testing import (TINY_1GPU, TINY_2GPU, TINY_EB4, load_checkpoint, raw_weights, run,
+                            scalars, train_command)
 
 from tools_test_helpers import load_tool
 
@@ -125,8 +125,32 @@ def test_checkpoint_of_other_effective_batch_is_refused(trained, tmp_path, train
 def test_2gpu_config_on_one_process_is_refused(tmp_path, training_root):
     proc = run(train_command(TINY_2GPU, str(tmp_path), 1, training_root, OPTIONS), check=False)
     assert proc.returncode == EXIT_WRONG_LAYOUT
-    assert 'effective batch of 2 images per optimizer step, but this launch gives 1' in proc.stdout
-    assert 'World sizes that fit effective_batch_size=2: 1 or 2 processes (GPUs)' in proc.stdout
+    log = proc.stdout + proc.stderr
+    assert 'effective batch of 2 images per optimizer step, but this launch gives 1' in log
+    assert 'World sizes that fit effective_batch_size=2: 1 or 2 processes (GPUs)' in log
+
+
+@pytest.mark.parametrize('launcher, env', [
+    ('pytorch', {'RANK': '0', 'LOCAL_RANK': '0', 'WORLD_SIZE': '3', 'MASTER_ADDR': '127.0.0.1',
+                 'MASTER_PORT': '9'}),
+    ('slurm', {'SLURM_PROCID': '0', 'SLURM_LOCALID': '0', 'SLURM_NTASKS': '3',
+               'SLURM_NODELIST': 'node1'})])
+def test_world_size_that_does_not_divide_the_effective_batch_is_refused_first(
+        tmp_path, training_root, launcher, env):
+    """3 processes for effective batch 4 ('auto'): exit 5 naming the world sizes that fit, from
+    the launcher's environment alone (no process group, model or data built: a lone rank of a
+    3-process launch returns at once instead of waiting for its peers)."""
+    work_dir = tmp_path / 'work'
+    proc = run(train_command(TINY_EB4, str(work_dir), 1, training_root, OPTIONS,
+                             ['--launcher', launcher]), check=False, timeout=120, env=env)
+    assert proc.returncode == EXIT_WRONG_LAYOUT, proc.stderr[-2000:]
+    assert ("effective batch of 4 images per optimizer step (effective_batch_size=4, "
+            "optim_wrapper.accumulative_counts='auto'); 3 process(es) x 1 image cannot split it"
+            in proc.stderr)
+    assert ('World sizes that fit: 1, 2 or 4 processes (GPUs) with 4, 2, 1 accumulation steps'
+            in proc.stderr)
+    assert 'Traceback' not in proc.stderr
+    assert not work_dir.exists() or not any(work_dir.iterdir())
 
 
 @pytest.mark.parametrize('options, says', [
