@@ -6,7 +6,8 @@ import os.path as osp
 import pytest
 from mmengine.config import Config
 
-from tbx11k.engine.layout import (LayoutMismatch, accepted_world_sizes, fitting_world_sizes,
+from tbx11k.engine.layout import (LayoutMismatch, accepted_world_sizes, check_launch,
+                                  fitting_world_sizes, launch_rank, launch_world_size,
                                   resolve_accumulative_counts)
 from tbx11k.testing import REPO_ROOT
 
@@ -62,3 +63,22 @@ def test_world_sizes_each_shipped_config_takes(config, world_sizes):
 def test_world_sizes_of_configs_without_an_effective_batch():
     assert accepted_world_sizes(dict(optim_wrapper=dict(accumulative_counts=2))) is None
     assert accepted_world_sizes(dict(optim_wrapper=dict(accumulative_counts='auto'))) == []
+
+
+def test_launch_world_size_and_rank_from_the_launchers_environment():
+    assert launch_world_size('none', {}) == 1
+    assert launch_world_size('pytorch', {'WORLD_SIZE': '4'}) == 4
+    assert launch_world_size('slurm', {'SLURM_NTASKS': '8', 'WORLD_SIZE': '2'}) == 8
+    assert launch_world_size('mpi', {'OMPI_COMM_WORLD_SIZE': '2'}) == 2
+    assert launch_world_size('pytorch', {}) is None
+    assert launch_world_size('pytorch', {'WORLD_SIZE': 'x'}) is None
+    assert launch_rank('slurm', {'SLURM_PROCID': '3'}) == 3 and launch_rank('none', {}) == 0
+
+
+def test_check_launch_applies_to_the_optimizer_step_loop_only():
+    cfg = Config.fromfile(osp.join(REPO_ROOT, 'configs', 'dino_tbx11k_eb8.py'))
+    assert [check_launch(cfg, w) for w in (1, 2, 4, 8)] == [8, 4, 2, 1]
+    with pytest.raises(LayoutMismatch, match='World sizes that fit: 1, 2, 4 or 8'):
+        check_launch(cfg, 6)
+    cfg.train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=1)
+    assert check_launch(cfg, 6) is None  # a stock loop: the config's own business
