@@ -85,7 +85,7 @@ def train(layout: Layout, work_dir, data_root, recipe: Recipe, resume=None, **ex
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory, small_training_root):
     """Every layout, the stock control and the cross-layout resumes of both recipes, trained once:
-    {effective batch: {run name: dict(dir, log)}}."""
+    {effective batch: {run name: dict(dir, log)}} (checkpoints deleted after the module)."""
     base = tmp_path_factory.mktemp('equivalence')
     out = {}
     for effective, recipe in RECIPES.items():
@@ -104,7 +104,9 @@ def runs(tmp_path_factory, small_training_root):
             checkpoint = str(done[source]['dir'] / f'iter_{step}.pth')
             done[name] = dict(dir=work_dir, log=train(recipe.layouts[target], work_dir,
                                                       small_training_root, recipe, checkpoint))
-    return out
+    yield out
+    for path in base.glob('*/*.pth'):  # ~240 MB each: not for pytest's kept tmp dirs
+        path.unlink()
 
 
 def final(recipe: Recipe, work_dir) -> Dict:
