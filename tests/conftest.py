@@ -39,3 +39,15 @@ def training_root(tmp_path_factory):
     make_synthetic_tbx11k(root, num_train=13, num_val=6, num_test=4, num_extra=2, seed=1,
                           image_size=256)
     return str(root)
+
+
+@pytest.fixture(scope='session')
+def small_training_root(tmp_path_factory):
+    """The smallest synthetic TBX11K that still exercises every part of the equivalence of
+    layouts: 9 train images of 128 px (effective batches 2 and 4 both pad the last window of an
+    epoch) with 0, 1, 2, 4 and 5 boxes. For multi-process training tests (4 gloo processes)."""
+    from tbx11k.datasets.synthetic import make_synthetic_tbx11k
+    root = tmp_path_factory.mktemp('small_training_tbx11k')
+    make_synthetic_tbx11k(root, num_train=9, num_val=2, num_test=1, num_extra=0, seed=1,
+                          image_size=128)
+    return str(root)

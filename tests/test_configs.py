@@ -42,6 +42,39 @@ def test_1gpu_and_2gpu_differ_only_in_the_split(one, two):
     assert a.effective_batch_size == b.effective_batch_size == 2
 
 
+@pytest.mark.parametrize('fixed, auto', [('dino_tbx11k_1gpu.py', 'dino_tbx11k_eb2.py'),
+                                         ('dino_tbx11k_2gpu.py', 'dino_tbx11k_eb2.py')])
+def test_eb2_is_the_batch_2_recipe_on_any_split(fixed, auto):
+    assert differences(load(fixed), load(auto)) == {'optim_wrapper.accumulative_counts'}
+    assert load(auto).optim_wrapper.accumulative_counts == 'auto'
+
+
+#: what a recipe of another effective batch changes, and nothing else
+RECIPE_SCALING = {'effective_batch_size', 'base_effective_batch_size',
+                  'optim_wrapper.optimizer.lr', 'auto_scale_lr.base_batch_size',
+                  'custom_hooks.1.momentum'}
+
+
+@pytest.mark.parametrize('base, scaled, effective', [
+    ('dino_tbx11k_eb2.py', 'dino_tbx11k_eb8.py', 8),
+    ('dino_tbx11k_tiny_1gpu.py', 'dino_tbx11k_tiny_eb4.py', 4)])
+def test_larger_effective_batch_is_the_recipe_scaled_by_its_rule(base, scaled, effective):
+    """Square-root LR scaling from effective batch 2, the same epochs, milestones and warm-up
+    epochs, the EMA horizon kept in images; --auto-scale-lr is a no-op on every split."""
+    a, b = load(base), load(scaled)
+    assert differences(a, b) - {'optim_wrapper.accumulative_counts'} == RECIPE_SCALING
+    assert b.optim_wrapper.accumulative_counts == 'auto'
+    assert (a.effective_batch_size, b.effective_batch_size) == (2, effective)
+    assert b.base_effective_batch_size == a.effective_batch_size
+    ratio = effective / a.effective_batch_size
+    lr_a, lr_b = a.optim_wrapper.optimizer.lr, b.optim_wrapper.optimizer.lr
+    assert lr_b == pytest.approx(lr_a * ratio ** 0.5)
+    assert b.auto_scale_lr.base_batch_size == effective
+    ema_a, ema_b = (next(h for h in c.custom_hooks if h.type == 'EMAHook') for c in (a, b))
+    assert 1 - ema_b.momentum == pytest.approx((1 - ema_a.momentum) ** ratio)
+    assert a.param_scheduler == b.param_scheduler and a.train_cfg == b.train_cfg
+
+
 def test_tiny_overrides_sizes_only():
     full, tiny = load('dino_tbx11k_1gpu.py'), load('dino_tbx11k_tiny_1gpu.py')
     allowed_prefixes = (

@@ -67,6 +67,7 @@ from tbx11k.engine.exit_codes import (  # noqa: E402
     EXIT_PRETRAINED_UNAVAILABLE,
     EXIT_WRONG_LAYOUT,
 )
+from tbx11k.engine.layout import check_launch, launch_rank, launch_world_size  # noqa: E402
 from tbx11k.engine.stopping import NonFiniteTraining, stop_request  # noqa: E402
 from tbx11k.utils import (  # noqa: E402
     KeyValueDictAction,
@@ -80,6 +81,7 @@ from tbx11k.utils import (  # noqa: E402
     merge_cli_options,
     read_config,
 )
+from tbx11k.utils.cli import configs_for_layout  # noqa: E402
 from tbx11k.utils.dist import close_process_group  # noqa: E402
 from tbx11k.utils.pretrained import (  # noqa: E402
     BACKBONE_CHECKPOINT_KEY,
@@ -203,6 +205,36 @@ def check_pretrained_weights_or_exit(cfg: Config, sources: dict) -> None:
         raise SystemExit(EXIT_PRETRAINED_UNAVAILABLE) from None
 
 
+def check_layout(cfg: Config) -> int:
+    """``EXIT_WRONG_LAYOUT`` (after saying why, once) when the launch's number of processes cannot
+    give the config's effective batch, before the process group, model and data are built (the
+    train loop checks again for runners built elsewhere); 0 otherwise."""
+    world_size = launch_world_size(cfg.launcher)
+    if world_size is None:
+        return 0
+    try:
+        check_launch(cfg, world_size)
+    except LayoutMismatch as error:
+        if launch_rank(cfg.launcher) == 0:
+            print(f'error: {error}{configs_for_this_launch(cfg, world_size)}', file=sys.stderr)
+        return EXIT_WRONG_LAYOUT
+    return 0
+
+
+def configs_for_this_launch(cfg: Config, world_size: int) -> str:
+    """`` Configs for N processes: A (or B, C).`` naming the repository's configs of the same
+    effective batch that take ``world_size`` processes (closest name first), or ''."""
+    declared = cfg.get('effective_batch_size')
+    if declared is None:
+        return ''
+    fitting = configs_for_layout(declared, world_size, like=getattr(cfg, 'filename', None))
+    if not fitting:
+        return ''
+    others = f' (or {", ".join(fitting[1:3])})' if len(fitting) > 1 else ''
+    processes = f'{world_size} process{"es" if world_size > 1 else ""}'
+    return f' Configs for {processes}: {fitting[0]}{others}.'
+
+
 def run_training(runner) -> int:
     """Train; the exit status of the outcomes a job script acts on (the same on every rank)."""
     try:
@@ -229,6 +261,10 @@ def run_training(runner) -> int:
 def main(argv=None) -> int:
     args = parse_args(argv)
     cfg = build_config(args)
+    status = check_layout(cfg)
+    if status:
+        write_exit_status(status)
+        return status
     check_data_root(cfg)
     check_evaluators_read_their_loaders_json(cfg, splits=('val_dataloader', ))
     check_num_classes(cfg)

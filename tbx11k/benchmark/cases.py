@@ -92,6 +92,17 @@ def _set_amp(cfg, amp: Optional[str]) -> None:
     cfg.optim_wrapper.dtype = amp
 
 
+def one_process_accumulation(cfg) -> int:
+    """The config's accumulation steps on one process (the benchmark's launch):
+    ``accumulative_counts='auto'`` takes the whole effective batch."""
+    from tbx11k.engine.layout import is_auto, resolve_accumulative_counts
+    counts = cfg.optim_wrapper.get('accumulative_counts', 1)
+    if not is_auto(counts):
+        return int(counts)
+    return resolve_accumulative_counts(counts, cfg.get('effective_batch_size'), 1,
+                                       int(cfg.train_dataloader.batch_size))
+
+
 def benchmark_config(config: str, data_root: str, work_dir: str, *, stock: bool = False,
                      batch_size: Optional[int] = None, accumulative_counts: Optional[int] = None,
                      amp: Optional[str] = None, cfg_options: Optional[Dict] = None,
@@ -139,7 +150,7 @@ def benchmark_config(config: str, data_root: str, work_dir: str, *, stock: bool 
         cfg.train_dataloader.batch_size = batch_size
     if accumulative_counts is not None:
         cfg.optim_wrapper.accumulative_counts = accumulative_counts
-    acc = int(cfg.optim_wrapper.get('accumulative_counts', 1))
+    acc = cfg.optim_wrapper.accumulative_counts = one_process_accumulation(cfg)
     if 'effective_batch_size' in cfg:
         cfg.effective_batch_size = int(cfg.train_dataloader.batch_size) * acc
     _set_amp(cfg, amp)
@@ -372,7 +383,7 @@ def plan_cases(opts: BenchmarkOptions, device: str):
     if opts.cfg_options:
         base.merge_from_dict(opts.cfg_options)
     batch = int(base.train_dataloader.batch_size)
-    acc = int(base.optim_wrapper.get('accumulative_counts', 1))
+    acc = one_process_accumulation(base)
     infer_steps = opts.infer_steps or max(opts.steps, 1)
     plan = []
 

@@ -1,6 +1,6 @@
 """A training loop whose iteration is one optimizer step, however the step's batch is split."""
 import logging
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Sequence, Tuple, Union
 
 import torch
 from mmengine.dist import all_reduce, get_dist_info
@@ -12,15 +12,15 @@ from torch.utils.data import DataLoader
 from mmdet.registry import LOOPS
 
 from ..datasets.samplers import AccumulationWindowBatchSampler, micro_batch_seed, split_window
+from .layout import LayoutMismatch, resolve_accumulative_counts
 from .startup_log import batch_norm_accumulation_note
+
+__all__ = ['AccumulationEpochBasedTrainLoop', 'LayoutMismatch', 'NothingToTrain',
+           'accumulative_counts_of', 'shared_seed']
 
 
 class NothingToTrain(RuntimeError):
     """Raised when a resumed run has no optimizer step left to do."""
-
-
-class LayoutMismatch(ValueError):
-    """The launch does not give the effective batch the config was written for."""
 
 
 def accumulative_counts_of(optim_wrapper) -> int:
@@ -74,8 +74,10 @@ class AccumulationEpochBasedTrainLoop(EpochBasedTrainLoop):
     ``accumulative_counts`` micro-batches through ``model.train_step`` (the optim wrapper scales,
     accumulates, skips DDP syncs and steps as usual). Hooks therefore see optimizer steps:
     ``runner.iter``, ``by_epoch=False`` schedulers, logging intervals, EMA and checkpoints count
-    optimizer steps, and ``len(dataloader)`` is optimizer steps per epoch, the same for
-    1 GPU x 2 accumulation steps and 2 GPUs.
+    optimizer steps, and ``len(dataloader)`` is optimizer steps per epoch, the same for every
+    split of the effective batch (1 GPU x 2 accumulation steps and 2 GPUs; 1 x 8, 2 x 4, 4 x 2
+    and 8 x 1). ``optim_wrapper.accumulative_counts='auto'`` is resolved here from
+    ``effective_batch_size`` and the world size (:mod:`tbx11k.engine.layout`).
 
     Before each micro-batch the loop reseeds torch from the micro-batch's position in the epoch
     (model randomness such as DINO's denoising noise then does not depend on rank or step
@@ -97,16 +99,14 @@ class AccumulationEpochBasedTrainLoop(EpochBasedTrainLoop):
 
     def __init__(self, runner, dataloader: Union[DataLoader, Dict], max_epochs: int,
                  **kwargs) -> None:
-        self.accumulative_counts = accumulative_counts_of(runner.optim_wrapper)
-        if self.accumulative_counts < 1:
-            raise LayoutMismatch(f'optim_wrapper.accumulative_counts={self.accumulative_counts}: '
-                                 'it must be a whole number >= 1 (1 GPU: 2, 2 GPUs: 1)')
+        batch_size = (dataloader.get('batch_size', 1) if isinstance(dataloader, dict)
+                      else dataloader.batch_size)
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise LayoutMismatch(f'train_dataloader.batch_size={batch_size!r}: it must be a '
+                                 'whole number >= 1 (the configs use 1)')
+        self.accumulative_counts = self._resolve_accumulation(runner, batch_size)
         if isinstance(dataloader, dict):
             dataloader = dict(dataloader)
-            batch_size = dataloader.get('batch_size', 1)
-            if not isinstance(batch_size, int) or batch_size < 1:
-                raise LayoutMismatch(f'train_dataloader.batch_size={batch_size!r}: it must be a '
-                                     'whole number >= 1 (the configs use 1)')
             batch_sampler = dict(dataloader.get('batch_sampler') or {})
             if batch_sampler.get('type') not in (None, 'AccumulationWindowBatchSampler'):
                 raise LayoutMismatch(
@@ -126,34 +126,24 @@ class AccumulationEpochBasedTrainLoop(EpochBasedTrainLoop):
             raise TypeError(f'{type(self).__name__} needs an AccumulationWindowBatchSampler')
         self.window_sampler: AccumulationWindowBatchSampler = self.dataloader.batch_sampler
         self._skip = 0
-        declared = runner.cfg.get('effective_batch_size')
-        if declared is not None and declared != self.effective_batch_size:
-            raise LayoutMismatch(
-                f'This config trains with an effective batch of {declared} images per optimizer '
-                f'step, but this launch gives {self.effective_batch_size} = {self._layout()}. '
-                + self._layout_advice(declared, getattr(runner.cfg, 'filename', None)))
 
-    def _layout_advice(self, declared: int, config: Optional[str]) -> str:
-        """What gives this launch the effective batch ``declared``: the repository's configs
-        that fit its process count (closest name to ``config`` first), or the accumulation."""
-        from ..utils.cli import configs_for_layout
-        sampler = self.window_sampler
-        processes = f'{sampler.world_size} process{"es" if sampler.world_size > 1 else ""}'
-        fitting = configs_for_layout(declared, sampler.world_size, like=config)
-        advice = []
-        if fitting:
-            others = f' (or {", ".join(fitting[1:3])})' if len(fitting) > 1 else ''
-            advice.append(f'For {processes} use {fitting[0]}{others}')
-        per_step = sampler.world_size * sampler.batch_size
-        if declared % per_step == 0:
-            advice.append(f'{"or" if fitting else "For " + processes} keep this config with '
-                          '--cfg-options optim_wrapper.accumulative_counts='
-                          f'{declared // per_step}')
-        else:
-            advice.append(f'{declared} images do not split into {processes} x '
-                          f'{sampler.batch_size} image(s): change train_dataloader.batch_size or '
-                          'the number of processes')
-        return ', '.join(advice) + '.'
+    @staticmethod
+    def _resolve_accumulation(runner, batch_size: int) -> int:
+        """``optim_wrapper.accumulative_counts`` of this launch (``'auto'`` resolved from
+        ``effective_batch_size`` and the world size, and written into the optim wrapper's config
+        before the runner builds it); refuses a launch that does not give the declared effective
+        batch (:func:`~tbx11k.engine.layout.resolve_accumulative_counts`)."""
+        optim_wrapper = runner.optim_wrapper
+        configured = (optim_wrapper.get('accumulative_counts', 1) if isinstance(optim_wrapper, dict)
+                      else accumulative_counts_of(optim_wrapper))
+        counts = resolve_accumulative_counts(configured, runner.cfg.get('effective_batch_size'),
+                                             runner.world_size, batch_size)
+        if isinstance(optim_wrapper, dict) and configured != counts:
+            optim_wrapper['accumulative_counts'] = counts
+            print_log(f"optim_wrapper.accumulative_counts='auto': {counts} accumulation steps "
+                      f'= effective batch {runner.cfg.effective_batch_size} / ({runner.world_size} '
+                      f'GPU x {batch_size} image)', logger='current')
+        return counts
 
     @property
     def effective_batch_size(self) -> int:

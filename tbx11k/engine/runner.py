@@ -35,7 +35,7 @@ class _TextCachedConfig(Config):
 
 @RUNNERS.register_module()
 class TBX11KRunner(Runner):
-    """mmengine's Runner with what the 1-GPU / 2-GPU interchange and Slurm sessions need.
+    """mmengine's Runner with what the interchange of layouts and Slurm sessions need.
 
     - ``--auto-scale-lr`` counts the effective batch, ``world_size x batch_size x
       accumulative_counts`` (stock mmengine ignores accumulation; open-mmlab/mmengine#1080,

@@ -12,6 +12,7 @@ from ._utils import (
                      REPO_ROOT,
                      TINY_1GPU,
                      TINY_2GPU,
+                     TINY_EB4,
                      cfg_options,
                      ema_weights,
                      free_port,
@@ -29,7 +30,8 @@ from ._utils import (
 )
 from .models import build_tiny_dino, losses_and_grads, random_batch
 
-__all__ = ['REPO_ROOT', 'TINY_1GPU', 'TINY_2GPU', 'build_tiny_dino', 'cfg_options', 'ema_weights',
+__all__ = ['REPO_ROOT', 'TINY_1GPU', 'TINY_2GPU', 'TINY_EB4', 'build_tiny_dino', 'cfg_options',
+           'ema_weights',
            'free_port', 'global_relative_difference', 'json_entries_as_oriented_jpegs',
            'load_checkpoint', 'losses_and_grads', 'lr_by_step', 'random_batch', 'raw_weights',
            'register_oracle_detector', 'relative_difference', 'run', 'save_jpeg_with_orientation',

@@ -12,6 +12,8 @@ import torch
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TINY_1GPU = osp.join(REPO_ROOT, 'configs', 'dino_tbx11k_tiny_1gpu.py')
 TINY_2GPU = osp.join(REPO_ROOT, 'configs', 'dino_tbx11k_tiny_2gpu.py')
+#: effective batch 4 on any split (accumulative_counts='auto'): 1 x 4, 2 x 2, 4 x 1
+TINY_EB4 = osp.join(REPO_ROOT, 'configs', 'dino_tbx11k_tiny_eb4.py')
 
 
 def free_port() -> int:

@@ -5,6 +5,8 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 from mmengine.config import Config, ConfigDict, DictAction
 
+from ..engine.layout import accepted_world_sizes
+
 SYNTHETIC_HINT = (
     'Get TBX11K from https://mmcheng.net/tb/ (or its Kaggle/Google-Drive mirrors) and unpack it so '
     'that DATA_ROOT/imgs/ and DATA_ROOT/annotations/json/ exist, or make a synthetic set in the '
@@ -160,8 +162,9 @@ def configs_for_layout(effective_batch: int, world_size: int, like: Optional[str
                        folder: str = REPO_CONFIGS) -> List[str]:
     """The configs of ``folder`` (default: the repository's ``configs/``) that train with
     ``effective_batch`` images per optimizer step on ``world_size`` processes: their
-    ``effective_batch_size`` is ``effective_batch`` and ``world_size x
-    train_dataloader.batch_size x optim_wrapper.accumulative_counts`` gives it.
+    ``effective_batch_size`` is ``effective_batch`` and they accept ``world_size``
+    (:func:`~tbx11k.engine.layout.accepted_world_sizes`: a fixed accumulation that gives it, or
+    ``'auto'``).
 
     Args:
         effective_batch (int): images per optimizer step the run needs.
@@ -181,11 +184,10 @@ def configs_for_layout(effective_batch: int, world_size: int, like: Optional[str
         try:
             cfg = Config.fromfile(path, import_custom_modules=False)
             declared = cfg.get('effective_batch_size')
-            batch_size = int(cfg.train_dataloader.get('batch_size', 1))
-            accumulation = int(cfg.get('optim_wrapper', {}).get('accumulative_counts', 1))
+            world_sizes = accepted_world_sizes(cfg)
         except Exception:  # a config that does not parse or has no training: not a candidate
             continue
-        if declared == effective_batch == world_size * batch_size * accumulation:
+        if declared == effective_batch and world_sizes and world_size in world_sizes:
             fitting.append(name)
     if like:
         like = osp.basename(like)

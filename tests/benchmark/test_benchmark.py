@@ -18,7 +18,7 @@ from tbx11k.benchmark.measure import (
 )
 from tbx11k.benchmark.report import check_targets, compute_ratios, format_table
 from tbx11k.benchmark.run import run_benchmark
-from tbx11k.testing import REPO_ROOT, TINY_1GPU, run
+from tbx11k.testing import REPO_ROOT, TINY_1GPU, TINY_EB4, run
 
 CASE_FIELDS = {f.name for f in dataclasses.fields(CaseResult)}
 FIGURES = ('seconds', 'img_per_s', 's_per_step', 's_per_step_median', 's_per_micro_batch',
@@ -162,6 +162,9 @@ def test_benchmark_config_leaves_the_training_settings_alone(tmp_path):
                           accumulative_counts=1)
     assert (b2.train_dataloader.batch_size, b2.optim_wrapper.accumulative_counts,
             b2.effective_batch_size) == (2, 1, 2)
+    # accumulative_counts='auto' on the benchmark's one process: the whole effective batch
+    eb4 = benchmark_config(TINY_EB4, str(tmp_path), str(tmp_path / 'w'))
+    assert (eb4.optim_wrapper.accumulative_counts, eb4.effective_batch_size) == (4, 4)
 
 
 @pytest.mark.parametrize('per_iter,acc,iters,marks', [

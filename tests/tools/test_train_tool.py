@@ -18,6 +18,7 @@ from tbx11k.testing import (
     REPO_ROOT,
     TINY_1GPU,
     TINY_2GPU,
+    TINY_EB4,
     load_checkpoint,
     raw_weights,
     run,
@@ -196,10 +197,12 @@ def test_2gpu_config_on_one_process_is_refused(tmp_path, training_root):
     """The refusal named configs/*_1gpu.py, not the config that fits this launch."""
     proc = run(train_command(TINY_2GPU, str(tmp_path), 1, training_root, OPTIONS), check=False)
     assert proc.returncode == EXIT_WRONG_LAYOUT
-    assert 'effective batch of 2 images per optimizer step, but this launch gives 1' in proc.stdout
-    assert ('For 1 process use configs/dino_tbx11k_tiny_1gpu.py (or configs/dino_tbx11k_1gpu.py), '
-            'or keep this config with --cfg-options optim_wrapper.accumulative_counts=2.'
-            in proc.stdout), proc.stdout[-3000:]
+    log = proc.stdout + proc.stderr
+    assert 'effective batch of 2 images per optimizer step, but this launch gives 1' in log
+    assert 'World sizes that fit effective_batch_size=2: 1 or 2 processes (GPUs)' in log
+    assert (
+        'Configs for 1 process: configs/dino_tbx11k_tiny_1gpu.py (or configs/dino_tbx11k_1gpu.py'
+            in log), log[-3000:]
 
 
 def test_configs_that_fit_a_launch_are_found_by_their_layout(tmp_path):
@@ -216,11 +219,38 @@ def test_configs_that_fit_a_launch_are_found_by_their_layout(tmp_path):
     assert configs_for_layout(8, 2, folder=str(tmp_path)) == []
 
 
+@pytest.mark.parametrize('launcher, env', [
+    ('pytorch', {'RANK': '0', 'LOCAL_RANK': '0', 'WORLD_SIZE': '3', 'MASTER_ADDR': '127.0.0.1',
+                 'MASTER_PORT': '9'}),
+    ('slurm', {'SLURM_PROCID': '0', 'SLURM_LOCALID': '0', 'SLURM_NTASKS': '3',
+               'SLURM_NODELIST': 'node1'})])
+def test_world_size_that_does_not_divide_the_effective_batch_is_refused_first(
+        tmp_path, training_root, launcher, env):
+    """3 processes for effective batch 4 ('auto'): exit 5 naming the world sizes that fit, from
+    the launcher's environment alone (no process group, model or data built: a lone rank of a
+    3-process launch returns at once instead of waiting for its peers)."""
+    work_dir = tmp_path / 'work'
+    proc = run(train_command(TINY_EB4, str(work_dir), 1, training_root, OPTIONS,
+                             ['--launcher', launcher]), check=False, timeout=120, env=env)
+    assert proc.returncode == EXIT_WRONG_LAYOUT, proc.stderr[-2000:]
+    assert ("effective batch of 4 images per optimizer step (effective_batch_size=4, "
+            "optim_wrapper.accumulative_counts='auto'); 3 process(es) x 1 image cannot split it"
+            in proc.stderr)
+    assert ('World sizes that fit: 1, 2 or 4 processes (GPUs) with 4, 2, 1 accumulation steps'
+            in proc.stderr)
+    assert 'Traceback' not in proc.stderr
+    assert not work_dir.exists() or not any(work_dir.iterdir())
+
+
 @pytest.mark.parametrize('options, says', [
     ({'optim_wrapper.accumulative_counts': 0}, 'optim_wrapper.accumulative_counts=0: it must be'),
     ({'train_dataloader.batch_size': 0}, 'train_dataloader.batch_size=0: it must be'),
     ({'train_dataloader.batch_sampler.accumulative_counts': 4},
      'batch_sampler.accumulative_counts=4 contradicts optim_wrapper.accumulative_counts=2'),
+    ({'optim_wrapper.accumulative_counts': 'auto', 'effective_batch_size': 3,
+      'train_dataloader.batch_size': 2},
+     '1 process(es) x 2 image cannot split it into whole accumulation steps. World sizes that '
+     'fit: none: effective_batch_size=3 is not a multiple of train_dataloader.batch_size=2'),
 ])
 def test_impossible_layout_settings_exit_5_with_a_message(tmp_path, training_root, options, says):
     """They ended in bare ValueError tracebacks (exit 1)."""

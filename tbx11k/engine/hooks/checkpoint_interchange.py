@@ -1,4 +1,4 @@
-"""Checkpoints that resume under either the 1-GPU or the 2-GPU config."""
+"""Checkpoints that resume under any split of their effective batch (GPUs x accumulation)."""
 import copy
 import logging
 import re
@@ -14,6 +14,7 @@ from mmengine.optim.scheduler.param_scheduler import _ParamScheduler
 
 from mmdet.registry import HOOKS
 
+from ..layout import describe_world_sizes
 from ..loops import BATCH_ABOVE_1_NOTE, AccumulationEpochBasedTrainLoop, accumulative_counts_of
 
 
@@ -171,12 +172,13 @@ def _same_effective_batch_advice(effective_batch: int, current: Dict) -> str:
     per_micro_batch = current['world_size'] * current['batch_size']
     if effective_batch % per_micro_batch:
         return (f"{current['world_size']} GPU x {current['batch_size']} image cannot make "
-                f'{effective_batch} images per step with whole accumulation steps; resume with a '
-                'number of GPUs that divides it')
+                f'{effective_batch} images per step with whole accumulation steps; resume with '
+                f"{describe_world_sizes(effective_batch, current['batch_size'])}")
     acc = effective_batch // per_micro_batch
     return (f'resume with --cfg-options optim_wrapper.accumulative_counts={acc} '
-            f'effective_batch_size={effective_batch} (for the shipped schedule of 2: '
-            'configs/dino_tbx11k_1gpu.py on 1 GPU, configs/dino_tbx11k_2gpu.py on 2 GPUs)')
+            f'effective_batch_size={effective_batch} (or the config of that effective batch, '
+            f'configs/*_eb{effective_batch}.py, which derives the accumulation from the number '
+            'of GPUs)')
 
 
 def is_bare_state_dict(checkpoint: Any) -> bool:
