@@ -219,19 +219,26 @@ def score_hist_figure(scores: np.ndarray, labels: np.ndarray,
     images, bins from :func:`score_bin_edges`, the threshold dashed."""
     fig, ax = _canvas()
     bins = score_bin_edges(scores, thr)
+    from matplotlib.ticker import MaxNLocator
     labels = labels.astype(bool)
-    ax.hist(scores[~labels], bins=bins, alpha=.6,
-            label=f'non-TB images (n={int((~labels).sum())})')
-    ax.hist(scores[labels], bins=bins, alpha=.6,
-            label=f'TB images (n={int(labels.sum())})')
+    counts = [ax.hist(scores[~labels], bins=bins, alpha=.6,
+                      label=f'non-TB images (n={int((~labels).sum())})')[0],
+              ax.hist(scores[labels], bins=bins, alpha=.6,
+                      label=f'TB images (n={int(labels.sum())})')[0]]
     if thr is not None and np.isfinite(thr):
         ax.axvline(thr, color='k', ls='--', label=f'threshold {thr:.3f}')
     ax.set_xlim(bins[0], bins[-1])
-    ax.set_yscale('log')
+    top = max([float(c.max()) for c in counts if c.size] + [1.0])
+    if top > 100:  # thousands of images: the few in the tails stay visible
+        ax.set_yscale('log')
+        ax.set_ylim(0.7, top * 8)
+    else:  # room above the bars for the legend
+        ax.set_ylim(0, top * 1.45)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel('image TB score (highest box score)')
     ax.set_ylabel('images')
     ax.set_title('image score: TB vs non-TB images')
-    ax.legend(loc='best')
+    ax.legend(loc='upper center', ncol=3, fontsize=8)
     fig.tight_layout()
     return fig
 
