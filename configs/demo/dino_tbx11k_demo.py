@@ -31,12 +31,14 @@ optim_wrapper = dict(
     optimizer=dict(lr=2e-4),
     paramwise_cfg=dict(custom_keys=dict(backbone=dict(lr_mult=1.0))))
 
-max_epochs = 8
+# 20 epochs of the 64-film demo set = 640 optimizer steps; warm-up over the first epoch, LR x0.1
+# for the last 3 epochs. Validation once, at the end.
+max_epochs = 20
 train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-2, by_epoch=True, begin=0, end=1,
          convert_to_iter_based=True),
-    dict(type='MultiStepLR', by_epoch=True, begin=0, end=max_epochs, milestones=[7],
+    dict(type='MultiStepLR', by_epoch=True, begin=0, end=max_epochs, milestones=[17],
          gamma=0.1),
 ]
 default_hooks = dict(logger=dict(interval=10), checkpoint=dict(max_keep_ckpts=1))
