@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The demo: make an easy synthetic TBX11K (128 px films, large bright lesions), train the tiny
+# The demo: make an easy synthetic TBX11K (256 px films, large bright lesions), train the tiny
 # DINO of configs/demo/dino_tbx11k_demo.py from scratch on the CPU (1 image x 2 accumulation
 # steps per optimizer step), evaluate it on the synthetic val split with the TBX11K protocol,
 # print the AP table and draw its detections next to the ground truth on a val film with lesions.
@@ -22,7 +22,7 @@ export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore}"  # pkg_resources & co. on ever
 
 if [[ ! -f "$DATA/annotations/json/TBX11K_train.json" ]]; then
   echo "[demo] making an easy synthetic TBX11K in $DATA ($NUM_TRAIN train, $NUM_VAL val films)"
-  "$PY" tools/make_synthetic_tbx11k.py "$DATA" --size 128 --num-train "$NUM_TRAIN" \
+  "$PY" tools/make_synthetic_tbx11k.py "$DATA" --size 256 --num-train "$NUM_TRAIN" \
     --num-val "$NUM_VAL" --num-test 4 --num-extra 0 --tb-fraction 0.6 --healthy-fraction 0.2 \
     --lesion-scale 1.5 --lesion-contrast 1.5 --max-lesions 2 > /dev/null
 fi

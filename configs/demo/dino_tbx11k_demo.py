@@ -1,10 +1,11 @@
-# `make demo` (tools/demo.sh): the tiny 1-GPU config on an easy synthetic TBX11K of 128 px films,
-# with a schedule that learns to find the lesions in a few minutes on a 2-core CPU. Same model
-# sizes as dino_tbx11k_tiny_1gpu.py; the backbone trains from scratch (no ImageNet weights).
+# `make demo` (tools/demo.sh): the tiny 1-GPU config on an easy synthetic TBX11K (256 px films with
+# large bright lesions, seen at 128 px), with a schedule that learns to find the lesions in a few
+# minutes on a 2-core CPU. Same model sizes as dino_tbx11k_tiny_1gpu.py; the backbone trains from
+# scratch (no ImageNet weights).
 _base_ = '../dino_tbx11k_tiny_1gpu.py'
 
 data_root = 'data/tbx11k_demo/'
-image_scale = (128, 128)  # tools/demo.sh makes the films this size
+image_scale = (128, 128)  # every film resized to 128 x 128 (keeping its aspect ratio)
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations', with_bbox=True),
