@@ -26,4 +26,4 @@ bench: .venv/.installed
 	$(PYTHON_VENV) tools/analysis_tools/benchmark.py configs/dino_tbx11k_tiny_1gpu.py
 
 clean-demo:
-	rm -rf data/tbx11k_synthetic work_dirs/demo
+	rm -rf data/tbx11k_demo work_dirs/demo

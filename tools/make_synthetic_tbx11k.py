@@ -6,9 +6,11 @@ Example:
 """
 import argparse
 import json
+import os.path as osp
 import sys
 
-from tbx11k.datasets.synthetic import format_summary, make_synthetic_tbx11k
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # this repo's tbx11k
+from tbx11k.datasets.synthetic import format_summary, make_synthetic_tbx11k  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -32,6 +34,13 @@ def parse_args(argv=None):
     p.add_argument('--duplicate-pairs', type=int, default=None,
                    help='byte-identical train/val sick pairs (None: about 5%% of the val sick '
                    'films, at least 1)')
+    p.add_argument('--lesion-scale', type=float, default=1.0,
+                   help='multiply every lesion box side by this (larger: easier to learn)')
+    p.add_argument('--lesion-contrast', type=float, default=1.0,
+                   help='multiply the brightness lesions add by this (larger: easier to learn)')
+    p.add_argument('--max-lesions', type=int, default=None,
+                   help='at most this many boxed lesions per TB image (None: 1-5 as the image '
+                   'type draws them)')
     p.add_argument('--overwrite', action='store_true',
                    help='replace imgs/, annotations/, lists/ under ROOT')
     p.add_argument('--json', action='store_true',
@@ -53,6 +62,9 @@ def main(argv=None) -> int:
             tb_fraction=args.tb_fraction,
             healthy_fraction=args.healthy_fraction,
             num_duplicate_pairs=args.duplicate_pairs,
+            lesion_scale=args.lesion_scale,
+            lesion_contrast=args.lesion_contrast,
+            max_lesions=args.max_lesions,
             overwrite=args.overwrite)
     except (FileExistsError, ValueError) as e:
         print(f'error: {e}', file=sys.stderr)

@@ -20,6 +20,7 @@ that logged nothing (crashed at start) is ignored.
 import fnmatch
 import glob
 import json
+import math
 import os
 import os.path as osp
 import re
@@ -67,13 +68,47 @@ class TrainingLog:
                     seen.setdefault(k)
         return list(seen)
 
-    def epoch_ends(self) -> List[float]:
-        """Optimizer steps between epochs (for vertical guide lines)."""
+    def steps_per_epoch(self) -> Optional[int]:
+        """Optimizer steps per epoch, when the logged (epoch, step) pairs pin it down: a record
+        of epoch ``e`` (1-based) at step ``s`` means ``(e - 1) * N < s <= e * N``. None for a
+        single epoch, or when the logging interval leaves more than one ``N`` possible."""
+        lowest, highest = 1, None
+        for r in self.train:
+            if 'epoch' not in r:
+                continue
+            epoch, step = int(r['epoch']), int(r['step'])
+            if epoch < 1:
+                continue
+            lowest = max(lowest, -(-step // epoch))
+            if epoch > 1:
+                bound = (step - 1) // (epoch - 1)
+                highest = bound if highest is None else min(highest, bound)
+        return lowest if highest is not None and lowest == highest else None
+
+    def epoch_starts(self) -> List[Tuple[int, float]]:
+        """(epoch, optimizer step where it starts, less a half) of every logged epoch after the
+        first: where the vertical guide lines go. Exact when the records pin the steps per epoch
+        down, else half-way between the last logged step of an epoch and the first of the
+        next."""
+        first: Dict[int, int] = {}
         last: Dict[int, int] = {}
         for r in self.train:
             if 'epoch' in r:
-                last[int(r['epoch'])] = max(last.get(int(r['epoch']), 0), int(r['step']))
-        return [last[e] + 0.5 for e in sorted(last)[:-1]]
+                epoch, step = int(r['epoch']), int(r['step'])
+                first[epoch] = min(first.get(epoch, step), step)
+                last[epoch] = max(last.get(epoch, step), step)
+        epochs = sorted(last)
+        if len(epochs) < 2:
+            return []
+        per_epoch = self.steps_per_epoch()
+        if per_epoch is not None:
+            return [(e + 1, e * per_epoch + 0.5) for e in range(epochs[0], epochs[-1])]
+        return [(nxt, (last[e] + first[nxt]) / 2 if nxt == e + 1 else first[nxt] - 0.5)
+                for e, nxt in zip(epochs, epochs[1:])]
+
+    def epoch_ends(self) -> List[float]:
+        """Optimizer steps between epochs (see :meth:`epoch_starts`)."""
+        return [x for _, x in self.epoch_starts()]
 
 
 def scalar_files(work_dir: str) -> List[str]:
@@ -208,6 +243,15 @@ def _label(key: str) -> str:
 
 
 # ---- figures -----------------------------------------------------------------------------------
+#: markers on at most this many points of a curve (every point of a short run, every k-th after)
+MAX_MARKERS = 40
+#: val metrics that are fractions in [0, 1]; plotted in percent, as the evaluation tables print
+FRACTION_METRIC = re.compile(
+    r'(^|_)(m?AP\d*|FROC|AUC|sensitivity|specificity|accuracy|recall|precision)(@|_|$)')
+#: top of a percent axis: the first of these the values stay under (with a margin)
+PERCENT_TOPS = (10.0, 20.0, 50.0, 100.0)
+
+
 def _figure(rows: int, cols: int, w: float, h: float, dpi: int):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -217,36 +261,75 @@ def _figure(rows: int, cols: int, w: float, h: float, dpi: int):
     return fig, axes
 
 
+def _markers(points: int) -> Dict:
+    """Marker style for a curve of ``points`` points: a two-point run shows its two points."""
+    return dict(marker='o', ms=3, markevery=max(1, math.ceil(points / MAX_MARKERS)))
+
+
 def _epoch_guides(ax, log: TrainingLog) -> None:
-    ends = log.epoch_ends()
-    if 0 < len(ends) <= 100:
-        for x in ends:
-            ax.axvline(x, color='0.85', lw=0.8, zorder=0)
+    """Dashed vertical lines where each epoch after the first starts, labelled (up to about 12
+    labels), on an axis whose x is the optimizer step."""
+    starts = log.epoch_starts()
+    if not 0 < len(starts) <= 200:
+        return
+    label_every = math.ceil(len(starts) / 12)
+    for i, (epoch, x) in enumerate(starts):
+        ax.axvline(x, color='0.55', ls='--', lw=0.8, zorder=0.5, gid='epoch start')
+        if i % label_every == 0:
+            ax.text(x, 0.98, f' ep {epoch}', transform=ax.get_xaxis_transform(), fontsize=7,
+                    color='0.35', ha='left', va='top', zorder=0.5)
 
 
-def _save(fig, path: str) -> str:
-    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path)
-    return path
+def _fit_ylim(ax, values: Sequence[float], percent: bool = False) -> None:
+    """A readable y range: 0 to 10/20/50/100 for a percent panel (an all-zero AP panel reads 0
+    to 10, not -0.04 to 0.04); a fixed pad around a constant curve."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return
+    low, high = min(finite), max(finite)
+    if percent:
+        top = next((t for t in PERCENT_TOPS if high <= 0.95 * t), PERCENT_TOPS[-1])
+        ax.set_ylim(-0.03 * top, 1.03 * top)
+    elif high - low <= 1e-12 * max(1.0, abs(high)):
+        pad = 0.1 * abs(high) if high else 1.0
+        ax.set_ylim(high - pad if high else -0.05, high + pad)
+
+
+def in_percent(log: TrainingLog, keys: Sequence[str]) -> bool:
+    """Whether the val ``keys`` are all fraction metrics (AP, FROC, AUC, ...) with logged values
+    in [0, 1], so that a panel of them is drawn in percent like the evaluation tables."""
+    for key in keys:
+        if not FRACTION_METRIC.search(key.split('/', 1)[-1]):
+            return False
+        if any(not 0.0 <= v <= 1.0 for v in log.series(key, val=True)[1]):
+            return False
+    return bool(keys)
 
 
 def _plot_lines(ax, log: TrainingLog, keys: Sequence[str], val: bool = False,
-                label=None) -> int:
-    drawn = 0
+                label=None, scale: float = 1.0) -> List[float]:
+    """Draw the series of ``keys`` (times ``scale``) with markers; returns the values drawn."""
+    values: List[float] = []
     for key in keys:
         x, y = log.series(key, val)
         if not x:
             continue
-        style = dict(marker='o', ms=3) if (val or len(x) < 30) else {}
+        y = [v * scale for v in y]
         thin = (not val) and loss_term(key)[2] is not None
         ax.plot(x, y, lw=0.8 if thin else 1.4, alpha=0.6 if thin else 1.0,
-                label=(label or _label)(key), **style)
-        drawn += 1
-    return drawn
+                label=(label or _label)(key), **_markers(len(x)))
+        values += y
+    return values
 
 
-def plot_losses(log: TrainingLog, path: str, all_layers: bool = False, dpi: int = 90) -> str:
+def _step_axis(ax, title: str) -> None:
+    ax.set_title(title)
+    ax.set_xlabel('optimizer step')
+    ax.grid(True, alpha=.3)
+
+
+def losses_figure(log: TrainingLog, all_layers: bool = False, dpi: int = 90):
+    """The figure of ``losses.png``: one panel per loss term (and grad_norm) vs optimizer step."""
     panels = loss_panels(log, all_layers)
     if 'grad_norm' in log.keys():
         panels.append(('grad_norm (before clipping)', ['grad_norm']))
@@ -256,36 +339,40 @@ def plot_losses(log: TrainingLog, path: str, all_layers: bool = False, dpi: int 
     rows = (len(panels) + cols - 1) // cols
     fig, axes = _figure(rows, cols, 6.0, 3.4, dpi)
     for ax, (title, keys) in zip(axes, panels):
-        _plot_lines(ax, log, keys, label=(lambda k: k) if title.startswith('grad') else None)
+        values = _plot_lines(ax, log, keys,
+                             label=(lambda k: k) if title.startswith('grad') else None)
+        _fit_ylim(ax, values)
         _epoch_guides(ax, log)
-        ax.set_title(title)
-        ax.set_xlabel('optimizer step')
-        ax.grid(True, alpha=.3)
+        _step_axis(ax, title)
         if len(keys) > 1:
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=7, loc='best')
     for ax in axes[len(panels):]:
         ax.set_visible(False)
-    return _save(fig, path)
+    fig.tight_layout()
+    return fig
 
 
 def _lr_axis(ax, log: TrainingLog) -> None:
     x, y = log.series('lr')
-    ax.plot(x, y, lw=1.4, marker='o' if len(x) < 30 else None, ms=3)
+    ax.plot(x, y, lw=1.4, label='lr', **_markers(len(x)))
     positive = [v for v in y if v > 0]
     if positive and max(positive) / min(positive) > 20:
         ax.set_yscale('log')
+    else:
+        _fit_ylim(ax, y)
+        ax.ticklabel_format(axis='y', style='sci', scilimits=(-3, 4))
     _epoch_guides(ax, log)
-    ax.set_title('learning rate (first param group)')
-    ax.set_xlabel('optimizer step')
-    ax.grid(True, alpha=.3)
+    _step_axis(ax, 'learning rate (first param group)')
 
 
-def plot_lr(log: TrainingLog, path: str, dpi: int = 90) -> str:
+def lr_figure(log: TrainingLog, dpi: int = 90):
+    """The figure of ``lr.png``: the learning rate vs optimizer step."""
     if not log.series('lr')[0]:
         raise ValueError('no lr in the train records')
     fig, (ax,) = _figure(1, 1, 6.0, 3.4, dpi)
     _lr_axis(ax, log)
-    return _save(fig, path)
+    fig.tight_layout()
+    return fig
 
 
 def val_panels(log: TrainingLog,
@@ -308,8 +395,8 @@ def val_panels(log: TrainingLog,
     return panels
 
 
-def plot_val(log: TrainingLog, path: str, metrics: Optional[Sequence[str]] = None,
-             dpi: int = 90) -> str:
+def val_figure(log: TrainingLog, metrics: Optional[Sequence[str]] = None, dpi: int = 90):
+    """The figure of ``val_metrics.png``: the val metrics vs epoch."""
     panels = val_panels(log, metrics)
     if not panels:
         raise ValueError('no val metrics in the logs' + (f' matching {list(metrics)}'
@@ -317,22 +404,28 @@ def plot_val(log: TrainingLog, path: str, metrics: Optional[Sequence[str]] = Non
     fig, axes = _figure(1, len(panels), 6.0, 3.6, dpi)
     for ax, (title, keys) in zip(axes, panels):
         _val_axis(ax, log, keys, title)
-    return _save(fig, path)
+    fig.tight_layout()
+    return fig
 
 
 def _val_axis(ax, log: TrainingLog, keys: Sequence[str], title: str) -> None:
     from matplotlib.ticker import MaxNLocator
-    _plot_lines(ax, log, keys, val=True, label=lambda k: k.split('/', 1)[-1])
-    ax.set_title(title)
+    percent = in_percent(log, keys)
+    values = _plot_lines(ax, log, keys, val=True, label=lambda k: k.split('/', 1)[-1],
+                         scale=100.0 if percent else 1.0)
+    _fit_ylim(ax, values, percent)
+    ax.set_title(title + (' (%)' if percent else ''))
     ax.set_xlabel('epoch')
+    if percent:
+        ax.set_ylabel('%')
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(True, alpha=.3)
-    ax.legend(fontsize=7)
+    # beside the axes: never over the curves
+    ax.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
 
 
-def plot_overview(log: TrainingLog, path: str, metrics: Optional[Sequence[str]] = None,
-                  dpi: int = 80) -> str:
-    """One 2 x 2 figure: total loss, last-layer loss terms, LR, the main val metrics."""
+def overview_figure(log: TrainingLog, metrics: Optional[Sequence[str]] = None, dpi: int = 80):
+    """The figure of ``overview.png``: total loss, last-layer loss terms, LR, main val metrics."""
     panels = val_panels(log, metrics)
     fig, axes = _figure(2, 2, 5.0, 3.2, dpi)
     keys = log.keys()
@@ -340,13 +433,13 @@ def plot_overview(log: TrainingLog, path: str, metrics: Optional[Sequence[str]] 
         k for k in keys if 'loss' in k and k != 'loss'][:4]
     for ax, title, shown in ((axes[0], 'training loss (total)', ['loss']),
                              (axes[1], 'loss terms of the last decoder layer', terms)):
-        if _plot_lines(ax, log, shown, label=lambda k: k):
+        values = _plot_lines(ax, log, shown, label=lambda k: k)
+        if values:
+            _fit_ylim(ax, values)
             _epoch_guides(ax, log)
-            ax.set_title(title)
-            ax.set_xlabel('optimizer step')
-            ax.grid(True, alpha=.3)
+            _step_axis(ax, title)
             if len(shown) > 1:
-                ax.legend(fontsize=7)
+                ax.legend(fontsize=7, loc='best')
         else:
             ax.set_visible(False)
     if log.series('lr')[0]:
@@ -359,7 +452,36 @@ def plot_overview(log: TrainingLog, path: str, metrics: Optional[Sequence[str]] 
         axes[3].text(0.5, 0.5, 'no validation records', ha='center', va='center',
                      transform=axes[3].transAxes)
         axes[3].set_axis_off()
-    return _save(fig, path)
+    fig.tight_layout()
+    return fig
+
+
+def _save(fig, path: str) -> str:
+    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+def plot_losses(log: TrainingLog, path: str, all_layers: bool = False, dpi: int = 90) -> str:
+    """Write :func:`losses_figure` to ``path``; returns ``path``."""
+    return _save(losses_figure(log, all_layers, dpi), path)
+
+
+def plot_lr(log: TrainingLog, path: str, dpi: int = 90) -> str:
+    """Write :func:`lr_figure` to ``path``; returns ``path``."""
+    return _save(lr_figure(log, dpi), path)
+
+
+def plot_val(log: TrainingLog, path: str, metrics: Optional[Sequence[str]] = None,
+             dpi: int = 90) -> str:
+    """Write :func:`val_figure` to ``path``; returns ``path``."""
+    return _save(val_figure(log, metrics, dpi), path)
+
+
+def plot_overview(log: TrainingLog, path: str, metrics: Optional[Sequence[str]] = None,
+                  dpi: int = 80) -> str:
+    """Write :func:`overview_figure` to ``path``; returns ``path``."""
+    return _save(overview_figure(log, metrics, dpi), path)
 
 
 def plot_logs(work_dir: str, out_dir: Optional[str] = None,

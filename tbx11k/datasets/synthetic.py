@@ -377,20 +377,21 @@ def _iou(a, b) -> float:
 
 
 def _plan_lesions(rng, a: dict, S: int, classes: List[str],
-                  edge: bool) -> List[Tuple[str, List[float]]]:
+                  edge: bool,
+                  scale: float = 1.0) -> List[Tuple[str, List[float]]]:
     """Desired boxes (x, y, w, h) in image pixels for the given classes.
 
     With ``edge`` the first box touches the left image edge (so that its
-    xml xmin is 0 and its json x is -1)."""
+    xml xmin is 0 and its json x is -1). ``scale`` multiplies the sides."""
     out: List[Tuple[str, List[float]]] = []
     lungs = _lungs(a)
     for i, cls in enumerate(classes):
         for _ in range(30):
             if cls == ACTIVE:
-                w = rng.uniform(0.06, 0.2) * S
+                w = rng.uniform(0.06, 0.2) * S * scale
                 h = w * rng.uniform(0.7, 1.4)
             else:
-                w = rng.uniform(0.035, 0.08) * S
+                w = rng.uniform(0.035, 0.08) * S * scale
                 h = w * rng.uniform(0.8, 1.25)
             if edge and i == 0:
                 lung = lungs[0]
@@ -491,6 +492,9 @@ def make_synthetic_tbx11k(root: str,
                           tb_fraction: float = 0.5,
                           healthy_fraction: float = 0.25,
                           num_duplicate_pairs: Optional[int] = None,
+                          lesion_scale: float = 1.0,
+                          lesion_contrast: float = 1.0,
+                          max_lesions: Optional[int] = None,
                           overwrite: bool = False) -> dict:
     """Write a synthetic TBX11K under ``root`` and return a summary.
 
@@ -516,6 +520,12 @@ def make_synthetic_tbx11k(root: str,
         num_duplicate_pairs (int, optional): Val sick images that are byte-identical copies
             of train sick images (the real data has 38). Default: about 5 %
             of the val sick images, at least 1 when both splits have some.
+        lesion_scale: multiplies the side of every lesion box (1 = sizes
+            like the real data's; larger is easier to learn).
+        lesion_contrast: multiplies the brightness every lesion adds (1 =
+            the default look; larger is easier to learn).
+        max_lesions: at most this many boxed lesions per TB image (None: 1
+            to 5 as the image type draws them).
 
         overwrite (bool): Replace existing ``imgs``, ``annotations`` and ``lists`` folders.
             Defaults to False.
@@ -529,6 +539,13 @@ def make_synthetic_tbx11k(root: str,
     S = int(image_size)
     if S < 32:
         raise ValueError(f'image_size must be >= 32, got {image_size}')
+    if not 0 < lesion_scale <= 4:
+        raise ValueError(f'lesion_scale must be in (0, 4], got {lesion_scale}')
+    if not 0 < lesion_contrast <= 4:
+        raise ValueError(
+            f'lesion_contrast must be in (0, 4], got {lesion_contrast}')
+    if max_lesions is not None and int(max_lesions) < 1:
+        raise ValueError(f'max_lesions must be >= 1, got {max_lesions}')
     for name, n in (('num_train', num_train), ('num_val', num_val),
                     ('num_test', num_test), ('num_extra', num_extra)):
         if int(n) < 0:
@@ -606,11 +623,13 @@ def make_synthetic_tbx11k(root: str,
                 a['heart'] = (a['cx'] + 0.045, ) + a['heart'][1:]
             classes = [] if no_box else _tb_classes(
                 rng, _TB_TYPES[i % len(_TB_TYPES)])
+            if max_lesions is not None:
+                classes = classes[:int(max_lesions)]
             want_difficult = (not no_box and split != 'test'
                               and i % 6 == 5)
             planned = _plan_lesions(
                 rng, a, S, classes + ([ACTIVE] if want_difficult else []),
-                edge)
+                edge, lesion_scale)
             difficult = []
             if want_difficult and len(planned) > len(classes):
                 difficult = [planned.pop()]
@@ -623,10 +642,10 @@ def make_synthetic_tbx11k(root: str,
                 if jbox is None:
                     continue
                 objects.append((cls, xml_box, 0))
-                lesions.append((cls, jbox, 1.0))
+                lesions.append((cls, jbox, lesion_contrast))
             for cls, box in difficult:
                 objects.append((cls, _to_xml_box(box, orig, S), 1))
-                lesions.append((cls, box, 0.45))
+                lesions.append((cls, box, 0.45 * lesion_contrast))
                 st['difficult_dropped'] += 1
             _save_png(osp.join(img_root, name), _render(rng, S, a, lesions))
             if split != 'test' and objects:

@@ -187,25 +187,79 @@ def plot_pr(path: str, rec_thrs: np.ndarray, curves: List[tuple]) -> None:
     fig.savefig(path)
 
 
-def plot_score_hist(path: str, scores: np.ndarray, labels: np.ndarray,
-                    thr: Optional[float]) -> None:
+#: the most and fewest bars of the image score histogram
+MAX_SCORE_BINS = 60
+MIN_SCORE_BINS = 10
+
+
+def score_bin_edges(scores: np.ndarray,
+                    thr: Optional[float] = None) -> np.ndarray:
+    """Bin edges of the image score histogram over the scores' own range
+    (with the threshold): numpy's ``'auto'`` rule kept between
+    ``MIN_SCORE_BINS`` and ``MAX_SCORE_BINS`` bars, so that scores in a
+    narrow range (a short run's 0.30-0.31) spread over several bars instead
+    of falling into one bar of a fixed 0-1 grid.
+
+    Args:
+        scores: image scores (any shape; non-finite values are left out).
+        thr: the classification threshold, drawn on the same axis.
+
+    Returns:
+        increasing bin edges.
+    """
+    finite = np.asarray(scores, dtype=np.float64).ravel()
+    finite = finite[np.isfinite(finite)]
+    points = finite
+    if thr is not None and np.isfinite(thr):
+        points = np.append(points, float(thr))
+    if points.size == 0:
+        return np.linspace(0.0, 1.0, MIN_SCORE_BINS + 1)
+    low, high = float(points.min()), float(points.max())
+    if high - low <= 1e-9 * max(1.0, abs(high)):  # one value: a fixed pad
+        pad = max(0.01, 0.05 * abs(high))
+        low, high = low - pad, high + pad
+    edges = np.histogram_bin_edges(finite if finite.size else points, 'auto',
+                                   range=(low, high))
+    bins = len(edges) - 1
+    if not MIN_SCORE_BINS <= bins <= MAX_SCORE_BINS:
+        bins = min(max(bins, MIN_SCORE_BINS), MAX_SCORE_BINS)
+        edges = np.linspace(low, high, bins + 1)
+    return edges
+
+
+def score_hist_figure(scores: np.ndarray, labels: np.ndarray,
+                      thr: Optional[float]):
+    """The figure of ``score_hist.png``: image TB scores of TB and non-TB
+    images, bins from :func:`score_bin_edges`, the threshold dashed."""
     fig, ax = _canvas()
-    bins = np.linspace(0, max(1.0, float(scores.max()) if scores.size else 1),
-                       41)
+    bins = score_bin_edges(scores, thr)
+    from matplotlib.ticker import MaxNLocator
     labels = labels.astype(bool)
-    ax.hist(scores[~labels], bins=bins, alpha=.6,
-            label=f'non-TB images (n={int((~labels).sum())})')
-    ax.hist(scores[labels], bins=bins, alpha=.6,
-            label=f'TB images (n={int(labels.sum())})')
+    counts = [ax.hist(scores[~labels], bins=bins, alpha=.6,
+                      label=f'non-TB images (n={int((~labels).sum())})')[0],
+              ax.hist(scores[labels], bins=bins, alpha=.6,
+                      label=f'TB images (n={int(labels.sum())})')[0]]
     if thr is not None and np.isfinite(thr):
         ax.axvline(thr, color='k', ls='--', label=f'threshold {thr:.3f}')
-    ax.set_yscale('log')
+    ax.set_xlim(bins[0], bins[-1])
+    top = max([float(c.max()) for c in counts if c.size] + [1.0])
+    if top > 100:  # thousands of images: the few in the tails stay visible
+        ax.set_yscale('log')
+        ax.set_ylim(0.7, top * 8)
+    else:  # room above the bars for the legend
+        ax.set_ylim(0, top * 1.45)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel('image TB score (highest box score)')
     ax.set_ylabel('images')
     ax.set_title('image score: TB vs non-TB images')
-    ax.legend(loc='upper center')
+    ax.legend(loc='upper center', ncol=3, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    return fig
+
+
+def plot_score_hist(path: str, scores: np.ndarray, labels: np.ndarray,
+                    thr: Optional[float]) -> None:
+    score_hist_figure(scores, labels, thr).savefig(path)
 
 
 def write_plots(out_dir: str, report: dict, curves: dict) -> List[str]:
