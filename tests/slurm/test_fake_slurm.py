@@ -11,7 +11,7 @@ import pytest
 
 from tbx11k.testing import REPO_ROOT
 
-from slurm_test_helpers import SLURM_SUBMIT, SLURM_TRAIN, fake_slurm_env
+from slurm_test_helpers import SLURM_SUBMIT, SLURM_TRAIN, fake_python, fake_slurm_env
 
 CONFIG_2GPU = osp.join(REPO_ROOT, 'configs', 'dino_tbx11k_2gpu.py')
 SHELL_VARS = {'_', 'SHLVL', 'PWD', 'OLDPWD'}  # what the shell itself sets on the way
@@ -32,6 +32,8 @@ esac
     # records its arguments and environment, one JSON file per call
     'sbatch': f'''#!{sys.executable}
 import json, os, sys
+if '--test-only' in sys.argv:
+    sys.exit(0)
 calls = os.environ['FAKE_SBATCH_CALLS']
 n = len(os.listdir(calls))
 with open(os.path.join(calls, f'{{n:03d}}.json'), 'w') as f:
@@ -117,7 +119,8 @@ def test_dry_run_lines_do_what_the_submit_does(fake_slurm, tmp_path, prefer):
     work_dir = tmp_path / "work dir's"
     env = dict(fake_slurm, CONFIG='/stale/config.py', TBX11K_SESSION='3', DATA_ROOT='/stale')
     cmd = [sys.executable, SLURM_SUBMIT, '-p', 'gpu', '--work-dir', str(work_dir), '--data-root',
-           'data root', '--config-1gpu', 'configs/dino_tbx11k_1gpu.py', '--python', '/opt/my py',
+           'data root', '--config-1gpu', 'configs/dino_tbx11k_1gpu.py', '--python',
+           fake_python(str(tmp_path / 'my py')),
            '--max-sessions', '3', '--chain', 'resubmit', '--signal-margin', '300', '--poll', '0.1',
            '--prefer', str(prefer), '--', '--cfg-options', 'train_cfg.max_epochs=60',
            'work_dir=a b']

@@ -52,7 +52,9 @@ def test_dry_run_shows_the_policy(slurm_cluster, tmp_path):
                'train_cfg.max_epochs=60'])
     lines = [l for l in proc.stdout.splitlines() if 'would run' in l]
     assert len(lines) == 2
-    assert 'train_2gpu.sbatch' in lines[0] and 'train_1gpu.sbatch' in lines[1]  # 2 GPUs first
+    assert '--ntasks-per-node=2 --gres=gpu:2' in lines[0]  # 2 GPUs first
+    assert '--ntasks-per-node=1 --gres=gpu:1' in lines[1]
+    assert all('slurm/train.sbatch' in line for line in lines)
     for line in lines:
         assert '--dependency=singleton' in line and '--signal=B:USR1@600' in line
         assert line.endswith('--cfg-options train_cfg.max_epochs=60')
@@ -60,7 +62,7 @@ def test_dry_run_shows_the_policy(slurm_cluster, tmp_path):
     proc = sh([sys.executable, SLURM_SUBMIT, '-p', slurm_cluster, '--work-dir', str(tmp_path),
                '--dry-run', '--prefer', '1'])
     lines = [l for l in proc.stdout.splitlines() if 'would run' in l]
-    assert 'train_1gpu.sbatch' in lines[0] and 'train_2gpu.sbatch' in lines[1]
+    assert '--ntasks-per-node=1 ' in lines[0] and '--ntasks-per-node=2 ' in lines[1]
 
 
 def test_refuses_a_second_job_on_a_busy_work_dir(slurm_cluster, slurm_jobs, tmp_path):
