@@ -464,13 +464,13 @@ def limits_problem(layout: Layout, table, limits: Dict[str, str], cpus_per_task:
     """Why the partition's limits can never give ``layout`` (None: they can)."""
     max_nodes = limits.get('MaxNodes', 'UNLIMITED')
     if max_nodes.isdigit() and layout.nodes > int(max_nodes):
-        return (f'{layout.nodes} nodes exceed partition {layout.partition!r}\'s MaxNodes='
-                f'{max_nodes}: ask for fewer GPUs or more per node (--gpus-per-node)')
+        return (f'{layout.nodes} nodes exceed the MaxNodes={max_nodes} of partition '
+                f'{layout.partition!r}: ask for fewer GPUs or more per node (--gpus-per-node)')
     cpus = layout.per_node * cpus_per_task
     max_cpus = limits.get('MaxCPUsPerNode', 'UNLIMITED')
     if max_cpus.isdigit() and cpus > int(max_cpus):
         return (f'{layout.per_node} tasks x {cpus_per_task} CPUs = {cpus} CPUs per node exceed '
-                f'partition {layout.partition!r}\'s MaxCPUsPerNode={max_cpus}: lower '
+                f'the MaxCPUsPerNode={max_cpus} of partition {layout.partition!r}: lower '
                 '--cpus-per-task')
     able = [c for _, gpus, c, _ in table
             if node_gpu_count(gpus, gpu_type) >= layout.per_node and c is not None]
@@ -485,8 +485,9 @@ def limits_problem(layout: Layout, table, limits: Dict[str, str], cpus_per_task:
         except ValueError:
             return None
         if allowed is not None and (wanted is None or wanted > allowed):
-            return (f'--time {time_limit} exceeds partition {layout.partition!r}\'s MaxTime='
-                    f'{max_time}: pass a shorter --time (sessions chain until the run is done)')
+            return (f'--time {time_limit} exceeds the MaxTime={max_time} of partition '
+                    f'{layout.partition!r}: pass a shorter --time (sessions chain until the run '
+                    'is done)')
     return None
 
 
@@ -756,6 +757,13 @@ class Submitter:
                 per_node = a.gpus_per_node or gpus
                 layout.problem = str(gpu_error(partition, per_node, a.gpu_type,
                                                -(-gpus // per_node)))
+                most = max([node_gpu_count(g, a.gpu_type) for _, g, _, _ in tables[partition]]
+                           or [0])
+                if not a.gpus_per_node and gpus > most:
+                    kind = f'GPUs of type {a.gpu_type!r}' if a.gpu_type else 'GPUs'
+                    layout.problem = (f'no set of nodes of partition {partition!r} has {gpus} '
+                                      f'{kind} in equal numbers per node (nodes: '
+                                      f'{describe_gpus(partition)})')
                 if a.gpus_per_node and gpus % a.gpus_per_node:
                     layout.problem = (f'{gpus} GPUs are not a multiple of --gpus-per-node '
                                       f'{a.gpus_per_node}')
