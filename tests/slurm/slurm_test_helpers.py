@@ -22,6 +22,7 @@ from tbx11k.testing import REPO_ROOT
 HERE = osp.dirname(osp.abspath(__file__))
 SLURM_TRAIN = osp.join(REPO_ROOT, 'tools', 'slurm_train.sh')
 SLURM_SUBMIT = osp.join(REPO_ROOT, 'tools', 'slurm_submit.py')
+SBATCH = osp.join(REPO_ROOT, 'slurm', 'train.sbatch')
 SBATCH_1GPU = osp.join(REPO_ROOT, 'slurm', 'train_1gpu.sbatch')
 SBATCH_2GPU = osp.join(REPO_ROOT, 'slurm', 'train_2gpu.sbatch')
 SBATCH_TEST = osp.join(REPO_ROOT, 'slurm', 'test.sbatch')

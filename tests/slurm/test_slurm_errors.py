@@ -74,3 +74,24 @@ def test_refuses_a_second_job_on_a_busy_work_dir(slurm_cluster, slurm_jobs, tmp_
     assert proc.returncode == 2
     assert f'job(s) {held} (PENDING) named {name} already train' in proc.stderr
     assert '--replace' in proc.stderr
+
+
+def test_requests_that_can_never_start_are_refused_at_once(slurm_cluster, tmp_path):
+    """More CPUs per task than any node has: slurm_submit.py submitted the job, which sat
+    pending (PartitionConfig) until --pending-timeout, and tools/slurm_train.sh's srun waited
+    for ever. Now both refuse at once (exit 2), naming what to change; nothing is submitted.
+    More memory than any node has is found by sbatch --test-only."""
+    name = f'{JOB_PREFIX}-never'
+    proc = sh(['bash', SLURM_TRAIN, slurm_cluster, '1'], check=False, timeout=60,
+              env=dict(job_env(), CPUS_PER_TASK='64', JOB_NAME=name))
+    assert proc.returncode == 2, proc.stderr
+    assert '64 CPUs per node, but the nodes with 1 GPUs have at most 16 CPUs: lower ' \
+        '--cpus-per-task' in proc.stderr
+    for extra, message in ((['--cpus-per-task', '64'], 'lower --cpus-per-task'),
+                           (['--sbatch-arg=--mem=4000G'], 'sbatch --test-only refuses it')):
+        proc = sh([sys.executable, SLURM_SUBMIT, '-p', slurm_cluster, '--work-dir',
+                   str(tmp_path), '--job-name', name, *extra], check=False, timeout=60)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert 'no layout of --gpus 2,1 can ever start on this cluster, nothing was submitted' \
+            in proc.stderr and message in proc.stderr
+    assert sh(['squeue', '-h', '-n', name, '-t', 'all', '-o', '%i']).stdout.strip() == ''

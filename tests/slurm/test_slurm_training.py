@@ -17,6 +17,12 @@ validation) and start together, side by side (OMP_NUM_THREADS=1 each):
              job pends, is cancelled after --pending-timeout 5s, the 1-GPU job runs (1 session,
              stopped by the signal); the blocker released, a second launch runs 2 GPUs and
              finishes from the same checkpoint: equals ref
+- four:      slurm/train.sbatch with 4 tasks (effective batch 4 = 4 x 1 x 1), stopped by Slurm's
+             time-limit warning (CHAIN=none); a 1-task session (4 x 1 x 4) continues it to the
+             end of the schedule (8 steps)
+- twonode:   slurm/train.sbatch on 2 nodes x 2 tasks (two slurmd on this host), effective batch
+             4; the warning reaches the ranks of both nodes, which checkpoint together; `scontrol
+             requeue`; the next session finishes: equals the four -> one run (1e-5)
 
 Runs with the warning signal use tests/slurm/configs/slow_tiny_*gpu.py: the tiny configs plus a
 hook that sleeps after every optimizer step (same weights; long runs that cost no CPU).
@@ -32,7 +38,7 @@ from tbx11k.testing import (REPO_ROOT, TINY_1GPU, TINY_2GPU, ema_weights,
                             global_relative_difference, load_checkpoint, raw_weights,
                             relative_difference)
 
-from slurm_test_helpers import (JOB_PREFIX, SBATCH_1GPU, SBATCH_TEST, SLOW_1GPU,
+from slurm_test_helpers import (JOB_PREFIX, SBATCH, SBATCH_1GPU, SBATCH_TEST, SLOW_1GPU,
                                 SLOW_2GPU, SLURM_SUBMIT, SLURM_TRAIN, final_checkpoint, job_env,
                                 job_state, live_processes_mentioning, sessions, sh, steps_by_run,
                                 trained_steps, wait_job_end, wait_job_running, wait_until)
@@ -62,6 +68,16 @@ def launcher(partition, work_dir, data_root, report, *extra, slow_seconds=1):
             f'{JOB_PREFIX}-fallback', '--report', str(report), *extra, '--', *slow(slow_seconds)]
 
 
+def eb4(accumulation, slow_seconds=0.0):
+    """tools/train.py options: effective batch 4 (accumulation steps for this layout), 2 epochs
+    of the 13-image set = 8 optimizer steps (the last window padded), steps stretched by
+    ``slow_seconds`` in a job's first session."""
+    return cfg_options(**{'effective_batch_size': 4,
+                          'optim_wrapper.accumulative_counts': accumulation,
+                          'default_hooks.slow.seconds': slow_seconds,
+                          'default_hooks.slow.first_session_only': True})
+
+
 def signal_after(job_id, log_path, steps, timeout=240):
     """Send the time-limit warning to the batch shell once ``steps`` steps are logged."""
     wait_until(lambda: trained_steps(log_path) >= steps or job_state(job_id)[0] != 'RUNNING',
@@ -75,7 +91,8 @@ def signal_after(job_id, log_path, steps, timeout=240):
 def runs(slurm_cluster, slurm_jobs, tmp_path_factory, training_root):
     partition, data = slurm_cluster, training_root
     base = tmp_path_factory.mktemp('slurm_runs')
-    work = {name: base / name for name in ('ref', 'ddp', 'timelimit', 'signal', 'fallback')}
+    work = {name: base / name for name in ('ref', 'ddp', 'timelimit', 'signal', 'fallback',
+                                            'four', 'twonode')}
     for path in work.values():
         path.mkdir()
     out = dict(base=base, work=work)
@@ -113,6 +130,21 @@ def runs(slurm_cluster, slurm_jobs, tmp_path_factory, training_root):
          str(submit_dir / 'x' / 'the repo' / 'slurm' / 'train_2gpu.sbatch'),
          '--work-dir', str(work['signal']), *slow(1)], env=signal_env)
 
+    # effective batch 4 on 4 tasks, cut by the time-limit warning (due 90 s before a 4-minute
+    # limit, sent up to 30 s early: 150-180 s after the start, after a start-up of 4 processes
+    # on a busy machine; 8 x 25 s outlasts it)
+    out['four'] = slurm_jobs.sbatch(
+        ['-p', partition, '-J', f'{JOB_PREFIX}-four', '--ntasks-per-node=4',
+         '--gres=gpu:shared:4', '--cpus-per-task=1', '--time=4', '--signal=B:USR1@90',
+         f'--output={work["four"]}/job-%j.out', SBATCH, *eb4(1, slow_seconds=25)],
+        env=job_env(WORK_DIR=work['four'], DATA_ROOT=data, CONFIG=SLOW_2GPU, CHAIN='none'))
+    # 2 nodes x 2 tasks, effective batch 4, the warning simulated after 2 steps (below)
+    out['twonode'] = slurm_jobs.sbatch(
+        ['-p', partition, '-J', f'{JOB_PREFIX}-twonode', '--nodes=2', '--ntasks-per-node=2',
+         '--gres=gpu:shared:2', '--cpus-per-task=1', '--time=30',
+         f'--output={work["twonode"]}/job-%j.out', SBATCH, *eb4(1, slow_seconds=3)],
+        env=job_env(WORK_DIR=work['twonode'], DATA_ROOT=data, CONFIG=SLOW_2GPU))
+
     # queue pressure: 1 of the 2 scarce GPUs taken, so a 2-GPU job pends, a 1-GPU job runs
     out['blocker'] = slurm_jobs.sbatch(
         ['-p', partition, '-J', f'{JOB_PREFIX}-blocker', '--gres=gpu:scarce:1', '-o', '/dev/null',
@@ -129,6 +161,8 @@ def runs(slurm_cluster, slurm_jobs, tmp_path_factory, training_root):
         out['signal'], str(work['signal'] / f'job-{out["signal"]}.out'), 3)
     out['fallback_steps'] = signal_after(
         one_gpu_job, str(work['fallback'] / 'slurm' / f'job-{one_gpu_job}.out'), 3)
+    out['twonode_steps'] = signal_after(
+        out['twonode'], str(work['twonode'] / f'job-{out["twonode"]}.out'), 2)
     return out
 
 
@@ -163,10 +197,10 @@ def assert_close_weights(a, b):
     assert relative_difference(ema_weights(a), ema_weights(b)) < TENSOR_TOL
 
 
-def assert_each_step_once(work_dir, cut_after):
+def assert_each_step_once(work_dir, cut_after, steps=STEPS):
     """The sessions logged steps 1..k1, k1+1..k2, ..., ..14: none twice, none skipped."""
     runs = steps_by_run(str(work_dir))
-    assert [s for run in runs for s in run] == list(range(1, STEPS + 1)), runs
+    assert [s for run in runs for s in run] == list(range(1, steps + 1)), runs
     assert [run[-1] for run in runs[:-1]] == cut_after, runs
 
 
@@ -284,6 +318,68 @@ def test_time_limit_checkpoints_requeues_and_finishes(runs):
     assert_each_step_once(work, [int(r['step_after']) for r in rows[:-1]])
     reference, _ = finished_reference(runs, 'ref')
     assert_equal_weights(reference, load_checkpoint(final_checkpoint(str(work))))
+
+
+EB4_STEPS = 8  # 2 epochs of ceil(13 / 4) optimizer steps
+EB4_TOL = 1e-5  # global relative difference between layouts of effective batch 4
+
+
+def test_four_tasks_stopped_by_the_time_limit_continue_on_one_task(runs, slurm_cluster,
+                                                                   slurm_jobs, training_root):
+    """4 tasks x 1 image x 1 step (effective batch 4) until Slurm's warning: checkpoint, exit
+    75, no new session (CHAIN=none); then 1 task x 1 image x 4 steps resumes the same work dir
+    and ends at the same final step, each step trained once."""
+    work, job = runs['work']['four'], runs['four']
+    wait_job_end(job, JOB_TIMEOUT)
+    first = sessions(str(work))
+    log = open(work / f'job-{job}.out').read()
+    assert [(r['gpus'], r['exit'], r['outcome']) for r in first] == [('4', '75', 'stopped')], log
+    assert 'SIGUSR1: the time limit is near' in log
+    assert 'Effective batch size: 4 = 4 GPU x 1 image x 1 accumulation steps' in log
+    cut = int(first[0]['step_after'])
+    assert 1 <= cut < EB4_STEPS, log[-3000:]
+
+    one = slurm_jobs.sbatch(
+        ['-p', slurm_cluster, '-J', f'{JOB_PREFIX}-four', '--gres=gpu:shared:1',
+         '--cpus-per-task=1', f'--output={work}/job-%j.out', SBATCH, *eb4(4)],
+        env=job_env(WORK_DIR=work, DATA_ROOT=training_root, CONFIG=SLOW_2GPU))
+    assert wait_job_end(one, JOB_TIMEOUT) == 'COMPLETED', open(work / f'job-{one}.out').read()
+    last = sessions(str(work))[-1]
+    assert (last['gpus'], last['outcome'], last['step_before'], last['step_after']) == \
+        ('1', 'done', str(cut), str(EB4_STEPS))
+    assert_each_step_once(work, [cut], EB4_STEPS)
+    final = load_checkpoint(final_checkpoint(str(work)))
+    assert final['meta']['iter'] == EB4_STEPS
+    assert (final['meta']['tbx11k']['world_size'],
+            final['meta']['tbx11k']['accumulative_counts']) == (1, 4)
+
+
+def test_two_nodes_train_checkpoint_on_every_node_and_requeue(runs):
+    """2 nodes x 2 tasks (a slurmd per node on this host), ranks and rendezvous from Slurm's
+    environment: the warning reaches the ranks of both nodes, they checkpoint at one step, the
+    job requeues itself and finishes; the result equals the 4-task -> 1-task run."""
+    work, job = runs['work']['twonode'], runs['twonode']
+    rows = chain_done(work, f'{JOB_PREFIX}-twonode')
+    log = open(work / f'job-{job}.out').read()
+    assert [(r['session'], r['gpus'], r['outcome'], r['exit']) for r in rows] == \
+        [('1', '4', 'requeued', '75'), ('2', '4', 'done', '0')], log[-3000:]
+    assert {r['job'] for r in rows} == {job} and rows[0]['node'].count(',') == 1
+    assert '4 GPU task(s) on 2 node(s)' in log
+    assert 'Effective batch size: 4 = 4 GPU x 1 image x 1 accumulation steps' in log
+    cut = int(rows[0]['step_after'])
+    assert runs['twonode_steps'] <= cut < EB4_STEPS
+    assert f'saving {work}/iter_{cut}.pth after optimizer step {cut}' in log
+    assert_each_step_once(work, [cut], EB4_STEPS)
+    final = load_checkpoint(final_checkpoint(str(work)))
+    assert final['meta']['iter'] == EB4_STEPS and final['meta']['tbx11k']['world_size'] == 4
+    other = runs['work']['four']
+    wait_until(lambda: (sessions(str(other)) or [{}])[-1].get('outcome') == 'done', JOB_TIMEOUT,
+               'the 4-task -> 1-task run')
+    difference = global_relative_difference(
+        raw_weights(final), raw_weights(load_checkpoint(final_checkpoint(str(other)))))
+    print(f'\n[figure] effective batch 4: 2 nodes x 2 tasks (requeued once) vs 4 tasks then '
+          f'1 task x 4 steps: global relative weight difference {difference:.2e}')
+    assert difference < EB4_TOL
 
 
 def test_nothing_left_running(runs, slurm_jobs):
