@@ -3,7 +3,6 @@ needed): --gpus 8,4,2,1 over nodes, layouts that can never start skipped before 
 submitted (GPUs, effective batch, partition limits, sbatch --test-only), pending reasons that
 never clear, a job that fails, and the jobs' python checked first."""
 import json
-import os
 import subprocess
 import sys
 
@@ -17,7 +16,7 @@ FAKE_TOOLS = {
     'sinfo': '''#!/bin/bash
 case "$*" in
   *"%R"*) echo gpu ;;
-  *"%N|%G"*) echo "n1|gpu:4|16|idle"; echo "n2|gpu:4|16|idle"; echo "n3|gpu:2|8|${FAKE_N3:-idle}" ;;
+  *"%N|%G"*) echo "n1|gpu:4|16|idle"; echo "n2|gpu:4|16|idle"; echo "n3|gpu:2|8|idle" ;;
 esac
 ''',
     'scontrol': '''#!/bin/bash
