@@ -11,7 +11,8 @@ from slurm_test_helpers import SLURM_SUBMIT, fake_python, fake_slurm_env
 # partition 'gpu': n1, n2 with 4 GPUs and 16 CPUs each, n3 with 2 GPUs and 8 CPUs. Partition
 # limits from $FAKE_PARTITION; `sbatch --test-only` refuses args matching $FAKE_REFUSE; job N
 # (4242, 4243, ... in order of submission) is in the state of $FAKE_STATE_N ('PENDING|Resources';
-# default RUNNING; CANCELLED once scancelled). sbatch and scancel append their arguments to $FAKE_CALLS.
+# default RUNNING; CANCELLED once scancelled). sbatch and scancel append their arguments to
+# $FAKE_CALLS.
 FAKE_TOOLS = {
     'sinfo': '''#!/bin/bash
 case "$*" in
