@@ -5,12 +5,12 @@
 #   SLURM_CI_SKIP_APT=1 bash slurm/local/start_slurm.sh   # packages already installed: no apt
 #
 # What it sets up (see docs in slurm-local notes): munge auth, slurmctld + slurmd on this host
-# (NodeName = `hostname -s`, address 127.0.0.1), one partition `debug`, SLURM_CI_CPUS (default 16)
+# (NodeName = `hostname -s`, address 127.0.0.1), one partition `debug`, SLURM_CI_CPUS (default 24)
 # CPUs declared over the real ones (SlurmdParameters=config_overrides: several small jobs run at
 # once) and fake GPUs as gres (char-device aliases of /dev/null), so --gres=gpu:N,
 # CUDA_VISIBLE_DEVICES and "pending for resources" behave as on a GPU cluster.
 # SLURM_CI_GPUS: the first node's GPUs, a count of untyped GPUs ("2") or typed ones,
-# "TYPE:N,TYPE:N". The default "shared:10,scarce:2" is a cluster with two GPU models: tests run
+# "TYPE:N,TYPE:N". The default "shared:14,scarce:2" is a cluster with two GPU models: tests run
 # their jobs side by side on the `shared` ones (a 4-task job among them) and make queue pressure
 # on the two `scarce` ones (--gres=gpu:scarce:N).
 # SLURM_CI_NODES (default 2): nodes on this one host, each its own slurmd (slurmd -N NAME, its own
@@ -26,8 +26,8 @@ set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
 NODE="$(hostname -s)"
-CPUS="${SLURM_CI_CPUS:-16}"
-GPU_SPEC="${SLURM_CI_GPUS:-shared:10,scarce:2}"
+CPUS="${SLURM_CI_CPUS:-24}"
+GPU_SPEC="${SLURM_CI_GPUS:-shared:14,scarce:2}"
 NODES="${SLURM_CI_NODES:-2}"
 OTHER_GPU_SPEC="${SLURM_CI_OTHER_GPUS:-shared:2}"
 OTHER_CPUS="${SLURM_CI_OTHER_CPUS:-4}"

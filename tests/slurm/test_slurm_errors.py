@@ -85,8 +85,8 @@ def test_requests_that_can_never_start_are_refused_at_once(slurm_cluster, tmp_pa
     proc = sh(['bash', SLURM_TRAIN, slurm_cluster, '1'], check=False, timeout=60,
               env=dict(job_env(), CPUS_PER_TASK='64', JOB_NAME=name))
     assert proc.returncode == 2, proc.stderr
-    assert '64 CPUs per node, but the nodes with 1 GPUs have at most 16 CPUs: lower ' \
-        '--cpus-per-task' in proc.stderr
+    assert '64 CPUs per node, but the nodes with 1 GPUs have at most' in proc.stderr
+    assert 'CPUs: lower --cpus-per-task' in proc.stderr
     for extra, message in ((['--cpus-per-task', '64'], 'lower --cpus-per-task'),
                            (['--sbatch-arg=--mem=4000G'], 'sbatch --test-only refuses it')):
         proc = sh([sys.executable, SLURM_SUBMIT, '-p', slurm_cluster, '--work-dir',
