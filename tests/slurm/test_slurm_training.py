@@ -18,8 +18,9 @@ validation) and start together, side by side (OMP_NUM_THREADS=1 each):
              stopped by the signal); the blocker released, a second launch runs 2 GPUs and
              finishes from the same checkpoint: equals ref
 - four:      slurm/train.sbatch with 4 tasks (effective batch 4 = 4 x 1 x 1), stopped by Slurm's
-             time-limit warning (CHAIN=none); a 1-task session (4 x 1 x 4) continues it to the
-             end of the schedule (8 steps)
+             time-limit warning (limit lowered by `scontrol update` after 2 steps; CHAIN=none);
+             a 1-task session (4 x 1 x 4, --dependency=afterany) continues it to the end of the
+             schedule (8 steps)
 - twonode:   slurm/train.sbatch on 2 nodes x 2 tasks (two slurmd on this host), effective batch
              4; the warning reaches the ranks of both nodes, which checkpoint together; `scontrol
              requeue`; the next session finishes: equals the four -> one run (1e-5)
@@ -78,6 +79,24 @@ def eb4(accumulation, slow_seconds=0.0):
                           'default_hooks.slow.first_session_only': True})
 
 
+def time_limit_after(job_id, log_path, steps, margin, timeout=400):
+    """Once ``steps`` steps are logged, set the job's time limit so that Slurm's own warning
+    (``--signal=B:USR1@margin``) comes within a minute: the limit is the elapsed time plus
+    ``margin`` plus less than a minute (Slurm's limits are whole minutes)."""
+    wait_until(lambda: trained_steps(log_path) >= steps or job_state(job_id)[0] != 'RUNNING',
+               timeout, f'{steps} steps in {log_path}')
+    assert job_state(job_id)[0] == 'RUNNING', f'job {job_id} ended before its limit was set'
+    elapsed = sh(['squeue', '-h', '-j', job_id, '-o', '%M']).stdout.strip()
+    days, _, clock = elapsed.rpartition('-')
+    seconds = 0
+    for field in clock.split(':'):
+        seconds = seconds * 60 + int(field)
+    seconds += int(days or 0) * 86400
+    minutes = (seconds + margin) // 60 + 1
+    sh(['scontrol', 'update', f'JobId={job_id}', f'TimeLimit={minutes}'])
+    return trained_steps(log_path)
+
+
 def signal_after(job_id, log_path, steps, timeout=240):
     """Send the time-limit warning to the batch shell once ``steps`` steps are logged."""
     wait_until(lambda: trained_steps(log_path) >= steps or job_state(job_id)[0] != 'RUNNING',
@@ -130,14 +149,20 @@ def runs(slurm_cluster, slurm_jobs, tmp_path_factory, training_root):
          str(submit_dir / 'x' / 'the repo' / 'slurm' / 'train_2gpu.sbatch'),
          '--work-dir', str(work['signal']), *slow(1)], env=signal_env)
 
-    # effective batch 4 on 4 tasks, cut by the time-limit warning (due 90 s before a 4-minute
-    # limit, sent up to 30 s early: 150-180 s after the start, after a start-up of 4 processes
-    # on a busy machine; 8 x 25 s outlasts it)
+    # effective batch 4 on 4 tasks, cut by Slurm's time-limit warning: the limit is set once 2
+    # steps are logged (time_limit_after; 4 processes start in 30 s on an idle machine, minutes
+    # on a busy one), the warning is due 120 s before it; 8 x 20 s outlasts it
     out['four'] = slurm_jobs.sbatch(
         ['-p', partition, '-J', f'{JOB_PREFIX}-four', '--ntasks-per-node=4',
-         '--gres=gpu:shared:4', '--cpus-per-task=1', '--time=4', '--signal=B:USR1@90',
-         f'--output={work["four"]}/job-%j.out', SBATCH, *eb4(1, slow_seconds=25)],
+         '--gres=gpu:shared:4', '--cpus-per-task=1', '--time=30', '--signal=B:USR1@120',
+         f'--output={work["four"]}/job-%j.out', SBATCH, *eb4(1, slow_seconds=20)],
         env=job_env(WORK_DIR=work['four'], DATA_ROOT=data, CONFIG=SLOW_2GPU, CHAIN='none'))
+    # ... continued by 1 task (4 accumulation steps) as soon as it has ended
+    out['four_to_one'] = slurm_jobs.sbatch(
+        ['-p', partition, '-J', f'{JOB_PREFIX}-four', '--gres=gpu:shared:1', '--cpus-per-task=1',
+         f'--dependency=afterany:{out["four"]}', f'--output={work["four"]}/job-%j.out', SBATCH,
+         *eb4(4)],
+        env=job_env(WORK_DIR=work['four'], DATA_ROOT=data, CONFIG=SLOW_2GPU))
     # 2 nodes x 2 tasks, effective batch 4, the warning simulated after 2 steps (below)
     out['twonode'] = slurm_jobs.sbatch(
         ['-p', partition, '-J', f'{JOB_PREFIX}-twonode', '--nodes=2', '--ntasks-per-node=2',
@@ -163,6 +188,8 @@ def runs(slurm_cluster, slurm_jobs, tmp_path_factory, training_root):
         one_gpu_job, str(work['fallback'] / 'slurm' / f'job-{one_gpu_job}.out'), 3)
     out['twonode_steps'] = signal_after(
         out['twonode'], str(work['twonode'] / f'job-{out["twonode"]}.out'), 2)
+    out['four_steps'] = time_limit_after(
+        out['four'], str(work['four'] / f'job-{out["four"]}.out'), 2, margin=120)
     return out
 
 
@@ -324,25 +351,21 @@ EB4_STEPS = 8  # 2 epochs of ceil(13 / 4) optimizer steps
 EB4_TOL = 1e-5  # global relative difference between layouts of effective batch 4
 
 
-def test_four_tasks_stopped_by_the_time_limit_continue_on_one_task(runs, slurm_cluster,
-                                                                   slurm_jobs, training_root):
+def test_four_tasks_stopped_by_the_time_limit_continue_on_one_task(runs):
     """4 tasks x 1 image x 1 step (effective batch 4) until Slurm's warning: checkpoint, exit
     75, no new session (CHAIN=none); then 1 task x 1 image x 4 steps resumes the same work dir
     and ends at the same final step, each step trained once."""
     work, job = runs['work']['four'], runs['four']
     wait_job_end(job, JOB_TIMEOUT)
-    first = sessions(str(work))
+    first = sessions(str(work))[:1]
     log = open(work / f'job-{job}.out').read()
     assert [(r['gpus'], r['exit'], r['outcome']) for r in first] == [('4', '75', 'stopped')], log
     assert 'SIGUSR1: the time limit is near' in log
     assert 'Effective batch size: 4 = 4 GPU x 1 image x 1 accumulation steps' in log
     cut = int(first[0]['step_after'])
-    assert 1 <= cut < EB4_STEPS, log[-3000:]
+    assert runs['four_steps'] <= cut < EB4_STEPS, log[-3000:]
 
-    one = slurm_jobs.sbatch(
-        ['-p', slurm_cluster, '-J', f'{JOB_PREFIX}-four', '--gres=gpu:shared:1',
-         '--cpus-per-task=1', f'--output={work}/job-%j.out', SBATCH, *eb4(4)],
-        env=job_env(WORK_DIR=work, DATA_ROOT=training_root, CONFIG=SLOW_2GPU))
+    one = runs['four_to_one']  # submitted with --dependency=afterany on the 4-task job
     assert wait_job_end(one, JOB_TIMEOUT) == 'COMPLETED', open(work / f'job-{one}.out').read()
     last = sessions(str(work))[-1]
     assert (last['gpus'], last['outcome'], last['step_before'], last['step_after']) == \
