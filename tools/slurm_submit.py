@@ -759,7 +759,7 @@ class Submitter:
                                                -(-gpus // per_node)))
                 most = max([node_gpu_count(g, a.gpu_type) for _, g, _, _ in tables[partition]]
                            or [0])
-                if not a.gpus_per_node and gpus > most:
+                if not a.gpus_per_node and 0 < most < gpus:
                     kind = f'GPUs of type {a.gpu_type!r}' if a.gpu_type else 'GPUs'
                     layout.problem = (f'no set of nodes of partition {partition!r} has {gpus} '
                                       f'{kind} in equal numbers per node (nodes: '
