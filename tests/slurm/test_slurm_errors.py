@@ -3,7 +3,8 @@ a work dir already being trained; and what the launcher would submit (--dry-run)
 import os
 import sys
 
-from slurm_test_helpers import (JOB_PREFIX, SBATCH_1GPU, SLURM_SUBMIT, SLURM_TRAIN, job_env, sh)
+from slurm_test_helpers import (JOB_PREFIX, SBATCH_1GPU, SLURM_SUBMIT, SLURM_TRAIN, fake_python,
+                                job_env, sh)
 
 
 def test_no_slurm_on_this_machine(tmp_path):
@@ -47,7 +48,9 @@ def test_no_gpus_of_the_requested_kind(slurm_cluster, tmp_path):
 
 
 def test_dry_run_shows_the_policy(slurm_cluster, tmp_path):
+    python = fake_python(str(tmp_path / 'py'))  # the jobs' python check is tested elsewhere
     proc = sh([sys.executable, SLURM_SUBMIT, '-p', slurm_cluster, '--work-dir', str(tmp_path),
+               '--python', python,
                '--dry-run', '--time', '8:00:00', '--signal-margin', '600', '--', '--cfg-options',
                'train_cfg.max_epochs=60'])
     lines = [l for l in proc.stdout.splitlines() if 'would run' in l]
@@ -60,7 +63,7 @@ def test_dry_run_shows_the_policy(slurm_cluster, tmp_path):
         assert line.endswith('--cfg-options train_cfg.max_epochs=60')
     assert 'no checkpoint yet: a new run starts' in proc.stdout
     proc = sh([sys.executable, SLURM_SUBMIT, '-p', slurm_cluster, '--work-dir', str(tmp_path),
-               '--dry-run', '--prefer', '1'])
+               '--dry-run', '--prefer', '1', '--python', python])
     lines = [l for l in proc.stdout.splitlines() if 'would run' in l]
     assert '--ntasks-per-node=1 ' in lines[0] and '--ntasks-per-node=2 ' in lines[1]
 
@@ -70,7 +73,7 @@ def test_refuses_a_second_job_on_a_busy_work_dir(slurm_cluster, slurm_jobs, tmp_
     held = slurm_jobs.sbatch(['-p', slurm_cluster, '-J', name, '--hold', '-o', '/dev/null',
                               '--wrap', 'true'], env=job_env())
     proc = sh([sys.executable, SLURM_SUBMIT, '-p', slurm_cluster, '--work-dir', str(tmp_path),
-               '--job-name', name], check=False)
+               '--job-name', name, '--python', fake_python(str(tmp_path / 'py'))], check=False)
     assert proc.returncode == 2
     assert f'job(s) {held} (PENDING) named {name} already train' in proc.stderr
     assert '--replace' in proc.stderr
