@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# One training session inside a Slurm batch job: slurm/train_1gpu.sbatch and
-# slurm/train_2gpu.sbatch `exec` this script (so it IS the batch shell and gets `--signal=B:...`).
+# One training session inside a Slurm batch job: slurm/train.sbatch (and its 1- and 2-GPU entry
+# points slurm/train_1gpu.sbatch, slurm/train_2gpu.sbatch) `exec` this script (so it IS the batch
+# shell and gets `--signal=B:...`). The layout is the allocation's: SLURM_NTASKS tasks, one GPU
+# each, on SLURM_JOB_NUM_NODES nodes (tools/slurm_train.sh checks that every node got as many).
 #
 # It resumes the run in WORK_DIR (tools/slurm_train.sh -> srun -> tools/train.py --resume),
 # turns the time-limit warning into a checkpoint, and keeps the run going in a new session until
 # the schedule is done:
 #
 #   SIGUSR1 (time limit near, --signal=B:USR1@SECONDS) or SIGTERM (scancel, preemption) reaches
-#   this shell -> it sends SIGUSR1 to srun, which hands it to every task (srun answers SIGTERM by
+#   this shell -> it sends SIGUSR1 to srun, which hands it to every task on every node (the ranks
+#   agree on the step to stop after, so all of them stop together; srun answers SIGTERM by
 #   SIGKILLing the tasks, so TERM is never forwarded as such) -> PreemptionCheckpointHook finishes
 #   the optimizer step, writes iter_N.pth + last_checkpoint and tools/train.py exits 75 -> here:
 #
@@ -37,7 +40,8 @@
 #   WORK_DIR       run directory (default work_dirs/dino_tbx11k, relative to the submit dir)
 #   DATA_ROOT      TBX11K root (tools/train.py --data-root; default: the config's data_root)
 #   CONFIG         config (default configs/dino_tbx11k_{1,2}gpu.py by the job's task count)
-#   PYTHON         python with torch/mmdet (default python)
+#   PYTHON         python with torch/mmdet (default: the project's .venv/bin/python when it
+#                  exists, else python3)
 #   MAX_SESSIONS, MAX_IDLE_SESSIONS   see above
 #   CHAIN          requeue (default) | resubmit | none (stop after each session)
 #   TBX11K_OUTPUT  --output pattern for resubmitted sessions (default: the job's log directory,
@@ -49,13 +53,18 @@
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=lib.sh
+source "$ROOT/slurm/lib.sh"
 say() { echo "[tbx11k-slurm $(date '+%F %T')] $*"; }
 die() { say "error: $*"; exit 1; }
 
-[[ -n ${SLURM_JOB_ID:-} ]] || die "run inside a Slurm batch job: sbatch slurm/train_1gpu.sbatch (or train_2gpu.sbatch)"
+[[ -n ${SLURM_JOB_ID:-} ]] || die "run inside a Slurm batch job: sbatch slurm/train.sbatch (or train_1gpu.sbatch, train_2gpu.sbatch)"
 JOB=$SLURM_JOB_ID
 GPUS=${SLURM_NTASKS:-1}
-PYTHON=${PYTHON:-python}
+PYTHON=${PYTHON:-$(tbx11k_default_python "$ROOT")}
+export PYTHON  # tools/slurm_train.sh runs the same one
+NODES=${SLURM_JOB_NUM_NODES:-1}
+NODE_LIST=${SLURM_JOB_NODELIST:-$(hostname -s)}
 # mmdet's habit `--work-dir DIR` among the extra arguments is this script's WORK_DIR (tools/train.py
 # would otherwise train there while the session bookkeeping watched another folder)
 extra_args=()
@@ -146,7 +155,7 @@ log_session() {  # outcome, training exit status
     printf 'job\tsession\tgpus\tpartition\tnode\tstarted\tended\texit\toutcome\tstep_before\tstep_after\tcheckpoint\n' >"$SESSIONS_LOG"
   fi
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$JOB" "$SESSION" "$GPUS" \
-    "${SLURM_JOB_PARTITION:-}" "$(hostname -s)" "$STARTED_AT" "$(date '+%F %T')" "$2" "$1" \
+    "${SLURM_JOB_PARTITION:-}" "$NODE_LIST" "$STARTED_AT" "$(date '+%F %T')" "$2" "$1" \
     "${step_before:-}" "${step_after:-}" "$(last_checkpoint || true)" >>"$SESSIONS_LOG"
 }
 idle_sessions_before() {  # sessions in a row, just before this one, that made no optimizer step
@@ -167,7 +176,7 @@ fi
 echo "$JOB" >"$OWNER_FILE"
 
 step_before=$(checkpoint_step)
-say "session $SESSION of job $JOB (restart ${SLURM_RESTART_COUNT:-0}) on $(hostname -s): $GPUS GPU task(s), partition ${SLURM_JOB_PARTITION:-?}"
+say "session $SESSION of job $JOB (restart ${SLURM_RESTART_COUNT:-0}) on $NODE_LIST: $GPUS GPU task(s) on $NODES node(s), partition ${SLURM_JOB_PARTITION:-?}, python $PYTHON"
 if [[ -n $step_before ]]; then
   say "work dir $WORK_DIR: resuming from $(last_checkpoint) (optimizer step $step_before)"
 elif last_checkpoint >/dev/null; then
@@ -270,7 +279,10 @@ resubmit() {
   [[ -f $script ]] || { say "cannot resubmit: batch script '$script' not found"; return 1; }
   value=$(field Partition); [[ -n $value ]] && opts+=(--partition="$value")
   value=$(field TimeLimit); [[ -n $value && $value != UNLIMITED && $value != Partition_Limit ]] && opts+=(--time="$value")
+  value=$(field NumNodes); value=${value%%-*}; [[ -n $value && $value != N/A ]] && opts+=(--nodes="$value")
   value=$(field NumTasks); [[ -n $value && $value != N/A ]] && opts+=(--ntasks="$value")
+  value=$(field 'NtasksPerN:B:S:C'); value=${value%%:*}
+  [[ -n $value && $value != 0 && $value != '*' ]] && opts+=(--ntasks-per-node="$value")
   value=$(field CPUs/Task); [[ -n $value && $value != N/A ]] && opts+=(--cpus-per-task="$value")
   value=$(field TresPerNode); [[ -n $value && $value != "(null)" ]] && opts+=(--gres="$(sed -E 's#gres[:/]##g' <<<"$value")")
   value=$(field Account); [[ -n $value && $value != "(null)" ]] && opts+=(--account="$value")

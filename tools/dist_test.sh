@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # mmdet's dist_test.sh: CONFIG CHECKPOINT GPUS [test.py args]; env NNODES NODE_RANK PORT MASTER_ADDR.
+# PYTHON: the project's .venv/bin/python when it exists, else python3.
 set -euo pipefail
 if (($# < 3)); then
   echo "usage: $0 CONFIG CHECKPOINT GPUS [tools/test.py options]" >&2
@@ -18,7 +19,9 @@ NODE_RANK=${NODE_RANK:-0}
 PORT=${PORT:-29500}
 MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-PYTHON=${PYTHON:-python}
+# shellcheck source=../slurm/lib.sh
+source "$ROOT/slurm/lib.sh"
+PYTHON=${PYTHON:-$(tbx11k_default_python "$ROOT")}
 
 PYTHONPATH="$ROOT:${PYTHONPATH:-}" \
 exec "$PYTHON" -m torch.distributed.run \

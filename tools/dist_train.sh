@@ -1,6 +1,17 @@
 #!/usr/bin/env bash
 # mmdet's dist_train.sh: CONFIG GPUS [train.py args]; env NNODES NODE_RANK PORT MASTER_ADDR.
-# Without CUDA the processes use gloo on the CPU (tests, CI).
+# Without CUDA the processes use gloo on the CPU (tests, CI). GPUS is the processes (GPUs) on
+# this node. PYTHON: the project's .venv/bin/python when it exists, else python3.
+#
+# Several nodes: run one copy per node, with the same GPUS on each. In a Slurm step
+# (`srun --ntasks-per-node=1 bash tools/dist_train.sh CONFIG GPUS`) NNODES, NODE_RANK, MASTER_ADDR
+# (the first node's NodeAddr) and PORT (one per job) come from Slurm's environment; elsewhere set
+# them on every node (NNODES=2 NODE_RANK=0|1 MASTER_ADDR=HOST). The processes meet through
+# torch.distributed's rendezvous (--nnodes --node_rank --master_addr --master_port).
+# Refused before any process starts (exit 2, naming what to change): NNODES or NODE_RANK that
+# disagree with the Slurm step, more GPUS than Slurm gave this node, nodes with unequal GPU
+# counts, several copies of this script on one node, an allocation of several nodes used from
+# its batch script (one node only would train).
 #
 # Two additions for runs that must lose no work:
 # - SIGUSR1/SIGTERM sent to this script go to the training processes only (each checkpoints at the
@@ -24,12 +35,21 @@ if [[ ! $GPUS =~ ^[1-9][0-9]*$ ]]; then  # torch's launcher answers 0 or 'two' w
     "(usage: $0 CONFIG GPUS [tools/train.py options])" >&2
   exit 2
 fi
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+# shellcheck source=../slurm/lib.sh
+source "$ROOT/slurm/lib.sh"
+PYTHON=${PYTHON:-$(tbx11k_default_python "$ROOT")}
+die() { echo "dist_train.sh: error: $*" >&2; exit 2; }
+if [[ -n ${SLURM_JOB_ID:-} ]]; then
+  slurm_dist_layout "$GPUS" || exit 2  # sets NNODES NODE_RANK MASTER_ADDR PORT in a Slurm step
+fi
 NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
 PORT=${PORT:-29500}
 MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-PYTHON=${PYTHON:-python}
+[[ $NNODES =~ ^[1-9][0-9]*$ ]] || die "NNODES must be a positive integer, got '$NNODES'"
+[[ $NODE_RANK =~ ^[0-9]+$ ]] && ((NODE_RANK < NNODES)) \
+  || die "NODE_RANK must be 0 to NNODES-1 ($((NNODES - 1))), got '$NODE_RANK'"
 
 STATUS_DIR=$(mktemp -d "${TMPDIR:-/tmp}/tbx11k-status.XXXXXX") || exit 1
 launcher=""
@@ -57,8 +77,33 @@ trap 'forward TERM' TERM
 trap interrupted INT
 trap 'rm -rf "$STATUS_DIR"' EXIT
 
+# torch.distributed.run, less its ChildFailedError traceback when every rank of this node exited
+# with the same status of ours (a clean refusal such as 5, or 75 after a checkpoint): the
+# training's own message says why. A crash keeps the traceback.
+LAUNCH='
+import logging, os, sys
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.run import parse_args, run
+OURS = {3, 4, 5, 6, 75}
+class HideOurs(logging.Filter):
+    def filter(self, record):
+        return not (record.msg.startswith("failed (exitcode") and record.args
+                    and record.args[0] in OURS)
+logging.getLogger("torch.distributed.elastic.multiprocessing.api").addFilter(HideOurs())
+try:
+    run(parse_args(sys.argv[1:]))
+except ChildFailedError:
+    folder = os.environ["TBX11K_EXIT_STATUS_DIR"]
+    statuses = set()
+    for name in os.listdir(folder):
+        with open(os.path.join(folder, name)) as f:
+            statuses.add(f.read().strip())
+    if len(statuses) == 1 and statuses <= {str(code) for code in OURS}:
+        sys.exit(1)  # what torch.distributed.run exits with; the status is read below
+    raise
+'
 TBX11K_EXIT_STATUS_DIR="$STATUS_DIR" PYTHONPATH="$ROOT:${PYTHONPATH:-}" \
-"$PYTHON" -m torch.distributed.run \
+"$PYTHON" -c "$LAUNCH" \
     --nnodes="$NNODES" \
     --node_rank="$NODE_RANK" \
     --master_addr="$MASTER_ADDR" \

@@ -5,13 +5,18 @@
 #   SLURM_CI_SKIP_APT=1 bash slurm/local/start_slurm.sh   # packages already installed: no apt
 #
 # What it sets up (see docs in slurm-local notes): munge auth, slurmctld + slurmd on this host
-# (NodeName = `hostname -s`, address 127.0.0.1), one partition `debug`, SLURM_CI_CPUS (default 16)
+# (NodeName = `hostname -s`, address 127.0.0.1), one partition `debug`, SLURM_CI_CPUS (default 24)
 # CPUs declared over the real ones (SlurmdParameters=config_overrides: several small jobs run at
 # once) and fake GPUs as gres (char-device aliases of /dev/null), so --gres=gpu:N,
 # CUDA_VISIBLE_DEVICES and "pending for resources" behave as on a GPU cluster.
-# SLURM_CI_GPUS: a count of untyped GPUs ("2") or typed ones, "TYPE:N,TYPE:N". The default
-# "shared:6,scarce:2" is a cluster with two GPU models: tests run their jobs side by side on the
-# `shared` ones and make queue pressure on the two `scarce` ones (--gres=gpu:scarce:N).
+# SLURM_CI_GPUS: the first node's GPUs, a count of untyped GPUs ("2") or typed ones,
+# "TYPE:N,TYPE:N". The default "shared:14,scarce:2" is a cluster with two GPU models: tests run
+# their jobs side by side on the `shared` ones (a 4-task job among them) and make queue pressure
+# on the two `scarce` ones (--gres=gpu:scarce:N).
+# SLURM_CI_NODES (default 2): nodes on this one host, each its own slurmd (slurmd -N NAME, its own
+# port, spool and PID file; Debian's Slurm runs several per host). The first is named
+# `hostname -s`, the others `hostname -s`-2, -3, ... with SLURM_CI_OTHER_GPUS (default shared:2)
+# and SLURM_CI_OTHER_CPUS (default 4) each: multi-node jobs (-N 2) run here.
 # Requeued jobs wait AuthInfo cred_expire seconds before they may start again (Slurm's default
 # is 120 s); tests use SLURM_CI_CRED_EXPIRE (default 10).
 # State is wiped on every start (no stale drained node, no old jobs). Stop: slurm/local/stop_slurm.sh
@@ -21,8 +26,11 @@ set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
 NODE="$(hostname -s)"
-CPUS="${SLURM_CI_CPUS:-16}"
-GPU_SPEC="${SLURM_CI_GPUS:-shared:6,scarce:2}"
+CPUS="${SLURM_CI_CPUS:-24}"
+GPU_SPEC="${SLURM_CI_GPUS:-shared:14,scarce:2}"
+NODES="${SLURM_CI_NODES:-2}"
+OTHER_GPU_SPEC="${SLURM_CI_OTHER_GPUS:-shared:2}"
+OTHER_CPUS="${SLURM_CI_OTHER_CPUS:-4}"
 CRED_EXPIRE="${SLURM_CI_CRED_EXPIRE:-10}"
 START_TIMEOUT="${SLURM_CI_START_TIMEOUT:-30}"
 CONF_DIR=/etc/slurm
@@ -68,27 +76,37 @@ rm -f /run/munge/munged.pid /run/munge/munge.socket.2*
 runuser -u munge -- /usr/sbin/munged || die "munged did not start (see /var/log/munge/munged.log)"
 munge -n | unmunge >/dev/null || die "munge self-test failed (munge -n | unmunge)"
 
-# ---- fake GPUs --------------------------------------------------------------------------------
-GRES=""      # slurm.conf Gres=
-GRES_CONF="" # gres.conf lines
-GPUS=0
-IFS=',' read -r -a gpu_groups <<<"$GPU_SPEC"
-for group in "${gpu_groups[@]}"; do
-  if [[ $group =~ ^[0-9]+$ ]]; then type=""; count=$group
-  elif [[ $group =~ ^([A-Za-z][A-Za-z0-9_]*):([0-9]+)$ ]]; then type=${BASH_REMATCH[1]}; count=${BASH_REMATCH[2]}
-  else die "SLURM_CI_GPUS: '$group' is neither N nor TYPE:N"; fi
-  ((count > 0)) || continue
-  first=$GPUS; last=$((GPUS + count - 1)); GPUS=$((GPUS + count))
-  GRES+="${GRES:+,}gpu:${type:+$type:}$count"
-  GRES_CONF+="NodeName=$NODE Name=gpu${type:+ Type=$type} File=/dev/fakegpu[$first-$last]"$'\n'
-done
-((GPUS > 0)) || die "SLURM_CI_GPUS='$GPU_SPEC' declares no GPU"
+# ---- nodes and fake GPUs ----------------------------------------------------------------------
+[[ $NODES =~ ^[1-9][0-9]?$ ]] || die "SLURM_CI_NODES must be 1 to 99, got '$NODES'"
+NODE_LINES=""  # slurm.conf NodeName= lines
+GRES_CONF=""   # gres.conf lines
+NODE_NAMES=()
+GPUS=0         # fake devices made so far (each node its own /dev/fakegpuN)
+add_node() {  # name, port, cpus, gpu spec
+  local name=$1 port=$2 cpus=$3 spec=$4 gres="" group type count first last
+  local -a groups
+  IFS=',' read -r -a groups <<<"$spec"
+  for group in "${groups[@]}"; do
+    if [[ $group =~ ^[0-9]+$ ]]; then type=""; count=$group
+    elif [[ $group =~ ^([A-Za-z][A-Za-z0-9_]*):([0-9]+)$ ]]; then type=${BASH_REMATCH[1]}; count=${BASH_REMATCH[2]}
+    else die "GPU spec of node $name: '$group' is neither N nor TYPE:N"; fi
+    ((count > 0)) || continue
+    first=$GPUS; last=$((GPUS + count - 1)); GPUS=$((GPUS + count))
+    gres+="${gres:+,}gpu:${type:+$type:}$count"
+    GRES_CONF+="NodeName=$name Name=gpu${type:+ Type=$type} File=/dev/fakegpu[$first-$last]"$'\n'
+  done
+  [[ -n $gres ]] || die "node $name: GPU spec '$spec' declares no GPU"
+  NODE_LINES+="NodeName=$name NodeHostname=$NODE NodeAddr=127.0.0.1 Port=$port CPUs=$cpus RealMemory=$mem_mb Gres=$gres State=UNKNOWN"$'\n'
+  NODE_NAMES+=("$name")
+}
+mem_mb=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 * 8 / 10 / NODES ))
+add_node "$NODE" 6818 "$CPUS" "$GPU_SPEC"
+for ((n = 2; n <= NODES; n++)); do add_node "$NODE-$n" $((6820 + n)) "$OTHER_CPUS" "$OTHER_GPU_SPEC"; done
 for ((i = 0; i < GPUS; i++)); do
   [[ -c /dev/fakegpu$i ]] || { rm -f "/dev/fakegpu$i"; mknod -m 666 "/dev/fakegpu$i" c 1 3; }
 done
 
 # ---- configuration ---------------------------------------------------------------------------
-mem_mb=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 * 8 / 10 ))
 mkdir -p "$CONF_DIR"
 cat > "$CONF_DIR/slurm.conf" <<CONF
 # generated by slurm/local/start_slurm.sh (tbx11k-dino CI); regenerated on every start
@@ -101,11 +119,11 @@ SlurmUser=slurm
 SlurmctldPort=6817
 SlurmdPort=6818
 StateSaveLocation=/var/lib/slurm/slurmctld
-SlurmdSpoolDir=/var/lib/slurm/slurmd
+SlurmdSpoolDir=/var/lib/slurm/slurmd-%n
 SlurmctldPidFile=/run/slurmctld.pid
-SlurmdPidFile=/run/slurmd.pid
+SlurmdPidFile=/run/slurmd-%n.pid
 SlurmctldLogFile=/var/log/slurm/slurmctld.log
-SlurmdLogFile=/var/log/slurm/slurmd.log
+SlurmdLogFile=/var/log/slurm/slurmd-%n.log
 SlurmctldDebug=info
 SlurmdDebug=info
 ProctrackType=proctrack/linuxproc
@@ -126,8 +144,7 @@ MessageTimeout=10
 KillWait=10
 MinJobAge=300
 InactiveLimit=0
-NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$mem_mb Gres=$GRES State=UNKNOWN
-PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+${NODE_LINES}PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 CONF
 cat > "$CONF_DIR/gres.conf" <<CONF
 AutoDetect=off
@@ -135,26 +152,31 @@ $GRES_CONF
 CONF
 
 # ---- fresh state, then the daemons --------------------------------------------------------------
-mkdir -p /var/lib/slurm/slurmctld /var/lib/slurm/slurmd /var/log/slurm
-rm -rf /var/lib/slurm/slurmctld/* /var/lib/slurm/slurmd/*
+mkdir -p /var/lib/slurm/slurmctld /var/log/slurm
+rm -rf /var/lib/slurm/slurmctld/* /var/lib/slurm/slurmd*
+for name in "${NODE_NAMES[@]}"; do mkdir -p "/var/lib/slurm/slurmd-$name"; done
 chown -R slurm:slurm /var/lib/slurm/slurmctld /var/log/slurm
-: > /var/log/slurm/slurmctld.log; : > /var/log/slurm/slurmd.log
+rm -f /var/log/slurm/slurmd*.log; : > /var/log/slurm/slurmctld.log
 chown slurm:slurm /var/log/slurm/slurmctld.log
 
 slurmctld || die "slurmctld did not start: $(tail -n 20 /var/log/slurm/slurmctld.log)"
-slurmd -N "$NODE" || die "slurmd did not start: $(tail -n 20 /var/log/slurm/slurmd.log)"
+for name in "${NODE_NAMES[@]}"; do
+  slurmd -N "$name" || die "slurmd -N $name did not start: $(tail -n 20 "/var/log/slurm/slurmd-$name.log")"
+done
 
 deadline=$((SECONDS + START_TIMEOUT))
 state=
 while ((SECONDS < deadline)); do
-  state=$(sinfo -h -N -n "$NODE" -o '%T' 2>/dev/null || true)
-  [[ "$state" == idle ]] && break
+  state=$(sinfo -h -N -o '%T' 2>/dev/null | sort -u | tr '\n' ' ' || true)
+  [[ "$state" == "idle " ]] && break
   sleep 0.2
 done
-if [[ "$state" != idle ]]; then
-  echo "start_slurm: error: node $NODE is '${state:-unreachable}', not idle, after ${START_TIMEOUT}s" >&2
+if [[ "$state" != "idle " ]]; then
+  echo "start_slurm: error: nodes ${NODE_NAMES[*]} are '${state:-unreachable}', not all idle, after ${START_TIMEOUT}s" >&2
   echo "--- slurmctld.log" >&2; tail -n 30 /var/log/slurm/slurmctld.log >&2 || true
-  echo "--- slurmd.log" >&2; tail -n 30 /var/log/slurm/slurmd.log >&2 || true
+  for name in "${NODE_NAMES[@]}"; do
+    echo "--- slurmd-$name.log" >&2; tail -n 30 "/var/log/slurm/slurmd-$name.log" >&2 || true
+  done
   exit 1
 fi
-log "ready: $(sinfo -h -o '%P %a %D %T %N %G' | tr '\n' ' ')(${CPUS} CPUs, fake GPUs $GRES, requeue delay ${CRED_EXPIRE}s)"
+log "ready: $(sinfo -h -N -o '%P %N %T %c CPUs %G;' | tr '\n' ' ')requeue delay ${CRED_EXPIRE}s"

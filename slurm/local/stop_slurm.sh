@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Stop what slurm/local/start_slurm.sh started: cancel every job of the local cluster, wait for
-# them to end, then stop slurmd, slurmctld and munged by their PID files. Idempotent.
+# them to end, then stop every slurmd, slurmctld and munged by their PID files. Idempotent.
 #   bash slurm/local/stop_slurm.sh [--quiet]
 set -uo pipefail
 QUIET=0; [[ "${1:-}" == --quiet ]] && QUIET=1
@@ -33,7 +33,9 @@ stop_pid_file() {
   fi
   rm -f "$file"
 }
-stop_pid_file slurmd /run/slurmd.pid
+for file in /run/slurmd.pid /run/slurmd-*.pid; do  # one slurmd per node (slurmd-NAME.pid)
+  [[ -e $file ]] && stop_pid_file "slurmd ${file#/run/}" "$file"
+done
 stop_pid_file slurmctld /run/slurmctld.pid
 stop_pid_file munged /run/munge/munged.pid
 exit 0

@@ -23,6 +23,7 @@ from ._utils import REPO_ROOT
 SLURM_TESTS = osp.join(REPO_ROOT, 'tests', 'slurm')
 SLURM_TRAIN = osp.join(REPO_ROOT, 'tools', 'slurm_train.sh')
 SLURM_SUBMIT = osp.join(REPO_ROOT, 'tools', 'slurm_submit.py')
+SBATCH = osp.join(REPO_ROOT, 'slurm', 'train.sbatch')
 SBATCH_1GPU = osp.join(REPO_ROOT, 'slurm', 'train_1gpu.sbatch')
 SBATCH_2GPU = osp.join(REPO_ROOT, 'slurm', 'train_2gpu.sbatch')
 SBATCH_TEST = osp.join(REPO_ROOT, 'slurm', 'test.sbatch')
@@ -223,3 +224,32 @@ def live_processes_mentioning(text: str) -> List[str]:
     me = str(os.getpid())
     return [line.strip() for line in out.splitlines()
             if text in line and line.split()[0] != me and 'ps -eo' not in line]
+
+
+# A stand-in for the jobs' python (tools/slurm_submit.py --python): it answers the launcher's
+# check (`python -c PROBE OPTIONS CONFIG...`) at once, without importing torch: each config has
+# the effective batch $FAKE_EB (default 2), accumulation $FAKE_ACC (default: 2 for a *1gpu*
+# config, else 1; 'auto' or a number) and 1 image per GPU; $FAKE_IMPORT_ERROR makes the import
+# fail as a python without the project's packages does.
+FAKE_PYTHON = f'''#!{sys.executable}
+import json, os, sys
+if os.environ.get('FAKE_IMPORT_ERROR'):
+    print(json.dumps({{'import_error': os.environ['FAKE_IMPORT_ERROR']}}))
+    sys.exit(0)
+out = {{}}
+for path in sys.argv[4:]:
+    acc = os.environ.get('FAKE_ACC') or (2 if '1gpu' in os.path.basename(path) else 1)
+    out[path] = dict(effective_batch_size=int(os.environ.get('FAKE_EB', 2)),
+                     accumulative_counts=int(acc) if str(acc).isdigit() else acc, batch_size=1)
+print(json.dumps(out))
+'''
+
+
+def fake_python(folder) -> str:
+    """Path of a FAKE_PYTHON written into ``folder`` (made if needed)."""
+    os.makedirs(folder, exist_ok=True)
+    path = osp.join(folder, 'python')
+    with open(path, 'w') as f:
+        f.write(FAKE_PYTHON)
+    os.chmod(path, 0o755)
+    return path

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from tbx11k.testing import REPO_ROOT
-from tbx11k.testing.slurm import SLURM_SUBMIT, SLURM_TRAIN, fake_slurm_env
+from tbx11k.testing.slurm import SLURM_SUBMIT, SLURM_TRAIN, fake_python, fake_slurm_env
 
 CONFIG_2GPU = osp.join(REPO_ROOT, 'configs', 'dino_tbx11k_2gpu.py')
 SHELL_VARS = {'_', 'SHLVL', 'PWD', 'OLDPWD'}  # what the shell itself sets on the way
@@ -31,6 +31,8 @@ esac
     # records its arguments and environment, one JSON file per call
     'sbatch': f'''#!{sys.executable}
 import json, os, sys
+if '--test-only' in sys.argv:
+    sys.exit(0)
 calls = os.environ['FAKE_SBATCH_CALLS']
 n = len(os.listdir(calls))
 with open(os.path.join(calls, f'{{n:03d}}.json'), 'w') as f:
@@ -116,7 +118,8 @@ def test_dry_run_lines_do_what_the_submit_does(fake_slurm, tmp_path, prefer):
     work_dir = tmp_path / "work dir's"
     env = dict(fake_slurm, CONFIG='/stale/config.py', TBX11K_SESSION='3', DATA_ROOT='/stale')
     cmd = [sys.executable, SLURM_SUBMIT, '-p', 'gpu', '--work-dir', str(work_dir), '--data-root',
-           'data root', '--config-1gpu', 'configs/dino_tbx11k_1gpu.py', '--python', '/opt/my py',
+           'data root', '--config-1gpu', 'configs/dino_tbx11k_1gpu.py', '--python',
+           fake_python(str(tmp_path / 'my py')),
            '--max-sessions', '3', '--chain', 'resubmit', '--signal-margin', '300', '--poll', '0.1',
            '--prefer', str(prefer), '--', '--cfg-options', 'train_cfg.max_epochs=60',
            'work_dir=a b']
@@ -146,3 +149,56 @@ def test_dry_run_lines_do_what_the_submit_does(fake_slurm, tmp_path, prefer):
         osp.join(str(tmp_path), 'configs', 'dino_tbx11k_1gpu.py') if prefer == 1 else None)
     assert 'TBX11K_SESSION' not in pasted['env']
     assert pasted['env']['DATA_ROOT'] == str(tmp_path / 'data root')
+
+
+# inside a 2-node allocation (job 77 on n1, n2): scontrol answers for it; the GPUs Slurm gave
+# each node come from $FAKE_NODE_GPUS ("2 2", "2 1")
+ALLOCATION_SCONTROL = '''#!/bin/bash
+case "$1 $2" in
+  "show hostnames") case $3 in "n[1-2]") printf 'n1\\nn2\\n' ;; *) tr , '\\n' <<< "$3" ;; esac ;;
+  "show job") set -- ${FAKE_NODE_GPUS:-2 2}
+    echo "     Nodes=n1 CPU_IDs=0-1 Mem=0 GRES=gpu:$1(IDX:0-1)"
+    echo "     Nodes=n2 CPU_IDs=0-1 Mem=0 GRES=gpu:$2(IDX:0-1)" ;;
+esac
+'''
+
+
+def slurm_train_in_allocation(fake_slurm, tmp_path, gpus, **slurm):
+    """tools/slurm_train.sh GPUS inside job 77 (2 nodes x 2 tasks unless ``slurm`` says else):
+    (process, srun's arguments)."""
+    scontrol = tmp_path / 'fakeslurm' / 'scontrol'
+    scontrol.write_text(ALLOCATION_SCONTROL)
+    env = dict(fake_slurm, SLURM_JOB_ID='77', SLURM_NTASKS='4', SLURM_JOB_NUM_NODES='2',
+               SLURM_TASKS_PER_NODE='2(x2)', SLURM_JOB_NODELIST='n[1-2]')
+    env.pop('PYTHON', None)
+    env.update(slurm)
+    proc = subprocess.run(['bash', SLURM_TRAIN, 'gpu', str(gpus), CONFIG_2GPU], env=env,
+                          capture_output=True, text=True, timeout=60)
+    return proc, [line[5:] for line in proc.stdout.splitlines() if line.startswith('SRUN ')]
+
+
+def test_slurm_train_takes_the_layout_of_its_allocation(fake_slurm, tmp_path):
+    """In a 2-node x 2-task allocation, GPUS=4 ran as 4 tasks x 4 per node (mmdet's default
+    GPUS_PER_NODE = GPUS): srun failed. Now 2 per node on 2 nodes, the project's python, and
+    each task's rendezvous address from the step's first node."""
+    proc, srun = slurm_train_in_allocation(fake_slurm, tmp_path, 4)
+    assert proc.returncode == 0, proc.stderr
+    assert {'--ntasks=4', '--ntasks-per-node=2', '--gres=gpu:2'} <= set(srun), srun
+    assert osp.join(REPO_ROOT, '.venv', 'bin', 'python') in srun  # no PYTHON given
+    assert osp.join(REPO_ROOT, 'slurm', 'lib.sh') in srun
+    assert 'MASTER_ADDR=${MASTER_ADDR:-$(slurm_master_addr' in proc.stdout
+
+
+def test_slurm_train_refuses_layouts_its_allocation_cannot_run(fake_slurm, tmp_path):
+    cases = (
+        (6, {}, 'GPUS is 6, but job 77 has 4 task(s)'),
+        (4, dict(SLURM_TASKS_PER_NODE='3,1'), 'unequal task counts (3,1'),
+        (4, dict(FAKE_NODE_GPUS='2 1'), 'unequal GPU counts (n1: 2, n2: 1)'),
+        (2, dict(SRUN_ARGS='-w n3'), 'SRUN_ARGS names node n3 (--nodelist n3), which is not '
+         "in job 77's allocation"),
+        (3, {}, 'GPUS=3 is not a multiple of the 2 tasks per node'),
+    )
+    for n, (gpus, slurm, message) in enumerate(cases):
+        proc, srun = slurm_train_in_allocation(fake_slurm, tmp_path, gpus, **slurm)
+        assert proc.returncode == 2 and not srun, (slurm, proc.stderr)
+        assert message in proc.stderr, (slurm, proc.stderr)

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tbx11k.testing.slurm import SLURM_SUBMIT, fake_slurm_env
+from tbx11k.testing.slurm import SLURM_SUBMIT, fake_python, fake_slurm_env
 
 # partition 'gpu' (node1: 2 x a100, node2: 1 untyped GPU), 'debug'; the default partition is
 # $FAKE_DEFAULT; squeue -n lists $FAKE_JOBS ('ID|STATE,...'), any job asked for by id runs;
@@ -33,6 +33,7 @@ esac
     'scontrol': '#!/bin/bash\n',
     'scancel': '#!/bin/bash\necho "scancel $*" >> "$FAKE_CALLS"\n',
     'sbatch': '''#!/bin/bash
+if [[ " $* " == *" --test-only "* ]]; then echo "sbatch: Job 1 to start at now" >&2; exit 0; fi
 echo "sbatch $*" >> "$FAKE_CALLS"
 if [[ -n ${FAKE_SBATCH_FAIL:-} ]]; then echo "sbatch: error: $FAKE_SBATCH_FAIL" >&2; exit 1; fi
 echo 4242
@@ -54,6 +55,7 @@ submit_module = load_module()
 def fake_slurm(tmp_path):
     env = fake_slurm_env(str(tmp_path / 'fakeslurm'), FAKE_TOOLS, drop=('FAKE_',))
     env['FAKE_CALLS'] = str(tmp_path / 'calls.txt')
+    env['FAKE_PYTHON'] = fake_python(str(tmp_path / 'fakepython'))
     return env
 
 
@@ -63,7 +65,8 @@ def calls(env):
 
 
 def submit(env, *args, **fake):
-    return subprocess.run([sys.executable, SLURM_SUBMIT, *args], env=dict(env, **fake),
+    python = [] if '--python' in args else ['--python', env['FAKE_PYTHON']]
+    return subprocess.run([sys.executable, SLURM_SUBMIT, *python, *args], env=dict(env, **fake),
                           capture_output=True, text=True, timeout=60)
 
 
@@ -153,9 +156,9 @@ def test_time_and_limits_checked_up_front(capsys):
     err = parse_error(capsys, '--time', '10:00', '--signal-margin', '600')
     assert '--signal-margin 600 is not shorter than --time 10:00 (600 s)' in err
     err = parse_error(capsys, '--signal-margin', '28800')  # the scripts' 8:00:00
-    assert 'is not shorter than the time limit 08:00:00 (28800 s) of train_' in err
+    assert 'is not shorter than the time limit 08:00:00 (28800 s) of train.sbatch' in err
     err = parse_error(capsys, '--time', '10')  # the scripts' 600 s margin
-    assert 'the signal margin 600 s of train_' in err and 'not shorter than --time 10' in err
+    assert 'the signal margin 600 s of train.sbatch' in err and 'not shorter than --time 10' in err
     parse = submit_module.parse_args
     assert parse(['-p', 'gpu', '--time', '11']).time == '11'
     assert parse(['-p', 'gpu', '--time', 'UNLIMITED', '--signal-margin', '60000']).time
@@ -176,7 +179,7 @@ def test_sbatch_refusal_exits_1(fake_slurm, tmp_path):
     proc = submit(fake_slurm, '-p', 'gpu', '--work-dir', str(tmp_path / 'w'), '--report',
                   str(report), FAKE_SBATCH_FAIL='Invalid account or account/partition')
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert 'Slurm refused the 2-GPU job' in proc.stderr
+    assert 'Slurm refused the 2 GPUs job' in proc.stderr
     assert 'Invalid account or account/partition' in proc.stderr
     assert 'Invalid account' in json.loads(report.read_text())['error']
     assert '1 Slurm refused a job' in submit_module.__doc__

@@ -6,7 +6,7 @@ validation) and start together, side by side (OMP_NUM_THREADS=1 each):
 - ref:       tools/slurm_train.sh PARTITION 1 (srun, 1 task, accumulation 2), uninterrupted
 - ddp:       tools/slurm_train.sh PARTITION 2 (srun, 2 tasks, gloo): equals ref (tolerances of
              tests/engine/test_equivalence.py)
-- timelimit: slurm/train_1gpu.sbatch with --time=2 --signal=B:USR1@45: Slurm's own warning
+- timelimit: slurm/train_1gpu.sbatch with --time=3 --signal=B:USR1@45: Slurm's own warning
              signal, checkpoint, `scontrol requeue`, ... until done: bit-identical to ref (the
              first session's steps are stretched so that the limit cuts it)
 - signal:    slurm/train_2gpu.sbatch, CHAIN=resubmit; the warning simulated at a known moment with
@@ -17,6 +17,13 @@ validation) and start together, side by side (OMP_NUM_THREADS=1 each):
              job pends, is cancelled after --pending-timeout 5s, the 1-GPU job runs (1 session,
              stopped by the signal); the blocker released, a second launch runs 2 GPUs and
              finishes from the same checkpoint: equals ref
+- four:      slurm/train.sbatch with 4 tasks (effective batch 4 = 4 x 1 x 1), stopped by Slurm's
+             time-limit warning (limit lowered by `scontrol update` after 2 steps; CHAIN=none);
+             a 1-task session (4 x 1 x 4, --dependency=afterany) continues it to the end of the
+             schedule (8 steps)
+- twonode:   slurm/train.sbatch on 2 nodes x 2 tasks (two slurmd on this host), effective batch
+             4; the warning reaches the ranks of both nodes, which checkpoint together; `scontrol
+             requeue`; the next session finishes: equals the four -> one run (1e-5)
 
 Runs with the warning signal use tests/slurm/configs/slow_tiny_*gpu.py: the tiny configs plus a
 hook that sleeps after every optimizer step (same weights; long runs that cost no CPU).
@@ -40,6 +47,7 @@ from tbx11k.testing import (
 )
 from tbx11k.testing.slurm import (
     JOB_PREFIX,
+    SBATCH,
     SBATCH_1GPU,
     SBATCH_TEST,
     SLOW_1GPU,
@@ -84,6 +92,34 @@ def launcher(partition, work_dir, data_root, report, *extra, slow_seconds=1):
             f'{JOB_PREFIX}-fallback', '--report', str(report), *extra, '--', *slow(slow_seconds)]
 
 
+def eb4(accumulation, slow_seconds=0.0):
+    """tools/train.py options: effective batch 4 (accumulation steps for this layout), 2 epochs
+    of the 13-image set = 8 optimizer steps (the last window padded), steps stretched by
+    ``slow_seconds`` in a job's first session."""
+    return cfg_options(**{'effective_batch_size': 4,
+                          'optim_wrapper.accumulative_counts': accumulation,
+                          'default_hooks.slow.seconds': slow_seconds,
+                          'default_hooks.slow.first_session_only': True})
+
+
+def time_limit_after(job_id, log_path, steps, margin, timeout=400):
+    """Once ``steps`` steps are logged, set the job's time limit so that Slurm's own warning
+    (``--signal=B:USR1@margin``) comes within a minute: the limit is the elapsed time plus
+    ``margin`` plus less than a minute (Slurm's limits are whole minutes)."""
+    wait_until(lambda: trained_steps(log_path) >= steps or job_state(job_id)[0] != 'RUNNING',
+               timeout, f'{steps} steps in {log_path}')
+    assert job_state(job_id)[0] == 'RUNNING', f'job {job_id} ended before its limit was set'
+    elapsed = sh(['squeue', '-h', '-j', job_id, '-o', '%M']).stdout.strip()
+    days, _, clock = elapsed.rpartition('-')
+    seconds = 0
+    for field in clock.split(':'):
+        seconds = seconds * 60 + int(field)
+    seconds += int(days or 0) * 86400
+    minutes = (seconds + margin) // 60 + 1
+    sh(['scontrol', 'update', f'JobId={job_id}', f'TimeLimit={minutes}'])
+    return trained_steps(log_path)
+
+
 def signal_after(job_id, log_path, steps, timeout=240):
     """Send the time-limit warning to the batch shell once ``steps`` steps are logged."""
     wait_until(lambda: trained_steps(log_path) >= steps or job_state(job_id)[0] != 'RUNNING',
@@ -97,7 +133,8 @@ def signal_after(job_id, log_path, steps, timeout=240):
 def runs(slurm_cluster, slurm_jobs, tmp_path_factory, training_root):
     partition, data = slurm_cluster, training_root
     base = tmp_path_factory.mktemp('slurm_runs')
-    work = {name: base / name for name in ('ref', 'ddp', 'timelimit', 'signal', 'fallback')}
+    work = {name: base / name for name in ('ref', 'ddp', 'timelimit', 'signal', 'fallback',
+                                            'four', 'twonode')}
     for path in work.values():
         path.mkdir()
     out = dict(base=base, work=work)
@@ -110,13 +147,14 @@ def runs(slurm_cluster, slurm_jobs, tmp_path_factory, training_root):
         ['bash', SLURM_TRAIN, partition, '2', TINY_2GPU, str(work['ddp']), '--', '--data-root',
          data, *cfg_options()], srun_env, str(base / 'ddp.log'))
 
-    # Slurm's own warning: due 45 s before a 2-minute limit, sent up to 30 s early (its 30-s
-    # timer): in [45, 75) s after the start, well after start-up; 14 x 6 s outlasts it. Requeued
+    # Slurm's own warning: due 45 s before a 3-minute limit, sent up to 30 s early (its 30-s
+    # timer): in [105, 135) s after the start, after start-up also on a busy machine (where a
+    # later session may be cut again, with progress); 14 x 12 s outlasts it. Requeued
     # sessions do not sleep (first_session_only), they finish the schedule.
     out['timelimit'] = slurm_jobs.sbatch(
         ['-p', partition, '-J', f'{JOB_PREFIX}-timelimit', '--gres=gpu:shared:1',
-         '--cpus-per-task=1', '--time=2', '--signal=B:USR1@45',
-         f'--output={work["timelimit"]}/job-%j.out', SBATCH_1GPU, *slow(6, True)],
+         '--cpus-per-task=1', '--time=3', '--signal=B:USR1@45',
+         f'--output={work["timelimit"]}/job-%j.out', SBATCH_1GPU, *slow(12, True)],
         env=job_env(WORK_DIR=work['timelimit'], DATA_ROOT=data, CONFIG=SLOW_1GPU))
 
     # submitted as users do: from a folder and a repository path with spaces (the script finds
@@ -135,6 +173,27 @@ def runs(slurm_cluster, slurm_jobs, tmp_path_factory, training_root):
          str(submit_dir / 'x' / 'the repo' / 'slurm' / 'train_2gpu.sbatch'),
          '--work-dir', str(work['signal']), *slow(1)], env=signal_env)
 
+    # effective batch 4 on 4 tasks, cut by Slurm's time-limit warning: the limit is set once 2
+    # steps are logged (time_limit_after; 4 processes start in 30 s on an idle machine, minutes
+    # on a busy one), the warning is due 120 s before it; 8 x 20 s outlasts it
+    out['four'] = slurm_jobs.sbatch(
+        ['-p', partition, '-J', f'{JOB_PREFIX}-four', '--ntasks-per-node=4',
+         '--gres=gpu:shared:4', '--cpus-per-task=1', '--time=30', '--signal=B:USR1@120',
+         f'--output={work["four"]}/job-%j.out', SBATCH, *eb4(1, slow_seconds=20)],
+        env=job_env(WORK_DIR=work['four'], DATA_ROOT=data, CONFIG=SLOW_2GPU, CHAIN='none'))
+    # ... continued by 1 task (4 accumulation steps) as soon as it has ended
+    out['four_to_one'] = slurm_jobs.sbatch(
+        ['-p', partition, '-J', f'{JOB_PREFIX}-four', '--gres=gpu:shared:1', '--cpus-per-task=1',
+         f'--dependency=afterany:{out["four"]}', f'--output={work["four"]}/job-%j.out', SBATCH,
+         *eb4(4)],
+        env=job_env(WORK_DIR=work['four'], DATA_ROOT=data, CONFIG=SLOW_2GPU))
+    # 2 nodes x 2 tasks, effective batch 4, the warning simulated after 2 steps (below)
+    out['twonode'] = slurm_jobs.sbatch(
+        ['-p', partition, '-J', f'{JOB_PREFIX}-twonode', '--nodes=2', '--ntasks-per-node=2',
+         '--gres=gpu:shared:2', '--cpus-per-task=1', '--time=30',
+         f'--output={work["twonode"]}/job-%j.out', SBATCH, *eb4(1, slow_seconds=3)],
+        env=job_env(WORK_DIR=work['twonode'], DATA_ROOT=data, CONFIG=SLOW_2GPU))
+
     # queue pressure: 1 of the 2 scarce GPUs taken, so a 2-GPU job pends, a 1-GPU job runs
     out['blocker'] = slurm_jobs.sbatch(
         ['-p', partition, '-J', f'{JOB_PREFIX}-blocker', '--gres=gpu:scarce:1', '-o', '/dev/null',
@@ -151,6 +210,10 @@ def runs(slurm_cluster, slurm_jobs, tmp_path_factory, training_root):
         out['signal'], str(work['signal'] / f'job-{out["signal"]}.out'), 3)
     out['fallback_steps'] = signal_after(
         one_gpu_job, str(work['fallback'] / 'slurm' / f'job-{one_gpu_job}.out'), 3)
+    out['twonode_steps'] = signal_after(
+        out['twonode'], str(work['twonode'] / f'job-{out["twonode"]}.out'), 2)
+    out['four_steps'] = time_limit_after(
+        out['four'], str(work['four'] / f'job-{out["four"]}.out'), 2, margin=120)
     return out
 
 
@@ -185,10 +248,10 @@ def assert_close_weights(a, b):
     assert relative_difference(ema_weights(a), ema_weights(b)) < TENSOR_TOL
 
 
-def assert_each_step_once(work_dir, cut_after):
+def assert_each_step_once(work_dir, cut_after, steps=STEPS):
     """The sessions logged steps 1..k1, k1+1..k2, ..., ..14: none twice, none skipped."""
     runs = steps_by_run(str(work_dir))
-    assert [s for run in runs for s in run] == list(range(1, STEPS + 1)), runs
+    assert [s for run in runs for s in run] == list(range(1, steps + 1)), runs
     assert [run[-1] for run in runs[:-1]] == cut_after, runs
 
 
@@ -287,7 +350,7 @@ def test_warning_signal_checkpoints_and_next_job_continues(runs):
 
 
 def test_time_limit_checkpoints_requeues_and_finishes(runs):
-    """Slurm's own time-limit warning (B:USR1) in each 2-minute session; `scontrol requeue`."""
+    """Slurm's own time-limit warning (B:USR1) in each 3-minute session; `scontrol requeue`."""
     work, job = runs['work']['timelimit'], runs['timelimit']
     assert wait_job_end(job, JOB_TIMEOUT) == 'COMPLETED'
     rows = sessions(str(work))
@@ -306,6 +369,64 @@ def test_time_limit_checkpoints_requeues_and_finishes(runs):
     assert_each_step_once(work, [int(r['step_after']) for r in rows[:-1]])
     reference, _ = finished_reference(runs, 'ref')
     assert_equal_weights(reference, load_checkpoint(final_checkpoint(str(work))))
+
+
+EB4_STEPS = 8  # 2 epochs of ceil(13 / 4) optimizer steps
+EB4_TOL = 1e-5  # global relative difference between layouts of effective batch 4
+
+
+def test_four_tasks_stopped_by_the_time_limit_continue_on_one_task(runs):
+    """4 tasks x 1 image x 1 step (effective batch 4) until Slurm's warning: checkpoint, exit
+    75, no new session (CHAIN=none); then 1 task x 1 image x 4 steps resumes the same work dir
+    and ends at the same final step, each step trained once."""
+    work, job = runs['work']['four'], runs['four']
+    wait_job_end(job, JOB_TIMEOUT)
+    first = sessions(str(work))[:1]
+    log = open(work / f'job-{job}.out').read()
+    assert [(r['gpus'], r['exit'], r['outcome']) for r in first] == [('4', '75', 'stopped')], log
+    assert 'SIGUSR1: the time limit is near' in log
+    assert 'Effective batch size: 4 = 4 GPU x 1 image x 1 accumulation steps' in log
+    cut = int(first[0]['step_after'])
+    assert runs['four_steps'] <= cut < EB4_STEPS, log[-3000:]
+
+    one = runs['four_to_one']  # submitted with --dependency=afterany on the 4-task job
+    assert wait_job_end(one, JOB_TIMEOUT) == 'COMPLETED', open(work / f'job-{one}.out').read()
+    last = sessions(str(work))[-1]
+    assert (last['gpus'], last['outcome'], last['step_before'], last['step_after']) == \
+        ('1', 'done', str(cut), str(EB4_STEPS))
+    assert_each_step_once(work, [cut], EB4_STEPS)
+    final = load_checkpoint(final_checkpoint(str(work)))
+    assert final['meta']['iter'] == EB4_STEPS
+    assert (final['meta']['tbx11k']['world_size'],
+            final['meta']['tbx11k']['accumulative_counts']) == (1, 4)
+
+
+def test_two_nodes_train_checkpoint_on_every_node_and_requeue(runs):
+    """2 nodes x 2 tasks (a slurmd per node on this host), ranks and rendezvous from Slurm's
+    environment: the warning reaches the ranks of both nodes, they checkpoint at one step, the
+    job requeues itself and finishes; the result equals the 4-task -> 1-task run."""
+    work, job = runs['work']['twonode'], runs['twonode']
+    rows = chain_done(work, f'{JOB_PREFIX}-twonode')
+    log = open(work / f'job-{job}.out').read()
+    assert [(r['session'], r['gpus'], r['outcome'], r['exit']) for r in rows] == \
+        [('1', '4', 'requeued', '75'), ('2', '4', 'done', '0')], log[-3000:]
+    assert {r['job'] for r in rows} == {job} and rows[0]['node'].count(',') == 1
+    assert '4 GPU task(s) on 2 node(s)' in log
+    assert 'Effective batch size: 4 = 4 GPU x 1 image x 1 accumulation steps' in log
+    cut = int(rows[0]['step_after'])
+    assert runs['twonode_steps'] <= cut < EB4_STEPS
+    assert f'saving {work}/iter_{cut}.pth after optimizer step {cut}' in log
+    assert_each_step_once(work, [cut], EB4_STEPS)
+    final = load_checkpoint(final_checkpoint(str(work)))
+    assert final['meta']['iter'] == EB4_STEPS and final['meta']['tbx11k']['world_size'] == 4
+    other = runs['work']['four']
+    wait_until(lambda: (sessions(str(other)) or [{}])[-1].get('outcome') == 'done', JOB_TIMEOUT,
+               'the 4-task -> 1-task run')
+    difference = global_relative_difference(
+        raw_weights(final), raw_weights(load_checkpoint(final_checkpoint(str(other)))))
+    print(f'\n[figure] effective batch 4: 2 nodes x 2 tasks (requeued once) vs 4 tasks then '
+          f'1 task x 4 steps: global relative weight difference {difference:.2e}')
+    assert difference < EB4_TOL
 
 
 def test_nothing_left_running(runs, slurm_jobs):
