@@ -1,5 +1,5 @@
-"""tools/misc/demo.sh end to end on a tiny easy set and one epoch: it makes the data, trains, evaluates,
-prints the detection table and the path of a drawing that exists."""
+"""tools/misc/demo.sh end to end on a tiny easy set and one epoch: it makes the data, trains,
+evaluates, prints the detection table and the path of a drawing that exists."""
 import os.path as osp
 import re
 import sys
