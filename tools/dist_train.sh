@@ -17,8 +17,8 @@
 # - SIGUSR1/SIGTERM sent to this script go to the training processes only (each checkpoints at the
 #   next optimizer-step boundary and exits 75). torch.distributed.run itself is not signalled: it
 #   would kill the workers 30 s after forwarding a signal, possibly in the middle of a checkpoint.
-# - The exit status is the one all ranks agree on (0, 3, 4, 5, 6 or 75; see README "Exit
-#   statuses"), not torch.distributed.run's 1 for any failed worker. A crash keeps the launcher's
+# - The exit status is the one all ranks agree on (0 or one of tbx11k/engine/exit_codes.py; see
+#   docs/reliability.md "Exit statuses"), not torch.distributed.run's 1 for any failed worker. A crash keeps the launcher's
 #   status.
 # Ctrl-C (SIGINT to the process group) reaches torch.distributed.run and the workers themselves:
 # the script waits until the launcher has stopped them and exits with its status, as for TERM. A
@@ -81,10 +81,13 @@ trap 'rm -rf "$STATUS_DIR"' EXIT
 # with the same status of ours (a clean refusal such as 5, or 75 after a checkpoint): the
 # training's own message says why. A crash keeps the traceback.
 LAUNCH='
-import logging, os, sys
+import importlib.util, logging, os, sys
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.run import parse_args, run
-OURS = {3, 4, 5, 6, 75}
+spec = importlib.util.spec_from_file_location("exit_codes", os.environ["TBX11K_EXIT_CODES"])
+codes = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(codes)
+OURS = {v for k, v in vars(codes).items() if k.startswith("EXIT_")}
 class HideOurs(logging.Filter):
     def filter(self, record):
         return not (record.msg.startswith("failed (exitcode") and record.args
@@ -102,8 +105,8 @@ except ChildFailedError:
         sys.exit(1)  # what torch.distributed.run exits with; the status is read below
     raise
 '
-TBX11K_EXIT_STATUS_DIR="$STATUS_DIR" PYTHONPATH="$ROOT:${PYTHONPATH:-}" \
-"$PYTHON" -c "$LAUNCH" \
+TBX11K_EXIT_STATUS_DIR="$STATUS_DIR" TBX11K_EXIT_CODES="$ROOT/tbx11k/engine/exit_codes.py" \
+PYTHONPATH="$ROOT:${PYTHONPATH:-}" "$PYTHON" -c "$LAUNCH" \
     --nnodes="$NNODES" \
     --node_rank="$NODE_RANK" \
     --master_addr="$MASTER_ADDR" \
