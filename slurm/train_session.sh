@@ -134,10 +134,13 @@ checkpoint_step() {  # optimizer steps done by the checkpoint last_checkpoint na
   path=$(last_checkpoint) || return 0
   # iter_N.pth (preemption and by-iteration checkpoints) holds N steps; others: read the meta
   if [[ $path =~ /iter_([0-9]+)\.pth$ && -f $path ]]; then echo "${BASH_REMATCH[1]}"; return 0; fi
-  "$PYTHON" - "$path" 2>/dev/null <<'PY' || true
+  # loaded as tools/train.py loads it: a checkpoint holding more than weights and training state
+  # is refused unread here (no step), and tools/train.py says why (exit 7)
+  "$PYTHON" - "$path" "$ROOT" 2>/dev/null <<'PY' || true
 import sys
-import torch
-ckpt = torch.load(sys.argv[1], map_location='cpu', weights_only=False, mmap=True)
+sys.path.insert(0, sys.argv[2])
+from tbx11k.utils.torch_load_compat import load_checkpoint_mmapped
+ckpt = load_checkpoint_mmapped(sys.argv[1])
 print(int(ckpt['meta']['iter']))
 PY
 }

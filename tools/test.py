@@ -25,11 +25,14 @@ from mmengine.registry import RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 from tbx11k.apis.inference import read_checkpoint, select_weights  # noqa: E402
+from tbx11k.engine.exit_codes import EXIT_UNTRUSTED_CHECKPOINT  # noqa: E402
 from tbx11k.utils import (KeyValueDictAction, check_data_root,  # noqa: E402
                           check_evaluators_read_their_loaders_json, check_launcher_environment,
                           check_num_classes, check_output_paths, merge_cli_options, metric_configs,
                           read_config)
 from tbx11k.utils.dist import close_process_group  # noqa: E402
+from tbx11k.utils.safe_checkpoint import (UntrustedCheckpointError,  # noqa: E402
+                                          add_trust_checkpoint_argument, apply_trust_option)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -58,8 +61,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="test-time augmentation (mmdet's): the config's tta_model and "
                         'tta_pipeline, by default the prediction on the film and on its '
                         'horizontal flip merged by NMS (IoU 0.5)')
+    add_trust_checkpoint_argument(parser)
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
+    apply_trust_option(args)
     if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
         parser.error('--out must be a .pkl or .pickle file')  # before building anything
     if args.test_split and not args.format_only:
@@ -80,6 +85,9 @@ def weights_to_load(checkpoint_path: str, weights: str, work_dir: str) -> tuple:
     loads."""
     try:
         checkpoint = read_checkpoint(checkpoint_path)
+    except UntrustedCheckpointError as error:
+        print(f'error: {error}', file=sys.stderr)
+        raise SystemExit(EXIT_UNTRUSTED_CHECKPOINT) from None
     except (ValueError, FileNotFoundError) as error:
         raise SystemExit(f'error: {error}') from None
     state, description = select_weights(checkpoint, weights)

@@ -10,6 +10,7 @@ from mmengine.registry import RUNNERS  # the root: tools build runners before a 
 from mmengine.runner import Runner
 
 from ..utils.dist import init_cpu_process_group
+from ..utils.safe_checkpoint import UntrustedCheckpointError
 from .hooks.atomic_checkpoint import find_resumable_checkpoint
 from .loops import accumulative_counts_of
 
@@ -79,10 +80,16 @@ class TBX11KRunner(Runner):
         broadcasts it to all ranks.
         """
         if self._resume and self._load_from is None and not self._has_loaded:
-            found = [find_resumable_checkpoint(self.work_dir, warn=self.logger.warning)
-                     if is_main_process() else None]
+            found = [None]
+            if is_main_process():
+                try:
+                    found[0] = find_resumable_checkpoint(self.work_dir, warn=self.logger.warning)
+                except UntrustedCheckpointError as error:  # every rank stops, none waits
+                    found[0] = error
             if is_distributed():
                 broadcast_object_list(found)
+            if isinstance(found[0], UntrustedCheckpointError):
+                raise found[0]
             initial_weights = self.cfg.get('load_from_if_nothing_to_resume')
             if found[0] is None and initial_weights:
                 self.logger.info(f'No checkpoint to resume in {self.work_dir}: starting from '
