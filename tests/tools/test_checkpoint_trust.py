@@ -21,8 +21,9 @@ from tbx11k.utils.safe_checkpoint import (UntrustedCheckpointError, history_buff
                                           load_checkpoint_safely, trust_checkpoints)
 from tbx11k.utils.torch_load_compat import load_checkpoint_mmapped
 
-from checkpoint_payload_helpers import (KINDS, PLACES, serve_directory, training_checkpoint,
-                                        trusted_unknown_checkpoint, write_crafted_checkpoint)
+from checkpoint_payload_helpers import (KINDS, PLACES, as_written_on_a_gpu, serve_directory,
+                                        training_checkpoint, trusted_unknown_checkpoint,
+                                        write_crafted_checkpoint)
 from tools_test_helpers import load_tool
 
 GLOBAL_OF = {'os.system': 'posix.system' if os.name == 'posix' else 'nt.system',
@@ -277,12 +278,14 @@ def test_legitimate_checkpoints_load_without_the_opt_in(tiny_run, converted_tiny
                                                         stock_mmengine_checkpoints, tmp_path):
     bare = str(tmp_path / 'bare_state_dict.pth')
     torch.save(training_checkpoint()['state_dict'], bare)
-    runner_written = [tiny_run['checkpoint'], *stock_mmengine_checkpoints]
+    on_gpu = str(tmp_path / 'written_on_a_gpu.pth')  # CUDA storages: map_location takes them
+    assert as_written_on_a_gpu(tiny_run['checkpoint'], on_gpu) > 100
+    runner_written = [tiny_run['checkpoint'], on_gpu, *stock_mmengine_checkpoints]
     for path in runner_written + [converted_tiny[0], coco_like_tiny_checkpoint, bare]:
         checkpoint = CheckpointLoader.load_checkpoint(path, map_location='cpu')
         assert load_checkpoint_mmapped(path).keys() == checkpoint.keys()
     for path in runner_written:  # message hub (HistoryBuffer, numpy), optimizer, schedulers, EMA
-        checkpoint = load_checkpoint_safely(path)
+        checkpoint = load_checkpoint_safely(path, map_location='cpu')
         assert {'message_hub', 'optimizer', 'param_schedulers', 'ema_state_dict'} <= set(
             checkpoint)
         buffers = checkpoint['message_hub']['log_scalars']
