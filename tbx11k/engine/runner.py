@@ -45,7 +45,9 @@ class TBX11KRunner(Runner):
       back to the training checkpoint furthest into training when ``last_checkpoint`` is bad
       (:func:`~tbx11k.engine.hooks.atomic_checkpoint.find_resumable_checkpoint`); with nothing
       to resume it loads ``load_from`` (kept by tools/train.py as
-      ``load_from_if_nothing_to_resume``: mmdet's ``--resume`` drops it).
+      ``load_from_if_nothing_to_resume``: mmdet's ``--resume`` drops it). A work-dir
+      checkpoint that holds Python objects besides weights and training state is not passed over:
+      its ``UntrustedCheckpointError`` stops the run on every rank.
     - The config text stored in every checkpoint is formatted once, not per save.
     """
 

@@ -15,7 +15,7 @@ import torch
 from mmengine.runner.checkpoint import CheckpointLoader
 
 from tbx11k.engine.exit_codes import EXIT_UNTRUSTED_CHECKPOINT
-from tbx11k.testing import REPO_ROOT, TINY_1GPU, run, train_command
+from tbx11k.testing import TINY_1GPU, run, train_command
 from tbx11k.utils import safe_checkpoint
 from tbx11k.utils.safe_checkpoint import (UntrustedCheckpointError, history_buffer_getattr,
                                           load_checkpoint_safely, trust_checkpoints)
