@@ -96,7 +96,8 @@ def trusted_unknown_checkpoint(base: Optional[Dict] = None) -> Dict:
 
 def as_written_on_a_gpu(path: str, out: str) -> int:
     """Copy the zip-format checkpoint ``path`` to ``out`` as a GPU machine writes it: every
-    storage located on ``cuda:0`` (the pickle is otherwise the same). Returns how many."""
+    storage located on ``cuda:0`` (the pickle is otherwise the same; it names the location once,
+    then refers to it). Returns how many location strings were changed."""
     cpu, cuda = b'X\x03\x00\x00\x00cpu', b'X\x06\x00\x00\x00cuda:0'  # BINUNICODE
     count = 0
     with zipfile.ZipFile(path) as source, zipfile.ZipFile(out, 'w') as target:

@@ -242,8 +242,8 @@ def _refusal(source: str, f: FileOrPath, error: pickle.UnpicklingError
     detail = str(error).split('WeightsUnpickler error:')[-1].strip().split('\n')[0]
     try:
         unsafe = sorted(globals_in_checkpoint(f) - _allowed_global_names())
-    except Exception:  # not readable as a pickle: let torch's error stand
-        unsafe = []
+    except Exception:  # not a well-formed pickle (a text file, a truncated one): not a refusal
+        return None
     refused = ('Unsupported global', 'Unsupported operand', 'unrecognized function',
                'Can only build', 'Can only create new object', 'not allowed in a checkpoint',
                'is blocked')

@@ -279,7 +279,10 @@ def test_legitimate_checkpoints_load_without_the_opt_in(tiny_run, converted_tiny
     bare = str(tmp_path / 'bare_state_dict.pth')
     torch.save(training_checkpoint()['state_dict'], bare)
     on_gpu = str(tmp_path / 'written_on_a_gpu.pth')  # CUDA storages: map_location takes them
-    assert as_written_on_a_gpu(tiny_run['checkpoint'], on_gpu) > 100
+    assert as_written_on_a_gpu(tiny_run['checkpoint'], on_gpu)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match='CUDA'):  # its storages are on cuda:0 indeed
+            load_checkpoint_safely(on_gpu)
     runner_written = [tiny_run['checkpoint'], on_gpu, *stock_mmengine_checkpoints]
     for path in runner_written + [converted_tiny[0], coco_like_tiny_checkpoint, bare]:
         checkpoint = CheckpointLoader.load_checkpoint(path, map_location='cpu')
