@@ -17,7 +17,7 @@ def test_session_refuses_a_crafted_checkpoint_and_stops(slurm_cluster, slurm_job
     (work / 'last_checkpoint').write_text(path)
     job = slurm_jobs.sbatch(
         ['-p', slurm_cluster, '-J', f'{JOB_PREFIX}-untrusted', '--gres=gpu:shared:1',
-         '--cpus-per-task=1', '--time=10', f'--output={work}/job-%j.out', SBATCH_1GPU],
+         '--cpus-per-task=1', '--time=30', f'--output={work}/job-%j.out', SBATCH_1GPU],
         env=job_env(WORK_DIR=work, DATA_ROOT=training_root, CONFIG=TINY_1GPU))
     wait_job_end(job, 300)
     with open(work / f'job-{job}.out') as f:
