@@ -6,7 +6,7 @@
 # - SIGUSR1/SIGTERM sent to this script go to the training processes only (each checkpoints at the
 #   next optimizer-step boundary and exits 75). torch.distributed.run itself is not signalled: it
 #   would kill the workers 30 s after forwarding a signal, possibly in the middle of a checkpoint.
-# - The exit status is the one all ranks agree on (0, 3, 4, 5, 6 or 75; see README "Exit
+# - The exit status is the one all ranks agree on (0, 3, 4, 5, 6, 7 or 75; see README "Exit
 #   statuses"), not torch.distributed.run's 1 for any failed worker. A crash keeps the launcher's
 #   status.
 # Ctrl-C (SIGINT to the process group) reaches torch.distributed.run and the workers themselves:

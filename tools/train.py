@@ -104,6 +104,7 @@ def refuse_unloadable_checkpoint(path: str, what: str) -> None:
         load_checkpoint_mmapped(path)
     except UntrustedCheckpointError as error:
         print(f'error: {what}: {error}', file=sys.stderr)
+        write_exit_status(EXIT_UNTRUSTED_CHECKPOINT)  # every rank refuses: dist_train.sh says 7
         raise SystemExit(EXIT_UNTRUSTED_CHECKPOINT) from None
     except Exception as error:  # unpickling, zip, EOF: all mean the file is unusable
         raise SystemExit(f'error: {what}: cannot load it ({type(error).__name__}: {error}); a '

@@ -15,7 +15,7 @@ import torch
 from mmengine.runner.checkpoint import CheckpointLoader
 
 from tbx11k.engine.exit_codes import EXIT_UNTRUSTED_CHECKPOINT
-from tbx11k.testing import TINY_1GPU, run, train_command
+from tbx11k.testing import REPO_ROOT, TINY_1GPU, TINY_2GPU, free_port, run, train_command
 from tbx11k.utils import safe_checkpoint
 from tbx11k.utils.safe_checkpoint import (UntrustedCheckpointError, history_buffer_getattr,
                                           load_checkpoint_safely, trust_checkpoints)
@@ -170,6 +170,17 @@ def test_train_refuses_resume_and_load_from_before_building(tmp_path, capsys):
                                                '--trust-checkpoint', '--work-dir',
                                                str(tmp_path / 'w')]))
     assert cfg.load_from == trusted and cfg.resume
+
+
+def test_dist_train_exits_7_when_every_rank_refuses(tmp_path):
+    path = str(tmp_path / 'crafted.pth')
+    marker = write_crafted_checkpoint(path, 'whole', 'exec')
+    proc = run(['bash', osp.join(REPO_ROOT, 'tools', 'dist_train.sh'), TINY_2GPU, '2',
+                '--resume', path, '--work-dir', str(tmp_path / 'w')], check=False, timeout=300,
+               env={'PYTHON': sys.executable, 'PORT': str(free_port())})
+    assert proc.returncode == EXIT_UNTRUSTED_CHECKPOINT, proc.stderr[-3000:]
+    assert_refusal(proc.stderr, path, 'builtins.exec')
+    assert not osp.exists(marker)
 
 
 def test_auto_resume_refuses_a_crafted_checkpoint_in_the_work_dir(tmp_path, training_root):
