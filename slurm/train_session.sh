@@ -27,8 +27,11 @@
 #                            | late) continues the run like SIGUSR1
 #   3   nothing to train     | session 1: exit 3 (the work dir holds a finished run); later
 #                            | sessions: exit 0 (the previous one ended exactly at the end)
-#   4, 5, 6 and others       | exit with it, no new session (incompatible checkpoint, wrong layout,
-#                            | diverged, crash); fix, then resubmit: training resumes by itself
+#   4, 5, 6, 7, 8 and others | exit with it, no new session (incompatible checkpoint, wrong layout,
+#                            | diverged, pretrained weights unavailable, untrusted checkpoint, crash),
+#                            | also when a signal was forwarded meanwhile; fix, then resubmit:
+#                            | training resumes by itself (8: only with TBX11K_TRUST_CHECKPOINTS=1
+#                            | if you trust the checkpoint)
 #   killed by the forwarded  | next session (the signal came before training could handle it, i.e.
 #   signal (no checkpoint)   | during start-up; the work dir still holds the previous checkpoint)
 #
@@ -143,10 +146,13 @@ checkpoint_step() {  # optimizer steps done by the checkpoint last_checkpoint na
   path=$(last_checkpoint) || return 0
   # iter_N.pth (preemption and by-iteration checkpoints) holds N steps; others: read the meta
   if [[ $path =~ /iter_([0-9]+)\.pth$ && -f $path ]]; then echo "${BASH_REMATCH[1]}"; return 0; fi
-  "$PYTHON" - "$path" 2>/dev/null <<'PY' || true
+  # loaded as tools/train.py loads it: a checkpoint holding more than weights and training state
+  # is refused unread here (no step), and tools/train.py says why (exit 8)
+  "$PYTHON" - "$path" "$ROOT" 2>/dev/null <<'PY' || true
 import sys
-import torch
-ckpt = torch.load(sys.argv[1], map_location='cpu', weights_only=False, mmap=True)
+sys.path.insert(0, sys.argv[2])
+from tbx11k.compat.torch_load import load_checkpoint_mmapped
+ckpt = load_checkpoint_mmapped(sys.argv[1])
 print(int(ckpt['meta']['iter']))
 PY
 }
@@ -237,7 +243,10 @@ case $rc in
     fi
     ;;
   *)
-    if ((forwarded && !got_term)); then
+    # a status of ours (tbx11k/engine/exit_codes.py) is the training's own decision, also when a
+    # signal was forwarded meanwhile: only another status can be the signal killing start-up
+    ours=" $(sed -n 's/^EXIT_[A-Z_]* = \([0-9]*\)$/\1/p' "$ROOT/tbx11k/engine/exit_codes.py" | tr '\n' ' ')"
+    if ((forwarded && !got_term)) && [[ $ours != *" $rc "* ]]; then
       say "training ended ($rc) from the forwarded signal before it could checkpoint (it was still starting up); $WORK_DIR still holds the previous checkpoint"
     else
       log_session error "$rc"

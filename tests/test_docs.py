@@ -34,6 +34,7 @@ MEANING_WORDS = {
     'EXIT_DIVERGED': r'diverg|non-finite|\bNaN\b',
     'EXIT_PREEMPTED': r'SIGUSR1|SIGTERM|signal|preempt|requeue',
     'EXIT_PRETRAINED_UNAVAILABLE': r'pretrained|backbone|download|network',
+    'EXIT_UNTRUSTED_CHECKPOINT': r'untrusted|trust|unpickl|run code',
 }
 
 #: "exit 5", "exits 75", "exit status 2", "exit code 6", "exits with **75**", "(exit 6)"

@@ -32,6 +32,7 @@ def score_threshold(text: str) -> float:
 
 def parse_args(argv=None) -> argparse.Namespace:
     from tbx11k.utils import KeyValueDictAction
+    from tbx11k.utils.safe_checkpoint import add_trust_checkpoint_argument
     p = argparse.ArgumentParser(description='Detect TB on X-rays, draw and save the detections')
     p.add_argument('config', help='model config (e.g. configs/dino_tbx11k_1gpu.py)')
     p.add_argument('checkpoint', help='trained checkpoint')
@@ -46,6 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
     p.add_argument('--cfg-options', nargs='+', action=KeyValueDictAction,
                    help='override settings in the config, key=value (mmengine syntax)')
+    add_trust_checkpoint_argument(p)
     return p.parse_args(argv)
 
 
@@ -54,6 +56,9 @@ def main(argv=None) -> int:
     import torch
 
     from tbx11k.apis.inference import collect_images, load_detector, run_inference
+    from tbx11k.engine.exit_codes import EXIT_UNTRUSTED_CHECKPOINT
+    from tbx11k.utils.safe_checkpoint import UntrustedCheckpointError, apply_trust_option
+    apply_trust_option(args)
     try:
         images = collect_images(args.inputs, skip=args.out)  # not the drawings of an earlier run
     except FileNotFoundError as error:
@@ -73,6 +78,9 @@ def main(argv=None) -> int:
     try:
         detector = load_detector(args.config, args.checkpoint, device, args.weights,
                                  args.cfg_options)
+    except UntrustedCheckpointError as error:
+        print(f'error: {error}', file=sys.stderr)
+        return EXIT_UNTRUSTED_CHECKPOINT
     except (ValueError, FileNotFoundError) as error:
         print(f'error: {error}', file=sys.stderr)
         return 2

@@ -36,6 +36,7 @@ from tbx11k.apis.inference import (  # noqa: E402
     select_weights,
     young_ema_warning,
 )
+from tbx11k.engine.exit_codes import EXIT_UNTRUSTED_CHECKPOINT  # noqa: E402
 from tbx11k.utils import (  # noqa: E402
     KeyValueDictAction,
     check_classes_fit_the_json,
@@ -49,6 +50,11 @@ from tbx11k.utils import (  # noqa: E402
     read_config,
 )
 from tbx11k.utils.dist import close_process_group  # noqa: E402
+from tbx11k.utils.safe_checkpoint import (  # noqa: E402
+    UntrustedCheckpointError,
+    add_trust_checkpoint_argument,
+    apply_trust_option,
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -81,8 +87,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="test-time augmentation (mmdet's): the config's tta_model and "
                         'tta_pipeline, by default the prediction on the film and on its '
                         'horizontal flip merged by NMS (IoU 0.5)')
+    add_trust_checkpoint_argument(parser)
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
+    apply_trust_option(args)
     if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
         parser.error('--out must be a .pkl or .pickle file')  # before building anything
     if args.test_split and not args.format_only:
@@ -112,6 +120,9 @@ def weights_to_load(checkpoint_path: str, weights: str, work_dir: str,
     loads."""
     try:
         checkpoint = read_checkpoint(checkpoint_path)
+    except UntrustedCheckpointError as error:
+        print(f'error: {error}', file=sys.stderr)
+        raise SystemExit(EXIT_UNTRUSTED_CHECKPOINT) from None
     except (ValueError, FileNotFoundError) as error:
         raise SystemExit(f'error: {error}') from None
     state, description = select_weights(checkpoint, weights)

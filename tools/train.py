@@ -65,6 +65,7 @@ from tbx11k.engine.exit_codes import (  # noqa: E402
     EXIT_INCOMPATIBLE_CHECKPOINT,
     EXIT_NOTHING_TO_TRAIN,
     EXIT_PRETRAINED_UNAVAILABLE,
+    EXIT_UNTRUSTED_CHECKPOINT,
     EXIT_WRONG_LAYOUT,
 )
 from tbx11k.engine.layout import check_launch, launch_rank, launch_world_size  # noqa: E402
@@ -88,6 +89,11 @@ from tbx11k.utils.pretrained import (  # noqa: E402
     PretrainedWeightsUnavailable,
     check_pretrained_weights,
     pretrained_checkpoints,
+)
+from tbx11k.utils.safe_checkpoint import (  # noqa: E402
+    UntrustedCheckpointError,
+    add_trust_checkpoint_argument,
+    apply_trust_option,
 )
 
 
@@ -116,8 +122,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='override settings in the config, key=value (mmengine syntax)')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher')
+    add_trust_checkpoint_argument(parser)
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
+    apply_trust_option(args)
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     return args
@@ -125,13 +133,18 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def refuse_unloadable_checkpoint(path: str, what: str) -> None:
     """Exit with a one-line error when the local checkpoint ``path`` is missing or does not load
-    (empty, truncated, not a torch file); mmengine would fail later with a bare traceback. The
-    tensors are mmapped, not read."""
+    (empty, truncated, not a torch file; mmengine would fail later with a bare traceback), and
+    with status 7 when it holds Python objects besides weights and training state (refused
+    before anything in it runs, before the model is built). The tensors are mmapped, not read."""
     path = osp.expanduser(path)  # as mmengine's loader does
     if not osp.isfile(path):
         raise SystemExit(f'error: {what}: no such checkpoint file')
     try:
         load_checkpoint_mmapped(path)
+    except UntrustedCheckpointError as error:
+        print(f'error: {what}: {error}', file=sys.stderr)
+        write_exit_status(EXIT_UNTRUSTED_CHECKPOINT)  # every rank refuses: dist_train.sh says 7
+        raise SystemExit(EXIT_UNTRUSTED_CHECKPOINT) from None
     except Exception as error:  # unpickling, zip, EOF: all mean the file is unusable
         raise SystemExit(f'error: {what}: cannot load it ({type(error).__name__}: {error}); a '
                          'truncated file, or not a torch checkpoint') from error
@@ -251,6 +264,9 @@ def run_training(runner) -> int:
     except NonFiniteTraining as error:
         runner.logger.error(f'Training stopped: {error}')
         return EXIT_DIVERGED
+    except UntrustedCheckpointError as error:  # auto-resumed, a URL, the backbone's init_cfg
+        runner.logger.error(str(error))
+        return EXIT_UNTRUSTED_CHECKPOINT
     stopped = stop_request(runner)  # a hook stopped the run early (preemption, divergence)
     if stopped is not None:
         runner.logger.warning(stopped.reason)

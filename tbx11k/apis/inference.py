@@ -149,12 +149,16 @@ def read_checkpoint(path: str) -> Dict:
     """Load a checkpoint with mmengine's loaders (a local file; ``https://``, ``s3://`` ... as
     mmdet's tools), on the CPU. A bare state dict is returned as ``{'state_dict': it}``.
 
-    Raises FileNotFoundError for a missing local file and ValueError, naming ``path``, for a folder
-    or a file that is not a torch checkpoint (truncated, another format)."""
+    Raises FileNotFoundError for a missing local file, ValueError, naming ``path``, for a folder
+    or a file that is not a torch checkpoint (truncated, another format), and
+    :class:`~tbx11k.utils.safe_checkpoint.UntrustedCheckpointError` for a checkpoint holding
+    Python objects besides weights and training state (nothing in it runs; see
+    ``--trust-checkpoint``)."""
     from mmengine.runner.checkpoint import CheckpointLoader
 
     import tbx11k  # noqa: F401  (tbx11k.compat: the local loader, fixed for torch >= 2.6)
     from tbx11k.engine.hooks.checkpoint_interchange import is_bare_state_dict
+    from tbx11k.utils.safe_checkpoint import UntrustedCheckpointError
     if '://' not in path:
         path = osp.expanduser(path)
         if osp.isdir(path):
@@ -165,6 +169,8 @@ def read_checkpoint(path: str) -> Dict:
             raise FileNotFoundError(f'checkpoint {path} does not exist')
     try:
         checkpoint = CheckpointLoader.load_checkpoint(path, map_location='cpu')
+    except UntrustedCheckpointError:
+        raise
     except Exception as error:  # unpickling, zip, EOF, download errors: all name the file
         raise ValueError(f'cannot load checkpoint {path}: {type(error).__name__}: {error} (a '
                          'truncated file, or not a torch checkpoint)') from error
@@ -317,10 +323,10 @@ def load_detector(config: str, checkpoint: str, device: str = 'cpu', weights: st
         cfg.merge_from_dict(cfg_options)
     if cfg.model.get('backbone', {}).get('init_cfg') is not None:
         cfg.model.backbone.init_cfg = None  # weights come from the checkpoint: no download
+    ckpt = read_checkpoint(checkpoint)  # before building anything: a refused file stops here
     init_default_scope(cfg.get('default_scope', 'mmdet'))
     model = MODELS.build(cfg.model)
 
-    ckpt = read_checkpoint(checkpoint)
     state, description = select_weights(ckpt, weights)
     state = without_ddp_prefix(state)
     misfit = weights_misfit(state, model, checkpoint, config)

@@ -3,7 +3,8 @@
 Each module's header names the upstream issue, the versions it applies to and when it can be
 removed; :func:`install` applies them all (idempotent; ``tbx11k/__init__.py`` calls it once):
 
-- :mod:`.torch_load`: mmengine's local checkpoint loader on torch >= 2.6;
+- :mod:`.torch_load`: mmengine's checkpoint loaders (local, URLs, model zoos) on torch >= 2.6,
+  loading with ``weights_only=True`` and an allowlist;
 - :mod:`.file_backend`: atomic writes for mmengine's local file backend;
 - :mod:`.mmcv_cuda_fallback`: PyTorch fallbacks (and bf16) for mmcv's two CUDA kernels DINO uses.
 """

@@ -15,3 +15,7 @@ EXIT_PREEMPTED = 75
 #: TrainingHealthHook.max_skipped_steps) or the weights became non-finite; nothing non-finite was
 #: saved: fix the cause, then resume
 EXIT_DIVERGED = 6
+#: a checkpoint to load holds Python objects besides weights and training state (unpickling it
+#: could run code) and was refused before anything in it ran: load it with --trust-checkpoint
+#: or TBX11K_TRUST_CHECKPOINTS=1 only if you trust the file. Not retried: a job chain stops
+EXIT_UNTRUSTED_CHECKPOINT = 8

@@ -10,6 +10,7 @@ from mmengine.registry import RUNNERS  # the root: tools build runners before a 
 from mmengine.runner import Runner
 
 from ..utils.dist import init_cpu_process_group
+from ..utils.safe_checkpoint import UntrustedCheckpointError
 from .hooks.atomic_checkpoint import find_resumable_checkpoint
 from .loops import accumulative_counts_of
 from .startup_log import StartupLogFilter
@@ -46,7 +47,9 @@ class TBX11KRunner(Runner):
       back to the training checkpoint furthest into training when ``last_checkpoint`` is bad
       (:func:`~tbx11k.engine.hooks.atomic_checkpoint.find_resumable_checkpoint`); with nothing
       to resume it loads ``load_from`` (kept by tools/train.py as
-      ``load_from_if_nothing_to_resume``: mmdet's ``--resume`` drops it).
+      ``load_from_if_nothing_to_resume``: mmdet's ``--resume`` drops it). A work-dir
+      checkpoint that holds Python objects besides weights and training state is not passed over:
+      its ``UntrustedCheckpointError`` stops the run on every rank.
     - The config text stored in every checkpoint is formatted once, not per save.
     - The log starts with the layout report (effective batch, counters, batch norms under
       accumulation), before mmengine's config dump and hook listing; the optimizer
@@ -124,10 +127,16 @@ class TBX11KRunner(Runner):
         broadcasts it to all ranks.
         """
         if self._resume and self._load_from is None and not self._has_loaded:
-            found = [find_resumable_checkpoint(self.work_dir, warn=self.logger.warning)
-                     if is_main_process() else None]
+            found = [None]
+            if is_main_process():
+                try:
+                    found[0] = find_resumable_checkpoint(self.work_dir, warn=self.logger.warning)
+                except UntrustedCheckpointError as error:  # every rank stops, none waits
+                    found[0] = error
             if is_distributed():
                 broadcast_object_list(found)
+            if isinstance(found[0], UntrustedCheckpointError):
+                raise found[0]
             initial_weights = self.cfg.get('load_from_if_nothing_to_resume')
             # a warning: a mistyped --work-dir would otherwise start a new run unnoticed
             if found[0] is None and initial_weights:

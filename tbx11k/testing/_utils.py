@@ -56,7 +56,9 @@ def run(cmd: Sequence[str], timeout: float = 600, check: bool = True,
 
 
 def load_checkpoint(path: str) -> Dict:
-    return torch.load(path, map_location='cpu', weights_only=False)
+    """A checkpoint on the CPU, loaded as the tools load it (weights-only, the allowlist)."""
+    from .utils.safe_checkpoint import load_checkpoint_safely
+    return load_checkpoint_safely(path, map_location='cpu')
 
 
 def raw_weights(checkpoint: Dict) -> Dict[str, torch.Tensor]:

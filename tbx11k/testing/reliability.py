@@ -28,6 +28,7 @@ from mmengine.model import is_model_wrapper
 
 from mmdet.registry import HOOKS
 
+from ..compat.torch_load import load_checkpoint_mmapped
 from ._utils import REPO_ROOT
 
 STEP_LINE = re.compile(r'Epoch\(train\)\s*\[(\d+)\]\[\s*(\d+)/(\d+)\]')
@@ -275,7 +276,7 @@ def _consistent(path: Optional[str]) -> Optional[int]:
     if not path or not osp.isfile(path):
         return None
     try:
-        ckpt = torch.load(path, map_location='cpu', weights_only=False, mmap=True)
+        ckpt = load_checkpoint_mmapped(path)
         step = int(ckpt['meta']['iter'])
         w = ckpt['state_dict']['w']
         return step if float(w[0]) == float(w[-1]) == step else None

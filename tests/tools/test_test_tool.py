@@ -7,7 +7,7 @@ import textwrap
 import pytest
 import torch
 
-from tbx11k.testing import REPO_ROOT, TINY_1GPU, run
+from tbx11k.testing import REPO_ROOT, TINY_1GPU, load_checkpoint, run
 from tbx11k.testing.tools import load_tool
 
 
@@ -266,7 +266,7 @@ def test_bare_state_dict_and_raw_weights_are_written_as_checkpoints(tmp_path):
     torch.save(weights, bare)
     path, description, state, _ = tool.weights_to_load(str(bare), 'ema', str(tmp_path / 'w'))
     assert path == str(tmp_path / 'w' / 'weights.pth')
-    assert torch.load(path, weights_only=False)['state_dict'].keys() == weights.keys()
+    assert load_checkpoint(path)['state_dict'].keys() == weights.keys()
     full = tmp_path / 'full.pth'
     torch.save(dict(meta={}, state_dict=weights), full)
     assert tool.weights_to_load(str(full), 'ema', str(tmp_path / 'w'))[0] == str(full)
@@ -294,7 +294,7 @@ def test_raw_weights_written_by_two_ranks_at_once(tmp_path):
                               stderr=subprocess.PIPE, text=True) for rank in range(2)]
     errors = [p.communicate(timeout=300)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errors
-    raw = torch.load(tmp_path / 'w' / 'raw_weights.pth', weights_only=False)['state_dict']
+    raw = load_checkpoint(str(tmp_path / 'w' / 'raw_weights.pth'))['state_dict']
     assert torch.equal(raw['w'], torch.ones(64, 64))
     assert not list((tmp_path / 'w').glob('*.tmp'))
 

@@ -8,7 +8,9 @@ The classification branches (every decoder layer and the encoder) and the denois
 embedding are re-initialised as mmdet initialises a new DINO; everything else is kept. Prints what
 changed. Exit status 2 when the input is not an mmdet DINO checkpoint, already has the target
 classes (a converted or TBX11K-trained checkpoint: its trained classifiers would be lost; --force
-converts anyway) or does not fit the config.
+converts anyway) or does not fit the config; exit status 7 when it holds Python objects besides
+weights and training state (refused unloaded: unpickling could run code; --trust-checkpoint for a
+file you trust).
 See tbx11k/apis/checkpoint_conversion.py.
 """
 import argparse
@@ -38,6 +40,7 @@ def probability(text: str) -> float:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from tbx11k.utils.safe_checkpoint import add_trust_checkpoint_argument
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('input', help='mmdet DINO checkpoint (e.g. the COCO model zoo file)')
     p.add_argument('output', help='converted checkpoint to write')
@@ -57,6 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    'converted or TBX11K-trained one), re-initialising its trained classifiers')
     p.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
                    help='overrides for --check-config (mmengine syntax)')
+    add_trust_checkpoint_argument(p)
     return p.parse_args(argv)
 
 
@@ -74,7 +78,10 @@ def main(argv=None) -> int:
         convert_dino_checkpoint,
     )
     from tbx11k.compat.torch_load import load_local_checkpoint
+    from tbx11k.engine.exit_codes import EXIT_UNTRUSTED_CHECKPOINT
     from tbx11k.utils.atomic_io import atomic_write_bytes
+    from tbx11k.utils.safe_checkpoint import UntrustedCheckpointError, apply_trust_option
+    apply_trust_option(args)
 
     class_map = {}
     for item in args.map:
@@ -100,9 +107,11 @@ def main(argv=None) -> int:
         print(f'error: the output {args.output} is the input: converting in place would replace '
               'the COCO weights; write the converted checkpoint to another file', file=sys.stderr)
         return 2
-    # a pickle: only convert files you trust (the mmdet model zoo, your own runs)
-    try:
+    try:  # weights and training state only: nothing in the file runs (--trust-checkpoint)
         checkpoint = load_local_checkpoint(args.input, map_location='cpu')
+    except UntrustedCheckpointError as error:
+        print(f'error: {error}', file=sys.stderr)
+        return EXIT_UNTRUSTED_CHECKPOINT
     except Exception as error:  # not a torch file, truncated, another pickle
         print(f'error: cannot load {args.input} as a checkpoint ({type(error).__name__}: '
               f'{error})', file=sys.stderr)

@@ -30,6 +30,7 @@ from mmdet.registry import HOOKS
 
 from ...compat.torch_load import load_checkpoint_mmapped
 from ...utils.atomic_io import atomic_write_text, stale_temporaries
+from ...utils.safe_checkpoint import UntrustedCheckpointError
 from .checkpoint_interchange import not_resumable
 
 #: message-hub key listing checkpoints written by PreemptionCheckpointHook (not kept by N)
@@ -42,9 +43,13 @@ def _checkpoint_status(path: str) -> Tuple[Optional[str], int]:
     ``(why not, -1)``.
 
     Weights-only files (``tools/test.py``'s ``raw_weights.pth``, ``convert_coco_checkpoint.py``
-    output put into the work dir) are never auto-resumed. The file's tensors are mmapped."""
+    output put into the work dir) are never auto-resumed. The file's tensors are mmapped. A
+    checkpoint holding Python objects besides weights and training state is not skipped for an
+    older one: its :class:`UntrustedCheckpointError` stops the resume."""
     try:
         ckpt = load_checkpoint_mmapped(path)
+    except UntrustedCheckpointError:
+        raise
     except Exception:  # truncated, empty, not a checkpoint: all mean "cannot resume from it"
         return 'it cannot be loaded (truncated or corrupt)', -1
     problem = not_resumable(ckpt, path)
