@@ -57,7 +57,7 @@ def run(cmd: Sequence[str], timeout: float = 600, check: bool = True,
 
 def load_checkpoint(path: str) -> Dict:
     """A checkpoint on the CPU, loaded as the tools load it (weights-only, the allowlist)."""
-    from .utils.safe_checkpoint import load_checkpoint_safely
+    from ..utils.safe_checkpoint import load_checkpoint_safely
     return load_checkpoint_safely(path, map_location='cpu')
 
 

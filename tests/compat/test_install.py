@@ -9,11 +9,12 @@ import mmdet.models.losses.focal_loss as focal_module
 from tbx11k import compat
 from tbx11k.compat import mmcv_cuda_fallback
 from tbx11k.compat.file_backend import AtomicLocalBackend
-from tbx11k.compat.torch_load import load_local_checkpoint
+from tbx11k.compat.torch_load import load_from_http, load_from_local
 
 
 def patched(tmp_path) -> dict:
-    return dict(torch_load=CheckpointLoader._schemes[''] is load_local_checkpoint,
+    return dict(torch_load=(CheckpointLoader._schemes[''] is load_from_local
+                            and CheckpointLoader._schemes['http://'] is load_from_http),
                 file_backend=type(get_file_backend(str(tmp_path / 'a.pth'))) is AtomicLocalBackend,
                 mmcv_cuda_fallback=mmcv_cuda_fallback.installed() and (
                     focal_module.sigmoid_focal_loss is

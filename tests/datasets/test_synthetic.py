@@ -203,7 +203,7 @@ def test_cli_help_explains_every_option_with_its_default(capsys):
     assert stop.value.code == 0
     text = ' '.join(capsys.readouterr().out.split())  # argparse wraps lines
     options = re.findall(r'\[(--[a-z-]+) [A-Z_]+\]', text)
-    assert len(options) == 9, options  # those with a value; --overwrite and --json are switches
+    assert len(options) == 12, options  # those with a value; --overwrite and --json are switches
     for option in options:
         assert re.search(re.escape(option) + r' [A-Z_]+ [a-z][^\[]*?\(default: [^)]+\)',
                          text), option
