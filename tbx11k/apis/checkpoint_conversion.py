@@ -103,9 +103,16 @@ def _state_dict(checkpoint: Mapping) -> Dict[str, torch.Tensor]:
 
 
 def inspect_dino_state_dict(state: Mapping[str, torch.Tensor]) -> Tuple[int, int, int]:
-    """Check that ``state`` is shaped like an mmdet DINO; return (num_classes, embed_dims, L).
+    """Check that ``state`` is shaped like an mmdet DINO.
 
-    Raises :class:`NotADINOCheckpoint` saying what is missing or inconsistent.
+    Args:
+        state (Mapping[str, torch.Tensor]): A state dict.
+
+    Returns:
+        Tuple[int, int, int]: ``(num_classes, embed_dims, L)``, L the classification branches.
+
+    Raises:
+        NotADINOCheckpoint: Saying what is missing or inconsistent.
     """
     problems: List[str] = []
     branches: Dict[int, Dict[str, torch.Tensor]] = {}
@@ -199,8 +206,21 @@ def new_class_tensors(num_classes: int, embed_dims: int, seed: int = 0,
                       dtype: torch.dtype = torch.float32) -> Tuple[torch.Tensor, torch.Tensor,
                                                                    torch.Tensor]:
     """(classifier weight, classifier bias, label embedding) initialised as mmdet does for a new
-    DINO: ``nn.Linear`` default weight, bias ``bias_init_with_prob(prior_prob)``, ``nn.Embedding``
-    default N(0, 1). Seeded; the global RNG is left as it was."""
+    DINO.
+
+    ``nn.Linear`` default weight, bias ``bias_init_with_prob(prior_prob)``, ``nn.Embedding``
+    default N(0, 1). Seeded; the global RNG is left as it was.
+
+    Args:
+        num_classes (int): The classes.
+        embed_dims (int): The model's embedding width.
+        seed (int): The seed. Defaults to 0.
+        prior_prob (float): The bias's prior probability. Defaults to 0.01.
+        dtype (torch.dtype): The tensors' dtype. Defaults to ``torch.float32``.
+
+    Returns:
+        Tuple[torch.Tensor, torch.Tensor, torch.Tensor]: Weight, bias and label embedding.
+    """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         fc = nn.Linear(embed_dims, num_classes)
@@ -216,15 +236,33 @@ def convert_dino_checkpoint(checkpoint: Mapping,
                             prior_prob: float = 0.01,
                             source: Optional[str] = None,
                             force: bool = False) -> Tuple[Dict, ConversionReport]:
-    """Return (new checkpoint, report) with the class tensors of a DINO checkpoint re-made for
-    ``classes``. ``class_map`` = {target class: source class} copies rows instead of
-    re-initialising them (default: all re-initialised). The result holds ``meta`` and
-    ``state_dict`` only: it is a starting point for ``load_from``, not something to resume.
+    """Re-make the class tensors of a DINO checkpoint for ``classes``.
 
-    Raises :class:`AlreadyConverted` when the checkpoint already has the target classes (its
-    ``meta.dataset_meta.classes`` are ``classes``, or, without recorded names, its classifiers
-    have ``len(classes)`` rows) and no ``class_map`` is given: a converted or TBX11K-trained
-    checkpoint, whose trained classifiers would be lost. ``force=True`` converts it anyway.
+    The result holds ``meta`` and ``state_dict`` only: it is a starting point for ``load_from``,
+    not something to resume.
+
+    Args:
+        checkpoint (Mapping): The loaded checkpoint.
+        classes (Sequence[str]): The target classes. Defaults to ``TBX11K_CLASSES``.
+        class_map (Mapping[str, str], optional): ``{target class: source class}``: copies rows
+            instead of re-initialising them. Defaults to None (all re-initialised).
+        seed (int): The seed of the new rows. Defaults to 0.
+        prior_prob (float): The classifier bias's prior probability. Defaults to 0.01.
+        source (str, optional): Where the checkpoint came from, for the report. Defaults to
+            None.
+        force (bool): Convert a checkpoint that already has the target classes. Defaults to
+            False.
+
+    Returns:
+        Tuple[Dict, ConversionReport]: The new checkpoint and what was done.
+
+    Raises:
+        AlreadyConverted: When the checkpoint already has the target classes (its
+            ``meta.dataset_meta.classes`` are ``classes``, or, without recorded names, its
+            classifiers have ``len(classes)`` rows) and neither ``class_map`` nor ``force`` is
+            given: a converted or TBX11K-trained checkpoint, whose trained classifiers would be
+            lost.
+        NotADINOCheckpoint: When it is not shaped like an mmdet DINO.
     """
     classes = tuple(classes)
     if not classes or len(set(classes)) != len(classes) or not all(
@@ -291,7 +329,15 @@ def convert_dino_checkpoint(checkpoint: Mapping,
 
 
 def check_fits_model(state: Mapping[str, torch.Tensor], model: nn.Module) -> List[str]:
-    """Differences between ``state`` and ``model.state_dict()`` (missing, unexpected, shape)."""
+    """Differences between ``state`` and ``model.state_dict()``.
+
+    Args:
+        state (Mapping[str, torch.Tensor]): A state dict.
+        model (nn.Module): The model.
+
+    Returns:
+        List[str]: The missing, unexpected and differently shaped keys (empty when it fits).
+    """
     own = model.state_dict()
     problems = [f'missing in checkpoint: {k}' for k in own if k not in state]
     problems += [f'not in the model: {k}' for k in state if k not in own]
@@ -301,14 +347,32 @@ def check_fits_model(state: Mapping[str, torch.Tensor], model: nn.Module) -> Lis
 
 
 def without_ddp_prefix(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """``state`` with DDP's ``module.`` key prefix removed where present."""
+    """``state`` with DDP's ``module.`` key prefix removed where present.
+
+    Args:
+        state (Mapping[str, torch.Tensor]): A state dict.
+
+    Returns:
+        Dict[str, torch.Tensor]: The state dict without the prefix.
+    """
     return {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
 
 
 def weights_misfit(state: Mapping[str, torch.Tensor], model: nn.Module, checkpoint: str,
                    config: str) -> Optional[str]:
-    """None if ``state`` (keys may carry DDP's ``module.`` prefix) fits ``model``, else a message
-    naming the checkpoint, the config and the first differences."""
+    """Why ``state`` does not fit ``model``, if it does not.
+
+    Args:
+        state (Mapping[str, torch.Tensor]): A state dict (keys may carry DDP's ``module.``
+            prefix).
+        model (nn.Module): The model.
+        checkpoint (str): The checkpoint's path, for the message.
+        config (str): The config's path, for the message.
+
+    Returns:
+        str | None: None when it fits, else a message naming the checkpoint, the config and the
+        first differences.
+    """
     problems = check_fits_model(without_ddp_prefix(state), model)
     if not problems:
         return None
@@ -317,7 +381,15 @@ def weights_misfit(state: Mapping[str, torch.Tensor], model: nn.Module, checkpoi
 
 
 def build_model_from_config(config: str, cfg_options: Optional[Dict] = None) -> nn.Module:
-    """The detector of a config, built without initialising or loading any weights."""
+    """The detector of a config, built without initialising or loading any weights.
+
+    Args:
+        config (str): The config file.
+        cfg_options (Dict, optional): ``--cfg-options`` to merge. Defaults to None.
+
+    Returns:
+        nn.Module: The detector.
+    """
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
 
@@ -330,7 +402,14 @@ def build_model_from_config(config: str, cfg_options: Optional[Dict] = None) -> 
 
 
 def config_classes(config: str) -> Optional[Tuple[str, ...]]:
-    """The class names a config trains (``train_dataloader.dataset.metainfo.classes``)."""
+    """The class names a config trains (``train_dataloader.dataset.metainfo.classes``).
+
+    Args:
+        config (str): The config file.
+
+    Returns:
+        Tuple[str, ...] | None: The names, None when the config names none.
+    """
     from mmengine.config import Config
     cfg = Config.fromfile(config)
     dataset = cfg.get('train_dataloader', {}).get('dataset', {})

@@ -100,11 +100,20 @@ def _read_list(list_file: str) -> List[Tuple[str, str]]:
 
 
 def collect_images(inputs: Sequence[str], skip: Optional[str] = None) -> List[Tuple[str, str]]:
-    """(path, name) of every image in ``inputs``: image files, folders (searched recursively,
-    sorted) and list files (``.txt``, one path per line). ``name`` is the path relative to its
-    folder or list (an image's file name); two inputs may have the same name (their drawings
-    get distinct names, see :func:`drawing_names`). Files under the folder ``skip`` (the output
-    folder: its drawings are images too) are left out of folders searched."""
+    """(path, name) of every image in ``inputs``.
+
+    ``name`` is the path relative to its folder or list (an image's file name); two inputs may
+    have the same name (their drawings get distinct names, see :func:`drawing_names`).
+
+    Args:
+        inputs (Sequence[str]): Image files, folders (searched recursively, sorted) and list
+            files (``.txt``, one path per line).
+        skip (str, optional): A folder whose files are left out of folders searched (the output
+            folder: its drawings are images too). Defaults to None.
+
+    Returns:
+        List[Tuple[str, str]]: ``(path, name)`` pairs.
+    """
     found: List[Tuple[str, str]] = []
     skip = osp.realpath(skip) if skip else None
     for item in inputs:
@@ -128,9 +137,17 @@ def collect_images(inputs: Sequence[str], skip: Optional[str] = None) -> List[Tu
 
 
 def drawing_names(names: Sequence[str]) -> List[str]:
-    """``vis/`` names (without extension) of the drawings of images named ``names``, one per
-    image: a name whose drawing another image already takes (same name, or the same but for the
-    extension: a.jpg and a.png both draw to a.png) gets ``_1``, ``_2``, ... """
+    """``vis/`` names (without extension) of the drawings of images named ``names``.
+
+    A name whose drawing another image already takes (same name, or the same but for the
+    extension: a.jpg and a.png both draw to a.png) gets ``_1``, ``_2``, ...
+
+    Args:
+        names (Sequence[str]): The images' names.
+
+    Returns:
+        List[str]: One drawing name per image.
+    """
     drawn: set = set()
     out = []
     for name in names:
@@ -146,14 +163,21 @@ def drawing_names(names: Sequence[str]) -> List[str]:
 
 # ---- model -------------------------------------------------------------------------------------
 def read_checkpoint(path: str) -> Dict:
-    """Load a checkpoint with mmengine's loaders (a local file; ``https://``, ``s3://`` ... as
-    mmdet's tools), on the CPU. A bare state dict is returned as ``{'state_dict': it}``.
+    """Load a checkpoint with mmengine's loaders, on the CPU.
 
-    Raises FileNotFoundError for a missing local file, ValueError, naming ``path``, for a folder
-    or a file that is not a torch checkpoint (truncated, another format), and
-    :class:`~tbx11k.utils.safe_checkpoint.UntrustedCheckpointError` for a checkpoint holding
-    Python objects besides weights and training state (nothing in it runs; see
-    ``--trust-checkpoint``)."""
+    Args:
+        path (str): A local file, or ``https://``, ``s3://`` ... as mmdet's tools.
+
+    Returns:
+        Dict: The checkpoint; a bare state dict is returned as ``{'state_dict': it}``.
+
+    Raises:
+        FileNotFoundError: For a missing local file.
+        ValueError: Naming ``path``, for a folder or a file that is not a torch checkpoint
+            (truncated, another format).
+        UntrustedCheckpointError: For a checkpoint holding Python objects besides weights and
+            training state (nothing in it runs; see ``--trust-checkpoint``).
+    """
     from mmengine.runner.checkpoint import CheckpointLoader
 
     import tbx11k  # noqa: F401  (tbx11k.compat: the local loader, fixed for torch >= 2.6)
@@ -186,8 +210,16 @@ def read_checkpoint(path: str) -> Dict:
 
 
 def select_weights(checkpoint: Dict, weights: str = 'ema') -> Tuple[Dict, str]:
-    """(state dict, description) of a checkpoint: ``'ema'`` or ``'raw'`` weights (see module doc);
-    checkpoints without EMA have only one set."""
+    """One set of weights of a checkpoint (see the module doc).
+
+    Args:
+        checkpoint (Dict): The loaded checkpoint.
+        weights (str): ``'ema'`` or ``'raw'``; checkpoints without EMA have only one set.
+            Defaults to 'ema'.
+
+    Returns:
+        Tuple[Dict, str]: The state dict and a description of it.
+    """
     if weights not in ('ema', 'raw'):
         raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
     state = checkpoint.get('state_dict', checkpoint)
@@ -306,8 +338,21 @@ def load_detector(config: str, checkpoint: str, device: str = 'cpu', weights: st
     """Build the config's model, load a checkpoint's weights strictly, prepare the test pipeline.
 
     Class names: the checkpoint's ``meta['dataset_meta']['classes']`` (as mmdet does), else the
-    config's. Raises ValueError when the weights do not fit the model (e.g. an unconverted COCO
-    checkpoint).
+    config's.
+
+    Args:
+        config (str): The config file.
+        checkpoint (str): The checkpoint (see :func:`read_checkpoint`).
+        device (str): The device. Defaults to 'cpu'.
+        weights (str): ``'ema'`` or ``'raw'`` (see :func:`select_weights`). Defaults to 'ema'.
+        cfg_options (Dict, optional): ``--cfg-options`` to merge. Defaults to None.
+
+    Returns:
+        Detector: The model, its test pipeline and class names.
+
+    Raises:
+        ValueError: When the weights do not fit the model (e.g. an unconverted COCO
+            checkpoint).
     """
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
@@ -349,13 +394,31 @@ def load_detector(config: str, checkpoint: str, device: str = 'cpu', weights: st
 
 # ---- drawing -----------------------------------------------------------------------------------
 def class_color(label: int) -> Tuple[int, int, int]:
+    """The drawing colour of class ``label``.
+
+    Args:
+        label (int): The class index.
+
+    Returns:
+        Tuple[int, int, int]: A BGR colour.
+    """
     return PALETTE[label % len(PALETTE)]
 
 
 def draw_detections(image: np.ndarray, detections: Iterable[Dict],
                     thickness: Optional[int] = None) -> np.ndarray:
     """A copy of a BGR image with each detection's box (class colour) and a label
-    ``<short class name> <score>`` drawn on it; higher scores are drawn last (on top)."""
+    ``<short class name> <score>`` drawn on it; higher scores are drawn last (on top).
+
+    Args:
+        image (np.ndarray): The BGR image.
+        detections (Iterable[Dict]): Detections as in ``detections.json``.
+        thickness (int, optional): The box line width. Defaults to None (from the image
+            size).
+
+    Returns:
+        np.ndarray: The drawing.
+    """
     import cv2
     out = np.ascontiguousarray(image.copy())
     height, width = out.shape[:2]
@@ -388,7 +451,12 @@ def draw_detections(image: np.ndarray, detections: Iterable[Dict],
 
 # ---- json --------------------------------------------------------------------------------------
 def write_detections(path: str, result: Dict) -> None:
-    """Write the json atomically: the header keys one per line, then one line per image."""
+    """Write the json atomically: the header keys one per line, then one line per image.
+
+    Args:
+        path (str): The json file.
+        result (Dict): The content (see :func:`run_inference`).
+    """
     os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
     fields = [f'{json.dumps(k)}: {json.dumps(v)}' for k, v in result.items() if k != 'images']
     if 'images' in result:
@@ -400,17 +468,36 @@ def write_detections(path: str, result: Dict) -> None:
 
 
 def load_detections(path: str) -> Dict:
+    """Read a ``detections.json`` written by :func:`write_detections`.
+
+    Args:
+        path (str): The json file.
+
+    Returns:
+        Dict: Its content.
+    """
     with open(path) as f:
         return json.load(f)
 
 
 # ---- the whole tool ----------------------------------------------------------------------------
 def check_input_images(images: Sequence[Tuple[str, str]]) -> List[str]:
-    """Warn once about input images of more than 8 bits per sample (mmcv loads them nearly
-    black) and once about JPEGs with an EXIF orientation (mmcv decodes them rotated, so the
-    drawings and boxes are in the rotated frame); returns the deep images' paths. Raises
-    ``OSError`` listing every file whose header is not an image's, before any inference (one bad
-    file among thousands stopped the run halfway, with the drawings so far and no json)."""
+    """Check the input images' headers before any inference.
+
+    Warns once about input images of more than 8 bits per sample (mmcv loads them nearly black)
+    and once about JPEGs with an EXIF orientation (mmcv decodes them rotated, so the drawings and
+    boxes are in the rotated frame).
+
+    Args:
+        images (Sequence[Tuple[str, str]]): ``(path, name)`` pairs.
+
+    Returns:
+        List[str]: The deep images' paths.
+
+    Raises:
+        OSError: Listing every file whose header is not an image's (one bad file among
+            thousands stopped the run halfway, with the drawings so far and no json).
+    """
     from mmengine.logging import print_log
 
     from ..datasets.validation import (
@@ -444,9 +531,21 @@ def check_input_images(images: Sequence[Tuple[str, str]]) -> List[str]:
 
 def run_inference(detector: Detector, images: Sequence[Tuple[str, str]], out_dir: str,
                   score_thr: float = 0.3, draw: bool = True, progress: bool = False) -> Dict:
-    """Predict on ``images`` ((path, name) pairs from :func:`collect_images`), draw the detections
-    scoring >= ``score_thr`` onto ``OUT/vis/<name>.png`` (names made distinct by
-    :func:`drawing_names`) and write ``OUT/detections.json``. Returns the json's content."""
+    """Predict on ``images``, draw the detections and write ``OUT/detections.json``.
+
+    Args:
+        detector (Detector): From :func:`load_detector`.
+        images (Sequence[Tuple[str, str]]): ``(path, name)`` pairs from :func:`collect_images`.
+        out_dir (str): The output folder ``OUT``.
+        score_thr (float): Detections scoring at least this are drawn onto
+            ``OUT/vis/<name>.png`` (names made distinct by :func:`drawing_names`). Defaults to
+            0.3.
+        draw (bool): Write the drawings. Defaults to True.
+        progress (bool): Show a progress bar. Defaults to False.
+
+    Returns:
+        Dict: The json's content.
+    """
     import cv2
     check_input_images(images)
     drawings = drawing_names([name for _, name in images])

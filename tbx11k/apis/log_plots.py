@@ -55,12 +55,29 @@ class TrainingLog:
     val: List[Dict]  # by increasing epoch
 
     def series(self, key: str, val: bool = False) -> Tuple[List[float], List[float]]:
+        """The values of ``key`` and the optimizer steps they were logged at.
+
+        Args:
+            key (str): A logged scalar.
+            val (bool): From the val records instead of the train records. Defaults to False.
+
+        Returns:
+            Tuple[List[float], List[float]]: The steps and the values.
+        """
         records = self.val if val else self.train
         pairs = [(r['step'], r[key]) for r in records
                  if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)]
         return [p[0] for p in pairs], [p[1] for p in pairs]
 
     def keys(self, val: bool = False) -> List[str]:
+        """The numeric keys of the records, in first-seen order (bookkeeping keys left out).
+
+        Args:
+            val (bool): Of the val records instead of the train records. Defaults to False.
+
+        Returns:
+            List[str]: The keys.
+        """
         seen: Dict[str, None] = {}
         for r in self.val if val else self.train:
             for k, v in r.items():
@@ -112,8 +129,14 @@ class TrainingLog:
 
 
 def scalar_files(work_dir: str) -> List[str]:
-    """``<timestamp>/vis_data/scalars.json`` files of a work dir, oldest session first. Also
-    accepts a session folder or a scalars.json file."""
+    """``<timestamp>/vis_data/scalars.json`` files of a work dir, oldest session first.
+
+    Args:
+        work_dir (str): A work dir; a session folder or a scalars.json file is accepted too.
+
+    Returns:
+        List[str]: The files.
+    """
     if osp.isfile(work_dir):
         return [work_dir]
     own = osp.join(work_dir, 'vis_data', 'scalars.json')
@@ -126,8 +149,15 @@ RESUMED = re.compile(r'resumed epoch: (\d+), iter: (\d+)')
 
 
 def resume_point(session_dir: str) -> Optional[Tuple[int, int]]:
-    """(epoch, iter) at which the session of ``session_dir`` resumed, from its text log; None
-    when it did not resume (or has no text log)."""
+    """(epoch, iter) at which the session of ``session_dir`` resumed, from its text log.
+
+    Args:
+        session_dir (str): A ``<timestamp>`` session folder.
+
+    Returns:
+        Tuple[int, int] | None: The resume point; None when it did not resume (or has no text
+        log).
+    """
     name = osp.basename(osp.normpath(session_dir))
     path = osp.join(session_dir, f'{name}.log')
     if not osp.isfile(path):
@@ -141,6 +171,14 @@ def resume_point(session_dir: str) -> Optional[Tuple[int, int]]:
 
 
 def read_session(path: str) -> Session:
+    """Read one session's ``scalars.json`` (unreadable lines are counted, not fatal).
+
+    Args:
+        path (str): The session's ``vis_data/scalars.json``.
+
+    Returns:
+        Session: Its train and val records.
+    """
     session_dir = osp.dirname(osp.dirname(path))
     name = osp.basename(session_dir) or path
     session = Session(name, path, resumed_at=resume_point(session_dir))
@@ -165,6 +203,18 @@ def read_session(path: str) -> Session:
 
 
 def merge_sessions(sessions: Sequence[Session]) -> TrainingLog:
+    """Merge the sessions of a resumed run.
+
+    A later session's records replace the earlier ones' from its first step (or its resume
+    point) on: the steps trained again after a resume count once, as the later session logged
+    them.
+
+    Args:
+        sessions (Sequence[Session]): The sessions, oldest first.
+
+    Returns:
+        TrainingLog: The merged records.
+    """
     train: Dict[int, Dict] = {}
     val: Dict[int, Dict] = {}
     used = [s for s in sessions if s.train or s.val]
@@ -189,6 +239,18 @@ def merge_sessions(sessions: Sequence[Session]) -> TrainingLog:
 
 
 def load_training_log(work_dir: str) -> TrainingLog:
+    """Read and merge every session of a work dir.
+
+    Args:
+        work_dir (str): The work dir (or a session folder, or a scalars.json file).
+
+    Returns:
+        TrainingLog: The merged records.
+
+    Raises:
+        FileNotFoundError: When there is no ``<timestamp>/vis_data/scalars.json``.
+        ValueError: When the logs hold no train or val records yet.
+    """
     files = scalar_files(work_dir)
     if not files:
         raise FileNotFoundError(f'no <timestamp>/vis_data/scalars.json under {work_dir} (is it '
@@ -201,8 +263,17 @@ def load_training_log(work_dir: str) -> TrainingLog:
 
 # ---- loss terms --------------------------------------------------------------------------------
 def loss_term(key: str) -> Tuple[str, str, Optional[int]]:
-    """(base term, variant, decoder layer) of a DINO loss key: ``d1.dn_loss_cls`` ->
-    ('loss_cls', 'denoising', 1); ``enc_loss_iou`` -> ('loss_iou', 'encoder', None)."""
+    """(base term, variant, decoder layer) of a DINO loss key.
+
+    ``d1.dn_loss_cls`` -> ('loss_cls', 'denoising', 1); ``enc_loss_iou`` -> ('loss_iou',
+    'encoder', None).
+
+    Args:
+        key (str): A loss key.
+
+    Returns:
+        Tuple[str, str, Optional[int]]: The term, the variant and the decoder layer.
+    """
     layer = None
     m = LAYER_PREFIX.match(key)
     if m:
@@ -216,8 +287,16 @@ def loss_term(key: str) -> Tuple[str, str, Optional[int]]:
 
 
 def loss_panels(log: TrainingLog, all_layers: bool = False) -> List[Tuple[str, List[str]]]:
-    """[(panel title, keys)] : the total loss, then one panel per loss term (final, encoder and
-    denoising variants; intermediate decoder layers only with ``all_layers``)."""
+    """The panels of the loss plot: the total loss, then one panel per loss term.
+
+    Args:
+        log (TrainingLog): The merged logs (:func:`load_training_log`).
+        all_layers (bool): Also the intermediate decoder layers (else final, encoder and
+            denoising variants only). Defaults to False.
+
+    Returns:
+        List[Tuple[str, List[str]]]: ``[(panel title, keys)]``.
+    """
     keys = [k for k in log.keys() if 'loss' in k]
     panels: Dict[str, List[str]] = {}
     for key in keys:
@@ -377,8 +456,16 @@ def lr_figure(log: TrainingLog, dpi: int = 90):
 
 def val_panels(log: TrainingLog,
                metrics: Optional[Sequence[str]] = None) -> List[Tuple[str, List[str]]]:
-    """[(title, keys)] of val metrics: ``metrics`` = fnmatch patterns (one panel), else the
-    default AP and image-level keys present, else every numeric val key."""
+    """The panels of the val plot.
+
+    Args:
+        log (TrainingLog): The merged logs (:func:`load_training_log`).
+        metrics (Sequence[str], optional): fnmatch patterns of val keys (one panel). Defaults
+            to None (the default AP and image-level keys present, else every numeric val key).
+
+    Returns:
+        List[Tuple[str, List[str]]]: ``[(title, keys)]``.
+    """
     available = log.keys(val=True)
     if metrics:
         keys = [k for k in available if any(fnmatch.fnmatchcase(k, p) for p in metrics)]
@@ -487,9 +574,18 @@ def plot_overview(log: TrainingLog, path: str, metrics: Optional[Sequence[str]] 
 def plot_logs(work_dir: str, out_dir: Optional[str] = None,
               metrics: Optional[Sequence[str]] = None, all_layers: bool = False) -> Dict:
     """Write ``losses.png``, ``lr.png``, ``val_metrics.png`` (when there are val records) and
-    ``overview.png`` to ``out_dir`` (default ``WORK_DIR/plots``, next to a ``scalars.json`` given
-    instead of a folder). Returns a summary dict with the
-    written paths."""
+    ``overview.png``.
+
+    Args:
+        work_dir (str): The work dir (or a session folder, or a scalars.json file).
+        out_dir (str, optional): The output folder. Defaults to None (``WORK_DIR/plots``, next
+            to a ``scalars.json`` given instead of a folder).
+        metrics (Sequence[str], optional): fnmatch patterns of val keys. Defaults to None.
+        all_layers (bool): Also the intermediate decoder layers' losses. Defaults to False.
+
+    Returns:
+        Dict: A summary with the written paths.
+    """
     log = load_training_log(work_dir)
     # a scalars.json file: its folder
     out_dir = out_dir or osp.join(work_dir if osp.isdir(work_dir) else osp.dirname(work_dir),

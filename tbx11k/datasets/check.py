@@ -103,12 +103,27 @@ class CheckReport:
         return self.warnings + [w for f in self.files for w in f.warnings]
 
     def format(self, max_list: int = 20) -> str:
+        """The text report (:func:`format_report`).
+
+        Args:
+            max_list (int): Issues listed per kind. Defaults to 20.
+
+        Returns:
+            str: The report.
+        """
         return format_report(self, max_list=max_list)
 
 
 def split_of(ann_file: str) -> Optional[str]:
-    """'train' / 'val' / 'test' from a TBX11K json name; None for trainval
-    (a union of two splits) or names without a split."""
+    """'train' / 'val' / 'test' from a TBX11K json name.
+
+    Args:
+        ann_file (str): The json's path.
+
+    Returns:
+        str | None: The split; None for trainval (a union of two splits) or names without a
+        split.
+    """
     stem = osp.splitext(osp.basename(ann_file))[0].lower()
     if 'trainval' in stem:
         return None
@@ -119,7 +134,15 @@ def split_of(ann_file: str) -> Optional[str]:
 
 
 def check_image(path: str, decode: bool = True) -> ImageCheck:
-    """Read one image: content hash, and (``decode``) size/channels."""
+    """Read one image: content hash, and (``decode``) size/channels.
+
+    Args:
+        path (str): The image file.
+        decode (bool): Also decode it. Defaults to True.
+
+    Returns:
+        ImageCheck: What was found.
+    """
     res = ImageCheck(path)
     try:
         with open(path, 'rb') as f:
@@ -157,8 +180,23 @@ def check_ann_file(ann_file: str,
                    cache: Optional[Dict[str, ImageCheck]] = None,
                    classes: Optional[Sequence[str]] = None
                    ) -> FileReport:
-    """Check one json file and the images it lists; ``classes`` (default: TBX11KDataset's,
-    as the shipped configs) must be categories of the file in its order, as training needs."""
+    """Check one json file and the images it lists.
+
+    Args:
+        ann_file (str): The json file.
+        img_prefix (str): The folder its ``file_name`` entries are relative to.
+        decode (bool): Decode every image. Defaults to True.
+        bbox_tolerance (float): Pixels a box may reach outside its image. Defaults to
+            ``BBOX_TOLERANCE``.
+        cache (Dict[str, ImageCheck], optional): Image checks shared between files. Defaults
+            to None.
+        classes (Sequence[str], optional): The classes to train on, which must be categories of
+            the file in its order, as training needs. Defaults to None (TBX11KDataset's, as the
+            shipped configs).
+
+    Returns:
+        FileReport: The file's counts and issues.
+    """
     classes = DEFAULT_CLASSES if classes is None else classes
     report = FileReport(ann_file=ann_file, split=split_of(ann_file))
     cache = {} if cache is None else cache
@@ -282,7 +320,14 @@ DEFAULT_CLASSES = TBX11KDataset.METAINFO['classes']
 
 
 def is_training_file(ann_file: str) -> bool:
-    """Whether a json is trained on by its name: train or trainval."""
+    """Whether a json is trained on by its name: train or trainval.
+
+    Args:
+        ann_file (str): The json's path.
+
+    Returns:
+        bool: True for a training json.
+    """
     stem = osp.splitext(osp.basename(ann_file))[0].lower()
     return split_of(ann_file) == 'train' or 'trainval' in stem
 
@@ -311,7 +356,14 @@ def _check_areas(anns_by_image: Dict[int, List[dict]], issues: IssueCollector) -
 
 
 def default_ann_files(data_root: str) -> List[str]:
-    """The TBX11K_*.json files under DATA_ROOT/annotations/json."""
+    """The TBX11K_*.json files under DATA_ROOT/annotations/json.
+
+    Args:
+        data_root (str): The TBX11K root.
+
+    Returns:
+        List[str]: Their paths, sorted.
+    """
     return sorted(
         glob.glob(osp.join(data_root, 'annotations', 'json', 'TBX11K_*.json')))
 
@@ -323,11 +375,24 @@ def check_dataset(data_root: str,
                   decode: bool = True,
                   bbox_tolerance: float = BBOX_TOLERANCE,
                   classes: Optional[Sequence[str]] = None) -> CheckReport:
-    """Check json files (default :func:`default_ann_files`) of a TBX11K
-    root; a relative ``ann_files`` entry is ``data_root/entry`` when that
-    exists, else taken as given (relative to the current folder). ``classes``
-    are the classes to train on (default: TBX11KDataset's, the shipped
-    configs'): a json that training with them would refuse is an error."""
+    """Check json files of a TBX11K root.
+
+    Args:
+        data_root (str): The TBX11K root.
+        ann_files (Sequence[str], optional): The json files; a relative entry is
+            ``data_root/entry`` when that exists, else taken as given (relative to the current
+            folder). Defaults to None (:func:`default_ann_files`).
+        img_dir (str): The image folder under ``data_root``. Defaults to 'imgs'.
+        decode (bool): Decode every image. Defaults to True.
+        bbox_tolerance (float): Pixels a box may reach outside its image. Defaults to
+            ``BBOX_TOLERANCE``.
+        classes (Sequence[str], optional): The classes to train on: a json that training with
+            them would refuse is an error. Defaults to None (TBX11KDataset's, the shipped
+            configs').
+
+    Returns:
+        CheckReport: Every file's counts and issues.
+    """
     data_root = str(data_root)
     bbox_tolerance = check_bbox_tolerance(bbox_tolerance)
     report = CheckReport(data_root=data_root)
@@ -393,7 +458,15 @@ def _cross_split(report: CheckReport) -> None:
 
 
 def format_report(report: CheckReport, max_list: int = 20) -> str:
-    """Text report with counts per file, then errors and warnings."""
+    """Text report with counts per file, then errors and warnings.
+
+    Args:
+        report (CheckReport): The report.
+        max_list (int): Issues listed per kind. Defaults to 20.
+
+    Returns:
+        str: The text.
+    """
     root = report.data_root
     lines = [f'TBX11K data check: {root}']
     for fr in report.files:
@@ -449,7 +522,14 @@ def _tolerance_arg(text: str) -> float:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """CLI entry point: exit status 1 on errors, 0 with warnings only."""
+    """CLI entry point (tools/check_dataset.py).
+
+    Args:
+        argv (Sequence[str], optional): The arguments. Defaults to None (``sys.argv``).
+
+    Returns:
+        int: Exit status 1 on errors, 0 with warnings only.
+    """
     import argparse
     p = argparse.ArgumentParser(
         description='Validate a TBX11K-format data set: files exist and '

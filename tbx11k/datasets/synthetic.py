@@ -70,10 +70,19 @@ _SICK_FINDINGS = ('effusion', 'cardiomegaly', 'reticular', 'haze')
 # ---------------------------------------------------------------------------
 def xml_box_to_json(xml_box: Sequence[int], orig_w: int, orig_h: int,
                     size: int) -> Tuple[Optional[List[float]], int]:
-    """One VOC box (original resolution) → COCO [x, y, w, h] and area, as
+    """One VOC box (original resolution) -> COCO [x, y, w, h] and area, as
     make_json_anno.py computes them: /ratio, -1, float32, int area.
 
-    Returns (None, 0) when the converter drops it (under 1 px)."""
+    Args:
+        xml_box (Sequence[int]): ``(xmin, ymin, xmax, ymax)`` at the original resolution.
+        orig_w (int): The original width.
+        orig_h (int): The original height.
+        size (int): The released images' side.
+
+    Returns:
+        Tuple[Optional[List[float]], int]: The box and its area; ``(None, 0)`` when the
+        converter drops it (under 1 px).
+    """
     rw, rh = orig_w / size, orig_h / size
     b = [xml_box[0] / rw, xml_box[1] / rh, xml_box[2] / rw, xml_box[3] / rh]
     if b[2] - b[0] < 1 or b[3] - b[1] < 1:
@@ -107,7 +116,18 @@ def _load_xml(path: str, size: int):
 
 def convert_list(file_names: Sequence[str], xml_dir: str, size: int,
                  tb_only: bool = False) -> dict:
-    """Build the COCO dict of one list like make_json_anno.py does."""
+    """Build the COCO dict of one list like make_json_anno.py does.
+
+    Args:
+        file_names (Sequence[str]): The list's images.
+        xml_dir (str): The folder of their VOC xml files.
+        size (int): The released images' side.
+        tb_only (bool): Leave out the images without TB boxes (the TB-only jsons). Defaults
+            to False.
+
+    Returns:
+        dict: The COCO dict.
+    """
     coco = {
         'info': INFO,
         'licenses': LICENSES,
@@ -766,7 +786,14 @@ def make_synthetic_tbx11k(root: str,
 
 
 def format_summary(summary: dict) -> str:
-    """Human-readable table of :func:`make_synthetic_tbx11k`'s summary."""
+    """Human-readable table of :func:`make_synthetic_tbx11k`'s summary.
+
+    Args:
+        summary (dict): The summary.
+
+    Returns:
+        str: The table.
+    """
     lines = [
         f"synthetic TBX11K in {summary['root']} (seed {summary['seed']}, "
         f"{summary['image_size']}x{summary['image_size']})"

@@ -53,7 +53,13 @@ class Issue:
 
 
 class IssueCollector:
-    """Raises (``raise_errors=True``) or collects errors; collects warnings."""
+    """Raises (``raise_errors=True``) or collects errors; collects warnings.
+
+    Args:
+        source (str): The file the issues are about, at the start of every message.
+        raise_errors (bool): Raise at the first error instead of collecting it. Defaults to
+            True.
+    """
 
     def __init__(self, source: str, raise_errors: bool = True) -> None:
         self.source = str(source)
@@ -68,16 +74,39 @@ class IssueCollector:
 
     def error(self, kind: str, entry: Optional[str], msg: str,
               exc_type: type = TBX11KDataError) -> None:
+        """Report an error: raise it, or collect it.
+
+        Args:
+            kind (str): The kind of issue, for counts.
+            entry (str, optional): The entry it is about (see :func:`image_ref`, :func:`ann_ref`).
+            msg (str): What is wrong.
+            exc_type (type): The exception raised. Defaults to ``TBX11KDataError``.
+        """
         text = self._format(entry, msg)
         if self.raise_errors:
             raise exc_type(text)
         self.errors.append(Issue('error', kind, text))
 
     def warning(self, kind: str, entry: Optional[str], msg: str) -> None:
+        """Collect a warning.
+
+        Args:
+            kind (str): The kind of issue, for counts.
+            entry (str, optional): The entry it is about.
+            msg (str): What is wrong.
+        """
         self.warnings.append(Issue('warning', kind,
                                    self._format(entry, msg)))
 
     def count(self, level: str = 'error') -> Dict[str, int]:
+        """Issues per kind.
+
+        Args:
+            level (str): 'error' or 'warning'. Defaults to 'error'.
+
+        Returns:
+            Dict[str, int]: Kind -> count.
+        """
         out: Dict[str, int] = {}
         for issue in (self.errors if level == 'error' else self.warnings):
             out[issue.kind] = out.get(issue.kind, 0) + 1
@@ -102,9 +131,21 @@ def _as_positive_int(v: Any) -> Optional[int]:
 
 
 def check_bbox_tolerance(value: Any, name: str = 'bbox_tolerance') -> float:
-    """``value`` as a float; ValueError naming ``name`` unless it is a finite number >= 0 (NaN
-    would clip a box lying wholly outside the image to nothing and drop it silently; a negative
-    value flags boxes inside the image)."""
+    """``value`` as a float, checked.
+
+    NaN would clip a box lying wholly outside the image to nothing and drop it silently; a
+    negative value flags boxes inside the image.
+
+    Args:
+        value (Any): The tolerance.
+        name (str): The option's name, for the message. Defaults to 'bbox_tolerance'.
+
+    Returns:
+        float: The tolerance.
+
+    Raises:
+        ValueError: Naming ``name`` unless it is a finite number >= 0.
+    """
     if _is_number(value) and math.isfinite(value) and value >= 0:
         return float(value)
     raise ValueError(f'{name} must be a finite number >= 0 (pixels a box may reach outside the '
@@ -112,9 +153,18 @@ def check_bbox_tolerance(value: Any, name: str = 'bbox_tolerance') -> float:
 
 
 def norm_file_name(file_name: str, img_prefix: Optional[str] = None) -> str:
-    """A json ``file_name`` normalised for comparisons and folder counts: ``./tb/x.png`` and
-    ``tb//x.png`` -> ``tb/x.png``; an absolute one under ``img_prefix`` -> relative to it. The
-    path used to read the file stays ``img_prefix/file_name``."""
+    """A json ``file_name`` normalised for comparisons and folder counts.
+
+    ``./tb/x.png`` and ``tb//x.png`` -> ``tb/x.png``; an absolute one under ``img_prefix`` ->
+    relative to it. The path used to read the file stays ``img_prefix/file_name``.
+
+    Args:
+        file_name (str): The json ``file_name``.
+        img_prefix (str, optional): The image folder. Defaults to None.
+
+    Returns:
+        str: The normalised name.
+    """
     name = posixpath.normpath(file_name)
     if posixpath.isabs(name) and img_prefix:
         prefix = posixpath.normpath(osp.abspath(img_prefix))
@@ -124,9 +174,16 @@ def norm_file_name(file_name: str, img_prefix: Optional[str] = None) -> str:
 
 
 def image_folder(file_name: str, img_prefix: Optional[str] = None) -> str:
-    """Top folder of a json ``file_name`` under the image root (see :func:`norm_file_name`):
-    'tb' for ``./tb/x.png``; '.' for a file directly in it; the folder of an absolute
-    ``file_name`` outside it."""
+    """Top folder of a json ``file_name`` under the image root (see :func:`norm_file_name`).
+
+    Args:
+        file_name (str): The json ``file_name``.
+        img_prefix (str, optional): The image folder. Defaults to None.
+
+    Returns:
+        str: 'tb' for ``./tb/x.png``; '.' for a file directly in it; the folder of an absolute
+        ``file_name`` outside it.
+    """
     name = norm_file_name(file_name, img_prefix)
     if posixpath.isabs(name):
         return posixpath.dirname(name)
@@ -134,7 +191,15 @@ def image_folder(file_name: str, img_prefix: Optional[str] = None) -> str:
 
 
 def image_ref(img: Any, index: Optional[int] = None) -> str:
-    """Human-readable reference to an image entry."""
+    """Human-readable reference to an image entry.
+
+    Args:
+        img (Any): The entry.
+        index (int, optional): Its position in ``images``. Defaults to None.
+
+    Returns:
+        str: The reference.
+    """
     if not isinstance(img, dict):
         return f'images[{index}]'
     parts = []
@@ -149,7 +214,17 @@ def image_ref(img: Any, index: Optional[int] = None) -> str:
 
 def ann_ref(ann: Any, index: Optional[int] = None,
             images_by_id: Optional[Dict[int, dict]] = None) -> str:
-    """Human-readable reference to an annotation entry."""
+    """Human-readable reference to an annotation entry.
+
+    Args:
+        ann (Any): The entry.
+        index (int, optional): Its position in ``annotations``. Defaults to None.
+        images_by_id (Dict[int, dict], optional): The image entries by id, to name the image.
+            Defaults to None.
+
+    Returns:
+        str: The reference.
+    """
     if not isinstance(ann, dict) or 'id' not in ann:
         ref = f'annotations[{index}]'
     else:
@@ -165,8 +240,19 @@ def ann_ref(ann: Any, index: Optional[int] = None,
 
 
 def read_json(path: str, backend_args: Optional[dict] = None) -> Any:
-    """Read a json file; raise :class:`TBX11KDataError` naming it if it is
-    missing, unreadable or not valid JSON (e.g. truncated)."""
+    """Read a json file.
+
+    Args:
+        path (str): The file.
+        backend_args (dict, optional): mmengine file backend arguments. Defaults to None.
+
+    Returns:
+        Any: The parsed content.
+
+    Raises:
+        TBX11KDataError: Naming the file if it is missing, unreadable or not valid JSON (e.g.
+            truncated).
+    """
     path = str(path)
     try:
         if backend_args is None:
@@ -275,8 +361,18 @@ def read_image_header(path: str,
 
     PNG (the TBX11K format): its first 26 bytes. Other formats: Pillow, which reads the header
     only; a JPEG's EXIF orientation 5-8 swaps width and height, as cv2 (mmcv's loader) rotates
-    such images when decoding. Raises :class:`TBX11KDataError` naming ``path`` when the file is
-    empty or not an image Pillow knows, :class:`TBX11KMissingFileError` when it is missing.
+    such images when decoding.
+
+    Args:
+        path (str): The image file.
+        backend_args (dict, optional): mmengine file backend arguments. Defaults to None.
+
+    Returns:
+        ImageHeader: Width, height, bit depth and EXIF orientation.
+
+    Raises:
+        TBX11KDataError: Naming ``path`` when the file is empty or not an image Pillow knows.
+        TBX11KMissingFileError: When it is missing.
     """
     import io
     path = str(path)
@@ -322,7 +418,15 @@ def read_image_header(path: str,
 
 
 def exif_oriented_warning(where: str, oriented: Sequence[str]) -> str:
-    """The warning for JPEGs whose EXIF orientation makes cv2 (mmcv) rotate or flip them."""
+    """The warning for JPEGs whose EXIF orientation makes cv2 (mmcv) rotate or flip them.
+
+    Args:
+        where (str): The json or folder, for the message.
+        oriented (Sequence[str]): The files.
+
+    Returns:
+        str: The warning.
+    """
     return (f'{where}: {len(oriented)} JPEG images carry an EXIF orientation other than 1 (e.g. '
             f'{oriented[0]}): mmcv decodes them rotated or flipped accordingly, so their boxes '
             'must be in that frame. The size check catches a 90-degree turn of a non-square '
@@ -330,7 +434,15 @@ def exif_oriented_warning(where: str, oriented: Sequence[str]) -> str:
 
 
 def deep_images_warning(where: str, deep_images: Sequence[str]) -> str:
-    """The warning for images of more than 8 bits per sample (dataset, check tool, infer)."""
+    """The warning for images of more than 8 bits per sample (dataset, check tool, infer).
+
+    Args:
+        where (str): The json or folder, for the message.
+        deep_images (Sequence[str]): The files.
+
+    Returns:
+        str: The warning.
+    """
     return (f'{where}: {len(deep_images)} images have more than 8 bits per sample (e.g. '
             f'{deep_images[0]}): mmcv loads them as 8-bit by dividing by 256, so a 12-bit film '
             'stored in 16 bits loads nearly black. Convert them to 8-bit, scaled to their own '
@@ -395,7 +507,17 @@ def resolve_class_ids(classes: Any, categories: List[dict],
 def background_only_warning(where: str, classes: Sequence[str], num_images: int,
                             num_boxes: int) -> Optional[str]:
     """The warning for a training set with images but no box of ``classes`` (dataset, check
-    tool); None when there is a box or no image."""
+    tool).
+
+    Args:
+        where (str): The json, for the message.
+        classes (Sequence[str]): The classes trained.
+        num_images (int): Images in the set.
+        num_boxes (int): Boxes of ``classes`` in the set.
+
+    Returns:
+        str | None: The warning, None when there is a box or no image.
+    """
     if not num_images or num_boxes:
         return None
     return (f'{where}: no box of the classes {tuple(classes)} in this training set: the detector '
@@ -681,7 +803,15 @@ def validate_coco(data: Any,
 
 
 def summarize_ids(ids: List[Any], limit: int = 5) -> str:
-    """'3, 7, 9 and 12 more' style list for log messages."""
+    """'3, 7, 9 and 12 more' style list for log messages.
+
+    Args:
+        ids (List[Any]): The ids.
+        limit (int): Ids named before "and N more". Defaults to 5.
+
+    Returns:
+        str: The list.
+    """
     shown = ', '.join(str(i) for i in ids[:limit])
     if len(ids) > limit:
         shown += f' and {len(ids) - limit} more'

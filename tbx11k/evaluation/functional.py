@@ -34,6 +34,12 @@ class FastCOCOeval(COCOeval):
     """
 
     def accumulate(self, p=None):
+        """pycocotools' ``accumulate``, vectorised (see the class docstring).
+
+        Args:
+            p (Params, optional): Evaluation params; anything but None falls back to pycocotools.
+                Defaults to None.
+        """
         if p is not None or not self.params.useCats:
             return super().accumulate(p)
         p = self.params
@@ -109,13 +115,29 @@ class FastCOCOeval(COCOeval):
 
 
 def quiet(fn, *args, **kwargs):
-    """Call ``fn`` with pycocotools' prints swallowed."""
+    """Call ``fn`` with pycocotools' prints swallowed.
+
+    Args:
+        fn (Callable): The function.
+        *args: Its positional arguments.
+        **kwargs: Its keyword arguments.
+
+    Returns:
+        Any: What ``fn`` returns.
+    """
     with contextlib.redirect_stdout(io.StringIO()):
         return fn(*args, **kwargs)
 
 
 def coco_from_dict(dataset: dict) -> COCO:
-    """Build a pycocotools ``COCO`` from an in-memory dict (no file I/O)."""
+    """Build a pycocotools ``COCO`` from an in-memory dict (no file I/O).
+
+    Args:
+        dataset (dict): A COCO-format dict.
+
+    Returns:
+        COCO: The indexed dataset.
+    """
     coco = COCO()
     coco.dataset = dataset
     quiet(coco.createIndex)
@@ -131,6 +153,14 @@ def topk_per_group(group: np.ndarray, scores: np.ndarray,
     group, then by descending score, then by input position, so feeding
     them to COCOeval keeps exactly the detections and the order that
     COCOeval would have kept from the untruncated list.
+
+    Args:
+        group (np.ndarray): Each item's group.
+        scores (np.ndarray): Each item's score.
+        k (int): Items kept per group.
+
+    Returns:
+        np.ndarray: The kept indices.
     """
     if group.size == 0:
         return np.zeros(0, dtype=np.int64)
@@ -150,6 +180,15 @@ def dets_to_coco_anns(img_ids: np.ndarray, cat_ids: np.ndarray,
     ``loadRes`` sets ``area = w * h``, ``id = position + 1`` and
     ``iscrowd = 0``; the polygon it adds for bbox results is not used by
     bbox evaluation and is omitted.
+
+    Args:
+        img_ids (np.ndarray): Each detection's image id.
+        cat_ids (np.ndarray): Each detection's category id.
+        boxes_xyxy (np.ndarray): ``(N, 4)`` boxes.
+        scores (np.ndarray): Each detection's score.
+
+    Returns:
+        List[dict]: The annotations.
     """
     b = boxes_xyxy.astype(np.float64)
     xywh = np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1)
@@ -178,6 +217,17 @@ def run_cocoeval(coco_gt: COCO, coco_dt: COCO, cat_ids: Sequence[int],
     are then identical to pycocotools' figures of a default run at that
     ``m`` (pycocotools evaluates every area range independently and each
     maxDet by truncation of the same score-sorted lists).
+
+    Args:
+        coco_gt (COCO): The ground truth.
+        coco_dt (COCO): The detections.
+        cat_ids (Sequence[int]): The categories evaluated.
+        img_ids (Sequence[int]): The images evaluated.
+        max_dets (int | Sequence[int]): Detections per image: one value, or an increasing
+            sequence.
+
+    Returns:
+        FastCOCOeval: The evaluated and accumulated COCOeval.
     """
     ev = FastCOCOeval(coco_gt, coco_dt, 'bbox')
     ev.params.catIds = list(cat_ids)
@@ -199,6 +249,13 @@ def subset_cocoeval(ev: FastCOCOeval,
     fresh COCOeval run with ``params.imgIds = img_ids``; only the
     accumulation is repeated. Image order is the sorted order pycocotools
     uses, which also keeps its tie-breaking in the score sort identical.
+
+    Args:
+        ev (FastCOCOeval): An evaluated COCOeval.
+        img_ids (Sequence[int]): The subset's images.
+
+    Returns:
+        FastCOCOeval: A COCOeval accumulated on the subset.
     """
     pe = ev._paramsEval
     sub_ids = [i for i in np.unique(np.asarray(img_ids, dtype=np.int64))]
@@ -232,6 +289,16 @@ def ap_from_precision(precision: np.ndarray,
     truth are -1 everywhere and therefore left out, never averaged in);
     ``None`` when nothing is left (pycocotools would print -1). ``m`` is the
     index of the maxDets entry (default: the last).
+
+    Args:
+        precision (np.ndarray): ``eval['precision']``.
+        iou_thrs (np.ndarray): The IoU thresholds of its first axis.
+        iou (float, optional): One IoU threshold; None averages them all. Defaults to None.
+        k (int, optional): One category index; None averages them all. Defaults to None.
+        m (int): The index of the maxDets entry. Defaults to -1 (the last).
+
+    Returns:
+        float | None: The AP, None when nothing is left (pycocotools would print -1).
     """
     s = precision
     if iou is not None:
@@ -247,7 +314,15 @@ def ap_from_precision(precision: np.ndarray,
 # FROC
 # --------------------------------------------------------------------------
 def box_iou_xyxy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix (len(a), len(b)); areas are w*h as in pycocotools."""
+    """IoU matrix; areas are w*h as in pycocotools.
+
+    Args:
+        a (np.ndarray): ``(N, 4)`` boxes.
+        b (np.ndarray): ``(M, 4)`` boxes.
+
+    Returns:
+        np.ndarray: ``(N, M)`` IoUs.
+    """
     a = a.astype(np.float64)
     b = b.astype(np.float64)
     iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(
@@ -299,6 +374,17 @@ def greedy_match(pred_img: np.ndarray,
     input order, as pycocotools' ``evaluateImg`` does (it keeps a later box
     whose IoU is not below the best so far). Every other prediction,
     including a second hit on an already matched box, is a false positive.
+
+    Args:
+        pred_img (np.ndarray): Each prediction's image.
+        pred_boxes (np.ndarray): ``(N, 4)`` predicted boxes.
+        pred_scores (np.ndarray): Their scores.
+        gt_img (np.ndarray): Each GT box's image.
+        gt_boxes (np.ndarray): ``(M, 4)`` GT boxes.
+        iou_thr (float): The IoU of a hit. Defaults to 0.5.
+
+    Returns:
+        np.ndarray: ``(N,)`` bool, True for a hit.
     """
     hit = np.zeros(pred_img.shape[0], dtype=bool)
     if gt_img.size == 0 or pred_img.size == 0:
@@ -339,9 +425,17 @@ def froc_curve(scores: np.ndarray, hit: np.ndarray, num_gt: int,
                                          np.ndarray]:
     """Operating points of a FROC curve.
 
-    Returns (fppi, sensitivity, thresholds): one point per distinct score
-    (keeping every prediction with score >= threshold; tied scores cannot
-    be separated), preceded by the empty operating point (0, 0, +inf).
+    One point per distinct score (keeping every prediction with score >= threshold; tied scores
+    cannot be separated), preceded by the empty operating point (0, 0, +inf).
+
+    Args:
+        scores (np.ndarray): Each prediction's score.
+        hit (np.ndarray): Each prediction's hit flag (:func:`greedy_match`).
+        num_gt (int): GT boxes.
+        num_images (int): Images.
+
+    Returns:
+        Tuple[np.ndarray, np.ndarray, np.ndarray]: ``(fppi, sensitivity, thresholds)``.
     """
     order = np.argsort(-scores.astype(np.float64), kind='mergesort')
     s = scores[order].astype(np.float64)
@@ -358,8 +452,17 @@ def froc_curve(scores: np.ndarray, hit: np.ndarray, num_gt: int,
 
 def froc_at(fppi: np.ndarray, sens: np.ndarray,
             rates: Sequence[float] = FROC_FPPI) -> List[float]:
-    """Highest sensitivity reached at an average number of false
-    positives per image <= each rate (no interpolation)."""
+    """Highest sensitivity reached at an average number of false positives per image <= each
+    rate (no interpolation).
+
+    Args:
+        fppi (np.ndarray): The curve's false positives per image.
+        sens (np.ndarray): The curve's sensitivities.
+        rates (Sequence[float]): The rates. Defaults to ``FROC_FPPI``.
+
+    Returns:
+        List[float]: One sensitivity per rate.
+    """
     out = []
     for r in rates:
         ok = fppi <= r + 1e-12
@@ -371,7 +474,14 @@ def froc_at(fppi: np.ndarray, sens: np.ndarray,
 # image-level classification
 # --------------------------------------------------------------------------
 def rank_average(x: np.ndarray) -> np.ndarray:
-    """1-based ranks, ties get the average of the ranks they span."""
+    """1-based ranks, ties get the average of the ranks they span.
+
+    Args:
+        x (np.ndarray): The values.
+
+    Returns:
+        np.ndarray: Their ranks.
+    """
     _, inv, counts = np.unique(x, return_inverse=True, return_counts=True)
     ends = np.cumsum(counts).astype(np.float64)
     return ((ends - counts + 1 + ends) / 2.0)[inv.reshape(-1)]
@@ -381,8 +491,14 @@ def auc_mann_whitney(scores: np.ndarray,
                      labels: np.ndarray) -> Optional[float]:
     """ROC AUC = P(s_pos > s_neg) + 0.5 P(s_pos == s_neg).
 
-    Mann-Whitney U with average ranks for ties; ``None`` when one of the
-    two classes is absent.
+    Mann-Whitney U with average ranks for ties.
+
+    Args:
+        scores (np.ndarray): Each image's score.
+        labels (np.ndarray): Each image's label (1 positive).
+
+    Returns:
+        float | None: The AUC, None when one of the two classes is absent.
     """
     labels = labels.astype(bool)
     n_pos = int(labels.sum())
@@ -397,7 +513,16 @@ def auc_mann_whitney(scores: np.ndarray,
 def binary_stats(scores: np.ndarray, labels: np.ndarray,
                  thr: float) -> Dict[str, Optional[float]]:
     """Sensitivity, specificity and binary accuracy (TB vs non-TB, two
-    classes) for "TB iff score >= thr"."""
+    classes) for "TB iff score >= thr".
+
+    Args:
+        scores (np.ndarray): Each image's score.
+        labels (np.ndarray): Each image's label (1 TB).
+        thr (float): The threshold.
+
+    Returns:
+        Dict[str, Optional[float]]: The statistics (None where undefined).
+    """
     labels = labels.astype(bool)
     pred = scores >= thr
     tp = int(np.sum(pred & labels))
@@ -421,6 +546,13 @@ def youden_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
     Candidates are the distinct image scores (rule "TB iff score >= t")
     plus one just above the highest score ("nothing is TB"); among equal J
     the highest threshold wins (fewest positive calls).
+
+    Args:
+        scores (np.ndarray): Each image's score.
+        labels (np.ndarray): Each image's label (1 TB).
+
+    Returns:
+        float: The threshold.
     """
     labels = labels.astype(bool)
     s = scores.astype(np.float64)
@@ -441,7 +573,16 @@ def youden_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
 
 def image_scores(pred_img_pos: np.ndarray, pred_scores: np.ndarray,
                  num_images: int) -> np.ndarray:
-    """Highest prediction score per image, 0 for images without any."""
+    """Highest prediction score per image, 0 for images without any.
+
+    Args:
+        pred_img_pos (np.ndarray): Each prediction's image position.
+        pred_scores (np.ndarray): Each prediction's score.
+        num_images (int): Images.
+
+    Returns:
+        np.ndarray: ``(num_images,)`` scores.
+    """
     out = np.zeros(num_images, dtype=np.float64)
     if pred_img_pos.size:
         np.maximum.at(out, pred_img_pos, pred_scores.astype(np.float64))

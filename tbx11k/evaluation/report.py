@@ -11,16 +11,40 @@ import numpy as np
 
 
 def pct(v: Optional[float], nd: int = 1) -> str:
-    """A fraction as a percentage string, ``n/a`` for None."""
+    """A fraction as a percentage string, ``n/a`` for None.
+
+    Args:
+        v (float, optional): The fraction.
+        nd (int): Decimals. Defaults to 1.
+
+    Returns:
+        str: The percentage.
+    """
     return 'n/a' if v is None else f'{100.0 * v:.{nd}f}'
 
 
 def num(v: Optional[float], nd: int = 3) -> str:
+    """A number as a string, ``n/a`` for None.
+
+    Args:
+        v (float, optional): The number.
+        nd (int): Decimals. Defaults to 3.
+
+    Returns:
+        str: The number.
+    """
     return 'n/a' if v is None else f'{v:.{nd}f}'
 
 
 def detection_rows(report: dict) -> List[List[str]]:
-    """Rows ``name, ALL AP50, ALL AP, TB-only AP50, TB-only AP``."""
+    """Rows ``name, ALL AP50, ALL AP, TB-only AP50, TB-only AP``.
+
+    Args:
+        report (dict): The metric's report (see :class:`~tbx11k.evaluation.TBX11KMetric`).
+
+    Returns:
+        List[List[str]]: The rows.
+    """
     m = report['metrics']
     rows = [[
         'Category-agnostic TB',
@@ -64,7 +88,14 @@ def max_dets_text(report: dict) -> str:
 
 
 def log_tables(report: dict) -> str:
-    """Plain-text tables for the log."""
+    """Plain-text tables for the log.
+
+    Args:
+        report (dict): The metric's report (see :class:`~tbx11k.evaluation.TBX11KMetric`).
+
+    Returns:
+        str: The tables.
+    """
     from terminaltables import AsciiTable
     c = report['classification']
     fr = report['froc']
@@ -93,7 +124,14 @@ def log_tables(report: dict) -> str:
 
 
 def markdown(report: dict) -> str:
-    """The ``metrics.md`` summary."""
+    """The ``metrics.md`` summary.
+
+    Args:
+        report (dict): The metric's report (see :class:`~tbx11k.evaluation.TBX11KMetric`).
+
+    Returns:
+        str: The markdown text.
+    """
     c = report['classification']
     fr = report['froc']
     out = ['# TBX11K evaluation', '']
@@ -148,6 +186,14 @@ def _canvas(w=6.0, h=4.5):
 
 def plot_froc(path: str, curve_fppi: np.ndarray, curve_sens: np.ndarray,
               report: dict) -> None:
+    """Plot the FROC curve and the reported operating points to ``path``.
+
+    Args:
+        path (str): The PNG file.
+        curve_fppi (np.ndarray): The curve's false positives per image.
+        curve_sens (np.ndarray): The curve's sensitivities.
+        report (dict): The metric's report (see :class:`~tbx11k.evaluation.TBX11KMetric`).
+    """
     fr = report['froc']
     fig, ax = _canvas()
     lo = min(fr['fppi']) / 2
@@ -169,7 +215,13 @@ def plot_froc(path: str, curve_fppi: np.ndarray, curve_sens: np.ndarray,
 
 
 def plot_pr(path: str, rec_thrs: np.ndarray, curves: List[tuple]) -> None:
-    """``curves``: (label, precision array over rec_thrs or None, AP50)."""
+    """Plot precision-recall curves to ``path``.
+
+    Args:
+        path (str): The PNG file.
+        rec_thrs (np.ndarray): The recall thresholds.
+        curves (List[tuple]): ``(label, precision array over rec_thrs or None, AP50)``.
+    """
     fig, ax = _canvas()
     for label, prec, ap50 in curves:
         if prec is None:
@@ -263,6 +315,17 @@ def plot_score_hist(path: str, scores: np.ndarray, labels: np.ndarray,
 
 
 def write_plots(out_dir: str, report: dict, curves: dict) -> List[str]:
+    """Write ``froc.png``, ``pr_curves.png`` and ``score_hist.png`` to ``out_dir``.
+
+    Args:
+        out_dir (str): The folder.
+        report (dict): The metric's report (see :class:`~tbx11k.evaluation.TBX11KMetric`).
+        curves (dict): The curves (``froc_fppi``, ``froc_sens``, ``rec_thrs``, ``pr``,
+            ``img_scores``, ``img_labels``).
+
+    Returns:
+        List[str]: The PNG files.
+    """
     paths = [
         osp.join(out_dir, 'froc.png'),
         osp.join(out_dir, 'pr_curves.png'),

@@ -87,6 +87,14 @@ def _crowd_ignored(pred_img: np.ndarray, pred_boxes: np.ndarray,
 
 
 def short_name(name: str) -> str:
+    """The short name of a class in tables and plots.
+
+    Args:
+        name (str): The class name.
+
+    Returns:
+        str: Its short name (``SHORT_NAMES``), else its letters and digits.
+    """
     return SHORT_NAMES.get(name, ''.join(ch for ch in name if ch.isalnum()))
 
 

@@ -200,12 +200,23 @@ class BatchedLossDINOHead(DINOHead):
     def image_match_costs(self, cls_scores: Tensor, bbox_preds: Tensor, factor: Tensor,
                           gt_labels: Tensor, gt_bboxes: Tensor, img_h: int,
                           img_w: int) -> Tensor:
-        """``HungarianAssigner``'s cost matrix of one image, flattened: the sum of the configured
-        match costs (called unchanged) of the (num_preds, ) predictions (logits, normalised cxcywh
-        boxes; ``factor`` is ``[img_w, img_h, img_w, img_h]``) against the image's GT boxes.
+        """``HungarianAssigner``'s cost matrix of one image, flattened.
 
-        Tensor operations only: ``model.torch_compile`` compiles it (part 'losses'; the image
-        size is an argument, so it becomes dynamic after one recompilation).
+        The sum of the configured match costs (called unchanged) of the predictions against the
+        image's GT boxes. Tensor operations only: ``model.torch_compile`` compiles it (part
+        'losses'; the image size is an argument, so it becomes dynamic after one recompilation).
+
+        Args:
+            cls_scores (Tensor): ``(num_preds, num_classes)`` logits.
+            bbox_preds (Tensor): ``(num_preds, 4)`` normalised cxcywh boxes.
+            factor (Tensor): ``[img_w, img_h, img_w, img_h]``.
+            gt_labels (Tensor): ``(num_gts, )`` labels.
+            gt_bboxes (Tensor): ``(num_gts, 4)`` xyxy boxes in pixels.
+            img_h (int): The image height.
+            img_w (int): The image width.
+
+        Returns:
+            Tensor: The flattened ``(num_preds * num_gts, )`` costs.
         """
         # as DETRHead._get_targets_single: normalised cxcywh -> absolute xyxy
         boxes = bbox_cxcywh_to_xyxy(bbox_preds) * factor.to(bbox_preds.dtype)
@@ -316,14 +327,31 @@ class BatchedLossDINOHead(DINOHead):
                    pos: Tensor, gt_labels: Tensor, gt_bboxes: Tensor, factors: Tensor,
                    norm_cls: Tensor, norm_pos: Tensor, num_dn: int, match_count: int
                    ) -> Tuple[Tensor, Tensor, Tensor]:
-        """Every loss term from the matched positives: the classification, L1 and GIoU losses
-        per set, each (num_sets, ) (decoder layers, the encoder if any, then the decoder layers'
-        denoising queries), each divided by its normaliser.
+        """Every loss term from the matched positives.
 
-        Tensor operations only (no host reads, no matching): ``model.torch_compile`` compiles it
-        (part 'losses'). ``pos`` is (3, num_pos) ``(row, gt, image)`` of every positive: rows
-        index ``[all_layers (L, bs, Q), enc (bs, Q - num_dn)]``, the ``match_count`` positives of
-        each matching set first, then the denoising ones (the same number per layer).
+        The classification, L1 and GIoU losses per set, each (num_sets, ) (decoder layers, the
+        encoder if any, then the decoder layers' denoising queries), each divided by its
+        normaliser. Tensor operations only (no host reads, no matching): ``model.torch_compile``
+        compiles it (part 'losses').
+
+        Args:
+            all_layers_cls_scores (Tensor): ``(L, bs, Q, num_classes)`` decoder logits.
+            all_layers_bbox_preds (Tensor): ``(L, bs, Q, 4)`` decoder boxes.
+            enc_cls_scores (Tensor, optional): The encoder's proposal logits.
+            enc_bbox_preds (Tensor, optional): The encoder's proposal boxes.
+            pos (Tensor): ``(3, num_pos)`` ``(row, gt, image)`` of every positive: rows index
+                ``[all_layers (L, bs, Q), enc (bs, Q - num_dn)]``, the ``match_count`` positives
+                of each matching set first, then the denoising ones (the same number per layer).
+            gt_labels (Tensor): The batch's GT labels, concatenated.
+            gt_bboxes (Tensor): The batch's GT boxes, concatenated.
+            factors (Tensor): ``(bs, 4)`` ``[img_w, img_h, img_w, img_h]``.
+            norm_cls (Tensor): ``(num_sets, )`` normalisers of the classification losses.
+            norm_pos (Tensor): ``(num_sets, )`` normalisers of the box losses.
+            num_dn (int): Denoising queries per image.
+            match_count (int): Positives of each matching set.
+
+        Returns:
+            Tuple[Tensor, Tensor, Tensor]: The classification, L1 and GIoU losses per set.
         """
         num_layers, num_imgs, num_total_queries, channels = all_layers_cls_scores.shape
         with_enc = enc_cls_scores is not None
