@@ -5,7 +5,7 @@ PYTHON_VENV := .venv/bin/python
 WHEELHOUSE ?=
 export WHEELHOUSE
 
-.PHONY: setup demo lint test bench clean-demo
+.PHONY: setup demo lint test test-quick bench clean-demo
 
 .venv/.installed: tools/misc/setup_env.sh requirements.txt pyproject.toml
 	bash tools/misc/setup_env.sh
@@ -21,6 +21,11 @@ lint: .venv/.installed
 
 test: lint
 	$(PYTHON_VENV) -m pytest -q
+
+# The edit loop: every test but those marked slow (trainings, tool subprocesses, signal, kill -9
+# and Slurm trials); CI runs the whole suite (`make test`).
+test-quick: .venv/.installed
+	$(PYTHON_VENV) -m pytest -q -m "not slow"
 
 bench: .venv/.installed
 	$(PYTHON_VENV) tools/analysis_tools/benchmark.py configs/dino_tbx11k_tiny_1gpu.py

@@ -51,3 +51,23 @@ def small_training_root(tmp_path_factory):
     make_synthetic_tbx11k(root, num_train=9, num_val=2, num_test=1, num_extra=0, seed=1,
                           image_size=128)
     return str(root)
+
+
+# ---- the `slow` marker (pyproject): `make test-quick` runs `pytest -m "not slow"` -------------
+# A test that uses one of these fixtures (directly or through another fixture) trains a model or
+# launches tools in subprocesses; tests that launch processes themselves carry the mark.
+SLOW_FIXTURES = frozenset({
+    'reference_run', 'interrupted_run', 'ddp_reference', 'nan_run',  # tests/engine trainings
+    'converted_tiny', 'tiny_run', 'trained',  # tests/tools: CLI runs
+    'slurm_cluster',  # tests/slurm: jobs on a real (local) Slurm
+    'runs',  # tests/engine/test_equivalence.py: the trainings of every split
+})
+# Modules that are slow as a whole (their trainings live in module fixtures).
+SLOW_MODULES = frozenset({'test_equivalence.py', 'test_slurm_training.py'})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if (SLOW_FIXTURES.intersection(getattr(item, 'fixturenames', ()))
+                or item.path.name in SLOW_MODULES):
+            item.add_marker(pytest.mark.slow)

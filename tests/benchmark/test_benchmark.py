@@ -63,6 +63,7 @@ def check_report(report):
     assert report['targets']['applies'] is False  # not an H100
 
 
+@pytest.mark.slow
 def test_ours_only_with_inference(tmp_path, synthetic_root):
     report, stdout = bench(tmp_path, synthetic_root, '--no-stock', '--infer', '--profile',
                            '--infer-batch-size', '2')
@@ -87,6 +88,7 @@ def test_ours_only_with_inference(tmp_path, synthetic_root):
     assert 'img/s' in stdout and 'ours_infer' in stdout
 
 
+@pytest.mark.slow
 def test_beside_stock_with_batch2(tmp_path, synthetic_root):
     report, stdout = bench(tmp_path, synthetic_root, '--batch2', '--variants', 'amp_bf16')
     check_report(report)

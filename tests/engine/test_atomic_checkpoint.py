@@ -131,6 +131,7 @@ def test_keep_last_n_and_preemption_checkpoints(tmp_path):
     assert runner.message_hub.get_info(PREEMPTION_CHECKPOINTS) == []
 
 
+@pytest.mark.slow
 def test_kill_9_during_checkpoint_writes(tmp_path):
     atomic = kill_trials(tmp_path / 'atomic', KILL_TRIALS, seed=1)
     for trial in atomic:

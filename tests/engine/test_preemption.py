@@ -14,6 +14,8 @@ import signal
 import sys
 import time
 
+import pytest
+
 from tbx11k.engine.exit_codes import EXIT_PREEMPTED
 from tbx11k.engine.hooks.preemption import PreemptionCheckpointHook
 from tbx11k.engine.stopping import stop_request
@@ -119,6 +121,7 @@ def _start_until_it_handles(work_dir, training_root, signum: int) -> TrainProces
     return proc
 
 
+@pytest.mark.slow
 def test_signal_during_imports_exits_75_without_checkpoint(tmp_path, training_root):
     """SIGUSR1 while tools/train.py is still importing: recorded from its first line, adopted by
     the hook, status 75 (Slurm job chains requeue), not death by the default action."""
@@ -133,6 +136,7 @@ def test_signal_during_imports_exits_75_without_checkpoint(tmp_path, training_ro
     assert not glob.glob(str(work_dir / '*.pth'))
 
 
+@pytest.mark.slow
 def test_the_same_signal_twice_while_starting_terminates(tmp_path, training_root):
     """A hung start-up (e.g. a rendezvous that never completes) stays terminable: the second
     SIGTERM while starting takes its default action."""
@@ -145,6 +149,7 @@ def test_the_same_signal_twice_while_starting_terminates(tmp_path, training_root
     assert 'SIGTERM received while starting' in proc.text()
 
 
+@pytest.mark.slow
 def test_dist_train_sh_forwards_signals_and_exits_75(ddp_reference, training_root, tmp_path):
     """SIGUSR1 to tools/dist_train.sh reaches the ranks (not torch.distributed.run, which would
     kill them 30 s later); the script exits 75, not the launcher's 1; resuming through it ends

@@ -4,12 +4,15 @@ import json
 import os.path as osp
 import sys
 
+import pytest
+
 from tbx11k.benchmark.op_count import PHASES, SYNC_KINDS
 from tbx11k.testing import REPO_ROOT, TINY_1GPU, run
 
 COUNT_OPS = osp.join(REPO_ROOT, 'tools', 'analysis_tools', 'count_ops.py')
 
 
+@pytest.mark.slow
 def test_counts_of_stock_mmdet_the_stock_head_and_the_batched_head(tmp_path, synthetic_root):
     reports = {}
     for name, model, head, options in (
@@ -74,6 +77,7 @@ def test_counts_of_stock_mmdet_the_stock_head_and_the_batched_head(tmp_path, syn
     assert optimizers['mmdet']['launching_ops'] > 5 * optimizers['mmdet']['param_groups']
 
 
+@pytest.mark.slow
 def test_launches_of_stock_mmdet_and_ours(tmp_path, synthetic_root):
     """--launches: the kernel launches a GPU would see, the deformable attention as mmcv's CUDA
     kernel (tiny config: 3 attention modules x (2 forward + 4 backward) launches)."""

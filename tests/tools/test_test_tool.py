@@ -42,6 +42,7 @@ def coco_ap_all_true_positives(found, total):
     return sum(1 for t in range(101) if t / 100 <= found / total + 1e-12) / 101
 
 
+@pytest.mark.slow
 def test_metrics_equal_the_hand_computed_ap(oracle, tmp_path, training_root):
     config, checkpoint, val, skipped_id = oracle
     proc = run([sys.executable, osp.join(REPO_ROOT, 'tools', 'test.py'), str(config),
@@ -64,6 +65,7 @@ def test_metrics_equal_the_hand_computed_ap(oracle, tmp_path, training_root):
     assert 'model weights (the checkpoint has no EMA)' in log
 
 
+@pytest.mark.slow
 def test_show_dir_drawings_keep_the_folders_of_films_of_the_same_name(oracle, tmp_path,
                                                                       training_root):
     """mmdet names --show-dir drawings by basename: a film named like one in another folder
@@ -272,6 +274,7 @@ def test_bare_state_dict_and_raw_weights_are_written_as_checkpoints(tmp_path):
     assert tool.weights_to_load(str(full), 'ema', str(tmp_path / 'w'))[0] == str(full)
 
 
+@pytest.mark.slow
 def test_raw_weights_written_by_two_ranks_at_once(tmp_path):
     """Every rank of `dist_test.sh ... --weights raw` writes WORK_DIR/raw_weights.pth: one shared
     temporary name made one rank's rename fail (FileNotFoundError)."""
@@ -299,6 +302,7 @@ def test_raw_weights_written_by_two_ranks_at_once(tmp_path):
     assert not list((tmp_path / 'w').glob('*.tmp'))
 
 
+@pytest.mark.slow
 def test_list_of_metrics_and_a_bare_state_dict_end_to_end(oracle, tmp_path, training_root):
     """test.py with a list of test metrics (TBX11K + COCO) and a checkpoint that is a bare state
     dict: both crashed (AttributeError on the list; KeyError 'state_dict' in the EMAHook)."""

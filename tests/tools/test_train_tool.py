@@ -193,6 +193,7 @@ def test_checkpoint_of_other_effective_batch_is_refused(trained, tmp_path, train
             'effective_batch_size=2') in proc.stdout
 
 
+@pytest.mark.slow
 def test_2gpu_config_on_one_process_is_refused(tmp_path, training_root):
     """The refusal named configs/*_1gpu.py, not the config that fits this launch."""
     proc = run(train_command(TINY_2GPU, str(tmp_path), 1, training_root, OPTIONS), check=False)
@@ -252,6 +253,7 @@ def test_world_size_that_does_not_divide_the_effective_batch_is_refused_first(
      '1 process(es) x 2 image cannot split it into whole accumulation steps. World sizes that '
      'fit: none: effective_batch_size=3 is not a multiple of train_dataloader.batch_size=2'),
 ])
+@pytest.mark.slow
 def test_impossible_layout_settings_exit_5_with_a_message(tmp_path, training_root, options, says):
     """They ended in bare ValueError tracebacks (exit 1)."""
     proc = run(train_command(TINY_1GPU, str(tmp_path), 1, training_root, {**OPTIONS, **options}),
@@ -328,6 +330,7 @@ def test_backbone_checkpoint_option_and_the_hub_cache_need_no_network(tmp_path, 
             dict(type='Pretrained', checkpoint=str(empty))])))
 
 
+@pytest.mark.slow
 def test_missing_data_root_says_how_to_get_data(tmp_path):
     proc = run(train_command(TINY_1GPU, str(tmp_path), 1, str(tmp_path / 'nowhere')), check=False)
     assert proc.returncode != 0
@@ -365,6 +368,7 @@ def test_auto_scale_lr_flag_gives_both_configs_the_same_lr():
     assert lrs == [pytest.approx(1e-4)] * 2
 
 
+@pytest.mark.slow
 def test_dist_train_sh_runs_two_gloo_processes(tmp_path, training_root):
     import sys
 
