@@ -2,10 +2,9 @@
 it runs (exit 8), and the job chain stops instead of requeueing (real local Slurm)."""
 import os.path as osp
 
-from slurm_test_helpers import JOB_PREFIX, SBATCH_1GPU, job_env, sessions, wait_job_end
-
 from tbx11k.testing import TINY_1GPU
 from tbx11k.testing.checkpoint_payloads import write_crafted_checkpoint
+from tbx11k.testing.slurm import JOB_PREFIX, SBATCH_1GPU, job_env, sessions, wait_job_end
 
 
 def test_session_refuses_a_crafted_checkpoint_and_stops(slurm_cluster, slurm_jobs, tmp_path,
