@@ -24,5 +24,5 @@ def test_session_refuses_a_crafted_checkpoint_and_stops(slurm_cluster, slurm_job
     assert 'refusing to load the checkpoint' in log and path in log, log[-4000:]
     assert 'TBX11K_TRUST_CHECKPOINTS=1' in log and 'posix.system' in log
     assert 'training exited with status 8' in log, log[-4000:]
-    assert [(s['exit'], s['outcome']) for s in sessions(str(work))] == [('7', 'error')]
+    assert [(s['exit'], s['outcome']) for s in sessions(str(work))] == [('8', 'error')]
     assert not osp.exists(marker)

@@ -239,7 +239,7 @@ def test_infer_refuses_a_crafted_checkpoint_file_or_url(tmp_path, served, synthe
 
 def test_convert_refuses_a_crafted_checkpoint_and_trusts_with_the_flag(
         tmp_path, coco_like_tiny_checkpoint, capsys, warnings_logged):
-    tool = load_tool('convert_coco_checkpoint')
+    tool = load_tool('model_converters/convert_coco_checkpoint')
     path = str(tmp_path / 'crafted.pth')
     coco = torch.load(coco_like_tiny_checkpoint, weights_only=True)
     marker = write_crafted_checkpoint(path, 'meta', base=coco)
@@ -317,7 +317,7 @@ def test_legitimate_checkpoints_load_without_the_opt_in(tiny_run, converted_tiny
 
 @pytest.mark.parametrize('name, argv', [
     ('train', [TINY_1GPU]), ('test', [TINY_1GPU, 'x.pth']),
-    ('infer', [TINY_1GPU, 'x.pth', 'a.png']), ('convert_coco_checkpoint', ['a.pth', 'b.pth'])])
+    ('infer', [TINY_1GPU, 'x.pth', 'a.png']), ('model_converters/convert_coco_checkpoint', ['a.pth', 'b.pth'])])
 def test_tools_take_the_trust_flag(name, argv):
     assert not load_tool(name).parse_args(argv).trust_checkpoint
     assert load_tool(name).parse_args(argv + ['--trust-checkpoint']).trust_checkpoint

@@ -17,8 +17,9 @@ def test_setup_ends_by_saying_how_to_activate_and_what_to_run(tmp_path):
     stand_in = venv / 'bin' / 'python'
     stand_in.write_text('#!/bin/sh\nexit 0\n')
     stand_in.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != 'WHEELHOUSE'}  # make exports it
     proc = subprocess.run(['bash', SETUP], cwd=str(tmp_path), capture_output=True, text=True,
-                          env=dict(os.environ, VENV=str(venv)), timeout=60)
+                          env=dict(env, VENV=str(venv)), timeout=60)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.rstrip().splitlines()
     tail = '\n'.join(lines[-6:])

@@ -209,7 +209,8 @@ def test_2gpu_config_on_one_process_is_refused(tmp_path, training_root):
 def test_configs_that_fit_a_launch_are_found_by_their_layout(tmp_path):
     from tbx11k.utils.cli import configs_for_layout
     assert configs_for_layout(2, 2, like='dino_tbx11k_tiny_1gpu.py') == [
-        'configs/dino_tbx11k_tiny_2gpu.py', 'configs/dino_tbx11k_2gpu.py']
+        'configs/dino_tbx11k_tiny_2gpu.py', 'configs/dino_tbx11k_2gpu.py',
+        'configs/dino_tbx11k_eb2.py']  # 'auto' takes 2 processes too
     assert configs_for_layout(2, 4) == []
     # computed from each config, not from its name
     (tmp_path / 'eb8_any_name.py').write_text(
@@ -511,7 +512,7 @@ def test_launcher_outside_its_environment_says_what_to_do(tool_name, tmp_path, m
             tool.build_config(tool.parse_args([TINY_1GPU, *extra, '--launcher', 'mpi']))
 
 
-@pytest.mark.parametrize('tool_name', ['train', 'test', 'infer', 'count_ops'])
+@pytest.mark.parametrize('tool_name', ['train', 'test', 'infer', 'analysis_tools/count_ops'])
 def test_cfg_options_item_without_equals_is_a_usage_error(tool_name, capsys):
     """mmengine's DictAction failed with a bare 'not enough values to unpack'."""
     tool = load_tool(tool_name)

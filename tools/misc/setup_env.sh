@@ -82,5 +82,5 @@ printf '\n[setup] done. Activate the environment in each new shell before runnin
 printf '    source %s\n' "$activate"
 printf '[setup] then check your data and train, e.g.:\n'
 printf '    python tools/check_dataset.py data/TBX11K\n'
-printf '    python tools/train.py configs/dino_tbx11k_1gpu.py --data-root data/TBX11K --work-dir work_dirs/dino_tbx11k\n'
+printf '    python tools/train.py configs/dino_tbx11k_1gpu.py --data-root data/TBX11K\n'
 printf '[setup] (no data yet? python tools/make_synthetic_tbx11k.py data/tbx11k_synthetic makes a small set in the same layout)\n'
