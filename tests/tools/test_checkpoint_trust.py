@@ -317,7 +317,8 @@ def test_legitimate_checkpoints_load_without_the_opt_in(tiny_run, converted_tiny
 
 @pytest.mark.parametrize('name, argv', [
     ('train', [TINY_1GPU]), ('test', [TINY_1GPU, 'x.pth']),
-    ('infer', [TINY_1GPU, 'x.pth', 'a.png']), ('model_converters/convert_coco_checkpoint', ['a.pth', 'b.pth'])])
+    ('infer', [TINY_1GPU, 'x.pth', 'a.png']),
+    ('model_converters/convert_coco_checkpoint', ['a.pth', 'b.pth'])])
 def test_tools_take_the_trust_flag(name, argv):
     assert not load_tool(name).parse_args(argv).trust_checkpoint
     assert load_tool(name).parse_args(argv + ['--trust-checkpoint']).trust_checkpoint
