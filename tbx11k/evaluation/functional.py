@@ -313,6 +313,15 @@ def ap_from_precision(precision: np.ndarray,
 # --------------------------------------------------------------------------
 # FROC
 # --------------------------------------------------------------------------
+def _intersection_xyxy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection areas of float64 boxes ``a`` (N, 4) and ``b`` (M, 4): (N, M)."""
+    iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(
+        a[:, None, 0], b[None, :, 0])
+    ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(
+        a[:, None, 1], b[None, :, 1])
+    return np.clip(iw, 0, None) * np.clip(ih, 0, None)
+
+
 def box_iou_xyxy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU matrix; areas are w*h as in pycocotools.
 
@@ -325,11 +334,7 @@ def box_iou_xyxy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """
     a = a.astype(np.float64)
     b = b.astype(np.float64)
-    iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(
-        a[:, None, 0], b[None, :, 0])
-    ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(
-        a[:, None, 1], b[None, :, 1])
-    inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
+    inter = _intersection_xyxy(a, b)
     area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
     area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     union = area_a[:, None] + area_b[None, :] - inter
@@ -348,11 +353,7 @@ def box_ioa_xyxy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """
     a = a.astype(np.float64)
     b = b.astype(np.float64)
-    iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(
-        a[:, None, 0], b[None, :, 0])
-    ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(
-        a[:, None, 1], b[None, :, 1])
-    inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
+    inter = _intersection_xyxy(a, b)
     area_a = ((a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]))[:, None]
     with np.errstate(divide='ignore', invalid='ignore'):
         return np.where(area_a > 0, inter / area_a, 0.0)
