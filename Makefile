@@ -22,8 +22,8 @@ lint: .venv/.installed
 test: lint
 	$(PYTHON_VENV) -m pytest -q
 
-# The edit loop: every test but those marked slow (trainings, tool subprocesses, signal, kill -9
-# and Slurm trials); CI runs the whole suite (`make test`).
+# The edit loop: every test but those marked slow (trainings, torch.compile, tool subprocesses,
+# signal, kill -9 and Slurm trials); CI runs the whole suite (`make test`).
 test-quick: .venv/.installed
 	$(PYTHON_VENV) -m pytest -q -m "not slow"
 

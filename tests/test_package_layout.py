@@ -5,6 +5,8 @@ import subprocess
 import sys
 from typing import Dict, List, Set
 
+import pytest
+
 from tbx11k.testing import REPO_ROOT
 
 PACKAGE = 'tbx11k'
@@ -111,6 +113,7 @@ def test_runtime_modules_never_import_testing_or_benchmark():
     assert not wrong, sorted(wrong)
 
 
+@pytest.mark.slow
 def test_import_tbx11k_loads_runtime_modules_only():
     code = ('import sys, tbx11k; print(sorted(m for m in sys.modules '
             f'if m.startswith({NOT_RUNTIME!r})))')

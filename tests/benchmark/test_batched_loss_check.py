@@ -1,8 +1,11 @@
 """The GPU self-check of BatchedLossDINOHead against mmdet's DINOHead, run on the CPU."""
+import pytest
+
 import tbx11k.models.batched_loss_dino_head as head_module
 from tbx11k.benchmark.batched_loss_check import compare_with_stock_head
 
 
+@pytest.mark.slow
 def test_device_check_used_by_the_gpu_benchmark_passes_on_cpu(monkeypatch):
     """``compare_with_stock_head`` is what tools/analysis_tools/benchmark.py runs on the GPU; on
     the CPU it must

@@ -271,6 +271,7 @@ def test_unsupported_reasons(models):
 
 
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16], ids=['bf16', 'fp16'])
+@pytest.mark.slow
 def test_same_losses_under_autocast(dtype):
     """Mixed precision (autocast on the CPU here; AMP on a GPU): half-precision scores and boxes
     go through the batched matching and losses as through mmdet's, to half-precision rounding."""

@@ -82,6 +82,7 @@ def test_mixed_dtypes_as_mmengine(model):
             assert o.dtype == s_.dtype and torch.equal(o, s_)
 
 
+@pytest.mark.slow
 def test_padded_denoising_queries_train_as_unpadded(monkeypatch):
     """pad_denoising_queries: the decoder and the head's branches get num_queries + the bound
     whatever the GT counts (no boxes, one image or two with unequal counts), the losses and
@@ -143,6 +144,7 @@ def test_padded_denoising_queries_train_as_unpadded(monkeypatch):
         in logged[0][0]
 
 
+@pytest.mark.slow
 def test_pad_denoising_queries_settings():
     assert build_tiny_dino().padded_denoising_queries is None
     assert not build_tiny_dino().bbox_head._forward_hooks

@@ -181,6 +181,7 @@ def test_train_refuses_resume_and_load_from_before_building(tmp_path, capsys):
     assert cfg.load_from == trusted and cfg.resume
 
 
+@pytest.mark.slow
 def test_dist_train_exits_7_when_every_rank_refuses(tmp_path):
     path = str(tmp_path / 'crafted.pth')
     marker = write_crafted_checkpoint(path, 'whole', 'exec')
@@ -192,6 +193,7 @@ def test_dist_train_exits_7_when_every_rank_refuses(tmp_path):
     assert not osp.exists(marker)
 
 
+@pytest.mark.slow
 def test_auto_resume_refuses_a_crafted_checkpoint_in_the_work_dir(tmp_path, training_root):
     """tools/train.py --resume (as Slurm sessions run it): the work dir's latest checkpoint is
     crafted; the run stops with status 8 (not an older checkpoint, not from scratch)."""

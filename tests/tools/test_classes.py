@@ -48,6 +48,7 @@ def plain_coco_root(training_root, tmp_path_factory):
     return str(root)
 
 
+@pytest.mark.slow
 def test_check_dataset_refuses_what_training_refuses_in_the_same_words(plain_coco_root, tmp_path):
     """check_dataset said "RESULT: OK" (exit 0) where training then stopped with a traceback."""
     check = run([sys.executable, CHECK, plain_coco_root], check=False, timeout=300)
@@ -74,6 +75,7 @@ def test_check_dataset_refuses_what_training_refuses_in_the_same_words(plain_coc
         in check.stdout
 
 
+@pytest.mark.slow
 def test_one_classes_option_trains_another_data_set(plain_coco_root, tmp_path):
     """Other classes took separate overrides of the train, val and test datasets and the head."""
     check = run([sys.executable, CHECK, plain_coco_root, '--classes', *CLASSES], timeout=300)

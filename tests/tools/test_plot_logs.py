@@ -129,6 +129,7 @@ def test_missing_logs_are_a_clear_error(tmp_path, capsys):
     assert f'error: --out {tmp_path / "afile"} is a file' in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_missing_work_dir_is_named_as_a_missing_folder(tmp_path, capsys):
     """A typo in the work dir said "no <timestamp>/vis_data/scalars.json", as if the run had
     written no log."""

@@ -206,6 +206,7 @@ def test_2gpu_config_on_one_process_is_refused(tmp_path, training_root):
             in log), log[-3000:]
 
 
+@pytest.mark.slow
 def test_configs_that_fit_a_launch_are_found_by_their_layout(tmp_path):
     from tbx11k.utils.cli import configs_for_layout
     assert configs_for_layout(2, 2, like='dino_tbx11k_tiny_1gpu.py') == [
@@ -226,6 +227,7 @@ def test_configs_that_fit_a_launch_are_found_by_their_layout(tmp_path):
                  'MASTER_PORT': '9'}),
     ('slurm', {'SLURM_PROCID': '0', 'SLURM_LOCALID': '0', 'SLURM_NTASKS': '3',
                'SLURM_NODELIST': 'node1'})])
+@pytest.mark.slow
 def test_world_size_that_does_not_divide_the_effective_batch_is_refused_first(
         tmp_path, training_root, launcher, env):
     """3 processes for effective batch 4 ('auto'): exit 5 naming the world sizes that fit, from
@@ -267,6 +269,7 @@ def test_impossible_layout_settings_exit_5_with_a_message(tmp_path, training_roo
 FULL_1GPU = osp.join(REPO_ROOT, 'configs', 'dino_tbx11k_1gpu.py')
 
 
+@pytest.mark.slow
 def test_backbone_weights_offline_stop_the_run_first_with_what_to_do(tmp_path, training_root):
     """Without network the ImageNet backbone's download failed after the model and data were
     built, with ~60 lines of traceback ending in URLError. An unresolvable host stands for no
@@ -481,6 +484,7 @@ def test_config_that_is_not_there_or_does_not_parse_is_named(tool_name, tmp_path
             tool.build_config(tool.parse_args([str(path), *extra]))
 
 
+@pytest.mark.slow
 def test_config_name_typo_suggests_the_closest_config():
     proc = run([sys.executable, osp.join(REPO_ROOT, 'tools', 'train.py'),
                 'configs/dino_tbx11k_1gp.py'], check=False, timeout=120)
