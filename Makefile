@@ -19,8 +19,11 @@ demo: .venv/.installed
 lint: .venv/.installed
 	$(PYTHON_VENV) -m ruff check .
 
+# The whole suite on TEST_WORKERS pytest-xdist workers; tests that share a training run on one
+# worker (groups: tests/conftest.py). TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
 test: lint
-	$(PYTHON_VENV) -m pytest -q
+	$(PYTHON_VENV) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 # The edit loop: every test but those marked slow (trainings, torch.compile, tool subprocesses,
 # signal, kill -9 and Slurm trials); CI runs the whole suite (`make test`).

@@ -1,4 +1,4 @@
-"""Shared pytest fixtures and the `slow` marker."""
+"""Shared pytest fixtures, the `slow` marker and the groups of tests for pytest-xdist."""
 import os
 
 import pytest
@@ -10,6 +10,12 @@ import pytest
 # 2026-12-07) and every assertion (equal losses, gradients and predictions, fused-kernel and
 # launch counts) is the same; the GPU compiles Triton kernels, not these.
 os.environ.setdefault('TORCHINDUCTOR_VEC_ISA_OK', '0')
+
+if os.environ.get('PYTEST_XDIST_WORKER'):
+    # `make test` runs 2 pytest-xdist workers: one thread each (and in the tools they start, as
+    # tbx11k.testing.run already sets), so that two workers do not share a core's threads.
+    for _variable in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS'):
+        os.environ.setdefault(_variable, '1')
 
 
 @pytest.fixture(scope='session')
@@ -79,8 +85,61 @@ SLOW_MODULES = frozenset({'test_equivalence.py', 'test_slurm_training.py', 'test
                           'test_demo.py'})
 
 
+def _expensive_fixtures(item) -> set:
+    """Keys of the trainings (SLOW_FIXTURES, SLOW_MODULES) that ``item`` uses: the name of a
+    session fixture, ``module::name`` of a module fixture, the name of a slow module."""
+    keys = set()
+    for name in SLOW_FIXTURES.intersection(getattr(item, 'fixturenames', ())):
+        definition = item._fixtureinfo.name2fixturedefs[name][-1]
+        keys.add(name if definition.scope == 'session' else f'{item.path.name}::{name}')
+    if item.path.name in SLOW_MODULES:
+        keys.add(item.path.name)
+    return keys
+
+
+def _training_groups(items) -> dict:
+    """item -> group name: tests that share a training (directly or through other tests) form one
+    group, which one pytest-xdist worker runs whole (the training once)."""
+    parent = {}
+
+    def root(key):
+        while parent.setdefault(key, key) != key:
+            key = parent[key]
+        return key
+
+    keys = {item: sorted(_expensive_fixtures(item)) for item in items}
+    for item_keys in keys.values():
+        for key in item_keys[1:]:
+            parent[root(key)] = root(item_keys[0])
+    return {item: root(item_keys[0]) for item, item_keys in keys.items() if item_keys}
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if (SLOW_FIXTURES.intersection(getattr(item, 'fixturenames', ()))
-                or item.path.name in SLOW_MODULES):
-            item.add_marker(pytest.mark.slow)
+    groups = _training_groups(items)
+    size, waits_on_slurm = {}, set()
+    for item, group in groups.items():
+        item.add_marker(pytest.mark.slow)
+        item.add_marker(pytest.mark.xdist_group(group))
+        size[group] = size.get(group, 0) + 1
+        if 'slurm_cluster' in item.fixturenames:
+            waits_on_slurm.add(group)
+    if getattr(config.option, 'loadgroup', False):  # set in pytest-xdist workers
+        _group_node_ids(groups)
+    # `make test` (--no-loadscope-reorder): the groups first, the Slurm one before the others (it
+    # mostly waits on jobs: the other worker runs the rest meanwhile), then by size; single tests
+    # fill in; the order inside a group is kept.
+    order = {item: index for index, item in enumerate(items)}
+    items.sort(key=lambda item: (item not in groups, groups.get(item) not in waits_on_slurm,
+                                 -size.get(groups.get(item), 0), order[item]))
+
+
+def _group_node_ids(groups) -> None:
+    """``--dist loadgroup`` schedules by the ``@group`` suffix of node ids. pytest-xdist 3.8.0
+    appends it to ``item._nodeid``, which pytest 9.2 no longer reads (``Node.nodeid`` is
+    ``str(item._id)``), so under pytest 9.2 every test would be scheduled alone and a training
+    would run on both workers. Remove once pytest-xdist sets the suffix through ``_id``."""
+    from _pytest.nodeid import NodeId
+    for item, group in groups.items():
+        if not item.nodeid.endswith(f'@{group}'):
+            item._id = NodeId.parse(f'{item.nodeid}@{group}')
