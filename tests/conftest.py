@@ -11,6 +11,23 @@ import pytest
 # launch counts) is the same; the GPU compiles Triton kernels, not these.
 os.environ.setdefault('TORCHINDUCTOR_VEC_ISA_OK', '0')
 
+
+def _link_inductor_kernels_with_gold() -> None:
+    """g++ links each of those kernels against libtorch; GNU ld takes about 1.9 s a kernel there,
+    gold 0.5 s (2-core machine, 2026-12-07). gcc looks for ``ld`` in ``COMPILER_PATH`` first: a
+    folder holding ``ld`` -> ``ld.gold`` makes gold link them (where binutils has gold). The
+    kernels are the same code; only the linking is faster."""
+    import shutil
+    import tempfile
+    gold = shutil.which('ld.gold')
+    if gold and 'COMPILER_PATH' not in os.environ:
+        folder = tempfile.mkdtemp(prefix='tbx11k-tests-ld-')
+        os.symlink(gold, os.path.join(folder, 'ld'))
+        os.environ['COMPILER_PATH'] = folder
+
+
+_link_inductor_kernels_with_gold()
+
 if os.environ.get('PYTEST_XDIST_WORKER'):
     # `make test` runs 2 pytest-xdist workers: one thread each (and in the tools they start, as
     # tbx11k.testing.run already sets), so that two workers do not share a core's threads.
@@ -80,9 +97,15 @@ SLOW_FIXTURES = frozenset({
 })
 # Modules that are slow as a whole: trainings in module fixtures, torch.compile (inductor's
 # C++ kernels), trainings in most tests, the timed benchmark and the demo.
-SLOW_MODULES = frozenset({'test_equivalence.py', 'test_slurm_training.py', 'test_compiled_dino.py',
-                          'test_schedulers.py', 'test_benchmark.py', 'test_count_ops.py',
-                          'test_demo.py'})
+SLOW_MODULES = frozenset({'test_equivalence.py', 'test_slurm_training.py', 'test_schedulers.py',
+                          'test_benchmark.py', 'test_count_ops.py', 'test_demo.py'})
+# The tests that take longest on one worker (torch.compile of the whole model for training, and for
+# inference: about 7 and 4 min from a cold inductor cache on a 2-core machine, 2026-12-07): each
+# alone (no shared training), started right after the Slurm groups so that none is the suite's
+# tail.
+LONGEST_TESTS = ('test_compiled_dino.py::test_compiled_dino_trains_as_eager',
+                 'test_compiled_dino.py::'
+                 'test_compiled_dino_predicts_as_eager_and_a_deep_copy_runs_its_own_weights')
 
 
 def _expensive_fixtures(item) -> set:
@@ -126,11 +149,17 @@ def pytest_collection_modifyitems(config, items):
             waits_on_slurm.add(group)
     if getattr(config.option, 'loadgroup', False):  # set in pytest-xdist workers
         _group_node_ids(groups)
-    # `make test` (--no-loadscope-reorder): the groups first, the Slurm one before the others (it
-    # mostly waits on jobs: the other worker runs the rest meanwhile), then by size; single tests
-    # fill in; the order inside a group is kept.
+    # `make test` (--no-loadscope-reorder): the Slurm group first (it mostly waits on jobs: the
+    # other worker runs the rest meanwhile), then LONGEST_TESTS, the other groups by size; single
+    # tests fill in; the order inside a group is kept.
     order = {item: index for index, item in enumerate(items)}
-    items.sort(key=lambda item: (item not in groups, groups.get(item) not in waits_on_slurm,
+
+    def longest_rank(item) -> int:
+        name = f'{item.path.name}::{item.originalname}'
+        return LONGEST_TESTS.index(name) if name in LONGEST_TESTS else len(LONGEST_TESTS)
+
+    items.sort(key=lambda item: (item not in groups and longest_rank(item) == len(LONGEST_TESTS),
+                                 groups.get(item) not in waits_on_slurm, longest_rank(item),
                                  -size.get(groups.get(item), 0), order[item]))
 
 

@@ -185,15 +185,22 @@ def fused_kernels_profiled():
         yield
 
 
-def test_compiled_dino_equals_eager(fused_kernels_profiled):
-    """All parts compiled (torch_compile=True): the same losses and gradients as eager for two
-    batches of different sizes (the second one recompiles with dynamic shapes), fewer kernel
-    launches, the same predictions, unchanged state dict, and a deep copy (mmengine's EMA model)
-    runs its own weights."""
+def eager_and_compiled():
+    """The tiny model eager (sampling points nudged) and with every part compiled
+    (torch_compile=True), the same weights."""
     eager = build_tiny_dino()
     sampling_points_off_pixel_centres(eager)
     compiled = build_tiny_dino(torch_compile=True)
     compiled.load_state_dict(eager.state_dict())
+    return eager, compiled
+
+
+@pytest.mark.slow
+def test_compiled_dino_trains_as_eager(fused_kernels_profiled):
+    """All parts compiled (torch_compile=True): the same losses and gradients as eager for two
+    batches of different sizes (the second one recompiles with dynamic shapes), fewer kernel
+    launches and an unchanged state dict."""
+    eager, compiled = eager_and_compiled()
     assert list(compiled.state_dict()) == list(eager.state_dict())
     assert type(compiled.encoder.layers[0].self_attn) is TraceableMultiScaleDeformableAttention
     assert all(type(getattr(compiled, part)).__name__.startswith('Compiled')
@@ -220,7 +227,16 @@ def test_compiled_dino_equals_eager(fused_kernels_profiled):
     assert launches[1]['compiled_region_ops'] > 0 and launches[1]['fused_kernels'] > 0
     assert launches[1]['msda_kernels'] == launches[0]['msda_kernels'] == 18
     assert launches[1]['total'] < 0.85 * launches[0]['total']
+    assert list(compiled.state_dict()) == list(eager.state_dict())
 
+
+@pytest.mark.slow
+def test_compiled_dino_predicts_as_eager_and_a_deep_copy_runs_its_own_weights():
+    """Compiled (all parts), the predictions are eager's; a deep copy (mmengine's EMA model) with
+    other weights, run after the original compiled its inference graphs, predicts with its own
+    weights. Its own test (not the training one's): the two compile on two workers at once."""
+    eager, compiled = eager_and_compiled()
+    make_attention_traceable(eager)
     inputs, samples = random_batch([2, 3], seed=7)
     ema_like = copy.deepcopy(compiled).eval()
     reference = copy.deepcopy(eager).eval()
@@ -229,14 +245,18 @@ def test_compiled_dino_equals_eager(fused_kernels_profiled):
             for p in model.parameters():
                 p.mul_(0.9)
         predictions = [m.predict(inputs, copy.deepcopy(samples)) for m in
-                       (reference, ema_like, eager.eval())]
-    for ref, ema, trained in zip(*predictions):
-        assert torch.allclose(ema.pred_instances.scores, ref.pred_instances.scores, atol=1e-5)
-        assert torch.allclose(ema.pred_instances.bboxes, ref.pred_instances.bboxes, atol=1e-3)
+                       (eager.eval(), compiled.eval(), reference, ema_like)]
+    for trained, trained_compiled, ref, ema in zip(*predictions):
+        for got, expected in ((trained_compiled, trained), (ema, ref)):
+            assert torch.allclose(got.pred_instances.scores, expected.pred_instances.scores,
+                                  atol=1e-5)
+            assert torch.allclose(got.pred_instances.bboxes, expected.pred_instances.bboxes,
+                                  atol=1e-3)
         assert not torch.allclose(ema.pred_instances.scores, trained.pred_instances.scores,
                                   atol=1e-5)
 
 
+@pytest.mark.slow
 def test_compiled_loss_terms_take_the_focal_formula_in_the_kernels_dtype():
     """Compiled, the loss terms give mmdet's FocalLoss one-hot targets (its PyTorch formula,
     traceable) and bf16 logits in float32, as the eager GPU path (mmcv's kernel) computes them."""
@@ -293,6 +313,7 @@ def test_losses_never_under_cuda_graphs(monkeypatch):
         masked_memory_and_proposals=dict(mode='reduce-overhead'))
 
 
+@pytest.mark.slow
 def test_padded_denoising_queries_compile_decoder_and_head_once():
     """model.pad_denoising_queries: micro-batches of one image size with other GT counts reuse
     one static graph of the decoder and one of the head's branches (what CUDA graphs replay);
