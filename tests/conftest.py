@@ -97,15 +97,9 @@ SLOW_FIXTURES = frozenset({
 })
 # Modules that are slow as a whole: trainings in module fixtures, torch.compile (inductor's
 # C++ kernels), trainings in most tests, the timed benchmark and the demo.
-SLOW_MODULES = frozenset({'test_equivalence.py', 'test_slurm_training.py', 'test_schedulers.py',
-                          'test_benchmark.py', 'test_count_ops.py', 'test_demo.py'})
-# The tests that take longest on one worker (torch.compile of the whole model for training, and for
-# inference: about 7 and 4 min from a cold inductor cache on a 2-core machine, 2026-12-07): each
-# alone (no shared training), started right after the Slurm groups so that none is the suite's
-# tail.
-LONGEST_TESTS = ('test_compiled_dino.py::test_compiled_dino_trains_as_eager',
-                 'test_compiled_dino.py::'
-                 'test_compiled_dino_predicts_as_eager_and_a_deep_copy_runs_its_own_weights')
+SLOW_MODULES = frozenset({'test_equivalence.py', 'test_slurm_training.py', 'test_compiled_dino.py',
+                          'test_schedulers.py', 'test_benchmark.py', 'test_count_ops.py',
+                          'test_demo.py'})
 
 
 def _expensive_fixtures(item) -> set:
@@ -149,17 +143,11 @@ def pytest_collection_modifyitems(config, items):
             waits_on_slurm.add(group)
     if getattr(config.option, 'loadgroup', False):  # set in pytest-xdist workers
         _group_node_ids(groups)
-    # `make test` (--no-loadscope-reorder): the Slurm group first (it mostly waits on jobs: the
-    # other worker runs the rest meanwhile), then LONGEST_TESTS, the other groups by size; single
-    # tests fill in; the order inside a group is kept.
+    # `make test` (--no-loadscope-reorder): the groups first, the Slurm one before the others (it
+    # mostly waits on jobs: the other worker runs the rest meanwhile), then by size; single tests
+    # fill in; the order inside a group is kept.
     order = {item: index for index, item in enumerate(items)}
-
-    def longest_rank(item) -> int:
-        name = f'{item.path.name}::{item.originalname}'
-        return LONGEST_TESTS.index(name) if name in LONGEST_TESTS else len(LONGEST_TESTS)
-
-    items.sort(key=lambda item: (item not in groups and longest_rank(item) == len(LONGEST_TESTS),
-                                 groups.get(item) not in waits_on_slurm, longest_rank(item),
+    items.sort(key=lambda item: (item not in groups, groups.get(item) not in waits_on_slurm,
                                  -size.get(groups.get(item), 0), order[item]))
 
 

@@ -42,24 +42,3 @@ def test_xdist_schedules_by_the_groups(request):
     assert all(item.nodeid.endswith(f'@{_group(item)}') for item in grouped), [
         item.nodeid for item in grouped if not item.nodeid.endswith(f'@{_group(item)}')][:5]
 
-
-def test_the_longest_tests_exist_and_start_right_after_the_slurm_group(request):
-    conftest = _suite_conftest(request.config)
-    tests_dir = os.path.dirname(os.path.abspath(__file__))
-    for name in conftest.LONGEST_TESTS:
-        module, function = name.split('::')
-        paths = [os.path.join(root, module) for root, _, files in os.walk(tests_dir)
-                 if module in files]
-        assert len(paths) == 1, (name, paths)
-        with open(paths[0]) as f:
-            assert f'def {function}(' in f.read(), name
-    items = request.session.items
-    longest = [i for i, item in enumerate(items)
-               if f'{item.path.name}::{item.originalname}' in conftest.LONGEST_TESTS]
-    slurm_groups = {_group(item) for item in items if 'slurm_cluster' in item.fixturenames}
-    slurm = [i for i, item in enumerate(items) if _group(item) in slurm_groups]
-    other_groups = [i for i, item in enumerate(items)
-                    if _group(item) and _group(item) not in slurm_groups]
-    if longest:
-        assert max(slurm, default=-1) < min(longest)
-        assert max(longest) < min(other_groups, default=len(items))

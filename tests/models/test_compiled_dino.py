@@ -195,7 +195,6 @@ def eager_and_compiled():
     return eager, compiled
 
 
-@pytest.mark.slow
 def test_compiled_dino_trains_as_eager(fused_kernels_profiled):
     """All parts compiled (torch_compile=True): the same losses and gradients as eager for two
     batches of different sizes (the second one recompiles with dynamic shapes), fewer kernel
@@ -230,11 +229,10 @@ def test_compiled_dino_trains_as_eager(fused_kernels_profiled):
     assert list(compiled.state_dict()) == list(eager.state_dict())
 
 
-@pytest.mark.slow
 def test_compiled_dino_predicts_as_eager_and_a_deep_copy_runs_its_own_weights():
     """Compiled (all parts), the predictions are eager's; a deep copy (mmengine's EMA model) with
     other weights, run after the original compiled its inference graphs, predicts with its own
-    weights. Its own test (not the training one's): the two compile on two workers at once."""
+    weights."""
     eager, compiled = eager_and_compiled()
     make_attention_traceable(eager)
     inputs, samples = random_batch([2, 3], seed=7)
@@ -256,7 +254,6 @@ def test_compiled_dino_predicts_as_eager_and_a_deep_copy_runs_its_own_weights():
                                   atol=1e-5)
 
 
-@pytest.mark.slow
 def test_compiled_loss_terms_take_the_focal_formula_in_the_kernels_dtype():
     """Compiled, the loss terms give mmdet's FocalLoss one-hot targets (its PyTorch formula,
     traceable) and bf16 logits in float32, as the eager GPU path (mmcv's kernel) computes them."""
@@ -313,7 +310,6 @@ def test_losses_never_under_cuda_graphs(monkeypatch):
         masked_memory_and_proposals=dict(mode='reduce-overhead'))
 
 
-@pytest.mark.slow
 def test_padded_denoising_queries_compile_decoder_and_head_once():
     """model.pad_denoising_queries: micro-batches of one image size with other GT counts reuse
     one static graph of the decoder and one of the head's branches (what CUDA graphs replay);

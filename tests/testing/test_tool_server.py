@@ -10,6 +10,8 @@ import pytest
 from tbx11k.testing import REPO_ROOT, run
 from tbx11k.testing.tool_server import FRESH_PROCESSES_VARIABLE, RELAY, through_server
 
+pytestmark = pytest.mark.slow  # starts a tool server (imports torch, mmdet) and processes
+
 SCRIPT = '''
 import json, os, random, sys, threading, time, atexit
 import numpy
