@@ -41,4 +41,3 @@ def test_xdist_schedules_by_the_groups(request):
     grouped = [item for item in request.session.items if _group(item)]
     assert all(item.nodeid.endswith(f'@{_group(item)}') for item in grouped), [
         item.nodeid for item in grouped if not item.nodeid.endswith(f'@{_group(item)}')][:5]
-

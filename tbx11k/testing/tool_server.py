@@ -210,7 +210,7 @@ def serve(socket_path: str) -> None:
 # ---- the client (the test process) ---------------------------------------------------------
 
 RELAY = osp.join(osp.dirname(osp.abspath(__file__)), 'tool_relay.py')
-SERVER_VARIABLE = 'TBX11K_TOOL_SERVER'
+SERVER_VARIABLE = 'TBX11K_TOOL_SERVER'  # tool_relay.SERVER_VARIABLE (both run as scripts)
 
 
 class ToolServer:
