@@ -1,5 +1,5 @@
-# dino_tbx11k_1gpu.py shrunk for CPU tests and the demo: only sizes change (backbone depth,
-# layers, queries, image scale, schedule length, data root and loader workers).
+# dino_tbx11k_1gpu.py shrunk for CPU tests: only sizes change (backbone depth and width, layers,
+# queries, image scale, schedule length, data root and loader workers).
 _base_ = './dino_tbx11k_1gpu.py'
 
 data_root = 'data/tbx11k_synthetic/'
@@ -22,8 +22,10 @@ test_pipeline = [
 
 model = dict(
     num_queries=30,
-    backbone=dict(depth=18, init_cfg=None),
-    neck=dict(in_channels=[128, 256, 512]),
+    # ResNet-18 a quarter as wide (3.3 M parameters in all instead of 14.9 M): half the time of a
+    # CPU training step and 54 MB checkpoints instead of 237 MB
+    backbone=dict(depth=18, base_channels=16, init_cfg=None),
+    neck=dict(in_channels=[32, 64, 128]),
     encoder=dict(num_layers=1, layer_cfg=dict(ffn_cfg=dict(feedforward_channels=256))),
     decoder=dict(num_layers=2, layer_cfg=dict(ffn_cfg=dict(feedforward_channels=256))),
     dn_cfg=dict(group_cfg=dict(num_dn_queries=20)),

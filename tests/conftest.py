@@ -4,7 +4,7 @@ import os
 import pytest
 
 # The compile tests check our torch.compile set-up on the CPU, where inductor writes C++ kernels
-# and compiles each with g++ (about 290 kernels from a cold cache). Without inductor's SIMD code
+# and compiles each with g++ (a few hundred kernels from a cold cache). Without inductor's SIMD code
 # they compile faster (tests/models/test_compiled_dino.py and the compile tests of benchmark and
 # count_ops: 458 s instead of 613 s from an empty TORCHINDUCTOR_CACHE_DIR, 2-core machine,
 # 2026-12-07) and every assertion (equal losses, gradients and predictions, fused-kernel and

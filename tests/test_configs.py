@@ -78,7 +78,8 @@ def test_larger_effective_batch_is_the_recipe_scaled_by_its_rule(base, scaled, e
 def test_tiny_overrides_sizes_only():
     full, tiny = load('dino_tbx11k_1gpu.py'), load('dino_tbx11k_tiny_1gpu.py')
     allowed_prefixes = (
-        'model.num_queries', 'model.backbone.depth', 'model.backbone.init_cfg',
+        'model.num_queries', 'model.backbone.depth', 'model.backbone.base_channels',
+        'model.backbone.init_cfg',
         'model.neck.in_channels',
         'model.encoder.num_layers', 'model.decoder.num_layers', 'model.encoder.layer_cfg.ffn_cfg',
         'model.decoder.layer_cfg.ffn_cfg', 'model.dn_cfg.group_cfg.num_dn_queries',

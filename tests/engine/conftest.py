@@ -23,7 +23,7 @@ SEED = 20241126
 
 
 def _drop_checkpoints(*dirs):
-    """The tiny checkpoints are ~240 MB each: do not leave them in pytest's kept tmp dirs."""
+    """The tiny checkpoints are ~54 MB each: do not leave them in pytest's kept tmp dirs."""
     for d in dirs:
         for path in glob.glob(os.path.join(str(d), '*.pth')):
             os.remove(path)

@@ -115,7 +115,7 @@ def runs(tmp_path_factory, small_training_root):
             done[name] = dict(dir=work_dir, log=train(recipe.layouts[target], work_dir,
                                                       small_training_root, recipe, checkpoint))
     yield out
-    for path in base.glob('*/*.pth'):  # ~240 MB each: not for pytest's kept tmp dirs
+    for path in base.glob('*/*.pth'):  # ~54 MB each: not for pytest's kept tmp dirs
         path.unlink()
 
 

@@ -197,8 +197,10 @@ def eager_and_compiled():
 
 def test_compiled_dino_trains_as_eager(fused_kernels_profiled):
     """All parts compiled (torch_compile=True): the same losses and gradients as eager for two
-    batches of different sizes (the second one recompiles with dynamic shapes), fewer kernel
-    launches and an unchanged state dict."""
+    batches with other box counts (the second one recompiles the parts whose sizes follow the
+    number of boxes, with dynamic shapes), fewer kernel launches and an unchanged state dict. Two
+    images each: a third image would recompile every part (105 C++ kernels instead of 52, 70 s
+    instead of 49 s on an idle 2-core CPU, 2026-12-07) for no more code of ours."""
     eager, compiled = eager_and_compiled()
     assert list(compiled.state_dict()) == list(eager.state_dict())
     assert type(compiled.encoder.layers[0].self_attn) is TraceableMultiScaleDeformableAttention
@@ -207,7 +209,7 @@ def test_compiled_dino_trains_as_eager(fused_kernels_profiled):
     assert type(compiled.bbox_head).compiled_methods == ('forward', 'image_match_costs',
                                                          'loss_terms')
     assert type(compiled).compiled_methods == ('masked_memory_and_proposals', )
-    for boxes in ([3, 1], [2, 5, 4]):
+    for boxes in ([3, 1], [2, 5]):
         inputs, samples = random_batch(boxes)
         (ref_logs, ref_grads), (logs, grads) = (losses_and_grads(m, inputs, samples)
                                                 for m in (eager, compiled))

@@ -58,6 +58,13 @@ def test_a_gpu_count_that_is_no_positive_integer_is_a_usage_error():
             assert 'Traceback' not in proc.stderr
 
 
+def _sigint_as_in_a_terminal() -> None:
+    """SIGINT at its default, as a shell started from a terminal has it: pytest may run with it
+    ignored (started as a background job of a script), and bash cannot trap a signal that was
+    ignored when it started."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_dist_train(tmp_path, launcher_source: str):
     """dist_train.sh in its own session with PYTHON = a stand-in launcher, once that is running:
     (process, log file)."""
@@ -69,7 +76,8 @@ def start_dist_train(tmp_path, launcher_source: str):
     log = tmp_path / 'dist_train.log'
     with open(log, 'w') as out:  # a file, not a pipe: the launcher keeps a pipe open after exit
         proc = subprocess.Popen(['bash', DIST_TRAIN, 'cfg.py', '2'], env=env, cwd=str(tmp_path),
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=_sigint_as_in_a_terminal)
     deadline = time.monotonic() + 20
     while not (tmp_path / 'ready').exists():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -120,9 +128,12 @@ def test_second_ctrl_c_stops_a_launcher_that_ignores_the_first(tmp_path):
     proc, log = start_dist_train(tmp_path, DEAF_LAUNCHER)
     try:
         os.kill(proc.pid, signal.SIGINT)  # the script only: the launcher does not hear it
-        time.sleep(1.0)
-        assert proc.poll() is None, log.read_text()  # the first one waits
+        deadline = time.monotonic() + 10  # bash runs the trap once scheduled (a loaded machine)
+        while 'Ctrl-C again' not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert 'Ctrl-C again' in log.read_text()
+        time.sleep(0.5)
+        assert proc.poll() is None, log.read_text()  # the first one waits
         os.kill(proc.pid, signal.SIGINT)
         assert proc.wait(timeout=20) == 75, log.read_text()
     finally:
