@@ -128,14 +128,22 @@ def subprocess_env(extra: Optional[Dict] = None) -> Dict[str, str]:
 
 
 class TrainProcess:
-    """A training subprocess whose log (stdout+stderr, to a file) can be watched."""
+    """A training subprocess whose log (stdout+stderr, to a file) can be watched.
 
-    def __init__(self, cmd: Sequence[str], log_path: str) -> None:
+    ``preloaded=True``: its ``python tools/X.py`` processes run in forks of the preloaded tool
+    server (:mod:`.tool_server`), for runs that are not about a fresh process (no signal during
+    start-up, no kill -9)."""
+
+    def __init__(self, cmd: Sequence[str], log_path: str, preloaded: bool = False) -> None:
         self.cmd = list(cmd)
         self.log_path = log_path
+        launch, env = self.cmd, subprocess_env()
+        if preloaded:
+            from .tool_server import through_server
+            launch, env = through_server(self.cmd, env, REPO_ROOT)
         self._log = open(log_path, 'w')
-        self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env=subprocess_env(), cwd=REPO_ROOT)
+        self.proc = subprocess.Popen(launch, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env=env, cwd=REPO_ROOT)
 
     def text(self) -> str:
         with open(self.log_path, errors='replace') as f:

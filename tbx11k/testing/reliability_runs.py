@@ -35,16 +35,19 @@ def command(work_dir, data_root, config=TINY_1GPU, nproc=1, resume=None, **optio
     return train_command(config, str(work_dir), nproc, data_root, {**OPTIONS, **options}, extra)
 
 
-def start(work_dir, data_root, config=TINY_1GPU, nproc=1, resume=None, **options):
-    """A training subprocess (log in WORK_DIR.<n>.log, n = 0, 1, ... per process, watchable)."""
+def start(work_dir, data_root, config=TINY_1GPU, nproc=1, resume=None, preloaded=False,
+          **options):
+    """A training subprocess (log in WORK_DIR.<n>.log, n = 0, 1, ... per process, watchable);
+    ``preloaded``: see :class:`.reliability.TrainProcess`."""
     n = len(glob.glob(f'{work_dir}.*.log'))
     return TrainProcess(command(work_dir, data_root, config, nproc, resume, **options),
-                        f'{work_dir}.{n}.log')
+                        f'{work_dir}.{n}.log', preloaded=preloaded)
 
 
 def train(work_dir, data_root, config=TINY_1GPU, nproc=1, resume=None, timeout=300, **options):
-    """Run a training to its end; return (exit status, log text)."""
-    proc = start(work_dir, data_root, config, nproc, resume, **options)
+    """Run a training to its end, uninterrupted (in forks of the preloaded tool server); return
+    (exit status, log text)."""
+    proc = start(work_dir, data_root, config, nproc, resume, preloaded=True, **options)
     rc = proc.wait(timeout)
     return rc, proc.text()
 

@@ -61,7 +61,8 @@ def interrupted_run(tmp_path_factory, training_root, reference_run):
     3. ``--resume``; SIGUSR1 from outside after a random step 8-9: exit 75;
     4. ``--resume`` with a regular checkpoint every step; SIGKILL 0-50 ms after a checkpoint write
        started (its ``*.tmp-<pid>`` appeared);
-    5. ``--resume`` (auto: ``last_checkpoint``); SIGTERM from outside after a random later step;
+    5. ``--resume`` (auto: ``last_checkpoint``); SIGTERM from outside after a random later step
+       (11 at the latest);
     6. ``--resume`` to the end (step 14).
 
     After each process, a checkpoint the reference run also wrote (steps 5, 10, 14) is compared
@@ -100,9 +101,11 @@ def interrupted_run(tmp_path_factory, training_root, reference_run):
                          log=proc.text(), **last_checkpoint(work_dir)))
     _compare_common(ref_dir, work_dir, compared)
 
+    # sent 3 steps before the end at the latest: a signal that arrives during the last step
+    # finishes the run normally (nothing left to resume), and a tiny step takes 0.2 s
     after = segments[-1]['checkpoint_step']
     segments.append(signal_segment(work_dir, training_root, 'SIGTERM',
-                                   rng.randint(after + 1, max(after + 1, 12)),
+                                   rng.randint(after + 1, max(after + 1, STEPS - 3)),
                                    rng.uniform(0, 0.3), resume='auto'))
     _compare_common(ref_dir, work_dir, compared)
     rc, log = train(work_dir, training_root, resume='auto')
