@@ -41,6 +41,15 @@ def train_command(config: str, work_dir: str, nproc: int = 1, data_root: Optiona
             f'--master_port={free_port()}', train] + args + ['--launcher', 'pytorch']
 
 
+def subprocess_env(extra: Optional[Dict] = None) -> Dict[str, str]:
+    """This environment for a tool: the repo on PYTHONPATH, one thread per process, unbuffered
+    output; ``extra`` on top."""
+    env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PYTHONUNBUFFERED='1')
+    env['PYTHONPATH'] = os.pathsep.join(filter(None, [REPO_ROOT, env.get('PYTHONPATH')]))
+    env.update(extra or {})
+    return env
+
+
 def run(cmd: Sequence[str], timeout: float = 600, check: bool = True,
         env: Optional[Dict] = None) -> subprocess.CompletedProcess:
     """Run a command with the repo on PYTHONPATH and one thread per process; raise with its log.
@@ -48,9 +57,7 @@ def run(cmd: Sequence[str], timeout: float = 600, check: bool = True,
     ``python tools/X.py ...`` runs in a fork of a process that has imported torch, mmengine and
     mmdet already (:mod:`.tool_server`; ``TBX11K_TEST_FRESH_PROCESSES=1``: a fresh interpreter).
     """
-    full_env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PYTHONUNBUFFERED='1')
-    full_env['PYTHONPATH'] = os.pathsep.join(filter(None, [REPO_ROOT, full_env.get('PYTHONPATH')]))
-    full_env.update(env or {})
+    full_env = subprocess_env(env)
     from .tool_server import through_server  # python tools/X.py: a fork of a preloaded process
     launch, launch_env = through_server(cmd, full_env, REPO_ROOT)
     proc = subprocess.run(launch, capture_output=True, text=True, timeout=timeout, env=launch_env,

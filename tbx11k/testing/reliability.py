@@ -29,7 +29,7 @@ from mmengine.model import is_model_wrapper
 from mmdet.registry import HOOKS
 
 from ..compat.torch_load import load_checkpoint_mmapped
-from ._utils import REPO_ROOT
+from ._utils import REPO_ROOT, subprocess_env
 
 STEP_LINE = re.compile(r'Epoch\(train\)\s*\[(\d+)\]\[\s*(\d+)/(\d+)\]')
 
@@ -120,13 +120,6 @@ def derived_config(config: str, out_path: str, hooks: Sequence[Dict] = (),
 
 
 # ---- training subprocesses --------------------------------------------------------------------
-def subprocess_env(extra: Optional[Dict] = None) -> Dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PYTHONUNBUFFERED='1')
-    env['PYTHONPATH'] = os.pathsep.join(filter(None, [REPO_ROOT, env.get('PYTHONPATH')]))
-    env.update(extra or {})
-    return env
-
-
 class TrainProcess:
     """A training subprocess whose log (stdout+stderr, to a file) can be watched.
 
